@@ -1,0 +1,144 @@
+"""A trained model as serving and indexing use it: raw images / texts (or features) in, unit common-space vectors out."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.artefact import ModelArtefact, ModelArtefactError, load_model, read_model_hash
+from model.config import NetworkConfig, from_dict
+from model.network import DSCMRNet
+
+__all__ = ["CrossModalEncoder", "load_encoder", "read_model_hash", "build_network"]
+
+
+def _pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_text_encoder(text_spec: dict[str, Any], vocab: dict[str, Any] | None) -> nn.Module | None:
+    """The learned text encoder a feature spec names (a sentence CNN), or None when the text input is a feature vector."""
+    kind = text_spec.get("kind", "features")
+    if kind == "sentence_cnn":
+        from model.text import SentenceCNN, TextEncoderConfig
+
+        cfg = from_dict(TextEncoderConfig, text_spec["config"])
+        if vocab is None:
+            raise ModelArtefactError("the model uses a sentence CNN but its directory has no vocab.json")
+        return SentenceCNN.from_config(cfg, vocab_size=len(vocab["tokens"]))
+    if kind in ("features", "minilm"):
+        return None
+    raise ModelArtefactError(f"unknown text encoder kind {kind!r} in the model's feature spec")
+
+
+def build_network(artefact: ModelArtefact) -> DSCMRNet:
+    """Rebuild the DSCMR network of a loaded artefact, with its weights."""
+    net_cfg = from_dict(NetworkConfig, artefact.config["network"])
+    net = DSCMRNet(net_cfg, text_encoder=build_text_encoder(artefact.feature_spec.get("text", {}), artefact.vocab))
+    missing, unexpected = net.load_state_dict(artefact.state_dict, strict=False)
+    if missing or unexpected:
+        raise ModelArtefactError(f"model weights do not fit the configured network: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return net.eval()
+
+
+def _unit(x: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(x.float(), dim=1).cpu().numpy().astype(np.float32)
+
+
+class CrossModalEncoder:
+    """Maps images and texts into the model's common space (L2-normalised float32 rows)."""
+
+    def __init__(self, artefact: ModelArtefact, device: str | None = None, batch_size: int = 64) -> None:
+        self.device = _pick_device(device)
+        self.content_hash = artefact.content_hash
+        self.label_names = list(artefact.label_names)
+        self.feature_spec = artefact.feature_spec
+        self.metrics = artefact.metrics
+        self.network = build_network(artefact).to(self.device)
+        self.dim = self.network.cfg.common_dim
+        self.batch_size = batch_size
+        image_spec, text_spec = artefact.feature_spec.get("image", {}), artefact.feature_spec.get("text", {})
+        self._backbone = None
+        if image_spec.get("kind") == "backbone":
+            from model.image_backbones import build_image_backbone
+
+            self._backbone = build_image_backbone(image_spec["name"], weights_path=image_spec.get("weights_path")).to(self.device)
+        self._text_kind = text_spec.get("kind", "features")
+        self._tokenize = None
+        self._sentence_encoder = None
+        if self._text_kind == "sentence_cnn":
+            from model.text import TextEncoderConfig, Vocabulary
+
+            text_cfg = from_dict(TextEncoderConfig, text_spec["config"])
+            vocab = Vocabulary.from_dict(artefact.vocab)
+            self._tokenize = lambda texts: vocab.encode(texts, max_len=text_cfg.max_len)
+        elif self._text_kind == "minilm":
+            from model.text import MiniLMSentenceEncoder
+
+            self._sentence_encoder = MiniLMSentenceEncoder(device=str(self.device))
+
+    @property
+    def can_encode_images(self) -> bool:
+        """True when the model carries an image backbone (raw pictures can be encoded)."""
+        return self._backbone is not None
+
+    @property
+    def can_encode_texts(self) -> bool:
+        """True when the model carries a text encoder (raw sentences can be encoded)."""
+        return self._text_kind in ("sentence_cnn", "minilm")
+
+    @torch.inference_mode()
+    def encode_image_features(self, features: np.ndarray) -> np.ndarray:
+        """Common-space vectors of precomputed backbone features."""
+        x = torch.as_tensor(np.asarray(features, dtype=np.float32), device=self.device)
+        return np.concatenate([_unit(self.network.encode_image(x[i : i + 4096])) for i in range(0, len(x), 4096)]) if len(x) else np.zeros((0, self.dim), np.float32)
+
+    @torch.inference_mode()
+    def encode_text_features(self, features: np.ndarray) -> np.ndarray:
+        """Common-space vectors of precomputed text features (models trained on text feature vectors)."""
+        x = torch.as_tensor(np.asarray(features, dtype=np.float32), device=self.device)
+        return np.concatenate([_unit(self.network.encode_text(x[i : i + 4096])) for i in range(0, len(x), 4096)]) if len(x) else np.zeros((0, self.dim), np.float32)
+
+    @torch.inference_mode()
+    def image_backbone_features(self, images: Sequence[Any]) -> np.ndarray:
+        """Backbone features of decoded RGB images (what `training prepare` caches)."""
+        if self._backbone is None:
+            raise ModelArtefactError("this model was trained on precomputed image features and has no image backbone; it cannot encode pictures")
+        return self._backbone.extract_images(list(images), self.device).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        """Common-space vectors of decoded RGB PIL images."""
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            feats = self._backbone_tensor(images[i : i + self.batch_size])
+            out.append(_unit(self.network.encode_image(feats)))
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def _backbone_tensor(self, images: Sequence[Any]) -> torch.Tensor:
+        if self._backbone is None:
+            raise ModelArtefactError("this model was trained on precomputed image features and has no image backbone; it cannot encode pictures")
+        return self._backbone.extract_images(list(images), self.device).float()
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Common-space vectors of raw texts."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        if self._tokenize is not None:
+            ids = self._tokenize(texts).to(self.device)
+            return np.concatenate([_unit(self.network.encode_text(ids[i : i + 1024])) for i in range(0, len(ids), 1024)])
+        if self._sentence_encoder is not None:
+            return self.encode_text_features(self._sentence_encoder.encode(texts))
+        raise ModelArtefactError("this model was trained on precomputed text features and has no text encoder; it cannot encode sentences")
+
+
+def load_encoder(model_dir: str | Path, device: str | None = None) -> CrossModalEncoder:
+    """Load a model directory (verifying its checksums) as a ready-to-use encoder."""
+    return CrossModalEncoder(load_model(model_dir), device=device)

@@ -1,0 +1,65 @@
+"""Training configuration and named presets."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from model.config import LossConfig, NetworkConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule, selection and run-control settings (the released code's values by default)."""
+
+    epochs: int = 500
+    batch_size: int = 100
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    seed: int = 0
+    early_stopping_patience: int | None = None
+    checkpoint_every: int = 10
+    device: str = "auto"
+    amp: bool = True
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class DSCMRConfig:
+    """Everything that defines a DSCMR training run."""
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _preset_paper() -> DSCMRConfig:
+    return DSCMRConfig()
+
+
+def _preset_wiki_tuned() -> DSCMRConfig:
+    # Chosen on the Wikipedia validation split only (see bench/wikipedia.py --tune).
+    return DSCMRConfig(
+        network=NetworkConfig(input_norm="standardize", input_dropout=0.2, hidden_dropout=0.5),
+        loss=LossConfig(),
+        train=TrainConfig(lr_schedule="cosine", weight_decay=0.0),
+    )
+
+
+PRESETS = {"paper": _preset_paper, "wiki-tuned": _preset_wiki_tuned}
+
+
+def preset(name: str, **train_overrides) -> DSCMRConfig:
+    """A named configuration ('paper' = the paper's / released code's defaults), with optional TrainConfig overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    cfg = PRESETS[name]()
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train_overrides)) if train_overrides else cfg
+
+
+def with_dims(cfg: DSCMRConfig, image_dim: int, text_dim: int, num_classes: int) -> DSCMRConfig:
+    """`cfg` with the input sizes and class count of a dataset filled in."""
+    net = dataclasses.replace(cfg.network, image_input_dim=image_dim, text_input_dim=text_dim, num_classes=num_classes)
+    return dataclasses.replace(cfg, network=net)

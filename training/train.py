@@ -1,0 +1,263 @@
+"""The DSCMR training loop: Adam, shuffled mini-batches, validation-selected best model, resumable checkpoints."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from model.config import to_dict
+from model.losses import dscmr_loss, ridge_classifier
+from model.network import DSCMRNet
+from training.config import DSCMRConfig
+from training.evaluation import CrossModalScores, cross_modal_map_torch
+from training.features import FeatureSplits
+
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_LOG = "metrics.jsonl"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; any other value is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainResult:
+    """The selected model and how it was selected."""
+
+    model: DSCMRNet
+    best_epoch: int
+    best_val: CrossModalScores
+    history: list[dict[str, Any]]
+    wall_s: float
+    config: DSCMRConfig
+    epochs_run: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _to_tensor(arr: np.ndarray, device: torch.device, token_ids: bool = False) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.long if token_ids else torch.float32)
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+def _amp_context(device: torch.device, enabled: bool):
+    """(autocast context factory, GradScaler or None): bf16 where supported, else fp16 with a scaler; CPU runs fp32."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext, None
+    if torch.cuda.is_bf16_supported():
+        return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)), None
+    return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
+
+
+@torch.no_grad()
+def encode_split(model: DSCMRNet, image: torch.Tensor, text: torch.Tensor, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Common-space vectors of a whole split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    u = torch.cat([model.encode_image(image[i : i + batch]) for i in range(0, len(image), batch)]).float()
+    v = torch.cat([model.encode_text(text[i : i + batch]) for i in range(0, len(text), batch)]).float()
+    model.train(was_training)
+    return u, v
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def build_model(cfg: DSCMRConfig, text_encoder: nn.Module | None = None) -> DSCMRNet:
+    """A freshly initialised network for `cfg` (seeded by the caller)."""
+    model = DSCMRNet(cfg.network, text_encoder=text_encoder)
+    if cfg.loss.classifier_update == "ridge":
+        model.classifier.requires_grad_(False)
+        nn.init.zeros_(model.classifier.bias)
+    return model
+
+
+def train_dscmr(
+    data: FeatureSplits,
+    cfg: DSCMRConfig,
+    run_dir: str | Path | None = None,
+    text_encoder: nn.Module | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train DSCMR on `data`, keeping the epoch with the best validation average mAP.
+
+    With `run_dir`, a checkpoint is written every `checkpoint_every` epochs and an existing one is resumed,
+    ending with the same model as an uninterrupted run of the same seed.
+    """
+    data.validate()
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    seed_everything(tc.seed)
+    model = build_model(cfg, text_encoder).to(device)
+    model.fit_input_norm(torch.from_numpy(data.train.image).to(device), None if data.text_is_tokens else torch.from_numpy(data.train.text).to(device))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs) if tc.lr_schedule == "cosine" else None
+    )
+    autocast, scaler = _amp_context(device, tc.amp)
+    shuffle_gen = torch.Generator(device="cpu").manual_seed(tc.seed)
+
+    tr_img, tr_txt = _to_tensor(data.train.image, device), _to_tensor(data.train.text, device, data.text_is_tokens)
+    tr_lab = _to_tensor(data.train.labels, device)
+    va_img, va_txt = _to_tensor(data.val.image, device), _to_tensor(data.val.text, device, data.text_is_tokens)
+    va_lab = _to_tensor(data.val.labels, device)
+    n = len(tr_lab)
+
+    state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "best_val": None, "best_state": None, "history": [], "stale": 0, "wall_s": 0.0}
+    run_path = Path(run_dir) if run_dir is not None else None
+    if run_path is not None:
+        run_path.mkdir(parents=True, exist_ok=True)
+        ckpt_path = run_path / CHECKPOINT_FILE
+        if ckpt_path.is_file():
+            ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+            if ckpt["config"] != to_dict(cfg):
+                raise ValueError(f"{ckpt_path} was written by a run with another configuration; use a new run directory or delete it")
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(ckpt["scheduler"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            shuffle_gen.set_state(ckpt["shuffle_rng"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            state = ckpt["state"]
+        # The metrics log is rewritten from the checkpointed history so a resumed run has no duplicate epochs.
+        (run_path / METRICS_LOG).write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
+
+    start_epoch = state["epoch"]
+    bar = tqdm(range(start_epoch, tc.epochs), initial=start_epoch, total=tc.epochs, desc="train", disable=not tc.progress, unit="epoch")
+    t_start = time.perf_counter() - state["wall_s"]
+    ridge = cfg.loss.classifier_update == "ridge"
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(n, generator=shuffle_gen).to(device)
+        sums = torch.zeros(4, device=device)
+        for start in range(0, n, tc.batch_size):
+            idx = perm[start : start + tc.batch_size]
+            img, txt, lab = tr_img[idx], tr_txt[idx], tr_lab[idx]
+            with autocast():
+                u = model.encode_image(img)
+                v = model.encode_text(txt)
+                if ridge:
+                    model.classifier.weight.data.copy_(ridge_classifier(u.detach().float(), v.detach().float(), lab, cfg.loss.ridge))
+                terms = dscmr_loss(u, v, model.classifier(u), model.classifier(v), lab, cfg.loss)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(terms.total).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                terms.total.backward()
+                optimizer.step()
+            sums += torch.stack([terms.total.detach(), terms.j1.detach(), terms.j2.detach(), terms.j3.detach()]).float() * len(idx)
+        if scheduler is not None:
+            scheduler.step()
+        u_val, v_val = encode_split(model, va_img, va_txt)
+        val = cross_modal_map_torch(u_val, v_val, va_lab)
+        loss, j1, j2, j3 = (sums / n).tolist()
+        record = {"epoch": epoch + 1, "loss": loss, "j1": j1, "j2": j2, "j3": j3, "val_i2t": val.i2t, "val_t2i": val.t2i,
+                  "val_avg": val.avg, "lr": optimizer.param_groups[0]["lr"]}
+        state["history"].append(record)
+        if val.avg > state["best_score"]:
+            state.update(best_score=val.avg, best_epoch=epoch + 1, best_val=(val.i2t, val.t2i), stale=0,
+                         best_state={k: t.detach().clone() for k, t in model.state_dict().items()})
+        else:
+            state["stale"] += 1
+        state["epoch"] = epoch + 1
+        state["wall_s"] = time.perf_counter() - t_start
+        bar.set_postfix(loss=f"{loss:.4f}", val=f"{val.avg:.4f}", best=f"{state['best_score']:.4f}@{state['best_epoch']}")
+        if run_path is not None:
+            with (run_path / METRICS_LOG).open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        stop = tc.early_stopping_patience is not None and state["stale"] >= tc.early_stopping_patience
+        if run_path is not None and ((epoch + 1) % tc.checkpoint_every == 0 or stop or epoch + 1 == tc.epochs):
+            _atomic_torch_save(
+                {"config": to_dict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                 "scaler": scaler.state_dict() if scaler is not None else None,
+                 "shuffle_rng": shuffle_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None, "state": state},
+                run_path / CHECKPOINT_FILE,
+            )
+        if stop:
+            break
+    bar.close()
+    best = copy.deepcopy(model)
+    if state["best_state"] is not None:
+        best.load_state_dict(state["best_state"])
+    best.eval()
+    i2t, t2i = state["best_val"]
+    return TrainResult(model=best, best_epoch=state["best_epoch"], best_val=CrossModalScores(i2t, t2i), history=state["history"],
+                       wall_s=state["wall_s"], config=cfg, epochs_run=state["epoch"])
+
+
+def evaluate_model(model: DSCMRNet, data: FeatureSplits, split: str) -> CrossModalScores:
+    """mAP of `model` on one split of `data` (both directions)."""
+    device = next(model.parameters()).device
+    s = data.split(split)
+    u, v = encode_split(model, _to_tensor(s.image, device), _to_tensor(s.text, device, data.text_is_tokens))
+    return cross_modal_map_torch(u, v, _to_tensor(s.labels, device))
+
+
+def save_trained_model(
+    result: TrainResult,
+    out_dir: str | Path,
+    label_names: list[str],
+    feature_spec: dict[str, Any],
+    vocab: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> str:
+    """Write the selected model as a model directory; returns its content hash."""
+    from model.artefact import ModelArtefact, save_model
+
+    all_metrics = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "wall_s": result.wall_s,
+                   "val": {"i2t": result.best_val.i2t, "t2i": result.best_val.t2i, "avg": result.best_val.avg, "split": "val"}}
+    all_metrics.update(metrics or {})
+    artefact = ModelArtefact(
+        state_dict={k: v for k, v in result.model.state_dict().items()},
+        config=to_dict(result.config),
+        label_names=list(label_names),
+        feature_spec=feature_spec,
+        metrics=all_metrics,
+        vocab=vocab,
+    )
+    return save_model(artefact, out_dir)
+
+
+def features_spec(image_dim: int, text_dim: int) -> dict[str, Any]:
+    """Feature spec of a model trained on precomputed image and text feature vectors."""
+    return {"image": {"kind": "features", "dim": image_dim}, "text": {"kind": "features", "dim": text_dim}}

@@ -186,3 +186,30 @@ def load_dscmr_mat_features(root: str | Path, val_fraction: float = 0.1, seed: i
     splits = FeatureSplits(train, val, arrays["test"], [f"class_{j}" for j in range(num_classes)], name=root.name)
     splits.validate()
     return splits
+
+
+def save_feature_splits(data: FeatureSplits, path: str | Path) -> Path:
+    """Write feature splits to one .npz (the format `--features` reads)."""
+    path = Path(path)
+    arrays = {"label_names": np.array(data.label_names), "text_is_tokens": np.array(data.text_is_tokens), "name": np.array(data.name)}
+    for split in ("train", "val", "test"):
+        s = data.split(split)
+        arrays.update({f"{split}_image": s.image, f"{split}_text": s.text, f"{split}_labels": s.labels, f"{split}_ids": np.array(s.ids)})
+    np.savez(path, **arrays)
+    return path
+
+
+def load_feature_splits(path: str | Path) -> FeatureSplits:
+    """Read a .npz written by `save_feature_splits` (keys {train,val,test}_{image,text,labels[,ids]}, label_names)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"feature file {path} not found")
+    with np.load(path, allow_pickle=False) as z:
+        missing = [f"{s}_{k}" for s in ("train", "val", "test") for k in ("image", "text", "labels") if f"{s}_{k}" not in z]
+        if missing or "label_names" not in z:
+            raise DataValidationError(f"{path} lacks arrays {missing + ([] if 'label_names' in z else ['label_names'])}")
+        parts = {s: SplitArrays(z[f"{s}_image"], z[f"{s}_text"], z[f"{s}_labels"].astype(np.float32),
+                                [str(i) for i in z[f"{s}_ids"]] if f"{s}_ids" in z else []) for s in ("train", "val", "test")}
+        return FeatureSplits(parts["train"], parts["val"], parts["test"], [str(n) for n in z["label_names"]],
+                             name=str(z["name"]) if "name" in z else path.stem,
+                             text_is_tokens=bool(z["text_is_tokens"]) if "text_is_tokens" in z else False)

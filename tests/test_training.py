@@ -1,0 +1,140 @@
+"""Training: validation-based selection, reproducibility, kill -9 resume, CLI and input validation."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_artefact import tiny_config, tiny_splits
+from training.features import DataValidationError, load_wiki_features, one_hot, save_feature_splits
+from training.train import train_dscmr
+
+REPO = Path(__file__).resolve().parents[1]
+WIKI = REPO.parent / "shared" / "data" / "wiki-rasiwasia-features" / "raw_features"
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "training", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_same_seed_same_model_and_selection_on_validation():
+    data = tiny_splits()
+    a = train_dscmr(data, tiny_config(6))
+    b = train_dscmr(data, tiny_config(6))
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k])
+    best = max(a.history, key=lambda h: h["val_avg"])
+    assert a.best_epoch == best["epoch"] and a.best_val.avg == pytest.approx(best["val_avg"])
+    assert set(a.history[0]) >= {"j1", "j2", "j3", "val_i2t", "val_t2i", "val_avg"}
+    c = train_dscmr(data, tiny_config(6, seed=1))
+    assert not torch.equal(a.model.shared.weight, c.model.shared.weight)
+
+
+def test_early_stopping_stops_and_keeps_best():
+    data = tiny_splits()
+    r = train_dscmr(data, tiny_config(200, early_stopping_patience=3))
+    assert r.epochs_run < 200 and r.epochs_run - r.best_epoch == 3
+
+
+def test_kill_9_then_resume_gives_the_same_model(tmp_path):
+    data = tiny_splits(n=(400, 40, 40), d_img=64, d_txt=32)
+    feats = save_feature_splits(data, tmp_path / "feats.npz")
+    common = ["train", "--features", str(feats), "--epochs", "12", "--batch-size", "20", "--checkpoint-every", "1", "--no-progress"]
+    ref = _cli(*common, "--out", str(tmp_path / "ref"), "--run-dir", str(tmp_path / "ref_run"))
+    assert ref.wait(timeout=600) == 0, ref.stderr.read()
+
+    run_dir = tmp_path / "run"
+    victim = _cli(*common, "--out", str(tmp_path / "resumed"), "--run-dir", str(run_dir))
+    log = run_dir / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.01)
+    assert victim.poll() is None, "the run finished before it could be killed; make it slower"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "resumed").exists()
+    killed_at = len(log.read_text().splitlines())
+    assert 1 <= killed_at < 12
+
+    resumed = _cli(*common, "--out", str(tmp_path / "resumed"), "--run-dir", str(run_dir))
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    a, b = load_file(str(tmp_path / "ref" / "weights.safetensors")), load_file(str(tmp_path / "resumed" / "weights.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()]
+    assert epochs == list(range(1, 13))
+
+
+def test_evaluate_cli_prints_table_and_writes_json(tmp_path):
+    data = tiny_splits()
+    feats = save_feature_splits(data, tmp_path / "feats.npz")
+    p = _cli("train", "--features", str(feats), "--epochs", "3", "--batch-size", "16", "--out", str(tmp_path / "m"), "--no-progress")
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    p = _cli("evaluate", "--features", str(feats), "--model", str(tmp_path / "m"), "--split", "test", "--json", str(tmp_path / "e.json"))
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert "I->T" in out and "T->I" in out
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert {"i2t", "t2i", "avg", "split", "n_queries"} <= set(res)
+    assert res["split"] == "test" and res["n_queries"] == 20
+    assert res["avg"] == pytest.approx((res["i2t"] + res["t2i"]) / 2)
+
+
+@pytest.mark.parametrize("problem", ["rows", "nan", "empty_class", "empty_val", "bad_label"])
+def test_bad_input_is_refused_before_training(problem):
+    data = tiny_splits()
+    if problem == "rows":
+        data.train.text = data.train.text[:-1]
+        match = "rows"
+    elif problem == "nan":
+        data.val.image[3, 2] = np.nan
+        match = "NaN"
+    elif problem == "empty_class":
+        data.label_names.append("ghost")
+        for s in (data.train, data.val, data.test):
+            s.labels = np.hstack([s.labels, np.zeros((len(s.labels), 1), np.float32)])
+        match = "no training items"
+    elif problem == "empty_val":
+        data.val.image, data.val.text, data.val.labels = data.val.image[:0], data.val.text[:0], data.val.labels[:0]
+        match = "val split is empty"
+    else:
+        with pytest.raises(DataValidationError, match="outside the class list"):
+            one_hot(np.array([0, 1, 7]), 3)
+        return
+    with pytest.raises(DataValidationError, match=match):
+        train_dscmr(data, tiny_config(2))
+
+
+def test_cli_reports_bad_data_as_error_not_traceback(tmp_path):
+    data = tiny_splits()
+    data.train.image[0, 0] = np.inf
+    feats = save_feature_splits(data, tmp_path / "bad.npz")
+    p = _cli("train", "--features", str(feats), "--epochs", "1", "--out", str(tmp_path / "m"))
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "NaN or infinite" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not WIKI.is_dir(), reason="../shared/data/wiki-rasiwasia-features is not on this machine")
+def test_wiki_loader_official_split_and_stratified_validation():
+    d = load_wiki_features(WIKI)
+    assert len(d.train) + len(d.val) == 2173 and len(d.test) == 693
+    assert d.train.image.shape[1] == 128 and d.train.text.shape[1] == 10
+    assert len(d.label_names) == 10 and d.label_names[0] == "art"
+    per_class_val = d.val.labels.sum(0)
+    full = d.train.labels.sum(0) + per_class_val
+    np.testing.assert_allclose(per_class_val, np.round(0.1 * full), atol=1)
+    assert not set(d.train.ids) & set(d.val.ids)
+    again = load_wiki_features(WIKI)
+    assert again.val.ids == d.val.ids

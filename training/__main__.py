@@ -1,0 +1,137 @@
+"""Command line: python -m training {train,evaluate,prepare,retrain,rollback} ..."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from model.config import loss_for_ablation
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that choose the training data (exactly one)."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--wiki-features", type=Path, help="folder with raw_features.mat and the .list files (Wikipedia benchmark)")
+    src.add_argument("--dscmr-mat", type=Path, help="folder with the authors' train_img.mat, train_txt.mat, train_img_lab.mat, test_*.mat")
+    src.add_argument("--features", type=Path, help=".npz with {train,val,test}_{image,text,labels} and label_names")
+    src.add_argument("--prepared", type=Path, help="prepared dataset directory from `python -m training prepare`")
+
+
+def load_data(args: argparse.Namespace):
+    """FeatureSplits (and the prepared dataset, when training from one) for the chosen data option."""
+    from training import features
+
+    if args.wiki_features:
+        return features.load_wiki_features(args.wiki_features), None
+    if args.dscmr_mat:
+        return features.load_dscmr_mat_features(args.dscmr_mat), None
+    if args.features:
+        return features.load_feature_splits(args.features), None
+    from training.prepare import load_prepared
+
+    prepared = load_prepared(args.prepared)
+    return prepared.feature_splits(), prepared
+
+
+def build_config(args: argparse.Namespace, data):
+    """The run's DSCMRConfig: a preset, then an optional JSON file, then the command-line overrides."""
+    from model.config import from_dict
+    from training.config import DSCMRConfig, preset, with_dims
+
+    cfg = preset(args.preset)
+    if args.config:
+        merged = dataclasses.asdict(cfg)
+        for section, values in json.loads(Path(args.config).read_text()).items():
+            merged[section].update(values)
+        cfg = from_dict(DSCMRConfig, merged)
+    overrides = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
+                                   "device": args.device, "early_stopping_patience": args.early_stopping,
+                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    if args.no_progress:
+        overrides["progress"] = False
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
+    loss = loss_for_ablation(cfg.loss, args.ablation)
+    if args.norm_form:
+        loss = dataclasses.replace(loss, norm_form=args.norm_form)
+    if args.classifier_update:
+        loss = dataclasses.replace(loss, classifier_update=args.classifier_update)
+    cfg = dataclasses.replace(cfg, loss=loss)
+    text_dim = data.train.text.shape[1]
+    return with_dims(cfg, data.train.image.shape[1], text_dim, len(data.label_names))
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `train` and `retrain`."""
+    parser.add_argument("--preset", default="paper", help="named configuration: paper (default) or wiki-tuned")
+    parser.add_argument("--config", type=Path, help="JSON file {network: {...}, loss: {...}, train: {...}} applied over the preset")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after this many epochs without a better validation mAP")
+    parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--ablation", default="full", choices=["full", "no_j1", "no_j2", "no_j3", "j1_only"])
+    parser.add_argument("--norm-form", choices=["released", "paper"])
+    parser.add_argument("--classifier-update", choices=["gradient", "ridge"])
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train and save a model directory."""
+    from training.pipeline import train_and_save
+
+    data, prepared = load_data(args)
+    cfg = build_config(args, data)
+    report = train_and_save(data, cfg, args.out, run_dir=args.run_dir, prepared=prepared)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a model directory on one split; print a table and write JSON."""
+    from training.pipeline import evaluate_model_dir
+
+    data, _ = load_data(args)
+    result = evaluate_model_dir(args.model, data, args.split)
+    print(f"{'split':<8}{'n_queries':>10}{'I->T':>9}{'T->I':>9}{'avg':>9}")
+    print(f"{result['split']:<8}{result['n_queries']:>10}{result['i2t']:>9.4f}{result['t2i']:>9.4f}{result['avg']:>9.4f}")
+    print("precision@k:", ", ".join(f"P@{k}={v:.4f}" for k, v in result["precision_at_k"].items()))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m training`."""
+    parser = argparse.ArgumentParser(prog="python -m training", description="Train, evaluate and retrain DSCMR models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on features or a prepared dataset")
+    add_data_arguments(p)
+    add_train_arguments(p)
+    p.add_argument("--out", type=Path, required=True, help="model directory to write")
+    p.add_argument("--run-dir", type=Path, help="checkpoint + metrics log directory; an existing checkpoint there is resumed")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="mAP (I->T, T->I, average), precision@k and PR curve of a model")
+    add_data_arguments(p)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.set_defaults(func=cmd_evaluate)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

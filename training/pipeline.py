@@ -1,0 +1,52 @@
+"""Stage functions behind the CLI: train-and-save and evaluate a model directory."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.artefact import load_model
+from model.encoder import build_network
+from training.config import DSCMRConfig
+from training.evaluation import precision_at_k, precision_recall_curve
+from training.features import FeatureSplits
+from training.train import encode_split, evaluate_model, features_spec, resolve_device, save_trained_model, train_dscmr, _to_tensor
+
+
+def train_and_save(data: FeatureSplits, cfg: DSCMRConfig, out_dir: str | Path, run_dir: str | Path | None = None, prepared=None) -> dict[str, Any]:
+    """Train on `data` (validation-selected), evaluate on val and test, and write the model directory."""
+    text_encoder = prepared.build_text_encoder() if prepared is not None else None
+    result = train_dscmr(data, cfg, run_dir=run_dir, text_encoder=text_encoder)
+    test = evaluate_model(result.model, data, "test")
+    metrics = {"test": {"i2t": test.i2t, "t2i": test.t2i, "avg": test.avg, "split": "test", "selected_on": "val"},
+               "dataset": data.name, "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)}
+    if prepared is not None:
+        spec, vocab = prepared.feature_spec(), prepared.vocab_dict()
+        metrics["prepared_hash"] = prepared.content_hash
+    else:
+        spec, vocab = features_spec(data.train.image.shape[1], data.train.text.shape[1]), None
+    digest = save_trained_model(result, out_dir, data.label_names, spec, vocab=vocab, metrics=metrics)
+    return {"model_dir": str(out_dir), "content_hash": digest, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+            "wall_s": round(result.wall_s, 2), "val": {"i2t": result.best_val.i2t, "t2i": result.best_val.t2i, "avg": result.best_val.avg},
+            "test": metrics["test"]}
+
+
+def evaluate_model_dir(model_dir: str | Path, data: FeatureSplits, split: str, device: str = "auto") -> dict[str, Any]:
+    """mAP both ways, precision@k and the PR curve of a saved model on one split of `data`."""
+    artefact = load_model(model_dir)
+    if list(artefact.label_names) != list(data.label_names):
+        raise ValueError(f"the model's classes {artefact.label_names} differ from the data's {data.label_names}")
+    net = build_network(artefact).to(resolve_device(device))
+    scores = evaluate_model(net, data, split)
+    s = data.split(split)
+    dev = next(net.parameters()).device
+    with torch.no_grad():
+        u, v = encode_split(net, _to_tensor(s.image, dev), _to_tensor(s.text, dev, data.text_is_tokens))
+    u, v = u.cpu().numpy(), v.cpu().numpy()
+    p_i2t = precision_at_k(u, v, s.labels, s.labels)
+    return {"i2t": scores.i2t, "t2i": scores.t2i, "avg": scores.avg, "split": split, "n_queries": len(s),
+            "model_hash": artefact.content_hash, "precision_at_k": {str(k): val for k, val in p_i2t.items()},
+            "precision_at_k_t2i": {str(k): val for k, val in precision_at_k(v, u, s.labels, s.labels).items()},
+            "pr_curve_i2t": precision_recall_curve(u, v, s.labels, s.labels),
+            "pr_curve_t2i": precision_recall_curve(v, u, s.labels, s.labels)}

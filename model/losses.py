@@ -50,10 +50,16 @@ def j1_label_space(pred_img, pred_txt, labels, form: str = "released") -> torch.
     return _distance(pred_img, y, form) + _distance(pred_txt, y, form)
 
 
-def j2_common_space(u, v, labels) -> torch.Tensor:
-    """J2: logistic negative log-likelihood of relevance over image-text, image-image and text-text pairs."""
-    s = relevance(labels, labels).to(u.dtype)
-    return _logistic_nll(_half_cosine(u, v), s) + _logistic_nll(_half_cosine(u, u), s) + _logistic_nll(_half_cosine(v, v), s)
+def j2_common_space(u, v, labels, columns: tuple | None = None) -> torch.Tensor:
+    """J2: logistic negative log-likelihood of relevance over image-text, image-image and text-text pairs.
+
+    `columns` = (u_all, v_all, labels_all) compares this batch's rows against a wider set (the global batch
+    gathered across processes); the default compares the batch with itself.
+    """
+    u_cols, v_cols, labels_cols = columns if columns is not None else (u, v, labels)
+    s = relevance(labels, labels_cols).to(u.dtype)
+    return (_logistic_nll(_half_cosine(u, v_cols), s) + _logistic_nll(_half_cosine(u, u_cols), s)
+            + _logistic_nll(_half_cosine(v, v_cols), s))
 
 
 def j3_modality_invariance(u, v, form: str = "released") -> torch.Tensor:
@@ -61,12 +67,12 @@ def j3_modality_invariance(u, v, form: str = "released") -> torch.Tensor:
     return _distance(u, v, form)
 
 
-def dscmr_loss(u, v, pred_img, pred_txt, labels, cfg: LossConfig, j2_pair: tuple | None = None) -> LossTerms:
-    """Compute J and its parts. `j2_pair` = (u_all, v_all, labels_all) swaps in a wider set for J2's pairs."""
+def dscmr_loss(u, v, pred_img, pred_txt, labels, cfg: LossConfig, j2_columns: tuple | None = None) -> LossTerms:
+    """Compute J and its parts. `j2_columns` = (u_all, v_all, labels_all) widens J2's pairs (see `j2_common_space`)."""
     zero = u.new_zeros(())
     j1 = j1_label_space(pred_img, pred_txt, labels, cfg.norm_form) if cfg.use_j1 else zero
     if cfg.use_j2:
-        j2 = j2_common_space(*j2_pair) if j2_pair is not None else j2_common_space(u, v, labels)
+        j2 = j2_common_space(u, v, labels, j2_columns)
     else:
         j2 = zero
     j3 = j3_modality_invariance(u, v, cfg.norm_form) if cfg.use_j3 else zero

@@ -25,9 +25,10 @@ import os
 import tempfile
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import regex
 import torch
@@ -52,7 +53,7 @@ _WORD_CHAR = rf"[[\p{{L}}\p{{M}}\p{{N}}_]--[{_NO_SPACE_SCRIPTS}]]"
 _TOKEN_PATTERN = regex.compile(
     rf"""
     (?P<number>\p{{N}}+(?:[.,:/]\p{{N}}+)+(?!{_WORD_CHAR}))      # 3.14, 1,000, 12:30, 1/2
-    | (?P<word>{_WORD_CHAR}+(?:['\-]{_WORD_CHAR}+)*)            # don't, state-of-the-art, 300d
+    | (?P<word>{_WORD_CHAR}+(?:['\-\u200c\u200d]{_WORD_CHAR}+)*)  # don't, state-of-the-art, 300d
     | (?P<nospace>(?:[{_NO_SPACE_SCRIPTS}]\p{{M}}*)+)            # 北京天安门, ภาษาไทย, ひらがな
     | (?P<other>\X)                                              # punctuation, symbols, emoji
     """,
@@ -62,6 +63,9 @@ _NUMBER = regex.compile(r"\p{N}+(?:[.,:/]\p{N}+)*")
 _KANA = regex.compile(r"[\p{Hiragana}\p{Katakana}\u30fc]")
 _HAN = regex.compile(r"\p{Han}")
 _GRAPHEME = regex.compile(r"\X")
+# ZWJ glues emoji sequences (family, flags) into one grapheme cluster; ZWJ/ZWNJ also shape Indic and
+# Persian words, so they join word pieces and are then removed from the word.
+_JOINERS = "\u200c\u200d"
 _TYPOGRAPHIC = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "\u2010": "-", "\u2011": "-"})
 
 
@@ -99,10 +103,9 @@ def _clean(text: str) -> str:
     out = []
     for ch in text:
         category = unicodedata.category(ch)
-        if category == "Cc":
+        if category == "Cc" or ch == "\u200b":  # zero-width space marks word breaks in Thai and Khmer
             out.append(" ")
-        elif category in ("Cf", "Cs", "Co", "Cn") and ch != "\u200d":
-            # Keep ZWJ: it glues emoji sequences (family, flags) into one grapheme cluster.
+        elif category in ("Cf", "Cs", "Co", "Cn") and ch not in _JOINERS:
             continue
         else:
             out.append(ch)
@@ -127,8 +130,9 @@ def _jieba_words(run: str) -> list[str]:
             "this vocabulary segments Chinese with jieba but jieba is not installed; "
             "`pip install jieba` (the model was built with it), or rebuild the vocabulary with cjk='bigram'"
         ) from exc
-    if logging.getLogger("jieba").level == logging.NOTSET:
-        jieba.setLogLevel(logging.WARNING)  # jieba logs its dictionary loading at INFO on every process
+    if logging.getLogger("jieba").level <= logging.DEBUG:
+        # jieba sets its own logger to DEBUG on import and reports dictionary loading in every process.
+        jieba.setLogLevel(logging.WARNING)
     return [w for w in jieba.lcut(run) if w.strip()]
 
 
@@ -161,8 +165,10 @@ def tokenize(text: str, config: TokenizerConfig | None = None) -> list[str]:
                 continue
             if config.punctuation == "drop" and _is_punctuation(piece):
                 continue
-        elif config.numbers == "placeholder" and _NUMBER.fullmatch(piece):
-            piece = NUM_TOKEN
+        else:
+            piece = piece.replace("\u200c", "").replace("\u200d", "")
+            if config.numbers == "placeholder" and _NUMBER.fullmatch(piece):
+                piece = NUM_TOKEN
         tokens.append(piece)
     return tokens
 

@@ -1,6 +1,7 @@
 """Stage functions behind the CLI: train-and-save and evaluate a model directory."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from model.artefact import load_model
 from model.encoder import build_network
 from training.config import DSCMRConfig
 from training.evaluation import precision_at_k, precision_recall_curve
+from training.distributed import is_main_process
 from training.features import FeatureSplits
 from training.train import encode_split, evaluate_model, features_spec, resolve_device, save_trained_model, train_dscmr, _to_tensor
 
@@ -18,6 +20,8 @@ def train_and_save(data: FeatureSplits, cfg: DSCMRConfig, out_dir: str | Path, r
     """Train on `data` (validation-selected), evaluate on val and test, and write the model directory."""
     text_encoder = prepared.build_text_encoder() if prepared is not None else None
     result = train_dscmr(data, cfg, run_dir=run_dir, text_encoder=text_encoder)
+    if not is_main_process():
+        return {"rank": int(os.environ.get("RANK", "0")), "note": "non-zero rank: rank 0 saves the model"}
     test = evaluate_model(result.model, data, "test")
     metrics = {"test": {"i2t": test.i2t, "t2i": test.t2i, "avg": test.avg, "split": "test", "selected_on": "val"},
                "dataset": data.name, "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)}

@@ -21,6 +21,7 @@ from model.config import to_dict
 from model.losses import dscmr_loss, ridge_classifier
 from model.network import DSCMRNet
 from training.config import DSCMRConfig
+from training.distributed import all_gather_with_grad, all_reduce_sum, broadcast_flag, init_from_env
 from training.evaluation import CrossModalScores, cross_modal_map_torch
 from training.features import FeatureSplits
 
@@ -115,7 +116,9 @@ def train_dscmr(
     """
     data.validate()
     tc = cfg.train
-    device = resolve_device(tc.device)
+    ctx, device = init_from_env(tc.device)
+    if ctx.enabled and cfg.loss.classifier_update == "ridge":
+        raise ValueError("the ridge closed-form classifier is single-process only; use classifier_update='gradient' under torchrun")
     seed_everything(tc.seed)
     model = build_model(cfg, text_encoder).to(device)
     model.fit_input_norm(torch.from_numpy(data.train.image).to(device), None if data.text_is_tokens else torch.from_numpy(data.train.text).to(device))
@@ -125,6 +128,11 @@ def train_dscmr(
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs) if tc.lr_schedule == "cosine" else None
     )
     autocast, scaler = _amp_context(device, tc.amp)
+    step_module: nn.Module = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_module = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     shuffle_gen = torch.Generator(device="cpu").manual_seed(tc.seed)
 
     tr_img, tr_txt = _to_tensor(data.train.image, device), _to_tensor(data.train.text, device, data.text_is_tokens)
@@ -136,7 +144,8 @@ def train_dscmr(
     state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "best_val": None, "best_state": None, "history": [], "stale": 0, "wall_s": 0.0}
     run_path = Path(run_dir) if run_dir is not None else None
     if run_path is not None:
-        run_path.mkdir(parents=True, exist_ok=True)
+        if ctx.is_main:
+            run_path.mkdir(parents=True, exist_ok=True)
         ckpt_path = run_path / CHECKPOINT_FILE
         if ckpt_path.is_file():
             ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -154,10 +163,12 @@ def train_dscmr(
                 torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
             state = ckpt["state"]
         # The metrics log is rewritten from the checkpointed history so a resumed run has no duplicate epochs.
-        (run_path / METRICS_LOG).write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
+        if ctx.is_main:
+            (run_path / METRICS_LOG).write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
 
     start_epoch = state["epoch"]
-    bar = tqdm(range(start_epoch, tc.epochs), initial=start_epoch, total=tc.epochs, desc="train", disable=not tc.progress, unit="epoch")
+    bar = tqdm(range(start_epoch, tc.epochs), initial=start_epoch, total=tc.epochs, desc="train", disable=not (tc.progress and ctx.is_main), unit="epoch")
+    global_j2 = ctx.enabled and cfg.loss.use_j2 and tc.j2_scope == "global"
     t_start = time.perf_counter() - state["wall_s"]
     ridge = cfg.loss.classifier_update == "ridge"
     for epoch in bar:
@@ -166,13 +177,23 @@ def train_dscmr(
         sums = torch.zeros(4, device=device)
         for start in range(0, n, tc.batch_size):
             idx = perm[start : start + tc.batch_size]
+            if ctx.enabled:
+                if len(idx) < ctx.world_size:  # every process needs at least one item for the collective ops
+                    continue
+                # Each process takes an interleaved share of the same global batch.
+                idx = idx[ctx.rank :: ctx.world_size]
             img, txt, lab = tr_img[idx], tr_txt[idx], tr_lab[idx]
             with autocast():
-                u = model.encode_image(img)
-                v = model.encode_text(txt)
                 if ridge:
+                    u, v = model.encode_image(img), model.encode_text(txt)
                     model.classifier.weight.data.copy_(ridge_classifier(u.detach().float(), v.detach().float(), lab, cfg.loss.ridge))
-                terms = dscmr_loss(u, v, model.classifier(u), model.classifier(v), lab, cfg.loss)
+                    pu, pv = model.classifier(u), model.classifier(v)
+                else:
+                    u, v, pu, pv = step_module(img, txt)
+                # Global J2: this process's rows against the whole global batch, so the summed gradient over
+                # processes equals the single-process gradient of the same batch.
+                columns = (all_gather_with_grad(u), all_gather_with_grad(v), all_gather_with_grad(lab)) if global_j2 else None
+                terms = dscmr_loss(u, v, pu, pv, lab, cfg.loss, j2_columns=columns)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(terms.total).backward()
@@ -184,27 +205,30 @@ def train_dscmr(
             sums += torch.stack([terms.total.detach(), terms.j1.detach(), terms.j2.detach(), terms.j3.detach()]).float() * len(idx)
         if scheduler is not None:
             scheduler.step()
-        u_val, v_val = encode_split(model, va_img, va_txt)
-        val = cross_modal_map_torch(u_val, v_val, va_lab)
-        loss, j1, j2, j3 = (sums / n).tolist()
-        record = {"epoch": epoch + 1, "loss": loss, "j1": j1, "j2": j2, "j3": j3, "val_i2t": val.i2t, "val_t2i": val.t2i,
-                  "val_avg": val.avg, "lr": optimizer.param_groups[0]["lr"]}
-        state["history"].append(record)
-        if val.avg > state["best_score"]:
-            state.update(best_score=val.avg, best_epoch=epoch + 1, best_val=(val.i2t, val.t2i), stale=0,
-                         best_state={k: t.detach().clone() for k, t in model.state_dict().items()})
-        else:
-            state["stale"] += 1
+        loss, j1, j2, j3 = (all_reduce_sum(sums) / n).tolist()
+        stop = False
+        if ctx.is_main:
+            u_val, v_val = encode_split(model, va_img, va_txt)
+            val = cross_modal_map_torch(u_val, v_val, va_lab)
+            record = {"epoch": epoch + 1, "loss": loss, "j1": j1, "j2": j2, "j3": j3, "val_i2t": val.i2t, "val_t2i": val.t2i,
+                      "val_avg": val.avg, "lr": optimizer.param_groups[0]["lr"]}
+            state["history"].append(record)
+            if val.avg > state["best_score"]:
+                state.update(best_score=val.avg, best_epoch=epoch + 1, best_val=(val.i2t, val.t2i), stale=0,
+                             best_state={k: t.detach().clone() for k, t in model.state_dict().items()})
+            else:
+                state["stale"] += 1
+            bar.set_postfix(loss=f"{loss:.4f}", val=f"{val.avg:.4f}", best=f"{state['best_score']:.4f}@{state['best_epoch']}")
+            if run_path is not None:
+                with (run_path / METRICS_LOG).open("a") as fh:
+                    fh.write(json.dumps(record) + "\n")
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            stop = tc.early_stopping_patience is not None and state["stale"] >= tc.early_stopping_patience
+        stop = broadcast_flag(stop, device)
         state["epoch"] = epoch + 1
         state["wall_s"] = time.perf_counter() - t_start
-        bar.set_postfix(loss=f"{loss:.4f}", val=f"{val.avg:.4f}", best=f"{state['best_score']:.4f}@{state['best_epoch']}")
-        if run_path is not None:
-            with (run_path / METRICS_LOG).open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-        stop = tc.early_stopping_patience is not None and state["stale"] >= tc.early_stopping_patience
-        if run_path is not None and ((epoch + 1) % tc.checkpoint_every == 0 or stop or epoch + 1 == tc.epochs):
+        if ctx.is_main and run_path is not None and ((epoch + 1) % tc.checkpoint_every == 0 or stop or epoch + 1 == tc.epochs):
             _atomic_torch_save(
                 {"config": to_dict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -220,7 +244,7 @@ def train_dscmr(
     if state["best_state"] is not None:
         best.load_state_dict(state["best_state"])
     best.eval()
-    i2t, t2i = state["best_val"]
+    i2t, t2i = state["best_val"] if state["best_val"] is not None else (float("nan"), float("nan"))
     return TrainResult(model=best, best_epoch=state["best_epoch"], best_val=CrossModalScores(i2t, t2i), history=state["history"],
                        wall_s=state["wall_s"], config=cfg, epochs_run=state["epoch"])
 

@@ -1,0 +1,304 @@
+"""Index benchmark: build time, memory, queries/s and recall@10 of flat, HNSW and IVF-PQ on synthetic clustered
+1,024-d unit vectors, and the overhead of our search library (index.search.SearchIndex) over raw FAISS calls on the
+same index object. (`--hnsw-n` caps the HNSW collection for machines where its build would take too long; here the
+1M build took under 7 minutes, so all three types use 1M vectors.)
+
+    .venv/bin/python bench/bench_index.py                       # the recorded run: 1M vectors for all three, ~17 min
+    .venv/bin/python bench/bench_index.py --n 50000 --hnsw-n 20000 --queries 200 --out /tmp/small.json   # a quick look
+
+Each index type is built and measured in its own subprocess (so that its peak RSS is its own), through the library's
+real build path (`publish_version`: FAISS + SQLite metadata + manifest + atomic publish) and loaded with
+`SearchIndex.load` (sha256-verified). Ground truth is an exact float32 matrix-product top-k computed by numpy, block by
+block, independently of FAISS (with `--work DIR` it is kept there and reused by later runs with the same data).
+Library overhead: the same query sets go, in an order that rotates from set to set, through `index.search(q, k)` on
+the FAISS object ("raw"), through `SearchIndex.search_keys(q, k)` ("keys": the library call that returns what FAISS
+returns, after checking and normalising the queries) and through `SearchIndex.search_vectors(q, k)` ("hits": typed
+results carrying every hit's metadata); the median of several rounds is compared, for batches of 100 queries and for
+one query per call.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DEFAULTS = {"n": 1_000_000, "dim": 1024, "hnsw_n": 1_000_000, "queries": 1000, "k": 10, "clusters": 1000, "intrinsic_dim": 64, "seed": 0}
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# ------------------------------------------------------------------------------------------------------ subprocesses
+def _data(args: argparse.Namespace):
+    from index.synthetic import ClusteredVectors
+
+    return ClusteredVectors(n=args.n, dim=args.dim, n_clusters=args.clusters, seed=args.seed,
+                            intrinsic_dim=args.intrinsic_dim or None)
+
+
+def ground_truth(args: argparse.Namespace) -> dict:
+    """Exact top-k ids of the queries over the first n vectors (and over the HNSW subset), by numpy float32 matmul."""
+    import numpy as np
+
+    data = _data(args)
+    queries, _ = data.queries(args.queries)
+    limits = sorted({args.n, min(args.hnsw_n, args.n)})
+    best = {lim: (np.full((len(queries), args.k), -np.inf, np.float32), np.full((len(queries), args.k), -1, np.int64)) for lim in limits}
+    t0 = time.perf_counter()
+    for first, vectors, _ in data.blocks():
+        scores = queries @ vectors.T
+        ids = np.arange(first, first + len(vectors))
+        for lim in limits:
+            if first >= lim:
+                continue
+            take = min(len(vectors), lim - first)
+            s, i = best[lim]
+            all_s = np.concatenate([s, scores[:, :take]], axis=1)
+            all_i = np.concatenate([i, np.broadcast_to(ids[:take], (len(queries), take))], axis=1)
+            top = np.argsort(-all_s, axis=1, kind="stable")[:, :args.k]
+            best[lim] = (np.take_along_axis(all_s, top, axis=1), np.take_along_axis(all_i, top, axis=1))
+    return {"seconds": round(time.perf_counter() - t0, 1), "params": _truth_params(args),
+            "truth": {str(lim): best[lim][1].tolist() for lim in limits}}
+
+
+def _truth_params(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in ("n", "dim", "hnsw_n", "queries", "k", "clusters", "intrinsic_dim", "seed")}
+
+
+def measure_one(args: argparse.Namespace) -> dict:
+    """Build one index type through the library, then time raw FAISS and the library on the same index."""
+    import faiss
+    import numpy as np
+
+    from index.build import IndexConfig, publish_version
+    from index.search import SearchIndex
+    from index.synthetic import ClusteredSource
+
+    kind = args.one
+    n = min(args.hnsw_n, args.n) if kind == "hnsw" else args.n
+    data = _data(args)
+    queries, _ = data.queries(args.queries)
+    truth = np.array(json.loads(Path(args.truth).read_text())["truth"][str(n)])
+    rounds = args.rounds
+    if kind == "flat":  # an exact scan of 1M x 1024 takes ~0.3 s per query here: time fewer queries
+        queries, truth, rounds = queries[: args.flat_queries], truth[: args.flat_queries], min(2, args.rounds)
+    root = Path(args.work) / kind
+    shutil.rmtree(root, ignore_errors=True)
+    rss0 = _rss_bytes()
+    config = IndexConfig(index_type=kind, seed=args.seed)
+    t0 = time.perf_counter()
+    version = publish_version(root, ClusteredSource(data, limit=n), "bench-model", config, show_progress=False)
+    publish_s = time.perf_counter() - t0
+    peak_build = _peak_rss_bytes()
+    manifest = json.loads((version / "manifest.json").read_text())
+    info = manifest["modalities"]["image"]
+    t0 = time.perf_counter()
+    index = SearchIndex.load(root)
+    load_s = time.perf_counter() - t0
+    raw = index.faiss_index("image")
+    rss_loaded = _rss_bytes()
+
+    def recall(found: np.ndarray) -> float:
+        return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / args.k for f, t in zip(found, truth)]))
+
+    batch = args.batch
+    batches = [queries[i:i + batch] for i in range(0, len(queries), batch)]
+    paths = {
+        "raw": lambda q: raw.search(q, args.k),  # the FAISS call: ids and distances
+        "keys": lambda q: index.search_keys(q, args.k),  # library, same output as FAISS (checks, normalising, dispatch)
+        "hits": lambda q: index.search_vectors(q, args.k),  # library, typed results with every hit's metadata
+    }
+    names = list(paths)
+
+    def time_paths(query_sets: list[np.ndarray]) -> dict[str, float]:
+        """Median over rounds of the total time of each path; the order of the paths rotates from call to call, so
+        that no path always runs on caches warmed (or evicted) by another on the same queries."""
+        totals: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(rounds):
+            spent = dict.fromkeys(names, 0.0)
+            for i, qb in enumerate(query_sets):
+                for name in names[i % 3:] + names[:i % 3]:
+                    t = time.perf_counter()
+                    paths[name](qb)
+                    spent[name] += time.perf_counter() - t
+            for name in names:
+                totals[name].append(spent[name])
+        return {name: statistics.median(v) for name, v in totals.items()}
+
+    found = np.concatenate([raw.search(qb, args.k)[1] for qb in batches])
+    hits = index.search_vectors(batches[0], args.k)
+    assert [[h.key for h in r] for r in hits] == [[k for k in row if k >= 0] for row in found[: len(batches[0])].tolist()]
+    batch_s = time_paths(batches)
+    singles = queries[: args.single_queries if kind != "flat" else 10]
+    single_s = time_paths([q[None, :] for q in singles])
+    raw_s, keys_s, lib_s = batch_s["raw"], batch_s["keys"], batch_s["hits"]
+    raw_1, keys_1, lib_1 = single_s["raw"], single_s["keys"], single_s["hits"]
+
+    sweep = []
+    core = faiss.downcast_index(raw.index) if isinstance(raw, faiss.IndexIDMap2) else raw
+    if kind in ("hnsw", "ivfpq"):
+        settings = [("efSearch", v) for v in (32, 64, 128, 256)] if kind == "hnsw" else [("nprobe", v) for v in (8, 16, 32, 64, 128)]
+        for name, value in settings:
+            if kind == "hnsw":
+                core.hnsw.efSearch = value
+            else:
+                faiss.extract_index_ivf(raw).nprobe = value
+            t = time.perf_counter()
+            _, ids = raw.search(queries, args.k)
+            s = time.perf_counter() - t
+            sweep.append({name: value, "recall_at_10": round(recall(ids), 4), "qps": round(len(queries) / s, 1)})
+        from index.faiss_index import IndexSpec, apply_search_defaults
+
+        apply_search_defaults(raw, IndexSpec.from_dict(info["spec"]))
+
+    label_times = []
+    for qb in batches[: max(1, len(batches) // 2)]:
+        t = time.perf_counter()
+        rows = index.search_vectors(qb, args.k, labels=["label03"])
+        label_times.append(time.perf_counter() - t)
+        assert all(len(r) == args.k and all("label03" in h.labels for h in r) for r in rows)
+    n_label_q = sum(len(b) for b in batches[: max(1, len(batches) // 2)])
+
+    result = {
+        "kind": kind, "n": n, "factory": info["spec"]["factory"], "search_params": {k: info["spec"][k] for k in ("ef_search", "nprobe") if info["spec"][k]},
+        "build_s": round(info["timings"]["train_s"] + info["timings"]["add_s"], 1),
+        "train_s": info["timings"]["train_s"], "add_s": info["timings"]["add_s"],
+        "publish_s": round(publish_s, 1), "load_verify_s": round(load_s, 1),
+        "index_file_bytes": int(manifest["files"]["image.faiss"]["bytes"]),
+        "metadata_bytes": int(manifest["files"]["metadata.sqlite"]["bytes"]),
+        "rss_index_loaded_bytes": int(rss_loaded - rss0), "peak_rss_bytes": int(max(peak_build, _peak_rss_bytes())),
+        "recall_at_10": round(recall(found), 4),
+        "batch_size": batch, "queries": len(queries), "rounds": rounds,
+        "raw_faiss_qps": round(len(queries) / raw_s, 1), "library_keys_qps": round(len(queries) / keys_s, 1),
+        "library_qps": round(len(queries) / lib_s, 1),
+        "library_keys_overhead_batch_pct": round(100 * (keys_s / raw_s - 1), 2),
+        "library_overhead_batch_pct": round(100 * (lib_s / raw_s - 1), 2),
+        "library_added_us_per_query_batch": round(1e6 * (lib_s - raw_s) / len(queries), 1),
+        "single_queries": len(singles),
+        "raw_faiss_single_ms": round(1000 * raw_1 / len(singles), 4), "library_keys_single_ms": round(1000 * keys_1 / len(singles), 4),
+        "library_single_ms": round(1000 * lib_1 / len(singles), 4),
+        "library_keys_overhead_single_pct": round(100 * (keys_1 / raw_1 - 1), 2),
+        "library_overhead_single_pct": round(100 * (lib_1 / raw_1 - 1), 2),
+        "library_added_us_per_query_single": round(1e6 * (lib_1 - raw_1) / len(singles), 1),
+        "filtered_label03_qps": round(n_label_q / sum(label_times), 1),
+        "sweep": sweep,
+    }
+    index.close()
+    shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------------ driver
+def _child(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
+    cmd = [sys.executable, __file__, *extra, "--n", str(args.n), "--dim", str(args.dim), "--hnsw-n", str(args.hnsw_n),
+           "--queries", str(args.queries), "--k", str(args.k), "--clusters", str(args.clusters), "--seed", str(args.seed),
+           "--intrinsic-dim", str(args.intrinsic_dim),
+           "--batch", str(args.batch), "--rounds", str(args.rounds), "--single-queries", str(args.single_queries),
+           "--flat-queries", str(args.flat_queries),
+           "--work", str(args.work), "--truth", str(args.truth), "--child-out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    subprocess.run(cmd, check=True, env=env)
+    return json.loads(out.read_text())
+
+
+def main() -> None:
+    """Run the benchmark (or, with --one/--truth-only, one of its subprocess parts)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for key, value in DEFAULTS.items():
+        p.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
+    p.add_argument("--batch", type=int, default=100, help="queries per search call in the throughput runs")
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds (median is reported)")
+    p.add_argument("--single-queries", type=int, default=200, help="one-query calls timed for the single-query overhead")
+    p.add_argument("--flat-queries", type=int, default=100, help="queries timed on the flat index (exact scans are slow)")
+    p.add_argument("--types", default="flat,hnsw,ivfpq")
+    p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "index.json")
+    p.add_argument("--work", type=Path, default=None, help="scratch directory for the index versions (default: a temp dir)")
+    p.add_argument("--truth", type=Path, default=None)
+    p.add_argument("--one", choices=["flat", "hnsw", "ivfpq"], help=argparse.SUPPRESS)
+    p.add_argument("--truth-only", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.one or args.truth_only:
+        result = measure_one(args) if args.one else ground_truth(args)
+        args.child_out.write_text(json.dumps(result))
+        return
+
+    import faiss
+    import numpy as np
+
+    started = time.perf_counter()
+    load_before = os.getloadavg()
+    keep_work = args.work is not None
+    work = Path(tempfile.mkdtemp(prefix="bench-index-")) if args.work is None else args.work
+    work.mkdir(parents=True, exist_ok=True)
+    args.work = work
+    args.truth = work / "truth.json"
+    try:
+        truth = json.loads(args.truth.read_text()) if args.truth.is_file() else None
+        needed = {str(args.n), str(min(args.hnsw_n, args.n))}
+        same = truth is not None and {k: v for k, v in truth.get("params", {}).items() if k != "hnsw_n"} == \
+            {k: v for k, v in _truth_params(args).items() if k != "hnsw_n"}
+        if not (same and needed <= set(truth["truth"])):  # reuse a --work dir's ground truth when it fits
+            print(f"ground truth: exact top-{args.k} of {args.queries} queries over {args.n:,} x {args.dim} ...", flush=True)
+            truth = _child(args, ["--truth-only"], work / "truth.tmp.json")
+            args.truth.write_text(json.dumps(truth))
+        results = []
+        for kind in args.types.split(","):
+            print(f"{kind}: building and measuring ...", flush=True)
+            results.append(_child(args, ["--one", kind], work / f"{kind}.json"))
+            print(json.dumps(results[-1]), flush=True)
+    finally:
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+
+    report = {
+        "benchmark": "index build/search on synthetic clustered unit vectors",
+        "machine": {"cpus": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+                    "gpu": False, "python": platform.python_version(), "faiss": faiss.__version__, "numpy": np.__version__,
+                    "omp_threads": faiss.omp_get_max_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+                    "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                    "note": "2-core machine shared with other engineers' jobs; timings carry that noise"},
+        "data": {"n": args.n, "dim": args.dim, "clusters": args.clusters, "spread": 0.7, "intrinsic_dim": args.intrinsic_dim or None,
+                 "floor_noise": 0.1, "seed": args.seed, "queries": args.queries,
+                 "k": args.k, "ground_truth": "numpy float32 exact inner product", "ground_truth_s": truth["seconds"]},
+        "results": results,
+        "total_s": round(time.perf_counter() - started, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print()
+    header = f"{'type':6} {'n':>9} {'factory':14} {'build s':>8} {'index MiB':>9} {'peak RSS MiB':>12} {'recall@10':>9} " \
+             f"{'raw q/s':>8} {'lib q/s':>8} {'keys ovh':>8} {'hits ovh':>8} {'keys ovh1':>9} {'hits ovh1':>9}"
+    print(header)
+    for r in results:
+        print(f"{r['kind']:6} {r['n']:>9,} {r['factory']:14} {r['build_s']:>8.1f} {r['index_file_bytes'] / 2**20:>9.0f} "
+              f"{r['peak_rss_bytes'] / 2**20:>12.0f} {r['recall_at_10']:>9.4f} {r['raw_faiss_qps']:>8.1f} {r['library_qps']:>8.1f} "
+              f"{r['library_keys_overhead_batch_pct']:>7.2f}% {r['library_overhead_batch_pct']:>7.2f}% "
+              f"{r['library_keys_overhead_single_pct']:>8.2f}% {r['library_overhead_single_pct']:>8.2f}%")
+    print("keys = library call returning what FAISS returns (scores, ids); hits = typed results with metadata; "
+          "ovh = batch of 100, ovh1 = one query per call")
+    print(f"\nwritten {args.out} ({report['total_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

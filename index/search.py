@@ -1,0 +1,336 @@
+"""The search library the service and the tests use: load an index version, query it by text, image or vector.
+
+    idx = SearchIndex.load("indexes/", encoder=encoder)          # CURRENT version; refuses another model's index
+    hits = idx.search_text("a small orange fish", k=10)          # text -> images
+    hits = idx.search_image(pil_image, k=10, target="text")      # image -> texts
+    rows = idx.search_vectors(q, k=10, target="both", labels=["fish", "bird"])   # batch of vectors, label filter
+
+Scores are cosine similarities (inner products of L2-normalised vectors). A label filter keeps the items that carry at
+least one of the given labels and still returns k hits whenever k such items exist: small allowed sets are searched
+exactly over their own vectors; larger ones go through FAISS with an id selector, widening efSearch / nprobe and
+finally falling back to an exact scan when the approximate search comes back short.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Literal, NamedTuple, Sequence
+
+import faiss
+import numpy as np
+
+from index import faiss_index as fi
+from index.errors import IndexCorruptError, IndexModelMismatchError, IndexStoreError
+from index.metadata import MetadataStore
+from index.records import RecordReader
+from index.store import METADATA_FILE, MODALITIES, load_manifest, resolve_version
+
+log = logging.getLogger(__name__)
+
+Target = Literal["image", "text", "both"]
+# Allowed sets up to this size are searched exactly over their reconstructed vectors (cheaper than a filtered scan,
+# and never short); larger sets go through FAISS with an id selector.
+DEFAULT_EXACT_SUBSET_MAX = 20_000
+_EXACT_CHUNK = 16_384
+_WIDEN_STEPS = (4, 16)
+
+
+class SearchHit(NamedTuple):
+    """One result: the corpus item, which of its sides matched (modality), and the cosine score.
+
+    A NamedTuple rather than a dataclass: results are built per hit on the hot path, and tuples build fastest.
+    """
+
+    id: str
+    score: float
+    modality: str
+    labels: tuple[str, ...]
+    text: str | None
+    image_path: str | None
+    extra: dict[str, Any]
+    key: int  # the vector's FAISS id within this index version
+
+
+class _ModalityIndex:
+    """One modality's FAISS index with its tombstone selector and optional GPU copy."""
+
+    def __init__(self, modality: str, index: faiss.Index, tombstones: np.ndarray, use_gpu: bool | None) -> None:
+        self.modality = modality
+        self.index = index
+        self.tombstones = tombstones
+        self.live = int(index.ntotal) - len(tombstones)
+        self.exclude = _KeySelector(tombstones, negate=True) if len(tombstones) else None
+        want_gpu = fi.gpu_available() if use_gpu is None else use_gpu
+        self.gpu = fi.GpuSearcher.try_create(index) if want_gpu else None
+
+
+class _KeySelector:
+    """A FAISS id selector over a set of keys (a bitmap; optionally negated), holding the arrays FAISS points into."""
+
+    def __init__(self, keys: np.ndarray, negate: bool = False) -> None:
+        size = int(keys.max()) + 1 if len(keys) else 1
+        bits = np.zeros(size, dtype=bool)
+        bits[keys] = True
+        self.bitmap = np.packbits(bits, bitorder="little")
+        self.inner = faiss.IDSelectorBitmap(self.bitmap)
+        self.selector = faiss.IDSelectorNot(self.inner) if negate else self.inner
+
+
+class SearchIndex:
+    """A loaded, read-only index version: FAISS indexes per modality, metadata, manifest and (optionally) the encoder."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], indexes: dict[str, _ModalityIndex], metadata: MetadataStore,
+                 records: RecordReader, exact_subset_max: int = DEFAULT_EXACT_SUBSET_MAX) -> None:
+        self.path = path
+        self.manifest = manifest
+        self._indexes = indexes
+        self.metadata = metadata
+        self.records = records
+        self.exact_subset_max = exact_subset_max
+        self.encoder = None
+        self._selectors: dict[tuple[str, frozenset[str]], tuple[np.ndarray, _KeySelector | None]] = {}
+        self._selectors_lock = threading.Lock()
+        self.dim = int(manifest["model"]["dim"])
+        corpus_labels = (manifest.get("corpus") or {}).get("label_names") or []
+        self.label_names = sorted(set(corpus_labels) | {lab for m in indexes for lab in metadata.label_counts(m)})
+
+    # ------------------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, root_or_version: str | Path, expected_model_hash: str | None = None, expected_dim: int | None = None,
+             encoder: Any = None, verify: bool = True, use_gpu: bool | None = None,
+             exact_subset_max: int = DEFAULT_EXACT_SUBSET_MAX) -> "SearchIndex":
+        """Load the CURRENT version of an index root (or a version directory), checking integrity and the model.
+
+        `verify` checks every file's sha256 against the manifest (size is always checked). An `encoder` (or
+        `expected_model_hash` / `expected_dim`) that differs from the model the index was built with is refused.
+        """
+        version = resolve_version(root_or_version)
+        manifest = load_manifest(version, verify_files=verify)
+        _check_model(manifest, version, expected_model_hash, expected_dim)
+        metadata = MetadataStore(version / METADATA_FILE)
+        indexes = {}
+        for modality, info in manifest.get("modalities", {}).items():
+            if modality not in MODALITIES:
+                raise IndexCorruptError(f"{version}/manifest.json lists unknown modality {modality!r}")
+            index = fi.read_index(version / info["file"])
+            spec = fi.IndexSpec.from_dict(info["spec"])
+            fi.apply_search_defaults(index, spec)
+            if index.d != manifest["model"]["dim"]:
+                raise IndexCorruptError(f"{version / info['file']} holds {index.d}-d vectors but the manifest says {manifest['model']['dim']}")
+            tombstones = metadata.tombstones(modality)
+            live = metadata.count(modality)
+            if index.ntotal != live + len(tombstones) or live != info["count"] - info.get("tombstones", 0):
+                raise IndexCorruptError(
+                    f"{version}: the {modality} index holds {index.ntotal} vectors but the metadata has {live} entries and "
+                    f"{len(tombstones)} tombstones (manifest: {info['count']}); index and metadata are out of step: rebuild the version")
+            indexes[modality] = _ModalityIndex(modality, index, tombstones, use_gpu)
+        records = RecordReader(version)
+        if records.live_count() != metadata.count():
+            raise IndexCorruptError(f"{version}: {records.live_count()} result records but {metadata.count()} metadata entries; "
+                                    "the version is inconsistent: rebuild it")
+        search_index = cls(version, manifest, indexes, metadata, records, exact_subset_max)
+        if encoder is not None:
+            search_index.attach_encoder(encoder)
+        return search_index
+
+    def attach_encoder(self, encoder: Any) -> None:
+        """Use `encoder` for text/image queries; refused when it is not the model that built this index."""
+        _check_model(self.manifest, self.path, encoder.content_hash, encoder.dim)
+        self.encoder = encoder
+
+    def close(self) -> None:
+        """Release the record map and this thread's metadata connection."""
+        self.records.close()
+        self.metadata.close()
+
+    # ---------------------------------------------------------------------------------------------------- properties
+    @property
+    def version(self) -> str:
+        """The version name (directory name under versions/)."""
+        return self.manifest["version"]
+
+    @property
+    def model_hash(self) -> str:
+        """Content hash of the model that built this index."""
+        return self.manifest["model"]["content_hash"]
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modalities that have an index in this version."""
+        return list(self._indexes)
+
+    def count(self, modality: str) -> int:
+        """Live (searchable) vectors of `modality`."""
+        return self._indexes[modality].live if modality in self._indexes else 0
+
+    def faiss_index(self, modality: str) -> faiss.Index:
+        """The underlying FAISS index of `modality` (for benchmarks and diagnostics)."""
+        return self._indexes[modality].index
+
+    # ---------------------------------------------------------------------------------------------------- searching
+    def search_text(self, text: str, k: int = 10, target: Target = "image", labels: Iterable[str] | None = None) -> list[SearchHit]:
+        """Top-k hits for one text query (encoded by the index's model)."""
+        return self.search_texts([text], k, target, labels)[0]
+
+    def search_texts(self, texts: Sequence[str], k: int = 10, target: Target = "image",
+                     labels: Iterable[str] | None = None) -> list[list[SearchHit]]:
+        """Top-k hits for each of a batch of text queries."""
+        encoder = self._require_encoder("texts")
+        if isinstance(texts, str):
+            raise TypeError("search_texts takes a list of texts; use search_text for one")
+        return self.search_vectors(encoder.encode_texts(list(texts)), k, target, labels)
+
+    def search_image(self, image: Any, k: int = 10, target: Target = "text", labels: Iterable[str] | None = None) -> list[SearchHit]:
+        """Top-k hits for one image query (a PIL image, encoded by the index's model)."""
+        return self.search_images([image], k, target, labels)[0]
+
+    def search_images(self, images: Sequence[Any], k: int = 10, target: Target = "text",
+                      labels: Iterable[str] | None = None) -> list[list[SearchHit]]:
+        """Top-k hits for each of a batch of image queries."""
+        encoder = self._require_encoder("images")
+        return self.search_vectors(encoder.encode_images(list(images)), k, target, labels)
+
+    def search_vectors(self, queries: np.ndarray, k: int = 10, target: Target = "image",
+                       labels: Iterable[str] | None = None) -> list[list[SearchHit]]:
+        """Top-k hits for each row of `queries` (n, dim) among the `target` vectors, optionally filtered by labels."""
+        scores, keys = self.search_keys(queries, k, target, labels)
+        return self._hits(scores, keys)
+
+    def search_keys(self, queries: np.ndarray, k: int = 10, target: Target = "image",
+                    labels: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Like search_vectors but returns the raw (scores, keys) arrays, (n, k) each, -1 keys past the end."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        q = np.asarray(queries)
+        if q.ndim == 1:
+            q = q[None, :]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must have shape (n, {self.dim}) for this index; got {np.shape(queries)}")
+        q = fi.normalise_rows(q, "query vectors")
+        wanted = self._targets(target)
+        label_set = self._label_set(labels)
+        results = [self._search_modality(self._indexes[m], q, k, label_set) for m in wanted]
+        if len(results) == 1:
+            return results[0]
+        scores = np.concatenate([r[0] for r in results], axis=1)
+        keys = np.concatenate([r[1] for r in results], axis=1)
+        scores = np.where(keys < 0, -np.inf, scores)
+        order = np.lexsort((keys, -scores), axis=1)[:, :k] if scores.shape[1] else np.zeros((len(q), 0), dtype=np.int64)
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(keys, order, axis=1)
+
+    # ------------------------------------------------------------------------------------------------------ internals
+    def _require_encoder(self, what: str) -> Any:
+        if self.encoder is None:
+            raise IndexStoreError(f"no encoder attached: load the index with encoder=... (the model {self.model_hash[:12]}) to search by {what}")
+        can = self.encoder.can_encode_texts if what == "texts" else self.encoder.can_encode_images
+        if not can:
+            raise IndexStoreError(f"the attached model cannot encode raw {what} (it was trained on precomputed features); search by vector instead")
+        return self.encoder
+
+    def _targets(self, target: str) -> list[str]:
+        if target == "both":
+            wanted = [m for m in MODALITIES if m in self._indexes]
+        elif target in MODALITIES:
+            wanted = [target]
+        else:
+            raise ValueError(f"target must be 'image', 'text' or 'both', got {target!r}")
+        missing = [m for m in wanted if m not in self._indexes]
+        if missing or not wanted:
+            raise IndexStoreError(f"index version {self.version} has no {missing or target} index (it has {self.modalities})")
+        return wanted
+
+    def _label_set(self, labels: Iterable[str] | None) -> frozenset[str] | None:
+        if labels is None:
+            return None
+        if isinstance(labels, str):
+            labels = [labels]
+        label_set = frozenset(labels)
+        unknown = sorted(label_set - set(self.label_names))
+        if unknown:
+            raise ValueError(f"unknown labels {unknown}; this index knows {self.label_names}")
+        return label_set
+
+    def _allowed(self, modality: str, labels: frozenset[str]) -> tuple[np.ndarray, _KeySelector | None]:
+        cache_key = (modality, labels)
+        with self._selectors_lock:
+            hit = self._selectors.get(cache_key)
+        if hit is not None:
+            return hit
+        keys = self.metadata.keys_with_labels(modality, labels)
+        entry = (keys, _KeySelector(keys) if len(keys) > self.exact_subset_max else None)
+        with self._selectors_lock:
+            if len(self._selectors) >= 128:
+                self._selectors.pop(next(iter(self._selectors)))
+            self._selectors[cache_key] = entry
+        return entry
+
+    def _search_modality(self, mi: _ModalityIndex, q: np.ndarray, k: int, labels: frozenset[str] | None):
+        if labels is None and mi.exclude is None:
+            return (mi.gpu or mi.index).search(q, k)
+        if labels is None:
+            allowed, selector, n_allowed = None, mi.exclude, mi.live
+        else:
+            allowed, key_selector = self._allowed(mi.modality, labels)
+            n_allowed = len(allowed)
+            if key_selector is None:
+                return self._exact_over(mi, q, allowed, k)
+            selector = key_selector
+        want = min(k, n_allowed)
+        scores, keys = mi.index.search(q, k, params=fi.search_parameters(mi.index, selector.selector))
+        for widen in _WIDEN_STEPS:
+            short = np.where((keys >= 0).sum(axis=1) < want)[0]
+            if not len(short):
+                return scores, keys
+            params = fi.search_parameters(mi.index, selector.selector, widen=widen)
+            scores[short], keys[short] = mi.index.search(q[short], k, params=params)
+        short = np.where((keys >= 0).sum(axis=1) < want)[0]
+        if len(short):
+            log.info("%d filtered %s queries came back short after widening; scanning the allowed set exactly", len(short), mi.modality)
+            pool = allowed if allowed is not None else self.metadata.all_keys(mi.modality)
+            scores[short], keys[short] = self._exact_over(mi, q[short], pool, k)
+        return scores, keys
+
+    @staticmethod
+    def _exact_over(mi: _ModalityIndex, q: np.ndarray, pool: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k over the (stored, possibly decoded) vectors of the keys in `pool`, in bounded chunks."""
+        best_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        best_keys = np.full((len(q), k), -1, dtype=np.int64)
+        for start in range(0, len(pool), _EXACT_CHUNK):
+            chunk = pool[start:start + _EXACT_CHUNK]
+            scores = q @ fi.reconstruct_keys(mi.index, chunk).T
+            all_scores = np.concatenate([best_scores, scores], axis=1)
+            all_keys = np.concatenate([best_keys, np.broadcast_to(chunk, scores.shape)], axis=1)
+            order = np.lexsort((all_keys, -all_scores), axis=1)[:, :k]
+            best_scores = np.take_along_axis(all_scores, order, axis=1)
+            best_keys = np.take_along_axis(all_keys, order, axis=1)
+        best_keys[~np.isfinite(best_scores)] = -1
+        return best_scores, best_keys
+
+    def _hits(self, scores: np.ndarray, keys: np.ndarray) -> list[list[SearchHit]]:
+        """Typed results for (n, k) scores and keys; -1 keys (fewer than k results) end a row."""
+        key_rows = keys.tolist()
+        records = iter(self.records.fetch(keys[keys >= 0]))
+        out = []
+        for row_scores, row_keys in zip(scores.tolist(), key_rows):
+            row = []
+            for score, key in zip(row_scores, row_keys):
+                if key < 0:
+                    break
+                item_id, modality, source_path, text, labels, extra = next(records)
+                row.append(SearchHit(item_id, score, modality, tuple(labels), text, source_path, extra, key))
+            out.append(row)
+        return out
+
+
+def _check_model(manifest: dict[str, Any], version: Path, model_hash: str | None, dim: int | None) -> None:
+    built = manifest["model"]
+    if model_hash is not None and model_hash != built["content_hash"]:
+        raise IndexModelMismatchError(
+            f"index version {version.name} was built by model {built['content_hash'][:16]} but the model in use is "
+            f"{model_hash[:16]}: its vectors are not comparable. Rebuild the index with this model "
+            f"(`python -m index build --model MODEL_DIR ...`) or serve the model that built it.")
+    if dim is not None and int(dim) != int(built["dim"]):
+        raise IndexModelMismatchError(
+            f"index version {version.name} holds {built['dim']}-d vectors but the model in use produces {dim}-d vectors; "
+            "rebuild the index with this model or serve the model that built it.")

@@ -1,0 +1,148 @@
+"""Kim (2014) sentence CNN as used by DSCMR for text, and the typed config that rebuilds a text encoder."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from model.text_tokenize import PAD_ID, TokenizerConfig
+
+TextEncoderKind = Literal["features", "sentence_cnn", "minilm"]
+# Vector sources that are not a file path.
+NAMED_WORD_VECTORS = ("word2vec", "glove-6b-50d", "random")
+GLOVE_6B_50D_DIM = 50
+MINILM_DIM = 384
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """Which text encoder a model uses and how to rebuild it.
+
+    kind: "features" (precomputed text vectors go straight into the text branch), "sentence_cnn" (token ids
+    through `SentenceCNN`, trained end to end), "minilm" (frozen all-MiniLM-L6-v2 sentence vectors, 384-d).
+    word_vectors: "word2vec" (trained on the training texts), "glove-6b-50d" (pretrained primary, with
+    corpus word2vec for the words GloVe lacks), "random" (Kim's CNN-rand), or a path to a vector file
+    (word2vec .bin/.txt, GloVe text, gensim KeyedVectors) used as primary with corpus word2vec as fallback.
+    """
+
+    kind: TextEncoderKind = "sentence_cnn"
+    embed_dim: int = 300
+    widths: tuple[int, ...] = (3, 4, 5)
+    maps: int = 100
+    dropout: float = 0.5
+    freeze_embeddings: bool = False
+    max_len: int = 128
+    min_count: int = 2
+    max_vocab: int | None = None
+    word_vectors: str = "word2vec"
+    word2vec_epochs: int = 5
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("features", "sentence_cnn", "minilm"):
+            raise ValueError(f"TextEncoderConfig.kind must be 'features', 'sentence_cnn' or 'minilm', got {self.kind!r}")
+        if not self.widths or any(w < 1 for w in self.widths):
+            raise ValueError(f"widths must be positive kernel widths, got {self.widths}")
+        if self.embed_dim < 1 or self.maps < 1 or self.max_len < 1 or self.min_count < 1:
+            raise ValueError("embed_dim, maps, max_len and min_count must all be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.word_vectors:
+            raise ValueError(f"word_vectors must be one of {NAMED_WORD_VECTORS} or a file path")
+        if self.word_vectors == "glove-6b-50d" and self.embed_dim != GLOVE_6B_50D_DIM:
+            raise ValueError(f"word_vectors='glove-6b-50d' gives 50-d vectors but embed_dim={self.embed_dim}; "
+                             "set embed_dim=50")
+
+    @property
+    def output_dim(self) -> int | None:
+        """Size of the text feature this encoder produces (None for 'features': the data decides)."""
+        if self.kind == "sentence_cnn":
+            return self.maps * len(self.widths)
+        if self.kind == "minilm":
+            return MINILM_DIM
+        return None
+
+
+class SentenceCNN(nn.Module):
+    """Word embeddings -> parallel 1-D convolutions -> ReLU -> max over time -> concatenation -> dropout.
+
+    Input: right-padded token ids (N x L, PAD id 0). Only windows that lie inside the real tokens take part
+    in the max, so the output does not depend on how much padding follows; a text shorter than a kernel
+    is padded (with the zero PAD vector) up to the kernel width and uses that single window.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int = 300, widths: tuple[int, ...] = (3, 4, 5), maps: int = 100,
+                 dropout: float = 0.5, pretrained: np.ndarray | None = None, freeze_embeddings: bool = False) -> None:
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2 (PAD and OOV), got {vocab_size}")
+        if not widths or any(w < 1 for w in widths):
+            raise ValueError(f"widths must be positive kernel widths, got {widths}")
+        self.vocab_size, self.embed_dim, self.widths, self.maps = vocab_size, embed_dim, tuple(widths), maps
+        self.output_dim = maps * len(self.widths)
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        if pretrained is not None:
+            pretrained = np.asarray(pretrained)
+            if pretrained.shape != (vocab_size, embed_dim):
+                raise ValueError(f"pretrained embeddings have shape {pretrained.shape}, expected "
+                                 f"({vocab_size}, {embed_dim}) = (vocab size, embed_dim)")
+            if not np.isfinite(pretrained).all():
+                raise ValueError("pretrained embeddings contain NaN or inf")
+            with torch.no_grad():
+                self.embedding.weight.copy_(torch.from_numpy(pretrained.astype(np.float32)))
+        with torch.no_grad():
+            self.embedding.weight[PAD_ID].zero_()  # padding windows must see exactly zero input
+        self.embedding.weight.requires_grad_(not freeze_embeddings)
+        self.convs = nn.ModuleList(nn.Conv1d(embed_dim, maps, kernel_size=w) for w in self.widths)
+        self.dropout = nn.Dropout(dropout)
+
+    @classmethod
+    def from_config(cls, cfg: TextEncoderConfig, vocab_size: int, pretrained: np.ndarray | None = None
+                    ) -> SentenceCNN:
+        """The SentenceCNN `cfg` describes (weights random or `pretrained`; load a state dict to restore one)."""
+        if cfg.kind != "sentence_cnn":
+            raise ValueError(f"TextEncoderConfig.kind is {cfg.kind!r}; only 'sentence_cnn' builds a SentenceCNN")
+        return cls(vocab_size, cfg.embed_dim, cfg.widths, cfg.maps, cfg.dropout, pretrained, cfg.freeze_embeddings)
+
+    @property
+    def freeze_embeddings(self) -> bool:
+        """Whether the word embeddings are fixed (Kim's CNN-static) or fine-tuned (CNN-non-static)."""
+        return not self.embedding.weight.requires_grad
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """N x L token ids -> N x output_dim sentence features."""
+        if token_ids.dim() != 2 or token_ids.dtype not in (torch.long, torch.int32, torch.int64):
+            raise ValueError(f"SentenceCNN expects an integer tensor N x L of token ids, got "
+                             f"{tuple(token_ids.shape)} {token_ids.dtype}")
+        # Checked here because an out-of-range id on CUDA surfaces only as an opaque device-side assert.
+        if token_ids.numel() and (int(token_ids.min()) < 0 or int(token_ids.max()) >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}); got range "
+                             f"[{int(token_ids.min())}, {int(token_ids.max())}] — was the text encoded with this "
+                             "model's vocabulary?")
+        positions = torch.arange(1, token_ids.shape[1] + 1, device=token_ids.device)
+        # Length = last non-pad position, so a stray inner pad is just a zero vector, not the end of the text.
+        lengths = torch.where(token_ids != PAD_ID, positions, torch.zeros_like(positions)).amax(1)
+        x = self.embedding(token_ids.long())
+        shortfall = max(self.widths) - x.shape[1]
+        if shortfall > 0:
+            x = F.pad(x, (0, 0, 0, shortfall))
+        x = x.transpose(1, 2)  # N x E x L for Conv1d
+        pooled = []
+        for width, conv in zip(self.widths, self.convs):
+            feature_map = conv(x)  # N x maps x (L - width + 1)
+            last_start = (lengths - width).clamp_min(0)
+            starts = torch.arange(feature_map.shape[2], device=x.device)
+            outside = starts[None, :] > last_start[:, None]
+            feature_map = feature_map.masked_fill(outside[:, None, :], float("-inf"))
+            pooled.append(F.relu(feature_map.amax(2)))  # ReLU commutes with max
+        return self.dropout(torch.cat(pooled, 1))
+
+
+def sentence_cnn_from_config(cfg: TextEncoderConfig, vocab_size: int, pretrained: np.ndarray | None = None
+                             ) -> SentenceCNN:
+    """Function form of `SentenceCNN.from_config`."""
+    return SentenceCNN.from_config(cfg, vocab_size, pretrained)

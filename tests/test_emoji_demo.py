@@ -1,0 +1,110 @@
+"""The emoji demo corpus, built from the real Debian package files (fonts-noto-color-emoji, unicode-cldr-core, unicode-data)."""
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.datasets import EmojiSources, build_emoji_corpus, load_dataset
+from training.datasets.emoji_demo import read_cldr_annotations, read_emoji_test
+
+SOURCES = EmojiSources()
+_ABSENT = [str(p) for p in (SOURCES.font, SOURCES.emoji_test, SOURCES.annotations) if not Path(p).is_file()]
+needs_debian = pytest.mark.skipif(bool(_ABSENT), reason=f"Debian emoji files absent: {_ABSENT} "
+                                  "(apt-get install fonts-noto-color-emoji unicode-cldr-core unicode-data)")
+GROUPS = ["Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink", "Travel & Places",
+          "Activities", "Objects", "Symbols", "Flags"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    if _ABSENT:
+        pytest.skip(f"Debian emoji files absent: {_ABSENT}")
+    out = tmp_path_factory.mktemp("emoji")
+    corpus, report = build_emoji_corpus(out, limit=90, image_size=64)
+    return out, corpus, report
+
+
+@needs_debian
+def test_groups_are_the_labels_balanced_and_without_skin_tones(built):
+    _, corpus, report = built
+    assert report.skipped == 0 and len(corpus) == 90
+    assert corpus.label_names == GROUPS
+    assert Counter(it.labels[0] for it in corpus.items) == {g: 10 for g in GROUPS}
+    assert not any(0x1F3FB <= ord(ch) <= 0x1F3FF for it in corpus.items for ch in it.extra["emoji"])
+    assert {k: len(v) for k, v in corpus.splits.items()} == {"train": 72, "val": 9, "test": 9}
+    assert Counter(corpus.items[corpus.position(i)].labels[0] for i in corpus.splits["test"]) == {g: 1 for g in GROUPS}
+
+
+@needs_debian
+def test_images_are_real_colour_renderings(built):
+    out, corpus, _ = built
+    for it in corpus.items:
+        path = Path(it.image_path)
+        assert path.parent == (out / "images").resolve()
+        with Image.open(path) as im:
+            assert im.size == (64, 64) and im.mode == "RGB"
+            pixels = np.asarray(im, dtype=np.int16)
+        assert (pixels < 250).any(axis=2).mean() > 0.05, f"{it.id} is (nearly) blank"
+    # colour, not grey: the grinning face is yellow
+    face = corpus.items[corpus.position("u1f600")]
+    pixels = np.asarray(Image.open(face.image_path), dtype=np.int16).reshape(-1, 3)
+    yellow = (pixels[:, 0] > 200) & (pixels[:, 1] > 150) & (pixels[:, 2] < 100)
+    assert yellow.mean() > 0.2
+
+
+@needs_debian
+def test_texts_hold_names_and_cldr_keywords(built):
+    _, corpus, _ = built
+    face = corpus.items[corpus.position("u1f600")]
+    assert face.text == "grinning face. face, grin" and face.labels == ("Smileys & Emotion",)
+    annotations = read_cldr_annotations(SOURCES.annotations, SOURCES.annotations_derived)
+    with_keywords = 0
+    for it in corpus.items:
+        assert it.text.startswith(it.extra["name"])
+        _, keywords = annotations.get(it.extra["emoji"].replace("\ufe0f", ""), ("", []))
+        extra = [k for k in keywords if k.lower() != it.extra["name"].lower()]
+        if extra:
+            with_keywords += 1
+            assert all(k in it.text for k in extra), it.text
+    assert with_keywords > 80
+    flags = [it for it in corpus.items if it.labels == ("Flags",)]
+    assert len(flags) == 10 and all("flag" in it.text for it in flags)
+
+
+@needs_debian
+def test_rebuild_reuses_images_and_registry_builds_too(built):
+    out, corpus, _ = built
+    stamp = {it.id: Path(it.image_path).stat().st_mtime_ns for it in corpus.items}
+    again, _ = load_dataset("emoji-demo", out, limit=90, image_size=64)
+    assert again.splits == corpus.splits and [it.text for it in again.items] == [it.text for it in corpus.items]
+    assert {it.id: Path(it.image_path).stat().st_mtime_ns for it in again.items} == stamp
+
+
+@needs_debian
+def test_emoji_test_parsing_folds_skin_tones_and_drops_components():
+    entries = read_emoji_test(SOURCES.emoji_test)
+    groups = list(dict.fromkeys(e.group for e in entries))
+    assert groups == GROUPS
+    thumbs = [e for e in entries if e.name.startswith("thumbs up")]
+    assert [e.emoji for e in thumbs] == ["\U0001F44D"]
+    assert len(entries) > 1500
+
+
+def test_missing_sources_name_the_debian_package(tmp_path):
+    sources = EmojiSources(font=tmp_path / "NotoColorEmoji.ttf", emoji_test=tmp_path / "emoji-test.txt",
+                           annotations=SOURCES.annotations)
+    with pytest.raises(FileNotFoundError, match=r"fonts-noto-color-emoji.*unicode-data.*apt-get install -y fonts-noto-color-emoji"):
+        build_emoji_corpus(tmp_path / "out", limit=5, sources=sources)
+
+
+@needs_debian
+def test_per_group_and_small_limits_pick_evenly(tmp_path):
+    corpus, _ = build_emoji_corpus(tmp_path, per_group=2, image_size=32)
+    assert Counter(it.labels[0] for it in corpus.items) == {g: 2 for g in GROUPS}
+    corpus, _ = build_emoji_corpus(tmp_path, limit=5, image_size=32)
+    assert [it.labels[0] for it in corpus.items] == GROUPS[:5]
+    # a different image size renders again instead of reusing the 32 px files
+    corpus, _ = build_emoji_corpus(tmp_path, limit=5, image_size=48)
+    assert all(Image.open(it.image_path).size == (48, 48) for it in corpus.items)

@@ -89,7 +89,7 @@ def load_corpus(directory: str | Path) -> Corpus:
     meta_path, items_path = directory / CORPUS_FILE, directory / ITEMS_FILE
     for path in (meta_path, items_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: {directory} is not a prepared corpus (run `python -m training prepare`)")
+            raise FileNotFoundError(f"{path} is missing: {directory} is not a prepared corpus (run `python -m training.datasets prepare`)")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     items = []
     with items_path.open(encoding="utf-8") as fh:

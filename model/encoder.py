@@ -109,7 +109,7 @@ class CrossModalEncoder:
         """Backbone features of decoded RGB images (what `training prepare` caches)."""
         if self._backbone is None:
             raise ModelArtefactError("this model was trained on precomputed image features and has no image backbone; it cannot encode pictures")
-        return self._backbone.extract_images(list(images), self.device).float().cpu().numpy()
+        return self._backbone.extract_images(list(images), self.device).float().to(self.device).cpu().numpy()
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
@@ -123,7 +123,7 @@ class CrossModalEncoder:
     def _backbone_tensor(self, images: Sequence[Any]) -> torch.Tensor:
         if self._backbone is None:
             raise ModelArtefactError("this model was trained on precomputed image features and has no image backbone; it cannot encode pictures")
-        return self._backbone.extract_images(list(images), self.device).float()
+        return self._backbone.extract_images(list(images), self.device).float().to(self.device)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

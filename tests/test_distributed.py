@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _train(tmp_path, name, nproc, extra=()):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", "0"] if nproc > 1 else [sys.executable]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else [sys.executable]
     cmd = [*launcher, "-m", "training", "train", "--features", str(tmp_path / "f.npz"), "--epochs", "6", "--batch-size", "20",
            "--out", str(tmp_path / name), "--run-dir", str(tmp_path / f"{name}_run"), "--no-progress", *extra]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

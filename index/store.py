@@ -22,6 +22,7 @@ container volumes, Windows) and a watcher can detect a switch by its mtime or co
 """
 from __future__ import annotations
 
+from model.artefact import sha256_file  # noqa: F401  (re-exported for index.shards)
 import contextlib
 import errno
 import fcntl
@@ -85,13 +86,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     fsync_path(path.parent)
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------------------ locking

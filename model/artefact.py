@@ -42,7 +42,8 @@ class ModelArtefact:
     content_hash: str = ""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -68,7 +69,7 @@ def save_model(artefact: ModelArtefact, directory: str | Path) -> str:
         _write_json(tmp / METRICS_FILE, artefact.metrics)
         if artefact.vocab is not None:
             _write_json(tmp / VOCAB_FILE, artefact.vocab)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         # Metrics describe the model but are not the model: the hash covers what changes its outputs.
         hashed = {name: digest for name, digest in files.items() if name != METRICS_FILE}
         content_hash = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()
@@ -129,7 +130,7 @@ def load_model(directory: str | Path, verify: bool = True) -> ModelArtefact:
         path = directory / name
         if not path.is_file():
             raise ModelArtefactError(f"{path} is missing from the model directory; copy the whole directory or retrain")
-        if verify and _sha256(path) != digest:
+        if verify and sha256_file(path) != digest:
             raise ModelArtefactError(f"{path} does not match its checksum in the manifest: it is truncated or was modified")
     try:
         state_dict = load_file(str(directory / WEIGHTS_FILE))

@@ -1,7 +1,7 @@
 """Pretrained image encoders (EfficientNet-Lite0/2, the paper's VGG19 fc7) behind one interface."""
 from __future__ import annotations
 
-import hashlib
+from model.artefact import sha256_file
 import importlib
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -251,13 +251,7 @@ class ImageBackbone(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+file_sha256 = sha256_file
 
 
 def _read_state_dict(path: Path, how_to_get: str) -> tuple[dict[str, torch.Tensor], str]:

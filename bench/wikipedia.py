@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import time
@@ -46,8 +47,6 @@ def machine_description() -> str:
         mem = f"{mem_kb / 2**20:.0f} GiB"
     except (OSError, StopIteration, ValueError):
         mem = "unknown memory"
-    import os
-
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {mem}, {gpu}; torch {torch.__version__}, Python {platform.python_version()}"
 
@@ -98,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or (REPO / "docs" if args.epochs == 500 else REPO / "bench" / "out")
     (out / "results").mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_wiki_features(args.data)
     dims = (data.train.image.shape[1], data.train.text.shape[1], len(data.label_names))
     results: dict[str, dict] = {}

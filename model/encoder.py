@@ -93,16 +93,19 @@ class CrossModalEncoder:
         return self._text_kind in ("sentence_cnn", "minilm")
 
     @torch.inference_mode()
+    def _encode_rows(self, encode, features: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(features, dtype=np.float32), device=self.device)
+        if not len(x):
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate([_unit(encode(x[i : i + 4096])) for i in range(0, len(x), 4096)])
+
     def encode_image_features(self, features: np.ndarray) -> np.ndarray:
         """Common-space vectors of precomputed backbone features."""
-        x = torch.as_tensor(np.asarray(features, dtype=np.float32), device=self.device)
-        return np.concatenate([_unit(self.network.encode_image(x[i : i + 4096])) for i in range(0, len(x), 4096)]) if len(x) else np.zeros((0, self.dim), np.float32)
+        return self._encode_rows(self.network.encode_image, features)
 
-    @torch.inference_mode()
     def encode_text_features(self, features: np.ndarray) -> np.ndarray:
         """Common-space vectors of precomputed text features (models trained on text feature vectors)."""
-        x = torch.as_tensor(np.asarray(features, dtype=np.float32), device=self.device)
-        return np.concatenate([_unit(self.network.encode_text(x[i : i + 4096])) for i in range(0, len(x), 4096)]) if len(x) else np.zeros((0, self.dim), np.float32)
+        return self._encode_rows(self.network.encode_text, features)
 
     @torch.inference_mode()
     def image_backbone_features(self, images: Sequence[Any]) -> np.ndarray:

@@ -22,9 +22,9 @@ class InputNormalizer(nn.Module):
     @torch.no_grad()
     def fit(self, features: torch.Tensor) -> None:
         """Set the standardisation statistics from training features (rows = items)."""
+        if self.mode != "standardize":  # only standardisation uses the statistics
+            return
         features = features.float()
-        if self.mode == "l2":
-            features = F.normalize(features, dim=1)
         self.mean.copy_(features.mean(0))
         self.std.copy_(features.std(0).clamp_min(1e-6))
 

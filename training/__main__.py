@@ -35,7 +35,7 @@ def load_data(args: argparse.Namespace):
     return prepared.feature_splits(), prepared
 
 
-def build_config(args: argparse.Namespace, data):
+def build_config(args: argparse.Namespace, data, prepared=None):
     """The run's DSCMRConfig: a preset, then an optional JSON file, then the command-line overrides."""
     from model.config import from_dict
     from training.config import DSCMRConfig, preset, with_dims
@@ -58,7 +58,8 @@ def build_config(args: argparse.Namespace, data):
     if args.classifier_update:
         loss = dataclasses.replace(loss, classifier_update=args.classifier_update)
     cfg = dataclasses.replace(cfg, loss=loss)
-    text_dim = data.train.text.shape[1]
+    # Token ids go through the sentence CNN first: the text branch sees the CNN's output, not the token count.
+    text_dim = prepared.text_config.output_dim if prepared is not None and data.text_is_tokens else data.train.text.shape[1]
     return with_dims(cfg, data.train.image.shape[1], text_dim, len(data.label_names))
 
 
@@ -84,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.pipeline import train_and_save
 
     data, prepared = load_data(args)
-    cfg = build_config(args, data)
+    cfg = build_config(args, data, prepared)
     report = train_and_save(data, cfg, args.out, run_dir=args.run_dir, prepared=prepared)
     print(json.dumps(report, indent=2))
     return 0
@@ -106,6 +107,58 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Turn a corpus (or a dataset, made into a corpus first) into prepared data: cached features + text input."""
+    from model.sentence_cnn import TextEncoderConfig
+    from training.distributed import init_from_env
+    from training.prepare import PrepareConfig, prepare_corpus
+
+    corpus_dir = args.corpus
+    if args.dataset:
+        from model.corpus import save_corpus
+        from training.datasets.registry import load_dataset
+
+        kind, root = args.dataset
+        corpus_dir = args.out / "corpus"
+        corpus, report = load_dataset(kind, Path(root))
+        save_corpus(corpus, corpus_dir)
+        print(report)
+    text = TextEncoderConfig(kind=args.text, word_vectors=args.word_vectors,
+                             embed_dim=args.embed_dim or (50 if args.word_vectors == "glove-6b-50d" else 300),
+                             min_count=args.min_count, freeze_embeddings=args.freeze_embeddings, max_len=args.max_len)
+    ctx, device = init_from_env(args.device)
+    cfg = PrepareConfig(backbone=args.backbone, weights_path=str(args.weights) if args.weights else None, text=text,
+                        batch_size=args.batch_size, device=str(device), seed=args.seed, progress=not args.no_progress)
+    shard = None
+    if args.shard:
+        from index.shards import parse_shard
+
+        shard = parse_shard(args.shard)
+    report = prepare_corpus(corpus_dir, args.out, cfg, shard=shard)
+    if ctx.enabled and torch_distributed_ready():
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def torch_distributed_ready() -> bool:
+    """True when a torchrun process group is up."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build the emoji demo (corpus -> prepared data -> model -> index) under --root; stages already done are skipped."""
+    from training.demo import DemoConfig, build_demo
+
+    report = build_demo(args.root, DemoConfig(limit=args.limit, epochs=args.epochs, progress=not args.no_progress))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m training`."""
     parser = argparse.ArgumentParser(prog="python -m training", description="Train, evaluate and retrain DSCMR models.")
@@ -124,6 +177,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", type=Path, help="write the results here")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("prepare", help="corpus -> cached backbone features, token ids / sentence vectors, labels and splits")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--corpus", type=Path, help="corpus folder (items.jsonl + corpus.json) from `python -m training.datasets prepare`")
+    src.add_argument("--dataset", nargs=2, metavar=("KIND", "ROOT"), help="load a dataset of this kind (manifest, wikipedia, "
+                     "pascal-sentence, imagenet-sample, emoji-demo) and write its corpus to OUT/corpus first")
+    p.add_argument("--out", type=Path, required=True, help="prepared-data folder (rerun to resume or to update)")
+    p.add_argument("--backbone", default="efficientnet-lite0", help="efficientnet-lite0 (default), efficientnet-lite2 or vgg19")
+    p.add_argument("--weights", type=Path, help="backbone weights file (VGG19: a torchvision-format checkpoint)")
+    p.add_argument("--text", default="sentence_cnn", choices=["sentence_cnn", "minilm"])
+    p.add_argument("--word-vectors", default="word2vec", help="word2vec (trained on the corpus), glove-6b-50d, random, or a vector file")
+    p.add_argument("--embed-dim", type=int, help="word-vector size (default 300; 50 for glove-6b-50d)")
+    p.add_argument("--min-count", type=int, default=2)
+    p.add_argument("--max-len", type=int, default=128)
+    p.add_argument("--freeze-embeddings", action="store_true")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--shard", help="i/n: extract only shard i of n of the missing features (one per machine); "
+                   "then run once without --shard to assemble. Under torchrun the ranks split the work by themselves")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("demo", help="build the built-in emoji demo (corpus, prepared data, model, index) under --root")
+    p.add_argument("--root", type=Path, default=Path("artifacts"))
+    p.add_argument("--limit", type=int, help="use at most this many emoji (default: all)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the demo's)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,375 @@
+"""Prepared data: a corpus turned into cached backbone features, token ids (or sentence vectors), labels and splits.
+
+`prepare_corpus` extracts every image's backbone feature once per (image bytes, backbone weights, preprocessing):
+features go to a content-addressed cache of chunk files, one per batch, written atomically, so an interrupted run
+resumes where it stopped and a changed image or backbone recomputes only what changed. The cache is then assembled,
+in corpus order and in bounded memory, into `image_features.npy`. Under torchrun (or with `shard=(i, n)`) each rank
+extracts every n-th missing image; rank 0 assembles once all ranks are done, and the result equals a one-process run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.artefact import sha256_file
+from model.config import from_dict
+from model.corpus import SPLITS, Corpus, Item, load_corpus
+from model.image_io import ImageDecodeError, load_image
+from model.sentence_cnn import TextEncoderConfig
+from model.text_tokenize import OOV_ID, PAD_ID
+from training.features import FeatureSplits, SplitArrays
+
+log = logging.getLogger(__name__)
+
+PREPARED_FILE = "prepared.json"
+FEATURES_FILE = "image_features.npy"
+TEXT_FILE = "text_input.npy"
+EMBEDDINGS_FILE = "word_embeddings.npy"
+VOCAB_FILE = "vocab.json"
+CACHE_DIR = "feature_cache"
+PREPARED_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """How to turn a corpus into training inputs: the image backbone and the text encoder."""
+
+    backbone: str = "efficientnet-lite0"
+    weights_path: str | None = None
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    batch_size: int = 32
+    decode_workers: int = 2
+    device: str = "auto"
+    seed: int = 0
+    progress: bool = True
+
+
+class PreparedDataError(ValueError):
+    """Prepared data that is missing, incomplete or does not match its corpus; the message says what to do."""
+
+
+def _device(name: str) -> torch.device:
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
+
+
+def _rank_and_world(shard: tuple[int, int] | None) -> tuple[int, int]:
+    if shard is not None:
+        return shard
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def backbone_fingerprint(backbone) -> str:
+    """Identifies what a cached feature depends on besides the image: the backbone, its weights and its preprocessing."""
+    pre = dataclasses.asdict(backbone.preprocess) if dataclasses.is_dataclass(backbone.preprocess) else repr(backbone.preprocess)
+    blob = json.dumps({"name": backbone.name, "weights": backbone.weights_sha256, "layer": backbone.feature_layer,
+                       "preprocess": pre}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class FeatureCache:
+    """Backbone features keyed by image sha256, stored as atomically written chunk files (key list + float32 rows)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def load_index(self) -> dict[str, tuple[Path, int]]:
+        """image sha256 -> (chunk file, row) for everything cached; damaged chunks are ignored (and recomputed)."""
+        found: dict[str, tuple[Path, int]] = {}
+        for path in sorted(self.directory.glob("chunk-*.npz")):
+            try:
+                with np.load(path) as data:
+                    keys = [str(k) for k in data["keys"]]
+            except (OSError, ValueError, KeyError, EOFError) as exc:
+                log.warning("ignoring damaged feature-cache file %s (%s); its images are recomputed", path, exc)
+                continue
+            for row, key in enumerate(keys):
+                found.setdefault(key, (path, row))
+        return found
+
+    def write_chunk(self, name: str, keys: list[str], features: np.ndarray) -> Path:
+        """Store one batch of features under a unique chunk name."""
+        path = self.directory / f"chunk-{name}.npz"
+        _atomic_save_npz(path, keys=np.asarray(keys), features=np.asarray(features, dtype=np.float32))
+        return path
+
+
+def _image_key(path: str) -> str | None:
+    try:
+        return sha256_file(Path(path))
+    except OSError:
+        return None
+
+
+def extract_missing_features(items: list[Item], cache: FeatureCache, backbone, cfg: PrepareConfig,
+                             shard: tuple[int, int]) -> dict[str, Any]:
+    """Extract the features of this shard's images that the cache lacks; returns counts and skipped items."""
+    rank, world = shard
+    with ThreadPoolExecutor(max_workers=max(1, cfg.decode_workers)) as pool:
+        keys = list(pool.map(_image_key, [it.image_path for it in items]))
+    skipped = [{"id": it.id, "path": it.image_path, "reason": "image file missing or unreadable"}
+               for it, k in zip(items, keys) if k is None]
+    cached = cache.load_index()
+    unique: dict[str, Item] = {}
+    for it, key in zip(items, keys):
+        if key is not None:
+            unique.setdefault(key, it)
+    # Shards are fixed by the image set alone (not by what happens to be cached), so ranks never overlap.
+    mine = [(k, it) for i, (k, it) in enumerate(sorted(unique.items())) if i % world == rank]
+    missing = {k for k in unique if k not in cached}
+    todo = [(k, it) for k, it in mine if k in missing]
+    device = _device(cfg.device)
+    backbone.to_device(device)
+    n_batches = -(-len(todo) // cfg.batch_size)
+    bar = tqdm(total=len(todo), desc=f"backbone features (rank {rank}/{world})" if world > 1 else "backbone features",
+               unit="img", disable=not cfg.progress)
+    extracted = 0
+    started = time.perf_counter()
+
+    def decode(pair):
+        key, item = pair
+        try:
+            return key, item, load_image(item.image_path, draft_size=backbone.preprocess.resize), None
+        except (ImageDecodeError, OSError) as exc:
+            return key, item, None, str(exc)
+
+    with ThreadPoolExecutor(max_workers=max(1, cfg.decode_workers)) as pool:
+        for b in range(n_batches):
+            decoded = list(pool.map(decode, todo[b * cfg.batch_size:(b + 1) * cfg.batch_size]))
+            good = [(k, img) for k, _, img, err in decoded if err is None]
+            for _, item, _, err in decoded:
+                if err is not None:
+                    log.warning("skipping item %s: %s", item.id, err)
+                    skipped.append({"id": item.id, "path": item.image_path, "reason": err})
+            if good:
+                feats = backbone.extract_images([img for _, img in good], batch_size=cfg.batch_size).numpy()
+                cache.write_chunk(f"{good[0][0][:16]}-{len(good)}-r{rank}", [k for k, _ in good], feats)
+                extracted += len(good)
+            bar.update(len(decoded))
+    bar.close()
+    wall = time.perf_counter() - started
+    return {"extracted": extracted, "cached": len(items) - len(skipped) - len(missing), "skipped": skipped,
+            "extract_s": round(wall, 3), "images_per_s": round(extracted / wall, 2) if extracted and wall > 0 else None}
+
+
+def assemble_features(items: list[Item], cache: FeatureCache, out_path: Path, dim: int) -> tuple[list[str], list[str]]:
+    """Write the cached features of `items` (in order) to out_path as one .npy, chunk by chunk; returns (kept ids, keys)."""
+    index = cache.load_index()
+    keys = [_image_key(it.image_path) for it in items]
+    kept = [(it.id, k) for it, k in zip(items, keys) if k is not None and k in index]
+    tmp = out_path.with_name(out_path.name + ".tmp.npy")
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(kept), dim))
+    by_chunk: dict[Path, list[tuple[int, int]]] = {}
+    for dest, (_, key) in enumerate(kept):
+        chunk, row = index[key]
+        by_chunk.setdefault(chunk, []).append((dest, row))
+    for chunk, pairs in by_chunk.items():
+        with np.load(chunk) as data:
+            feats = data["features"]
+            dest, rows = zip(*pairs)
+            out[list(dest)] = feats[list(rows)]
+    out.flush()
+    del out
+    os.replace(tmp, out_path)
+    return [i for i, _ in kept], [k for _, k in kept]
+
+
+def _splits_for(corpus: Corpus, seed: int) -> dict[str, list[str]]:
+    if all(corpus.splits.get(s) for s in SPLITS):
+        return {s: list(corpus.splits[s]) for s in SPLITS}
+    from training.datasets.splits import stratified_split
+
+    log.info("corpus %s has no complete train/val/test split; making a stratified 80/10/10 split (seed %d)", corpus.name, seed)
+    return stratified_split(corpus.items, corpus.label_names, seed=seed)
+
+
+def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig = PrepareConfig(),
+                   shard: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Turn a corpus folder into a prepared-data folder (see the module docstring); returns a summary."""
+    from model.image_backbones import build_image_backbone
+
+    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
+    corpus = load_corpus(corpus_dir)
+    rank, world = _rank_and_world(shard)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backbone = build_image_backbone(cfg.backbone, weights_path=cfg.weights_path)
+    cache = FeatureCache(out_dir / CACHE_DIR / backbone_fingerprint(backbone))
+    usable = [it for it in corpus.items if it.image_path and it.text and it.text.strip() and it.labels]
+    usable_ids = {it.id for it in usable}
+    dropped = [{"id": it.id, "reason": "no image, no text or no label"} for it in corpus.items if it.id not in usable_ids]
+    extraction = extract_missing_features(usable, cache, backbone, cfg, (rank, world))
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if rank != 0:
+        return {"rank": rank, "extracted": extraction["extracted"], "note": "rank 0 assembles the prepared data"}
+    if world > 1 and shard is not None:
+        return {"rank": rank, "extracted": extraction["extracted"],
+                "note": "shard done; run prepare without --shard once all shards finished to assemble"}
+
+    ids, image_keys = assemble_features(usable, cache, out_dir / FEATURES_FILE, backbone.output_dim)
+    kept = [corpus.items[corpus.position(i)] for i in ids]
+    splits = _splits_for(corpus, cfg.seed)
+    present = set(ids)
+    splits = {s: [i for i in v if i in present] for s, v in splits.items()}
+    text_summary = _prepare_text(kept, splits["train"], corpus, cfg, out_dir)
+    labels = corpus.label_matrix(kept)
+    np.save(out_dir / "labels.npy", labels)
+    manifest = {
+        "format": PREPARED_FORMAT, "corpus_dir": str(corpus_dir.resolve()), "corpus_name": corpus.name,
+        "label_names": list(corpus.label_names), "multilabel": bool(corpus.multilabel),
+        "ids": ids, "image_sha256": image_keys, "splits": splits,
+        "image": {"kind": "backbone", "name": backbone.name, "weights_path": cfg.weights_path,
+                  "weights_sha256": backbone.weights_sha256, "dim": int(backbone.output_dim),
+                  "fingerprint": backbone_fingerprint(backbone)},
+        "text": text_summary,
+        "config": {"backbone": cfg.backbone, "batch_size": cfg.batch_size, "seed": cfg.seed,
+                   "text": dataclasses.asdict(cfg.text)},
+        "skipped": extraction["skipped"] + dropped,
+        "extraction": {k: v for k, v in extraction.items() if k != "skipped"},
+    }
+    manifest["content_hash"] = _content_hash(out_dir, manifest)
+    _atomic_write_text(out_dir / PREPARED_FILE, json.dumps(manifest, ensure_ascii=False, indent=1))
+    sizes = {s: len(v) for s, v in splits.items()}
+    log.info("prepared %d items (%d skipped): %s", len(ids), len(manifest["skipped"]), sizes)
+    return {"out_dir": str(out_dir), "items": len(ids), "skipped": len(manifest["skipped"]), "splits": sizes,
+            "content_hash": manifest["content_hash"], **manifest["extraction"]}
+
+
+def _content_hash(out_dir: Path, manifest: dict[str, Any]) -> str:
+    digest = hashlib.sha256()
+    for name in (FEATURES_FILE, TEXT_FILE, "labels.npy", VOCAB_FILE, EMBEDDINGS_FILE):
+        if (out_dir / name).is_file():
+            digest.update(name.encode() + sha256_file(out_dir / name).encode())
+    stable = {k: manifest[k] for k in ("ids", "splits", "label_names", "image", "text")}
+    digest.update(json.dumps(stable, sort_keys=True, ensure_ascii=False).encode())
+    return digest.hexdigest()
+
+
+def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
+    """Token ids + vocabulary + word-vector matrix (sentence CNN), or frozen sentence vectors (MiniLM)."""
+    text_cfg = cfg.text
+    for stale in (VOCAB_FILE, EMBEDDINGS_FILE):
+        (out_dir / stale).unlink(missing_ok=True)
+    if text_cfg.kind == "sentence_cnn":
+        from model.text import build_sentence_cnn
+
+        train_texts = [corpus.items[corpus.position(i)].text for i in train_ids]
+        bundle = build_sentence_cnn(text_cfg, train_texts, seed=cfg.seed)
+        token_ids = bundle.vocab.encode([it.text for it in items], max_len=text_cfg.max_len).numpy().astype(np.int64)
+        np.save(out_dir / TEXT_FILE, token_ids)
+        np.save(out_dir / EMBEDDINGS_FILE, bundle.encoder.embedding.weight.detach().cpu().numpy())
+        _atomic_write_text(out_dir / VOCAB_FILE, json.dumps(bundle.vocab.to_dict(), ensure_ascii=False))
+        real_tokens = int((token_ids > PAD_ID).sum())
+        oov = float((token_ids == OOV_ID).sum() / real_tokens) if real_tokens else 0.0
+        return {"kind": "sentence_cnn", "vocab_size": len(bundle.vocab), "max_len": int(token_ids.shape[1]),
+                "coverage": bundle.coverage.to_dict(), "oov_token_fraction": round(oov, 4)}
+    if text_cfg.kind == "minilm":
+        from model.text import MiniLMSentenceEncoder
+
+        vectors = MiniLMSentenceEncoder(device=str(_device(cfg.device))).encode([it.text for it in items], show_progress=cfg.progress)
+        np.save(out_dir / TEXT_FILE, np.asarray(vectors, dtype=np.float32))
+        return {"kind": "minilm", "dim": int(vectors.shape[1])}
+    raise ValueError(f"prepare needs a text encoder that reads raw text ('sentence_cnn' or 'minilm'), got {text_cfg.kind!r}")
+
+
+@dataclass
+class PreparedData:
+    """A prepared-data folder, loaded: what `train_and_save` needs to train and to save a servable model."""
+
+    directory: Path
+    manifest: dict[str, Any]
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of the prepared inputs; stamped into the model's metrics."""
+        return self.manifest["content_hash"]
+
+    @property
+    def text_config(self) -> TextEncoderConfig:
+        """The text encoder configuration the data was prepared for."""
+        return from_dict(TextEncoderConfig, self.manifest["config"]["text"])
+
+    def feature_splits(self) -> FeatureSplits:
+        """Train / val / test arrays in the saved split, ready for `train_dscmr`."""
+        features = np.load(self.directory / FEATURES_FILE, mmap_mode="r")
+        text = np.load(self.directory / TEXT_FILE)
+        labels = np.load(self.directory / "labels.npy")
+        row = {item_id: i for i, item_id in enumerate(self.manifest["ids"])}
+        parts = {}
+        for split in SPLITS:
+            ids = self.manifest["splits"][split]
+            rows = np.asarray([row[i] for i in ids], dtype=np.int64)
+            parts[split] = SplitArrays(np.ascontiguousarray(features[rows], dtype=np.float32), text[rows], labels[rows], ids)
+        return FeatureSplits(**parts, label_names=list(self.manifest["label_names"]), name=self.manifest["corpus_name"],
+                             text_is_tokens=self.manifest["text"]["kind"] == "sentence_cnn")
+
+    def build_text_encoder(self, seed: int | None = None) -> torch.nn.Module | None:
+        """A fresh sentence CNN initialised with the prepared word vectors (None for sentence-vector text)."""
+        if self.manifest["text"]["kind"] != "sentence_cnn":
+            return None
+        from model.sentence_cnn import sentence_cnn_from_config
+
+        matrix = np.load(self.directory / EMBEDDINGS_FILE)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.manifest["config"]["seed"] if seed is None else seed)
+            return sentence_cnn_from_config(self.text_config, matrix.shape[0], pretrained=matrix)
+
+    def feature_spec(self) -> dict[str, Any]:
+        """The input spec a model trained on this data saves: the backbone it reads and its text encoder."""
+        image = {k: self.manifest["image"][k] for k in ("kind", "name", "weights_path", "weights_sha256", "dim")}
+        text_kind = self.manifest["text"]["kind"]
+        if text_kind == "sentence_cnn":
+            text = {"kind": "sentence_cnn", "config": json.loads(json.dumps(self.manifest["config"]["text"]))}
+        else:
+            text = {"kind": "minilm", "dim": self.manifest["text"]["dim"]}
+        return {"image": image, "text": text}
+
+    def vocab_dict(self) -> dict[str, Any] | None:
+        """The vocabulary a sentence-CNN model saves with itself (None for sentence-vector text)."""
+        path = self.directory / VOCAB_FILE
+        return json.loads(path.read_text(encoding="utf-8")) if self.manifest["text"]["kind"] == "sentence_cnn" else None
+
+
+def load_prepared(directory: str | Path) -> PreparedData:
+    """Load a prepared-data folder, refusing an incomplete or unknown-format one with a message that says what to run."""
+    directory = Path(directory)
+    path = directory / PREPARED_FILE
+    if not path.is_file():
+        raise PreparedDataError(f"{directory} is not prepared data (no {PREPARED_FILE}); run `python -m training prepare --corpus DIR --out {directory}`")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != PREPARED_FORMAT:
+        raise PreparedDataError(f"{path} has format {manifest.get('format')!r}; this version reads {PREPARED_FORMAT}: prepare the corpus again")
+    needed = [FEATURES_FILE, TEXT_FILE, "labels.npy"] + ([VOCAB_FILE, EMBEDDINGS_FILE] if manifest["text"]["kind"] == "sentence_cnn" else [])
+    missing = [n for n in needed if not (directory / n).is_file()]
+    if missing:
+        raise PreparedDataError(f"{directory} lacks {missing}; the preparation did not finish: run prepare again (it resumes)")
+    return PreparedData(directory, manifest)

@@ -159,6 +159,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """Train a candidate, compare it with the serving model on validation, promote (new index version) or reject."""
+    from training.retrain import RetrainConfig, retrain
+
+    cfg = RetrainConfig(tolerance=args.tolerance, keep=args.keep, preset=args.preset, epochs=args.epochs, seed=args.seed,
+                        early_stopping=args.early_stopping, progress=not args.no_progress, reprepare=not args.no_reprepare)
+    report = retrain(args.root, cfg)
+    print(json.dumps({k: report[k] for k in ("decision", "reason", "serving_after", "report_path", "wall_s")}, indent=2))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Serve the previous (or a named) index version and its model again."""
+    from training.retrain import rollback
+
+    print(json.dumps(rollback(args.root, args.to), indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m training`."""
     parser = argparse.ArgumentParser(prog="python -m training", description="Train, evaluate and retrain DSCMR models.")
@@ -206,6 +225,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="training epochs (default: the demo's)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("retrain", help="train a candidate on the current data; promote it only if no worse on validation")
+    p.add_argument("--root", type=Path, default=Path("artifacts"), help="artefact root (corpus/, prepared/, models/, index/)")
+    p.add_argument("--tolerance", type=float, default=0.005, help="largest allowed drop in validation avg mAP (default 0.005)")
+    p.add_argument("--keep", type=int, default=3, help="model and index versions to keep (default 3)")
+    p.add_argument("--preset", default="wiki-tuned")
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--early-stopping", type=int, default=15, metavar="EPOCHS")
+    p.add_argument("--no-reprepare", action="store_true", help="train on the prepared data as it is (skip the incremental prepare)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("rollback", help="serve the previous index version (and its model) again")
+    p.add_argument("--root", type=Path, default=Path("artifacts"))
+    p.add_argument("--to", help="index version name (default: the one before the current)")
+    p.set_defaults(func=cmd_rollback)
 
     args = parser.parse_args(argv)
     try:

@@ -24,7 +24,6 @@ from index.store import load_manifest, read_current
 from model.corpus import Corpus, Item, load_corpus, save_corpus
 from tests.test_index_fixtures import single_thread_faiss  # noqa: F401
 
-pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "imagenet-sample-wordnet"

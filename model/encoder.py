@@ -40,10 +40,46 @@ def build_network(artefact: ModelArtefact) -> DSCMRNet:
     """Rebuild the DSCMR network of a loaded artefact, with its weights."""
     net_cfg = from_dict(NetworkConfig, artefact.config["network"])
     net = DSCMRNet(net_cfg, text_encoder=build_text_encoder(artefact.feature_spec.get("text", {}), artefact.vocab))
-    missing, unexpected = net.load_state_dict(artefact.state_dict, strict=False)
+    prefix = _finetuned_prefix(artefact)
+    state = {k: v for k, v in artefact.state_dict.items() if not (prefix and k.startswith(prefix))}
+    missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ModelArtefactError(f"model weights do not fit the configured network: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return net.eval()
+
+
+def _finetuned_prefix(artefact: ModelArtefact) -> str | None:
+    """Key prefix of the fine-tuned backbone tensors in the weights, or None for a model on a stock backbone."""
+    image_spec = artefact.feature_spec.get("image", {})
+    if not image_spec.get("finetuned"):
+        return None
+    from model.image_backbones import FINETUNED_BACKBONE_PREFIX
+
+    return image_spec.get("state_prefix", FINETUNED_BACKBONE_PREFIX)
+
+
+def build_image_backbone_of(artefact: ModelArtefact):
+    """The image backbone a model reads raw images with: the pretrained one, with fine-tuned blocks loaded over it."""
+    from model.image_backbones import build_image_backbone
+
+    image_spec = artefact.feature_spec.get("image", {})
+    backbone = build_image_backbone(image_spec["name"], weights_path=image_spec.get("weights_path"))
+    prefix = _finetuned_prefix(artefact)
+    if prefix is None:
+        return backbone
+    expected = image_spec.get("weights_sha256")
+    if expected and backbone.weights_sha256 != expected:
+        raise ModelArtefactError(
+            f"the model fine-tuned {image_spec['name']} weights with sha256 {expected[:12]}..., but the weights found here have "
+            f"{backbone.weights_sha256[:12]}...; install the same backbone weights (or set weights_path) or retrain the model")
+    tuned = {k[len(prefix):]: v for k, v in artefact.state_dict.items() if k.startswith(prefix)}
+    if not tuned:
+        raise ModelArtefactError(f"the model says its backbone is fine-tuned but its weights hold no '{prefix}*' tensors; retrain it")
+    try:
+        backbone.load_finetuned_state(tuned, "the model's weights file")
+    except ValueError as exc:
+        raise ModelArtefactError(str(exc)) from exc
+    return backbone
 
 
 def _unit(x: torch.Tensor) -> np.ndarray:
@@ -65,9 +101,7 @@ class CrossModalEncoder:
         image_spec, text_spec = artefact.feature_spec.get("image", {}), artefact.feature_spec.get("text", {})
         self._backbone = None
         if image_spec.get("kind") == "backbone":
-            from model.image_backbones import build_image_backbone
-
-            self._backbone = build_image_backbone(image_spec["name"], weights_path=image_spec.get("weights_path")).to(self.device)
+            self._backbone = build_image_backbone_of(artefact).to(self.device)
         self._text_kind = text_spec.get("kind", "features")
         self._tokenize = None
         self._sentence_encoder = None

@@ -22,6 +22,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG19_WEIGHTS_FILE = "vgg19-dcbb9e9d.pth"
 VGG19_WEIGHTS_URL = f"https://download.pytorch.org/models/{VGG19_WEIGHTS_FILE}"
 
+# Fine-tuned backbone tensors are stored in a model's weights file under this key prefix (see ImageBackbone.finetuned_state).
+FINETUNED_BACKBONE_PREFIX = "image_backbone."
+
 Resample = Literal["bilinear", "bicubic"]
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -68,7 +71,16 @@ class ImagePreprocess:
         """Images -> normalised float32 tensor N x 3 x crop x crop (CPU)."""
         if len(images) == 0:
             raise ValueError("to_tensor_batch needs at least one image")
-        pixels = np.stack([np.asarray(self.resize_and_crop(image), dtype=np.uint8) for image in images])
+        return self.normalise([self.resize_and_crop(image) for image in images])
+
+    def normalise(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """RGB images already crop x crop (e.g. augmented crops) -> normalised float32 tensor N x 3 x crop x crop."""
+        if len(images) == 0:
+            raise ValueError("normalise needs at least one image")
+        sizes = {image.size for image in images}
+        if sizes != {(self.crop, self.crop)}:
+            raise ValueError(f"normalise expects {self.crop}x{self.crop} images, got sizes {sorted(sizes)}; use to_tensor_batch")
+        pixels = np.stack([np.asarray(to_rgb(image), dtype=np.uint8) for image in images])
         batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -118,6 +130,18 @@ class VGG19(nn.Module):
         """ImageNet logits from fc7."""
         return self.classifier[5:](fc7)
 
+    def blocks(self) -> list[tuple[str, list[str]]]:
+        """The stages that lead to fc7, input side first: (label, paths of their modules with weights)."""
+        stages: list[tuple[str, list[str]]] = []
+        convs: list[str] = []
+        for i, layer in enumerate(self.features):
+            if isinstance(layer, nn.Conv2d):
+                convs.append(f"features.{i}")
+            elif isinstance(layer, nn.MaxPool2d):
+                stages.append((f"conv{len(stages) + 1}", convs))
+                convs = []
+        return stages + [("fc6", ["classifier.0"]), ("fc7", ["classifier.3"])]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits, as torchvision's vgg19."""
         return self.classify(self.penultimate(x))
@@ -138,6 +162,11 @@ class EfficientNetLiteFeatures(nn.Module):
         """ImageNet logits from the pooled feature."""
         return self.network._fc(self.network._dropout(pooled))
 
+    def blocks(self) -> list[tuple[str, list[str]]]:
+        """The stages that lead to the pooled feature, input side first: stem, each MBConv block, head."""
+        mbconv = [(f"block{i}", [f"network._blocks.{i}"]) for i in range(len(self.network._blocks))]
+        return [("stem", ["network._conv_stem", "network._bn0"]), *mbconv, ("head", ["network._conv_head", "network._bn1"])]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits."""
         return self.classify(self.penultimate(x))
@@ -149,7 +178,13 @@ class EfficientNetLiteFeatures(nn.Module):
 
 
 class ImageBackbone(nn.Module):
-    """A frozen, pretrained image encoder: preprocessing + network + where the feature is taken."""
+    """A pretrained image encoder: preprocessing + network + where the feature is taken.
+
+    Frozen by default. `unfreeze_last_blocks(k)` makes the last k stages trainable for end-to-end fine-tuning;
+    the backbone still stays in eval mode then (BatchNorm keeps its ImageNet statistics, drop-connect stays off),
+    because the batch statistics of small fine-tuning batches are noisy; the unfrozen weights and BN affine
+    parameters train.
+    """
 
     def __init__(
         self,
@@ -175,6 +210,7 @@ class ImageBackbone(nn.Module):
         # Device types ("cpu", "cuda") on which channels_last is the faster memory layout.
         self.channels_last_on = frozenset(channels_last_on)
         self.channels_last = False
+        self.unfrozen_blocks = 0
         self.requires_grad_(False)
         super().train(False)
         self.to_device("cpu")
@@ -207,6 +243,56 @@ class ImageBackbone(nn.Module):
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Preprocessed batch -> features N x output_dim, with autograd (for fine-tuning the unfrozen blocks)."""
+        return self.network.penultimate(self._prepare(batch)).float()
+
+    def block_names(self) -> list[str]:
+        """Labels of the network's stages, input side first (what unfreeze_last_blocks counts from the end)."""
+        return [label for label, _ in self.network.blocks()]
+
+    def block_state_keys(self, count: int) -> list[str]:
+        """State-dict keys (parameters and buffers) of the last `count` stages."""
+        blocks = self.network.blocks()
+        if not 0 <= count <= len(blocks):
+            raise ValueError(f"{self.name} has {len(blocks)} blocks ({', '.join(label for label, _ in blocks)}); "
+                             f"cannot unfreeze {count}: choose 0..{len(blocks)}")
+        paths = [f"network.{path}" for _, module_paths in blocks[len(blocks) - count:] for path in module_paths]
+        keys = []
+        for path in paths:
+            keys += [f"{path}.{k}" for k in self.get_submodule(path).state_dict()]
+        return keys
+
+    def unfreeze_last_blocks(self, count: int) -> list[nn.Parameter]:
+        """Make the last `count` stages trainable (everything else frozen); returns their parameters."""
+        keys = set(self.block_state_keys(count))
+        self.requires_grad_(False)
+        trainable = []
+        for name, param in self.named_parameters():
+            if name in keys:
+                param.requires_grad_(True)
+                trainable.append(param)
+        self.unfrozen_blocks = count
+        return trainable
+
+    def finetuned_state(self) -> dict[str, torch.Tensor]:
+        """Parameters and buffers of the unfrozen stages (what a fine-tuned model saves next to its head)."""
+        state = self.state_dict()
+        return {k: state[k].detach() for k in self.block_state_keys(self.unfrozen_blocks)}
+
+    def load_finetuned_state(self, state: Mapping[str, torch.Tensor], source: str = "the model") -> None:
+        """Overwrite part of the pretrained weights with fine-tuned tensors (keys as returned by finetuned_state)."""
+        own = self.state_dict()
+        unknown = [k for k in state if k not in own]
+        wrong = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
+        if not state or unknown or wrong:
+            detail = "no tensors" if not state else f"unknown keys {unknown[:5]}" if unknown else f"shape mismatches {wrong[:5]}"
+            raise BackboneWeightsError(f"the fine-tuned {self.name} weights in {source} do not fit this backbone ({detail}); "
+                                       "the model was fine-tuned from another architecture or is damaged: retrain it")
+        self.load_state_dict(state, strict=False)
+        # The shortest tail of stages holding every loaded tensor, so that finetuned_state() returns them again.
+        self.unfrozen_blocks = next(k for k in range(len(self.block_names()) + 1) if set(self.block_state_keys(k)) >= set(state))
 
     def extract(self, batch: torch.Tensor) -> torch.Tensor:
         """Preprocessed batch (N x 3 x crop x crop) -> features N x output_dim float32, on the backbone's device."""

@@ -36,6 +36,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def check_device(requested: str, device: torch.device) -> None:
+    """Refuse to run on another device type than the one asked for (e.g. --device cuda on a host without CUDA)."""
+    if requested != "auto" and torch.device(requested).type != device.type:
+        raise ValueError(f"device {requested!r} was requested but training would run on {device}: "
+                         f"{'CUDA is not available here' if not torch.cuda.is_available() else 'unsupported device'}; "
+                         "use --device auto or cpu")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
@@ -68,9 +76,18 @@ def _amp_context(device: torch.device, enabled: bool):
     """(autocast context factory, GradScaler or None): bf16 where supported, else fp16 with a scaler; CPU runs fp32."""
     if not enabled or device.type != "cuda":
         return contextlib.nullcontext, None
-    if torch.cuda.is_bf16_supported():
+    # Native bf16 only (compute capability >= 8): emulated bf16 on older GPUs is slower than fp16 with a scaler.
+    if torch.cuda.is_bf16_supported(including_emulation=False):
         return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)), None
     return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
+
+
+def amp_mode(device: torch.device, enabled: bool = True) -> str:
+    """Which precision a training step runs in on `device`: 'bf16', 'fp16+scaler' or 'fp32'."""
+    autocast, scaler = _amp_context(device, enabled)
+    if autocast is contextlib.nullcontext:
+        return "fp32"
+    return "fp16+scaler" if scaler is not None else "bf16"
 
 
 @torch.no_grad()
@@ -117,6 +134,7 @@ def train_dscmr(
     data.validate()
     tc = cfg.train
     ctx, device = init_from_env(tc.device)
+    check_device(tc.device, device)
     if ctx.enabled and cfg.loss.classifier_update == "ridge":
         raise ValueError("the ridge closed-form classifier is single-process only; use classifier_update='gradient' under torchrun")
     seed_everything(tc.seed)
@@ -148,7 +166,8 @@ def train_dscmr(
             run_path.mkdir(parents=True, exist_ok=True)
         ckpt_path = run_path / CHECKPOINT_FILE
         if ckpt_path.is_file():
-            ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+            # RNG states must stay CPU tensors; load_state_dict copies weights and optimiser state onto their device.
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
             if ckpt["config"] != to_dict(cfg):
                 raise ValueError(f"{ckpt_path} was written by a run with another configuration; use a new run directory or delete it")
             model.load_state_dict(ckpt["model"])
@@ -190,10 +209,12 @@ def train_dscmr(
                     pu, pv = model.classifier(u), model.classifier(v)
                 else:
                     u, v, pu, pv = step_module(img, txt)
-                # Global J2: this process's rows against the whole global batch, so the summed gradient over
-                # processes equals the single-process gradient of the same batch.
-                columns = (all_gather_with_grad(u), all_gather_with_grad(v), all_gather_with_grad(lab)) if global_j2 else None
-                terms = dscmr_loss(u, v, pu, pv, lab, cfg.loss, j2_columns=columns)
+            # The objective runs in fp32 (a no-op on CPU): its norms, cosines and softplus lose too much in fp16.
+            u, v, pu, pv = u.float(), v.float(), pu.float(), pv.float()
+            # Global J2: this process's rows against the whole global batch, so the summed gradient over
+            # processes equals the single-process gradient of the same batch.
+            columns = (all_gather_with_grad(u), all_gather_with_grad(v), all_gather_with_grad(lab)) if global_j2 else None
+            terms = dscmr_loss(u, v, pu, pv, lab, cfg.loss, j2_columns=columns)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(terms.total).backward()

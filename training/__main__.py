@@ -178,6 +178,74 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- finetune (issue 7, point 4) -------------------------------------------------------------------------------
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune the image backbone's last blocks with the text branch and the heads on raw images; save the model."""
+    from training.augment import AugmentConfig
+    from training.config import preset
+    from training.finetune import FinetuneConfig, finetune_and_save
+
+    overrides = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
+                                   "device": args.device, "early_stopping_patience": args.early_stopping,
+                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    if args.no_progress:
+        overrides["progress"] = False
+    cfg = FinetuneConfig(dscmr=preset(args.preset, **overrides), unfreeze_blocks=args.unfreeze_blocks,
+                         backbone_lr_scale=args.backbone_lr_scale, augment=AugmentConfig(scale=tuple(args.crop_scale)),
+                         workers=args.workers)
+    report = finetune_and_save(args.prepared, args.out, cfg, run_dir=args.run_dir, corpus_dir=args.corpus)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def add_finetune_command(sub) -> None:
+    """The `finetune` subcommand."""
+    p = sub.add_parser("finetune", help="end-to-end: fine-tune the backbone's last blocks with the text branch and heads on raw images")
+    p.add_argument("--prepared", type=Path, required=True, help="prepared-data folder (token ids / sentence vectors, splits, ids)")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write (carries the fine-tuned backbone)")
+    p.add_argument("--corpus", type=Path, help="corpus folder with the images (default: the one the data was prepared from)")
+    p.add_argument("--unfreeze-blocks", type=int, default=2, help="backbone stages to train, counted from the output side (default 2)")
+    p.add_argument("--backbone-lr-scale", type=float, default=0.1, help="backbone learning rate = lr x this (default 0.1)")
+    p.add_argument("--crop-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LOW", "HIGH"),
+                   help="area fraction range of the random resized crop (default 0.08 1.0)")
+    p.add_argument("--preset", default="wiki-tuned", help="named DSCMR configuration (default wiki-tuned)")
+    p.add_argument("--epochs", type=int, default=30, help="default 30")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--early-stopping", type=int, metavar="EPOCHS")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--workers", type=int, default=2, help="image decoding / augmentation processes (default 2)")
+    p.add_argument("--run-dir", type=Path, help="checkpoint + metrics log directory; an existing checkpoint there is resumed")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_finetune)
+# --- end finetune ---------------------------------------------------------------------------------------------
+
+
+# --- figures (issue 3): the paper's Fig. 2 (loss curve) and Fig. 3 (t-SNE of the common space) ---
+def cmd_figures(args: argparse.Namespace) -> int:
+    """Write the loss-curve and t-SNE PNGs of a run and its saved model."""
+    from training.figures import make_figures
+
+    data, _ = load_data(args)
+    print(json.dumps(make_figures(args.run_dir, args.model, data, args.out, split=args.split, prefix=args.prefix), indent=2))
+    return 0
+
+
+def add_figures_parser(sub) -> None:
+    """The `figures` subcommand."""
+    p = sub.add_parser("figures", help="loss curve (paper Fig. 2) and t-SNE of the common space (Fig. 3) as PNGs")
+    add_data_arguments(p)
+    p.add_argument("--run-dir", type=Path, required=True, help="run directory with metrics.jsonl (train --run-dir)")
+    p.add_argument("--model", type=Path, required=True, help="model directory the run saved")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--prefix", default="", help="file-name prefix, e.g. imagenet-sample-")
+    p.set_defaults(func=cmd_figures)
+# --- end figures ---
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m training`."""
     parser = argparse.ArgumentParser(prog="python -m training", description="Train, evaluate and retrain DSCMR models.")
@@ -242,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=Path("artifacts"))
     p.add_argument("--to", help="index version name (default: the one before the current)")
     p.set_defaults(func=cmd_rollback)
+
+    add_finetune_command(sub)
+
+    add_figures_parser(sub)
 
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,473 @@
+"""imagenet-sample-wordnet benchmark: DSCMR (sentence CNN per word-vector source, MiniLM) against the authors' loop,
+semantic matching and CCA, the ablations of the best DSCMR configuration, and the speed of feature extraction.
+
+Every model / hyper-parameter is selected on the validation split; the test split is evaluated once per run.
+Main rows are averaged over stratified 80/10/10 folds (fold k = split seed k; fold 0 = the dataset's seed-0 split).
+Each finished run is stored under WORK/runs/ and reused on a rerun, so an interrupted benchmark resumes.
+
+    python bench/imagenet_sample.py                        # 5 folds, default epochs
+    python bench/imagenet_sample.py --folds 1 --epochs 20  # fewer folds / epochs
+    python bench/imagenet_sample.py --quick                # smoke run, results under bench/out/ unless --out is given
+
+Writes OUT/results/imagenet-sample.json ({method: {i2t, t2i, avg, std_avg, ...}, "_speed": ..., "_meta": ...}) and
+OUT/results-imagenet-sample.md (OUT = docs/ by default).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from model.config import LossConfig, NetworkConfig, loss_for_ablation  # noqa: E402
+from model.corpus import SPLITS, Corpus, save_corpus  # noqa: E402
+from model.sentence_cnn import TextEncoderConfig  # noqa: E402
+from training.baselines import run_cca, run_semantic_matching  # noqa: E402
+from training.config import DSCMRConfig, TrainConfig, preset, with_dims  # noqa: E402
+from training.datasets import load_dataset, stratified_split  # noqa: E402
+from training.features import FeatureSplits, SplitArrays  # noqa: E402
+from training.prepare import CACHE_DIR, PrepareConfig, load_prepared, prepare_corpus  # noqa: E402
+from training.train import evaluate_model, save_trained_model, train_dscmr  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "imagenet-sample-wordnet"
+DEFAULT_WORK = REPO / "bench" / "out" / "imagenet-sample"
+BACKBONE = "efficientnet-lite0"
+
+# Text settings of the DSCMR rows: (row name, prepared-data key, TextEncoderConfig or None for MiniLM).
+CNN_TEXTS = {
+    "word2vec": TextEncoderConfig(kind="sentence_cnn", word_vectors="word2vec", embed_dim=300),
+    "glove": TextEncoderConfig(kind="sentence_cnn", word_vectors="glove-6b-50d", embed_dim=50),
+}
+DSCMR_ROWS = {
+    "DSCMR, sentence CNN on word2vec (corpus-trained, 300-d)": "word2vec",
+    "DSCMR, sentence CNN on GloVe 6B 50-d": "glove",
+    "DSCMR, MiniLM sentence vectors": "minilm",
+}
+AUTHORS_ROW = "authors' loop (paper preset, mean GloVe-50 text)"
+SM_ROW = "semantic matching (mean GloVe-50 text)"
+CCA_ROW = "CCA (mean GloVe-50 text)"
+SM_MINILM_ROW = "semantic matching (MiniLM text)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def fold_corpus(corpus: Corpus, fold: int) -> Corpus:
+    """The corpus with the stratified 80/10/10 split of seed `fold` (fold 0 = the loader's own split)."""
+    splits = stratified_split(corpus.items, corpus.label_names, (0.8, 0.1, 0.1), seed=fold)
+    return Corpus(items=corpus.items, label_names=corpus.label_names, splits=splits, multilabel=corpus.multilabel, name=corpus.name)
+
+
+def _link_shared_cache(prepared_dir: Path, shared_cache: Path) -> None:
+    """Point a prepared folder's feature cache at the shared one, so every text setting reuses one extraction."""
+    prepared_dir.mkdir(parents=True, exist_ok=True)
+    link = prepared_dir / CACHE_DIR
+    if link.is_symlink() or link.exists():
+        return
+    shared_cache.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(shared_cache.resolve(), target_is_directory=True)
+
+
+def prepare_fold(corpus: Corpus, fold: int, text_key: str, work: Path) -> Path:
+    """Prepared data of one fold and text setting (features from the shared cache; vocabulary and word vectors from
+    this fold's training texts only, so no test text leaks into them)."""
+    out = work / "folds" / str(fold) / text_key
+    if (out / "prepared.json").is_file():
+        return out
+    corpus_dir = work / "folds" / str(fold) / "corpus"
+    if not (corpus_dir / "corpus.json").is_file():
+        save_corpus(fold_corpus(corpus, fold), corpus_dir)
+    _link_shared_cache(out, work / CACHE_DIR)
+    text = CNN_TEXTS[text_key] if text_key in CNN_TEXTS else TextEncoderConfig(kind="minilm")
+    prepare_corpus(corpus_dir, out, PrepareConfig(backbone=BACKBONE, text=text, seed=fold, progress=False))
+    return out
+
+
+def resplit(data: FeatureSplits, corpus: Corpus, fold: int) -> FeatureSplits:
+    """The same arrays regrouped into fold `fold`'s split, by item id (for inputs that do not depend on the split)."""
+    rows: dict[str, tuple[SplitArrays, int]] = {}
+    for name in SPLITS:
+        part = data.split(name)
+        for i, item_id in enumerate(part.ids):
+            rows[item_id] = (part, i)
+    splits = fold_corpus(corpus, fold).splits
+    parts = {}
+    for name in SPLITS:
+        ids = [i for i in splits[name] if i in rows]
+        pick = lambda attr: np.stack([getattr(rows[i][0], attr)[rows[i][1]] for i in ids])  # noqa: E731
+        parts[name] = SplitArrays(pick("image"), pick("text"), pick("labels"), ids)
+    return FeatureSplits(**parts, label_names=data.label_names, name=data.name, text_is_tokens=data.text_is_tokens)
+
+
+def mean_glove_text(data: FeatureSplits, corpus: Corpus) -> FeatureSplits:
+    """`data` with each text replaced by the mean GloVe-50 vector of its tokens (zeros when none is known)."""
+    from model.text import load_glove_6b_50d, tokenize
+
+    glove = load_glove_6b_50d()
+    text_of = {it.id: it.text for it in corpus.items}
+
+    def vector(text: str) -> np.ndarray:
+        known = [t for t in tokenize(text) if t in glove.key_to_index]
+        return np.mean([glove[t] for t in known], axis=0) if known else np.zeros(50, np.float32)
+
+    parts = {s: SplitArrays(data.split(s).image, np.stack([vector(text_of[i]) for i in data.split(s).ids]).astype(np.float32),
+                            data.split(s).labels, data.split(s).ids) for s in SPLITS}
+    return FeatureSplits(**parts, label_names=data.label_names, name=data.name, text_is_tokens=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Methods
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def dscmr_config(base: str, epochs: int, overrides: dict[str, dict[str, Any]] | None = None) -> DSCMRConfig:
+    """A preset with epochs set and optional {network|loss|train: {field: value}} overrides."""
+    cfg = preset(base, epochs=epochs, progress=False)
+    for section, values in (overrides or {}).items():
+        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
+    return cfg
+
+
+def run_dscmr(data: FeatureSplits, cfg: DSCMRConfig, text_encoder=None, text_dim: int | None = None,
+              run_dir: Path | None = None, model_out: Path | None = None, prepared=None) -> dict[str, Any]:
+    """Train (validation-selected), then evaluate once on test; with `model_out`, save the model directory too."""
+    cfg = with_dims(cfg, data.train.image.shape[1], text_dim or data.train.text.shape[1], len(data.label_names))
+    result = train_dscmr(data, cfg, text_encoder=text_encoder, run_dir=run_dir)
+    test = evaluate_model(result.model, data, "test")
+    if model_out is not None and prepared is not None:
+        save_trained_model(result, model_out, data.label_names, prepared.feature_spec(), vocab=prepared.vocab_dict(),
+                           metrics={"test": {"i2t": test.i2t, "t2i": test.t2i, "avg": test.avg, "selected_on": "val"}})
+    return {"i2t": test.i2t, "t2i": test.t2i, "avg": test.avg, "val_avg": result.best_val.avg, "best_epoch": result.best_epoch,
+            "epochs": result.epochs_run, "wall_s": round(result.wall_s, 1), "model": result.model}
+
+
+def cached_run(work: Path, key: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run `fn` once; its JSON-able result is kept under WORK/runs/KEY.json and reused by later runs."""
+    path = work / "runs" / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    row = fn()
+    row.pop("model", None)
+    row.setdefault("wall_s", round(time.perf_counter() - t0, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(row))
+    print(f"  {key}: val {row.get('val_avg', float('nan')):.4f}  test avg {row['avg']:.4f} ({row['i2t']:.4f} / {row['t2i']:.4f})  {row['wall_s']} s",
+          flush=True)
+    return row
+
+
+def baseline_row(result) -> dict[str, Any]:
+    """A BaselineResult as a result row."""
+    return {"i2t": result.test.i2t, "t2i": result.test.t2i, "avg": result.test.avg, "val_avg": result.val.avg,
+            "params": result.params, "wall_s": round(result.wall_s, 1)}
+
+
+def summarise(rows: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
+    """Mean and (sample) standard deviation over folds."""
+    def mean(k):
+        return float(np.mean([r[k] for r in rows]))
+
+    def std(k):
+        return float(statistics.stdev([r[k] for r in rows])) if len(rows) > 1 else None
+
+    return {"i2t": mean("i2t"), "t2i": mean("t2i"), "avg": mean("avg"), "std_i2t": std("i2t"), "std_t2i": std("t2i"),
+            "std_avg": std("avg"), "val_avg": mean("val_avg") if all("val_avg" in r for r in rows) else None,
+            "n_folds": len(rows), "selected_on": "val", "folds": rows, **extra}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Speed
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_average() -> float | None:
+    """1-minute load average (the machine is shared: speeds are only comparable at similar load)."""
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError):
+        return None
+
+
+def backbone_images_per_s(name: str, image_paths: list[Path], batch_size: int) -> dict[str, Any]:
+    """Network throughput (preprocessed batch -> features) of one backbone on this machine's CPU threads."""
+    from model.image_backbones import IMAGENET_MEAN, IMAGENET_STD, VGG19, ImageBackbone, ImagePreprocess, build_image_backbone
+    from model.image_io import load_image
+
+    if name == "vgg19":
+        # No VGG19 weights can be downloaded here; speed does not depend on the weight values, so random ones are used.
+        torch.manual_seed(0)
+        backbone = ImageBackbone(name="vgg19", network=VGG19(), output_dim=4096,
+                                 preprocess=ImagePreprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, resample="bilinear"),
+                                 feature_layer="fc7", weights_file="(random)", weights_sha256="random", channels_last_on=frozenset({"cuda"}))
+    else:
+        backbone = build_image_backbone(name)
+    images = [load_image(p, draft_size=backbone.preprocess.resize) for p in image_paths]
+    batch = backbone.preprocess.to_tensor_batch(images[:batch_size])
+    backbone.extract(batch[:2])  # warm-up (first-call allocations)
+    t0 = time.perf_counter()
+    backbone.extract(batch)
+    seconds = time.perf_counter() - t0
+    return {"images_per_s": round(len(batch) / seconds, 2), "batch": len(batch), "crop": backbone.preprocess.crop,
+            "output_dim": backbone.output_dim, "weights": "random (speed only)" if name == "vgg19" else "ImageNet (shipped)",
+            "load_avg_1min": load_average()}
+
+
+def measure_speed(data_root: Path, work: Path, vgg_images: int, lite_images: int) -> dict[str, Any]:
+    """Cold end-to-end prepare of the dataset with Lite0 (its cache then serves every other run) and backbone images/s."""
+    speed_dir = work / "speed-prepare"
+    shutil.rmtree(speed_dir, ignore_errors=True)
+    load_before = load_average()
+    t0 = time.perf_counter()
+    corpus, report = load_dataset("imagenet-sample", data_root)
+    save_corpus(corpus, speed_dir / "corpus")
+    summary = prepare_corpus(speed_dir / "corpus", speed_dir / "prepared",
+                             PrepareConfig(backbone=BACKBONE, text=CNN_TEXTS["word2vec"], progress=True))
+    wall = time.perf_counter() - t0
+    # Hand the freshly extracted features to the shared cache.
+    shared = work / CACHE_DIR
+    shared.mkdir(parents=True, exist_ok=True)
+    for fp_dir in (speed_dir / "prepared" / CACHE_DIR).iterdir():
+        if not (shared / fp_dir.name).exists():
+            shutil.move(str(fp_dir), shared / fp_dir.name)
+    images = sorted((data_root / "images").iterdir())
+    backbones = {
+        "efficientnet-lite0": backbone_images_per_s("efficientnet-lite0", images[:lite_images], lite_images),
+        "efficientnet-lite2": backbone_images_per_s("efficientnet-lite2", images[:lite_images], lite_images),
+        "vgg19": backbone_images_per_s("vgg19", images[:vgg_images], vgg_images),
+    }
+    return {"prepare_end_to_end_s": round(wall, 1), "prepare_target_s": 180, "prepare_items": summary["items"],
+            "prepare_extract_s": summary["extract_s"], "prepare_images_per_s_incl_decode": summary["images_per_s"],
+            "load_avg_1min_before_after": [load_before, load_average()], "torch_threads": torch.get_num_threads(),
+            "backbones": backbones}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Benchmark
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write the JSON and Markdown results."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--work", type=Path, help=f"prepared data and finished runs (default {DEFAULT_WORK})")
+    ap.add_argument("--out", type=Path, help="where results/imagenet-sample.json and results-imagenet-sample.md go (default docs/)")
+    ap.add_argument("--folds", type=int, default=5, help="stratified folds (split seeds 0..N-1) for the main rows")
+    ap.add_argument("--ablation-folds", type=int, help="folds for the ablations (default: --folds)")
+    ap.add_argument("--epochs", type=int, default=60, help="epochs of the DSCMR rows (lr 1e-3, cosine; best epoch chosen on val)")
+    ap.add_argument("--authors-epochs", type=int, default=500, help="epochs of the authors' loop (the released code runs 500)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 fold, few epochs, small speed samples")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--redo-speed", action="store_true", help="measure speed again even if WORK/speed.json exists")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--texts", default="word2vec,glove,minilm", help="DSCMR text settings to run (comma-separated)")
+    ap.add_argument("--skip-authors", action="store_true", help="leave out the authors' loop (500 slow epochs per fold)")
+    ap.add_argument("--note", default="", help="a remark printed under the results table (e.g. why a reduced protocol ran)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.folds, args.epochs, args.authors_epochs = 1, min(args.epochs, 2), min(args.authors_epochs, 2)
+    ablation_folds = args.folds if args.ablation_folds is None else args.ablation_folds
+    out = args.out or (REPO / "bench" / "out" / "imagenet-sample-quick" if args.quick else REPO / "docs")
+    work = args.work or DEFAULT_WORK
+    torch.set_num_threads(args.threads)
+    work.mkdir(parents=True, exist_ok=True)
+    if not (args.data / "metadata.json").is_file():
+        print(f"error: {args.data} is not imagenet-sample-wordnet (no metadata.json); pass --data", file=sys.stderr)
+        return 2
+
+    speed_path = work / "speed.json"
+    speed = json.loads(speed_path.read_text()) if speed_path.is_file() else None
+    if not args.skip_speed and (speed is None or args.redo_speed):
+        print("measuring speed (cold prepare with Lite0, backbone images/s) ...", flush=True)
+        speed = measure_speed(args.data, work, vgg_images=2 if args.quick else 8, lite_images=8 if args.quick else 32)
+        speed_path.write_text(json.dumps(speed, indent=1))
+
+    corpus, report = load_dataset("imagenet-sample", args.data)
+    print(report, flush=True)
+    epochs = args.epochs
+    # The DSCMR rows' schedule: chosen on the Wikipedia and imagenet-sample validation splits (see the docs).
+    tuned = lambda overrides=None: dscmr_config("wiki-tuned", epochs, overrides)  # noqa: E731
+    rows: dict[str, list[dict[str, Any]]] = {}
+    wanted = {t.strip() for t in args.texts.split(",") if t.strip()}
+    dscmr_rows = {name: key for name, key in DSCMR_ROWS.items() if key in wanted}
+    if not dscmr_rows:
+        print(f"error: --texts must name some of {sorted(DSCMR_ROWS.values())}", file=sys.stderr)
+        return 2
+    minilm_fold0 = load_prepared(prepare_fold(corpus, 0, "minilm", work)).feature_splits()
+    for fold in range(args.folds):
+        print(f"fold {fold} (split seed {fold})", flush=True)
+        for row_name, key in dscmr_rows.items():
+            prepared = load_prepared(prepare_fold(corpus, 0 if key == "minilm" else fold, key, work))
+            if key == "minilm":
+                data, encoder_fn, text_dim = resplit(minilm_fold0, corpus, fold), (lambda: None), None
+            else:
+                data, encoder_fn, text_dim = prepared.feature_splits(), prepared.build_text_encoder, prepared.text_config.output_dim
+            run_dir = work / "runs" / f"{key}-e{epochs}-f{fold}"
+            # Fold 0's models are kept: the figures are drawn from the best configuration's.
+            model_out = work / "models" / f"{key}-e{epochs}" if fold == 0 else None
+            rows.setdefault(row_name, []).append(cached_run(work, f"{key}-e{epochs}-f{fold}", lambda: run_dscmr(
+                data, tuned(), encoder_fn(), text_dim, run_dir=run_dir, model_out=model_out, prepared=prepared)))
+        glove_mean = mean_glove_text(resplit(minilm_fold0, corpus, fold), corpus)
+        if not args.skip_authors:
+            rows.setdefault(AUTHORS_ROW, []).append(cached_run(work, f"authors-e{args.authors_epochs}-f{fold}", lambda: run_dscmr(
+                glove_mean, dscmr_config("paper", args.authors_epochs))))
+        rows.setdefault(SM_ROW, []).append(cached_run(work, f"sm-glove-f{fold}", lambda: baseline_row(run_semantic_matching(glove_mean))))
+        rows.setdefault(CCA_ROW, []).append(cached_run(work, f"cca-glove-f{fold}", lambda: baseline_row(run_cca(glove_mean))))
+        minilm = resplit(minilm_fold0, corpus, fold)
+        rows.setdefault(SM_MINILM_ROW, []).append(cached_run(work, f"sm-minilm-f{fold}", lambda: baseline_row(run_semantic_matching(minilm))))
+
+    # The best DSCMR configuration is the one with the best mean VALIDATION mAP; its ablations follow.
+    best_name = max(dscmr_rows, key=lambda n: np.mean([r["val_avg"] for r in rows[n]]))
+    best_key = dscmr_rows[best_name]
+    ablations: dict[str, list[dict[str, Any]]] = {}
+    for fold in range(ablation_folds):
+        if best_key == "minilm":
+            data, encoder_fn, text_dim = resplit(minilm_fold0, corpus, fold), (lambda: None), None
+        else:
+            prepared = load_prepared(prepare_fold(corpus, fold, best_key, work))
+            data, encoder_fn, text_dim = prepared.feature_splits(), prepared.build_text_encoder, prepared.text_config.output_dim
+        for ablation in ("no_j1", "no_j2", "no_j3", "j1_only"):
+            cfg = tuned()
+            cfg = dataclasses.replace(cfg, loss=loss_for_ablation(cfg.loss, ablation))
+            ablations.setdefault(f"{best_name} - ablation {ablation}", []).append(cached_run(
+                work, f"{best_key}-e{epochs}-{ablation}-f{fold}", lambda: run_dscmr(data, cfg, encoder_fn(), text_dim)))
+
+    figures = draw_figures(work, best_key, epochs, corpus, out)
+    results: dict[str, Any] = {}
+    for name, fold_rows in rows.items():
+        extra = {"kind": "dscmr" if name in DSCMR_ROWS else ("authors_loop" if name == AUTHORS_ROW else "baseline")}
+        if name in DSCMR_ROWS:
+            extra["config"] = {"preset": "wiki-tuned", "epochs": epochs, "text": DSCMR_ROWS[name]}
+        if name == AUTHORS_ROW:
+            extra["config"] = {"preset": "paper", "epochs": args.authors_epochs}
+        results[name] = summarise(fold_rows, extra)
+    for name, fold_rows in ablations.items():
+        results[name] = summarise(fold_rows, {"kind": "ablation", "of": best_name})
+    results["_best_dscmr"] = best_name
+    results["_speed"] = speed
+    results["_figures"] = figures
+    results["_meta"] = {"dataset": "imagenet-sample-wordnet (1,000 photos, 22 coarse classes, single-label)",
+                        "split": "stratified 80/10/10 on coarse_label; fold k = split seed k", "folds": args.folds,
+                        "ablation_folds": ablation_folds, "backbone": BACKBONE, "dscmr_epochs": epochs,
+                        "authors_epochs": args.authors_epochs, "note": args.note, "machine": machine_description(),
+                        "date": time.strftime("%Y-%m-%d"), "command": "python bench/imagenet_sample.py " + _command_args(argv or sys.argv[1:])}
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    (out / "results" / "imagenet-sample.json").write_text(json.dumps(results, indent=1))
+    markdown = render_markdown(results)
+    (out / "results-imagenet-sample.md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {out / 'results' / 'imagenet-sample.json'} and {out / 'results-imagenet-sample.md'}")
+    return 0
+
+
+def draw_figures(work: Path, key: str, epochs: int, corpus: Corpus, out: Path) -> dict[str, str]:
+    """Fig. 2 and Fig. 3 of the best configuration's fold-0 run, as `python -m training figures` draws them."""
+    from training.figures import make_figures
+
+    run_dir, model_dir = work / "runs" / f"{key}-e{epochs}-f0", work / "models" / f"{key}-e{epochs}"
+    if not model_dir.is_dir() or not any(model_dir.iterdir()):
+        print(f"no saved fold-0 model in {model_dir} (its run was cached before models were kept); figures skipped", flush=True)
+        return {}
+    data = load_prepared(prepare_fold(corpus, 0, key, work)).feature_splits()
+    made = make_figures(run_dir, model_dir, data, out / "figures", prefix="imagenet-sample-")
+    return {k: str(Path(v).resolve().relative_to(REPO)) if Path(v).resolve().is_relative_to(REPO) else v for k, v in made.items()}
+
+
+def machine_description() -> str:
+    """CPU model, cores, memory, GPU and torch version."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    mem = "unknown memory"
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+        mem_kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        mem = f"{mem_kb / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores (shared), {mem}, {gpu}; torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def _command_args(argv: list[str]) -> str:
+    """The command-line arguments as they ran, with the --note text left out (it is printed on its own)."""
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--note":
+            args.append("--note ...")
+            skip = True
+        elif not a.startswith("--note="):
+            args.append(a)
+    return " ".join(args)
+
+
+def _pm(row: dict[str, Any], key: str) -> str:
+    std = row.get(f"std_{key}")
+    return f"{row[key]:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The results page: table of mean ± std over folds, ablations, speed."""
+    meta, speed = results["_meta"], results.get("_speed")
+    lines = ["# Results: imagenet-sample-wordnet", "",
+             f"Machine: {meta['machine']}. Date: {meta['date']}. Produced by `{meta['command'].strip()}`.", "",
+             f"Data: {meta['dataset']}; image features {meta['backbone']} (mean-pooled, 1,280-d, cached). Split: {meta['split']}; "
+             f"{meta['folds']} fold(s) for the main rows, {meta['ablation_folds']} for the ablations. Every model's epoch and "
+             "hyper-parameters are chosen on validation; test is evaluated once per fold. mAP over all returned results "
+             "(cosine), mean ± sample standard deviation over folds.", "",
+             "| method | I->T | T->I | average | val avg | folds |", "|---|---|---|---|---|---|"]
+    for name, row in results.items():
+        if name.startswith("_") or row.get("kind") == "ablation":
+            continue
+        lines.append(f"| {name} | {_pm(row, 'i2t')} | {_pm(row, 't2i')} | **{_pm(row, 'avg')}** | "
+                     f"{row['val_avg']:.4f} | {row['n_folds']} |")
+    if meta.get("note"):
+        lines += ["", f"**Note.** {meta['note']}"]
+    lines += ["", f"Best DSCMR configuration on validation: **{results['_best_dscmr']}**. DSCMR rows: preset `wiki-tuned` "
+              f"(Adam lr 1e-3, cosine decay, no dropout), {meta['dscmr_epochs']} epochs, best epoch on validation. "
+              + (f"Authors' loop: preset `paper` (the released code: Adam lr 1e-4, betas (0.5, 0.999), batch 100), "
+                 f"{meta['authors_epochs']} epochs, on the mean GloVe-50 vector of the text." if AUTHORS_ROW in results else
+                 "The authors' loop was not run (--skip-authors)."), "",
+              "## Ablations of the best configuration", "", "| variant | I->T | T->I | average | val avg | folds |", "|---|---|---|---|---|---|"]
+    for name, row in results.items():
+        if not name.startswith("_") and row.get("kind") == "ablation":
+            lines.append(f"| {name.split(' - ')[-1]} | {_pm(row, 'i2t')} | {_pm(row, 't2i')} | **{_pm(row, 'avg')}** | "
+                         f"{row['val_avg']:.4f} | {row['n_folds']} |")
+    if results.get("_figures"):
+        lines += ["", "## Figures", "", "Drawn by `python -m training figures` from the best configuration's fold-0 run:", ""]
+        lines += [f"- ![{k}]({Path(v).relative_to('docs') if Path(v).is_relative_to('docs') else v})" for k, v in results["_figures"].items()]
+    if speed:
+        lines += ["", "## Speed", "",
+                  f"Preparing imagenet-sample-wordnet end to end (load + corpus + Lite0 features of 1,000 photos + word2vec vocabulary), "
+                  f"cold cache: **{speed['prepare_end_to_end_s']} s** (target {speed['prepare_target_s']} s; extraction "
+                  f"{speed['prepare_extract_s']} s, {speed['prepare_images_per_s_incl_decode']} images/s including JPEG decoding); "
+                  f"load average before/after {speed['load_avg_1min_before_after']}, {speed['torch_threads']} torch threads.", "",
+                  "| backbone | weights | crop | dim | images/s (network, batch) | load avg |", "|---|---|---|---|---|---|"]
+        for name, b in speed["backbones"].items():
+            lines.append(f"| {name} | {b['weights']} | {b['crop']} | {b['output_dim']} | {b['images_per_s']} ({b['batch']}) | {b['load_avg_1min']} |")
+        if speed.get("provenance"):
+            lines += ["", f"How measured: {speed['provenance']}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

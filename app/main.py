@@ -1,0 +1,514 @@
+"""The FastAPI application: search by text or image, items, media, labels, health, metrics, admin reload, the web page.
+
+    app = create_app(ServiceSettings())     # what `python -m app` serves with uvicorn
+
+Request flow of a search: validate the input (4xx JSON on any problem) -> take the current ServingState once -> run
+decode / encode / search in a worker thread, at most `cpu_workers` at a time (the event loop never does CPU work) ->
+answer with the results, the model hash and index version that produced them, and the time taken.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import re
+import secrets
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Callable, Sequence
+from urllib.parse import quote
+
+import anyio
+import faiss
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from PIL import UnidentifiedImageError
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import (ApiError, BodyTooLargeError, ErrorResponse, InternalErrorMiddleware, error_body, install_error_handlers,
+                        validation_error)
+from app.media import THUMBNAIL_MAX, THUMBNAIL_MIN, ThumbnailCache, item_image_file
+from app.metrics import MetricsMiddleware, ServiceMetrics
+from app.schemas import (MAX_K, HealthResponse, ImageSearchJSON, ImageSearchOptions, ItemResponse, LabelInfo, LabelsResponse,
+                         ReadyResponse, ReloadRequest, ReloadResponse, SearchResponse, SearchResult, Target, TextSearchRequest)
+from app.settings import ServiceSettings
+from app.state import ReloadOutcome, ServingHolder, ServingState
+from model.image_io import ImageDecodeError, load_image
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+THUMBNAIL_SIZE = 256  # the size the result URLs ask for (the web page's grid)
+STARTED_KEY = "dscmr.started"
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "malformed JSON or multipart body"},
+    413: {"model": ErrorResponse, "description": "body, upload or text over the size limit"},
+    415: {"model": ErrorResponse, "description": "wrong Content-Type, or an upload that is not an image"},
+    422: {"model": ErrorResponse, "description": "a field is missing or out of range, an unknown label, an undecodable image"},
+    503: {"model": ErrorResponse, "description": "the model and index are not loaded yet"},
+}
+
+
+class Service:
+    """Per-app collaborators (no module-level state: two apps in one process are independent)."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.holder = ServingHolder(settings, on_reload=self._record_reload)
+        self.cpu = anyio.CapacityLimiter(settings.cpu_workers)
+        self.thumbnails = ThumbnailCache(settings.thumbnail_cache_items, settings.max_image_pixels)
+
+    def _record_reload(self, outcome: ReloadOutcome, state: ServingState | None) -> None:
+        self.metrics.reloads.labels("success" if outcome.status == "loaded" else "failure").inc()
+        if outcome.status == "loaded" and state is not None:
+            self.metrics.set_served(state.index_version, state.model_hash)
+
+    async def run_cpu(self, fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+        """Run `fn` (returning (result, stage seconds)) in a worker thread once a CPU slot is free; adds the queue time."""
+        submitted = time.perf_counter()
+
+        def timed() -> tuple[Any, dict[str, float]]:
+            queued = time.perf_counter() - submitted
+            # OpenMP thread counts are per calling thread: a worker thread starts with the process default (all cores),
+            # and FAISS's spinning OpenMP team would fight the other requests for the cores
+            faiss.omp_set_num_threads(self.settings.search_threads)
+            result, stages = fn()
+            return result, {"queue": queued, **stages}
+
+        return await anyio.to_thread.run_sync(timed, limiter=self.cpu)
+
+
+# ---------------------------------------------------------------------------------------------------- middleware
+class BodySizeLimitMiddleware:
+    """Refuse request bodies over `limit` bytes: at once when Content-Length says so, else as soon as the count passes it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope[STARTED_KEY] = time.perf_counter()
+        declared = _content_length(scope)
+        if declared is not None and declared > self.limit:
+            err = BodyTooLargeError(self.limit, declared)
+            response = JSONResponse(error_body(err.code, err.detail), status_code=err.status, headers={"Connection": "close"})
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLargeError(self.limit)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class JSONBodyRoute(APIRoute):
+    """A route whose body must be JSON: any other Content-Type is a 415 that says what to send."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def checked(request: Request) -> Response:
+            content_type = request.headers.get("content-type")
+            has_body = content_type is not None or request.headers.get("content-length", "0") != "0" \
+                or "transfer-encoding" in request.headers
+            if request.method in ("POST", "PUT", "PATCH") and has_body and not _is_json(content_type):
+                raise ApiError(415, "unsupported_media_type",
+                               f"Content-Type {content_type or '(none)'} is not accepted here; send a JSON object with "
+                               "Content-Type: application/json")
+            return await handler(request)
+
+        return checked
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = _media_type(content_type)
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+# ------------------------------------------------------------------------------------------------- input checks
+def check_text(text: str, settings: ServiceSettings) -> str:
+    """The query text, stripped; ApiError when empty or over the limit."""
+    if len(text) > settings.max_text_chars:
+        raise ApiError(413, "text_too_long", f"text has {len(text):,} characters; the limit is {settings.max_text_chars:,} "
+                                             "(DSCMR_MAX_TEXT_CHARS). Shorten the query")
+    stripped = text.strip()
+    if not stripped:
+        raise ApiError(422, "empty_text", "text is empty or only whitespace; type a word or a sentence to search with")
+    return stripped
+
+
+def check_query(state: ServingState, target: Target, labels: Sequence[str] | None, query: str) -> None:
+    """ApiError when the served index cannot answer this target / label filter / query kind."""
+    can = state.encoder.can_encode_texts if query == "text" else state.encoder.can_encode_images
+    if not can:
+        raise ApiError(422, "unsupported_query", f"the served model {state.model_hash[:12]} cannot encode raw {query}s "
+                                                 f"(it was trained on precomputed features); search by the other modality")
+    modalities = state.index.modalities
+    if (target == "both" and not modalities) or (target != "both" and target not in modalities):
+        raise ApiError(422, "unsupported_target", f"index version {state.index_version} holds no {target} vectors; "
+                                                  f"use target {' or '.join(repr(m) for m in modalities)}")
+    if labels:
+        known = set(state.index.label_names)
+        unknown = sorted(set(labels) - known)
+        if unknown:
+            names = sorted(known)
+            shown = ", ".join(repr(n) for n in names[:30]) + (f" ... ({len(names)} in all)" if len(names) > 30 else "")
+            raise ApiError(422, "unknown_label", f"unknown label(s) {unknown}; this index knows {shown} (GET /labels)")
+
+
+def decode_base64_image(value: str, max_bytes: int) -> bytes:
+    """Bytes of a base64 (or data: URL) image; ApiError when it is not base64 or decodes to more than max_bytes."""
+    text = value.strip()
+    if text.startswith("data:"):
+        header, sep, text = text.partition(",")
+        if not sep or not header.endswith(";base64"):
+            raise ApiError(422, "invalid_base64", "image_base64 is a data: URL without ';base64,'; send the base64 of the image file")
+    text = re.sub(r"\s+", "", text)
+    if not text:
+        raise ApiError(422, "invalid_base64", "image_base64 is empty; send the base64 of the image file")
+    if len(text) // 4 * 3 > max_bytes + 2:
+        raise ApiError(413, "image_too_large", f"the image is about {len(text) // 4 * 3:,} bytes; the limit is {max_bytes:,} bytes "
+                                               "(DSCMR_MAX_UPLOAD_BYTES). Send a smaller or downscaled image")
+    if "-" in text or "_" in text:  # the URL-safe alphabet
+        text = text.translate(str.maketrans("-_", "+/"))
+    text += "=" * (-len(text) % 4)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(422, "invalid_base64", f"image_base64 is not valid base64 ({exc}); encode the image file's bytes "
+                                              "with standard base64") from None
+    if len(data) > max_bytes:
+        raise ApiError(413, "image_too_large", f"the image has {len(data):,} bytes; the limit is {max_bytes:,} bytes "
+                                               "(DSCMR_MAX_UPLOAD_BYTES). Send a smaller or downscaled image")
+    return data
+
+
+def decode_image(data: bytes, max_pixels: int):
+    """A decoded RGB image; ApiError 415 when the bytes are no image at all, 422 when it is broken or too large."""
+    try:
+        return load_image(data, max_pixels=max_pixels)
+    except ImageDecodeError as exc:
+        if isinstance(exc.__cause__, UnidentifiedImageError):
+            raise ApiError(415, "not_an_image", str(exc)) from None
+        raise ApiError(422, "invalid_image", str(exc)) from None
+
+
+def _options(model: type, fields: dict[str, Any]):
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise validation_error([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+async def read_multipart_image(request: Request, settings: ServiceSettings) -> tuple[bytes, ImageSearchOptions]:
+    """(image bytes, options) from a multipart upload with a `file` part and optional k / target / labels fields."""
+    async with request.form(max_files=1, max_fields=16, max_part_size=64 * 1024) as form:
+        unknown = sorted(set(form.keys()) - {"file", "k", "target", "labels"})
+        if unknown:
+            raise ApiError(422, "invalid_request", f"unknown form field(s) {unknown}; accepted: file, k, target, labels")
+        upload = form.get("file")
+        if upload is None:
+            raise ApiError(422, "missing_file", "the multipart body has no `file` part; attach the image as the field `file`")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "missing_file", "`file` is a plain form field, not a file upload; attach the image file itself")
+        fields: dict[str, Any] = {name: form[name] for name in ("k", "target") if name in form}
+        if "labels" in form:
+            fields["labels"] = form.getlist("labels")
+        options = _options(ImageSearchOptions, fields)
+        data = await upload.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise ApiError(413, "image_too_large", f"the uploaded file is over {settings.max_upload_bytes:,} bytes "
+                                               "(DSCMR_MAX_UPLOAD_BYTES); send a smaller or downscaled image")
+    return data, options
+
+
+async def read_json_image(request: Request, settings: ServiceSettings) -> tuple[bytes, ImageSearchOptions]:
+    """(image bytes, options) from a JSON body {image_base64, k, target, labels}."""
+    raw = await request.body()
+    if not raw.strip():
+        raise ApiError(422, "invalid_request", "the request body is empty; send {\"image_base64\": \"...\"}")
+    try:
+        payload = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "malformed_json", f"the request body is not valid JSON ({exc}); send a JSON object") from None
+    if not isinstance(payload, dict):
+        raise ApiError(422, "invalid_request", f"the JSON body is a {type(payload).__name__}; send an object {{\"image_base64\": ...}}")
+    body = _options(ImageSearchJSON, payload)
+    data = decode_base64_image(body.image_base64, settings.max_upload_bytes)
+    return data, ImageSearchOptions(k=body.k, target=body.target, labels=body.labels)
+
+
+# ------------------------------------------------------------------------------------------------------ responses
+def media_urls(request: Request, item_id: str) -> tuple[str, str]:
+    """(image URL, thumbnail URL) of an item, relative to the app's root path."""
+    url = f"{request.scope.get('root_path', '')}/media/{quote(item_id, safe='')}"
+    return url, f"{url}?size={THUMBNAIL_SIZE}"
+
+
+def search_response(request: Request, state: ServingState, hits, k: int, target: Target, stages: dict[str, float]) -> SearchResponse:
+    """The response body of a search."""
+    results = []
+    for hit in hits:
+        if hit.modality == "image":
+            image_url, thumb_url = media_urls(request, hit.id)
+            results.append(SearchResult(id=hit.id, score=round(hit.score, 6), modality="image", labels=list(hit.labels),
+                                        image_url=image_url, thumbnail_url=thumb_url))
+        else:
+            results.append(SearchResult(id=hit.id, score=round(hit.score, 6), modality="text", labels=list(hit.labels),
+                                        text=hit.text))
+    started = request.scope.get(STARTED_KEY, time.perf_counter())
+    return SearchResponse(results=results, model_hash=state.model_hash, index_version=state.index_version,
+                          took_ms=round((time.perf_counter() - started) * 1000, 2), k=k, target=target,
+                          stages_ms={name: round(s * 1000, 3) for name, s in stages.items()})
+
+
+IMAGE_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object", "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": "the image (JPEG, PNG, GIF, BMP, TIFF, WebP ...)"},
+                    "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
+                    "target": {"type": "string", "enum": ["text", "image", "both"], "default": "text"},
+                    "labels": {"type": "array", "items": {"type": "string"}, "description": "repeat the field for several labels"},
+                },
+            },
+            "encoding": {"file": {"contentType": "image/*"}},
+        },
+        "application/json": {
+            "schema": ImageSearchJSON.model_json_schema(),
+        },
+    },
+}
+
+
+# ------------------------------------------------------------------------------------------------------------ app
+def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+    """The service as an ASGI app; the model and index load when it starts (lifespan) and reload when CURRENT moves."""
+    settings = settings or ServiceSettings()
+    service = Service(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        configure_threads(settings)
+        watcher = asyncio.create_task(service.holder.watch(), name="index-watcher")
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    app = FastAPI(
+        title="DSCMR cross-modal search",
+        version="1.0.0",
+        description="Search pictures with a sentence and sentences with a picture, in the common space of a Deep Supervised "
+                    "Cross-modal Retrieval model. Every error is JSON: `{\"error\": code, \"detail\": what to do}`.",
+        lifespan=lifespan,
+        responses={500: {"model": ErrorResponse, "description": "a server fault (never caused by the input)"}},
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    json_routes = APIRouter(route_class=JSONBodyRoute)
+    admin_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="DSCMR_ADMIN_API_KEY")
+
+    # ---------------------------------------------------------------------------------------------- searching
+    @json_routes.post("/search/text", response_model=SearchResponse, responses=ERROR_RESPONSES, tags=["search"],
+                      summary="Find images (or texts) matching a sentence")
+    async def search_text(request: Request, body: TextSearchRequest) -> SearchResponse:
+        """Encode the text with the served model and return the k nearest images / texts / both."""
+        state = service.holder.require()
+        text = check_text(body.text, settings)
+        check_query(state, body.target, body.labels, "text")
+
+        def work():
+            t0 = time.perf_counter()
+            vectors = state.encoder.encode_texts([text])
+            t1 = time.perf_counter()
+            hits = state.index.search_vectors(vectors, body.k, body.target, body.labels)[0]
+            return hits, {"encode": t1 - t0, "search": time.perf_counter() - t1}
+
+        hits, stages = await service.run_cpu(work)
+        service.metrics.observe_stages("/search/text", stages)
+        return search_response(request, state, hits, body.k, body.target, stages)
+
+    @app.post("/search/image", response_model=SearchResponse, responses=ERROR_RESPONSES, tags=["search"],
+              openapi_extra={"requestBody": IMAGE_REQUEST_BODY}, summary="Find texts (or images) matching a picture")
+    async def search_image(request: Request) -> SearchResponse:
+        """Upload an image (multipart field `file`, or JSON `image_base64`); returns the k nearest texts / images / both."""
+        content_type = request.headers.get("content-type")
+        media = _media_type(content_type)
+        if media == "multipart/form-data":
+            data, options = await read_multipart_image(request, settings)
+        elif _is_json(content_type):
+            data, options = await read_json_image(request, settings)
+        else:
+            raise ApiError(415, "unsupported_media_type",
+                           f"Content-Type {content_type or '(none)'} is not accepted; upload the image as multipart/form-data "
+                           "(field `file`) or send JSON {\"image_base64\": \"...\"} with Content-Type: application/json")
+        state = service.holder.require()
+        check_query(state, options.target, options.labels, "image")
+
+        def work():
+            t0 = time.perf_counter()
+            image = decode_image(data, settings.max_image_pixels)
+            t1 = time.perf_counter()
+            vectors = state.encoder.encode_images([image])
+            t2 = time.perf_counter()
+            hits = state.index.search_vectors(vectors, options.k, options.target, options.labels)[0]
+            return hits, {"decode": t1 - t0, "encode": t2 - t1, "search": time.perf_counter() - t2}
+
+        hits, stages = await service.run_cpu(work)
+        service.metrics.observe_stages("/search/image", stages)
+        return search_response(request, state, hits, options.k, options.target, stages)
+
+    # ------------------------------------------------------------------------------------------------- corpus
+    @app.get("/items/{item_id:path}", response_model=ItemResponse, tags=["corpus"],
+             responses={404: {"model": ErrorResponse, "description": "no such item"}, 503: ERROR_RESPONSES[503]})
+    async def get_item(request: Request, item_id: str) -> ItemResponse:
+        """One corpus item of the served index: labels, text, image URL and extra fields."""
+        state = service.holder.require()
+
+        def lookup():
+            metadata = state.index.metadata
+            keys = {m: metadata.keys_for_items([item_id], m).get(item_id) for m in state.index.modalities}
+            keys = {m: k for m, k in keys.items() if k is not None}
+            fetched = metadata.fetch(keys.values())
+            return {m: fetched[k] for m, k in keys.items() if k in fetched}
+
+        records = await anyio.to_thread.run_sync(lookup)
+        if not records:
+            raise ApiError(404, "item_not_found", f"no item {item_id!r} in index version {state.index_version}; "
+                                                  "ids come from search results")
+        first = next(iter(records.values()))
+        image_url, thumb_url = media_urls(request, item_id) if "image" in records else (None, None)
+        return ItemResponse(id=item_id, labels=list(first.labels), text=first.text, image_url=image_url, thumbnail_url=thumb_url,
+                            modalities=sorted(records), extra=first.extra, model_hash=state.model_hash,
+                            index_version=state.index_version)
+
+    @app.get("/media/{item_id:path}", tags=["corpus"], response_class=Response,
+             responses={200: {"content": {"image/*": {}}, "description": "the image file, or a JPEG thumbnail with ?size"},
+                        404: {"model": ErrorResponse, "description": "no such item, or it has no image"},
+                        422: ERROR_RESPONSES[422], 503: ERROR_RESPONSES[503]})
+    async def get_media(item_id: str, size: int | None = Query(
+            None, ge=THUMBNAIL_MIN, le=THUMBNAIL_MAX, description="fit the image in size x size pixels (a JPEG thumbnail)")):
+        """The image of a corpus item (only the file the index records for that item), or a thumbnail of it."""
+        state = service.holder.require()
+        media = await anyio.to_thread.run_sync(item_image_file, state.index, item_id)
+        headers = {"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
+        if size is None:
+            return FileResponse(media.path, media_type=media.media_type, headers=headers)
+        data = await anyio.to_thread.run_sync(service.thumbnails.get, media, size, limiter=service.cpu)
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    @app.get("/labels", response_model=LabelsResponse, tags=["corpus"], responses={503: ERROR_RESPONSES[503]})
+    async def get_labels() -> LabelsResponse:
+        """The labels of the served index (usable as a search filter) with how many images and texts carry each."""
+        state = service.holder.require()
+        images, texts = state.label_counts.get("image", {}), state.label_counts.get("text", {})
+        return LabelsResponse(labels=[LabelInfo(name=n, images=images.get(n, 0), texts=texts.get(n, 0))
+                                      for n in state.index.label_names],
+                              model_hash=state.model_hash, index_version=state.index_version)
+
+    # -------------------------------------------------------------------------------------------- operations
+    @app.get("/healthz", response_model=HealthResponse, tags=["operations"])
+    async def healthz() -> HealthResponse:
+        """The process is alive and answering (says nothing about the model)."""
+        return HealthResponse()
+
+    @app.get("/readyz", response_model=ReadyResponse, tags=["operations"],
+             responses={503: {"model": ReadyResponse, "description": "not ready: no model and index loaded yet"}})
+    async def readyz():
+        """200 once a model and index are loaded (with their versions), 503 with the reason before."""
+        state = service.holder.current
+        if state is None:
+            body = ReadyResponse(ready=False, detail=service.holder.last_error or "the model and index are still loading")
+            return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "2"})
+        return ReadyResponse(ready=True, model_hash=state.model_hash, index_version=state.index_version, counts=state.counts,
+                             loaded_at=state.loaded_at, detail=service.holder.last_error)
+
+    @app.get("/metrics", tags=["operations"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    async def metrics() -> Response:
+        """Prometheus metrics: request counts and latency per endpoint, time per stage (queue, decode, encode, search)."""
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @json_routes.post("/admin/reload", response_model=ReloadResponse, tags=["operations"],
+                      responses={401: {"model": ErrorResponse, "description": "missing or wrong X-API-Key"},
+                                 403: {"model": ErrorResponse, "description": "admin endpoints are disabled"},
+                                 409: {"model": ErrorResponse, "description": "the CURRENT version cannot be loaded"},
+                                 415: ERROR_RESPONSES[415], 422: ERROR_RESPONSES[422]})
+    async def admin_reload(body: ReloadRequest | None = None, api_key: str | None = Depends(admin_key)) -> ReloadResponse:
+        """Load the index version CURRENT names now (the watcher does it every DSCMR_RELOAD_POLL_S seconds anyway)."""
+        expected = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
+        if not expected:
+            raise ApiError(403, "admin_disabled", "admin endpoints are disabled; set DSCMR_ADMIN_API_KEY to enable them")
+        if not api_key or not secrets.compare_digest(api_key.encode(), expected.encode()):
+            raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header", headers={"WWW-Authenticate": "X-API-Key"})
+        outcome = await service.holder.reload(force=bool(body and body.force))
+        if outcome.status == "failed":
+            raise ApiError(409, "reload_failed", outcome.error or "the CURRENT index version could not be loaded")
+        return ReloadResponse(status=outcome.status, index_version=outcome.index_version, model_hash=outcome.model_hash,
+                              previous_version=outcome.previous_version, model_reloaded=outcome.model_reloaded,
+                              took_ms=outcome.took_ms)
+
+    app.include_router(json_routes)
+
+    # ---------------------------------------------------------------------------------------------- web page
+    @app.get("/", include_in_schema=False)
+    async def index_page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics,
+                       known_paths=frozenset(r.path for r in app.routes if "{" not in getattr(r, "path", "{")))
+    app.add_middleware(InternalErrorMiddleware)  # added last = outermost: it also answers for the middlewares above
+    return app
+
+
+def configure_threads(settings: ServiceSettings) -> None:
+    """Thread counts of torch and FAISS: parallelism comes from concurrent requests, not from threads inside one."""
+    import torch
+
+    torch.set_num_threads(settings.torch_threads)
+    faiss.omp_set_num_threads(settings.search_threads)

@@ -1,0 +1,158 @@
+"""Request and response bodies of the API (with the examples the OpenAPI docs show)."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Target = Literal["image", "text", "both"]
+MAX_K = 100
+MAX_LABELS = 64
+
+_K = Field(10, ge=1, le=MAX_K, description="how many results (1-100)")
+_LABELS = Field(None, min_length=1, max_length=MAX_LABELS,
+                description="keep only results carrying at least one of these labels (see GET /labels)")
+
+
+def _check_labels(labels: list[str] | None) -> list[str] | None:
+    if labels is None:
+        return None
+    cleaned = [lab.strip() for lab in labels]
+    if any(not lab for lab in cleaned):
+        raise ValueError("labels must be non-empty strings; omit `labels` to search everything")
+    return cleaned
+
+
+class TextSearchRequest(BaseModel):
+    """A sentence to search with."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"text": "a smiling face with sunglasses", "k": 10, "target": "image"},
+        {"text": "red fruit", "k": 5, "target": "both", "labels": ["Food & Drink"]},
+    ]})
+
+    text: str = Field(description="the query (not empty; at most DSCMR_MAX_TEXT_CHARS characters)", examples=["a cat"])
+    k: int = _K
+    target: Target = Field("image", description="what to find: images, texts or both")
+    labels: list[str] | None = _LABELS
+
+    _labels = field_validator("labels")(_check_labels)
+
+
+class ImageSearchOptions(BaseModel):
+    """The options of an image search (form fields of the multipart upload)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = _K
+    target: Target = Field("text", description="what to find: texts, images or both")
+    labels: list[str] | None = _LABELS
+
+    _labels = field_validator("labels")(_check_labels)
+
+
+class ImageSearchJSON(ImageSearchOptions):
+    """An image search with the picture inline, base64-encoded (a data: URL is accepted too)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"image_base64": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC",
+         "k": 10, "target": "text"},
+    ]})
+
+    image_base64: str = Field(description="the image file's bytes, base64-encoded (standard alphabet; data: URL allowed)")
+
+
+class SearchResult(BaseModel):
+    """One hit."""
+
+    id: str = Field(description="corpus item id (GET /items/{id})")
+    score: float = Field(description="cosine similarity in the common space, -1..1")
+    modality: Literal["image", "text"] = Field(description="which side of the item matched")
+    labels: list[str]
+    text: str | None = Field(None, description="the item's text (text results)")
+    image_url: str | None = Field(None, description="the item's image (image results)")
+    thumbnail_url: str | None = Field(None, description="a small version of the image (image results)")
+
+
+class SearchResponse(BaseModel):
+    """Results with the model and index version that produced them."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "results": [{"id": "u1f60e", "score": 0.71, "modality": "image", "labels": ["Smileys & Emotion"], "text": None,
+                     "image_url": "/media/u1f60e", "thumbnail_url": "/media/u1f60e?size=160"}],
+        "model_hash": "1e465cf46d409e73f5b9645d2e098d6985bd55f19807cd8876e90637ab283920",
+        "index_version": "v20261129T065642823218Z-3f010c", "took_ms": 4.2, "k": 10, "target": "image"}]})
+
+    results: list[SearchResult]
+    model_hash: str = Field(description="content hash of the model that encoded the query")
+    index_version: str = Field(description="index version that was searched")
+    took_ms: float = Field(description="time spent in the service for this request")
+    k: int
+    target: Target
+    stages_ms: dict[str, float] = Field(default_factory=dict, description="time per stage: queue, decode, encode, search")
+
+
+class ItemResponse(BaseModel):
+    """A corpus item as the served index holds it."""
+
+    id: str
+    labels: list[str]
+    text: str | None = None
+    image_url: str | None = None
+    thumbnail_url: str | None = None
+    modalities: list[Literal["image", "text"]] = Field(description="which sides of the item are searchable")
+    extra: dict[str, Any] = Field(default_factory=dict, description="the corpus's extra fields for the item")
+    model_hash: str
+    index_version: str
+
+
+class LabelInfo(BaseModel):
+    """One label and how many searchable images / texts carry it."""
+
+    name: str
+    images: int
+    texts: int
+
+
+class LabelsResponse(BaseModel):
+    """The labels the served index knows (usable as a search filter)."""
+
+    labels: list[LabelInfo]
+    model_hash: str
+    index_version: str
+
+
+class HealthResponse(BaseModel):
+    """Liveness."""
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    """Readiness: whether a model and index are loaded, and which."""
+
+    ready: bool
+    model_hash: str | None = None
+    index_version: str | None = None
+    counts: dict[str, int] = Field(default_factory=dict, description="searchable vectors per modality")
+    loaded_at: float | None = Field(None, description="unix time the served version was loaded")
+    detail: str | None = Field(None, description="why the service is not ready, or the last reload problem")
+
+
+class ReloadRequest(BaseModel):
+    """Options of an admin reload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = Field(False, description="reload even when CURRENT still names the served version")
+
+
+class ReloadResponse(BaseModel):
+    """What a reload did."""
+
+    status: Literal["loaded", "unchanged"]
+    index_version: str | None
+    model_hash: str | None
+    previous_version: str | None
+    model_reloaded: bool
+    took_ms: float

@@ -1,0 +1,48 @@
+"""Service configuration: environment variables with the prefix DSCMR_ (pydantic-settings), defaults that work locally."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Everything `python -m app` can be told, each as DSCMR_<NAME> (e.g. DSCMR_INDEX_ROOT, DSCMR_PORT)."""
+
+    model_config = SettingsConfigDict(env_prefix="DSCMR_", extra="ignore", validate_default=True)
+
+    artifacts: Path = Field(Path("artifacts"), description="artefact root; the index root defaults to <artifacts>/index")
+    index_root: Path | None = Field(None, description="index store root (CURRENT pointer + versions/); default <artifacts>/index")
+    model_dir: Path | None = Field(None, description="serve this model directory instead of the one the index manifest names "
+                                                     "(it must be the model that built the index)")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: str = "info"
+    access_log: bool = Field(True, description="uvicorn's per-request log lines")
+    device: str = Field("auto", description="torch device for encoding: auto (CUDA when present), cpu, cuda, cuda:1 ...")
+
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest accepted image upload (decoded bytes)")
+    max_text_chars: int = Field(1000, ge=1, description="longest accepted text query, in characters")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="largest width x height an uploaded image may declare")
+    admin_api_key: SecretStr | None = Field(None, description="key for POST /admin/reload (header X-API-Key); unset disables it")
+    reload_poll_s: float = Field(2.0, ge=0, description="how often the CURRENT pointer is checked; 0 turns the watcher off")
+    verify_files: bool = Field(True, description="check every index file's sha256 when a version is loaded")
+
+    cpu_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
+                             description="requests decoding / encoding / searching at the same time (others queue)")
+    torch_threads: int = Field(1, ge=1, description="intra-op threads of each encoding (1: parallelism comes from cpu_workers)")
+    search_threads: int = Field(1, ge=1, description="FAISS OpenMP threads per search")
+    thumbnail_cache_items: int = Field(1024, ge=0, description="thumbnails kept in memory")
+
+    @model_validator(mode="after")
+    def _default_index_root(self) -> "ServiceSettings":
+        if self.index_root is None:
+            self.index_root = self.artifacts / "index"
+        return self
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest request body: an upload of max_upload_bytes as base64 JSON (4/3 larger) plus room for the other fields."""
+        return -(-self.max_upload_bytes // 3) * 4 + 64 * 1024

@@ -1,0 +1,106 @@
+"""The web page in a real headless Chromium (Playwright): type a query and see pictures, upload a picture and see texts,
+click a result to search with it, on a phone-sized screen too."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)"),
+]
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium (the system's, not a Playwright download)."""
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                              args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture()
+def page(browser, app_server):
+    """A fresh page on the search page of the session server (phone-sized by default: every test also checks that)."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(app_server.url + "/")
+    yield page
+    assert not errors, f"JavaScript errors on the page: {errors}"
+    context.close()
+
+
+def fits_the_screen(page) -> bool:
+    """No horizontal scrolling: the layout fits the viewport width."""
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+
+
+def test_typing_a_query_shows_image_results(page, app_server):
+    ready = page.request.get(app_server.url + "/readyz").json()
+    sync_api.expect(page.locator("#version")).to_contain_text(ready["index_version"])
+    sync_api.expect(page.locator("#version")).to_contain_text(ready["model_hash"][:12])
+    page.fill("#query", "a happy face")
+    page.press("#query", "Enter")
+    cards = page.locator("#results .result-image")
+    sync_api.expect(cards).to_have_count(20)
+    # the thumbnails on screen really loaded (natural size known; those below the fold load lazily), with scores and labels
+    page.wait_for_function("[...document.querySelectorAll('#results img')].slice(0, 2).every(i => i.complete && i.naturalWidth > 0)")
+    assert "score" in cards.first.inner_text()
+    assert cards.first.locator(".chip").count() >= 1
+    sync_api.expect(page.locator("#message")).to_contain_text("20 results")
+    assert fits_the_screen(page)
+
+
+def test_uploading_an_image_shows_text_results(page, app_artefacts):
+    page.set_input_files("#file", app_artefacts.items[0].image_path)
+    texts = page.locator("#results .result-text")
+    sync_api.expect(texts.first).to_be_visible()
+    assert texts.count() == 20
+    known = {it.text for it in app_artefacts.items}
+    assert all(t in known for t in page.locator("#results .result-text .snippet").all_inner_texts())
+    sync_api.expect(page.locator("#preview")).to_be_visible()
+    assert fits_the_screen(page)
+
+
+def test_dropping_an_image_searches_with_it(page, app_artefacts):
+    data = Path(app_artefacts.items[1].image_path).read_bytes()
+    transfer = page.evaluate_handle(
+        """bytes => { const t = new DataTransfer();
+                      t.items.add(new File([new Uint8Array(bytes)], 'dropped.png', {type: 'image/png'})); return t; }""",
+        list(data))
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    sync_api.expect(page.locator("#results .result-text").first).to_be_visible()
+    sync_api.expect(page.locator("#message")).to_contain_text("dropped.png")
+
+
+def test_clicking_results_searches_with_them(page):
+    page.fill("#query", "animal")
+    page.press("#query", "Enter")
+    first_image = page.locator("#results .result-image").first
+    sync_api.expect(first_image).to_be_visible()
+    image_id = first_image.get_attribute("data-id")
+    first_image.click()  # image -> its picture is uploaded -> text results
+    sync_api.expect(page.locator("#message")).to_contain_text(image_id)
+    first_text = page.locator("#results .result-text").first
+    sync_api.expect(first_text).to_be_visible()
+    text = first_text.locator(".snippet").inner_text()
+    page.locator("#results .result-text").first.click()  # text -> a text search with it -> image results
+    sync_api.expect(page.locator("#query")).to_have_value(text)
+    sync_api.expect(page.locator("#results .result-image").first).to_be_visible()
+
+
+def test_errors_are_shown_to_the_user(page):
+    page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a picture"})
+    sync_api.expect(page.locator("#message")).to_have_class("message error")
+    sync_api.expect(page.locator("#message")).to_contain_text("not an image")

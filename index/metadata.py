@@ -219,6 +219,10 @@ class MetadataStore:
             self._label_cache[cache_key] = keys
         return keys
 
+    def distinct_label_lists(self) -> list[str]:
+        """Every distinct labels value of the entries, as stored (JSON text), sorted."""
+        return [row[0] for row in self._conn.execute("SELECT DISTINCT labels FROM entries ORDER BY labels")]
+
     def label_counts(self, modality: str) -> dict[str, int]:
         """How many entries of `modality` carry each label."""
         rows = self._conn.execute("SELECT label, COUNT(*) FROM entry_labels WHERE modality = ? GROUP BY label", (modality,))

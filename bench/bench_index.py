@@ -10,11 +10,16 @@ Each index type is built and measured in its own subprocess (so that its peak RS
 real build path (`publish_version`: FAISS + SQLite metadata + manifest + atomic publish) and loaded with
 `SearchIndex.load` (sha256-verified). Ground truth is an exact float32 matrix-product top-k computed by numpy, block by
 block, independently of FAISS (with `--work DIR` it is kept there and reused by later runs with the same data).
-Library overhead: the same query sets go, in an order that rotates from set to set, through `index.search(q, k)` on
-the FAISS object ("raw"), through `SearchIndex.search_keys(q, k)` ("keys": the library call that returns what FAISS
-returns, after checking and normalising the queries) and through `SearchIndex.search_vectors(q, k)` ("hits": typed
-results carrying every hit's metadata); the median of several rounds is compared, for batches of 100 queries and for
-one query per call.
+Library overhead: the same query sets go through `index.search(q, k)` on the FAISS object ("raw"), through
+`SearchIndex.search_keys(q, k)` ("keys": the library call that returns what FAISS returns, after checking and
+normalising the queries) and through `SearchIndex.search_vectors(q, k)` ("hits": typed results carrying every hit's
+metadata), back to back, in an order that rotates from set to set and round to round so that each path takes each
+place equally often. The overhead reported is the median over query sets of (library time / raw time on the same set,
+summed over the rounds) - 1, for batches of 100 queries and for one query per call, on CPU time of the process
+(`*_pct`: the work itself, of all threads, blind to waits while other jobs hold this shared machine's cores) and on
+wall-clock time (`*_pct_wall`); the library's own work timed
+with FAISS taken out is recorded too (`library_own_work_us_*`).
+`--keep-built` keeps the built versions in `--work` so that a later run can re-measure them without building again.
 """
 from __future__ import annotations
 
@@ -24,7 +29,6 @@ import os
 import platform
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,7 +93,7 @@ def measure_one(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from index.build import IndexConfig, publish_version
-    from index.search import SearchIndex
+    from index.search import SearchIndex, _normalise_queries
     from index.synthetic import ClusteredSource
 
     kind = args.one
@@ -99,15 +103,19 @@ def measure_one(args: argparse.Namespace) -> dict:
     truth = np.array(json.loads(Path(args.truth).read_text())["truth"][str(n)])
     rounds = args.rounds
     if kind == "flat":  # an exact scan of 1M x 1024 takes ~0.3 s per query here: time fewer queries
-        queries, truth, rounds = queries[: args.flat_queries], truth[: args.flat_queries], min(2, args.rounds)
+        queries, truth, rounds = queries[: args.flat_queries], truth[: args.flat_queries], 3
     root = Path(args.work) / kind
-    shutil.rmtree(root, ignore_errors=True)
     rss0 = _rss_bytes()
     config = IndexConfig(index_type=kind, seed=args.seed)
-    t0 = time.perf_counter()
-    version = publish_version(root, ClusteredSource(data, limit=n), "bench-model", config, show_progress=False)
-    publish_s = time.perf_counter() - t0
-    peak_build = _peak_rss_bytes()
+    reused = args.keep_built and _built_version(root, n) is not None
+    if reused:  # measure a version an earlier --keep-built run built (build figures come from its manifest)
+        version, publish_s, peak_build = _built_version(root, n), None, None
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        t0 = time.perf_counter()
+        version = publish_version(root, ClusteredSource(data, limit=n), "bench-model", config, show_progress=False)
+        publish_s = time.perf_counter() - t0
+        peak_build = _peak_rss_bytes()
     manifest = json.loads((version / "manifest.json").read_text())
     info = manifest["modalities"]["image"]
     t0 = time.perf_counter()
@@ -128,29 +136,57 @@ def measure_one(args: argparse.Namespace) -> dict:
     }
     names = list(paths)
 
-    def time_paths(query_sets: list[np.ndarray]) -> dict[str, float]:
-        """Median over rounds of the total time of each path; the order of the paths rotates from call to call, so
-        that no path always runs on caches warmed (or evicted) by another on the same queries."""
-        totals: dict[str, list[float]] = {name: [] for name in names}
-        for _ in range(rounds):
-            spent = dict.fromkeys(names, 0.0)
+    def time_paths(query_sets: list[np.ndarray]) -> dict[str, dict[str, dict[str, float]]]:
+        """Every query set goes through the three paths back to back, in an order that rotates from set to set and
+        from round to round; over a multiple of 3 rounds each path takes each place equally often on every set (the
+        first call on a query meets colder caches than the two after it). Each call is timed on two clocks: "cpu"
+        (CPU time of this process: the work itself, blind to the time the process waits while other jobs hold the
+        cores) and "wall". Returns per clock and path: the median over rounds of the path's total time, and the
+        median over query sets of its time summed over the rounds divided by raw FAISS's on the same set (and of the
+        difference, per call): pairing by set keeps a burst from another job from moving only one path's figure."""
+        reps = 3 * max(1, -(-rounds // 3))
+        calls = {clock: {name: np.zeros((reps, len(query_sets))) for name in names} for clock in ("cpu", "wall")}
+        for r in range(reps):
             for i, qb in enumerate(query_sets):
-                for name in names[i % 3:] + names[:i % 3]:
-                    t = time.perf_counter()
+                shift = (i + r) % 3
+                for name in names[shift:] + names[:shift]:
+                    c, t = time.process_time(), time.perf_counter()
                     paths[name](qb)
-                    spent[name] += time.perf_counter() - t
-            for name in names:
-                totals[name].append(spent[name])
-        return {name: statistics.median(v) for name, v in totals.items()}
+                    calls["wall"][name][r, i] = time.perf_counter() - t
+                    calls["cpu"][name][r, i] = time.process_time() - c
+        out = {}
+        for clock, per_path in calls.items():
+            raw_sets = per_path["raw"].sum(axis=0)
+            out[clock] = {name: {"total_s": float(np.median(v.sum(axis=1))),
+                                 "ratio": float(np.median(v.sum(axis=0) / raw_sets)),
+                                 "added_s_per_call": float(np.median((v.sum(axis=0) - raw_sets) / reps)),
+                                 "rounds": reps} for name, v in per_path.items()}
+        return out
+
+    def own_work_s(query_sets: list[np.ndarray]) -> float:
+        """Median CPU time, per call, of the library's own work on a query set with the FAISS call taken out: checking
+        and normalising the queries and building the typed hits from the raw results (a diagnostic, using the
+        library's internals; it misses the cache effects of running right after a FAISS search)."""
+        results = [raw.search(qb, args.k) for qb in query_sets]
+        spent = []
+        for _ in range(rounds):
+            for qb, (scores, keys) in zip(query_sets, results):
+                c = time.process_time()
+                _normalise_queries(qb)
+                index._hits(scores, keys)
+                spent.append(time.process_time() - c)
+        return float(np.median(spent))
 
     found = np.concatenate([raw.search(qb, args.k)[1] for qb in batches])
     hits = index.search_vectors(batches[0], args.k)
     assert [[h.key for h in r] for r in hits] == [[k for k in row if k >= 0] for row in found[: len(batches[0])].tolist()]
-    batch_s = time_paths(batches)
+    batch_t = time_paths(batches)
     singles = queries[: args.single_queries if kind != "flat" else 10]
-    single_s = time_paths([q[None, :] for q in singles])
-    raw_s, keys_s, lib_s = batch_s["raw"], batch_s["keys"], batch_s["hits"]
-    raw_1, keys_1, lib_1 = single_s["raw"], single_s["keys"], single_s["hits"]
+    single_sets = [q[None, :] for q in singles]
+    single_t = time_paths(single_sets)
+    raw_s, keys_s, lib_s = (batch_t["wall"][name]["total_s"] for name in names)
+    raw_1, keys_1, lib_1 = (single_t["wall"][name]["total_s"] for name in names)
+    own_batch_s, own_single_s = own_work_s(batches), own_work_s(single_sets)
 
     sweep = []
     core = faiss.downcast_index(raw.index) if isinstance(raw, faiss.IndexIDMap2) else raw
@@ -181,29 +217,54 @@ def measure_one(args: argparse.Namespace) -> dict:
         "kind": kind, "n": n, "factory": info["spec"]["factory"], "search_params": {k: info["spec"][k] for k in ("ef_search", "nprobe") if info["spec"][k]},
         "build_s": round(info["timings"]["train_s"] + info["timings"]["add_s"], 1),
         "train_s": info["timings"]["train_s"], "add_s": info["timings"]["add_s"],
-        "publish_s": round(publish_s, 1), "load_verify_s": round(load_s, 1),
+        "publish_s": None if publish_s is None else round(publish_s, 1), "load_verify_s": round(load_s, 1), "reused_build": reused,
         "index_file_bytes": int(manifest["files"]["image.faiss"]["bytes"]),
         "metadata_bytes": int(manifest["files"]["metadata.sqlite"]["bytes"]),
-        "rss_index_loaded_bytes": int(rss_loaded - rss0), "peak_rss_bytes": int(max(peak_build, _peak_rss_bytes())),
+        "rss_index_loaded_bytes": int(rss_loaded - rss0), "peak_rss_bytes": None if peak_build is None else int(max(peak_build, _peak_rss_bytes())),
         "recall_at_10": round(recall(found), 4),
-        "batch_size": batch, "queries": len(queries), "rounds": rounds,
+        "batch_size": batch, "queries": len(queries), "rounds": batch_t["cpu"]["raw"]["rounds"],
         "raw_faiss_qps": round(len(queries) / raw_s, 1), "library_keys_qps": round(len(queries) / keys_s, 1),
         "library_qps": round(len(queries) / lib_s, 1),
-        "library_keys_overhead_batch_pct": round(100 * (keys_s / raw_s - 1), 2),
-        "library_overhead_batch_pct": round(100 * (lib_s / raw_s - 1), 2),
-        "library_added_us_per_query_batch": round(1e6 * (lib_s - raw_s) / len(queries), 1),
+        "overhead_method": "median over query sets of (library time / raw FAISS time on the same set) - 1, each time summed "
+                           f"over {batch_t['cpu']['raw']['rounds']} rounds in which the three paths run back to back in an order "
+                           "rotating so that each takes each place equally often; *_pct on CPU time of the process, *_pct_wall "
+                           "on wall-clock time; 'keys' = SearchIndex.search_keys, 'hits' = SearchIndex.search_vectors",
+        "library_keys_overhead_batch_pct": round(100 * (batch_t["cpu"]["keys"]["ratio"] - 1), 2),
+        "library_overhead_batch_pct": round(100 * (batch_t["cpu"]["hits"]["ratio"] - 1), 2),
+        "library_added_us_per_query_batch": round(1e6 * batch_t["cpu"]["hits"]["added_s_per_call"] / batch, 1),
+        "library_keys_overhead_batch_pct_wall": round(100 * (batch_t["wall"]["keys"]["ratio"] - 1), 2),
+        "library_overhead_batch_pct_wall": round(100 * (batch_t["wall"]["hits"]["ratio"] - 1), 2),
+        "library_own_work_us_per_query_batch": round(1e6 * own_batch_s / batch, 1),
+        "raw_faiss_cpu_ms_per_query_batch": round(1000 * batch_t["cpu"]["raw"]["total_s"] / len(queries), 4),
         "single_queries": len(singles),
         "raw_faiss_single_ms": round(1000 * raw_1 / len(singles), 4), "library_keys_single_ms": round(1000 * keys_1 / len(singles), 4),
         "library_single_ms": round(1000 * lib_1 / len(singles), 4),
-        "library_keys_overhead_single_pct": round(100 * (keys_1 / raw_1 - 1), 2),
-        "library_overhead_single_pct": round(100 * (lib_1 / raw_1 - 1), 2),
-        "library_added_us_per_query_single": round(1e6 * (lib_1 - raw_1) / len(singles), 1),
+        "raw_faiss_cpu_ms_single": round(1000 * single_t["cpu"]["raw"]["total_s"] / len(singles), 4),
+        "library_keys_overhead_single_pct": round(100 * (single_t["cpu"]["keys"]["ratio"] - 1), 2),
+        "library_overhead_single_pct": round(100 * (single_t["cpu"]["hits"]["ratio"] - 1), 2),
+        "library_added_us_per_query_single": round(1e6 * single_t["cpu"]["hits"]["added_s_per_call"], 1),
+        "library_keys_overhead_single_pct_wall": round(100 * (single_t["wall"]["keys"]["ratio"] - 1), 2),
+        "library_overhead_single_pct_wall": round(100 * (single_t["wall"]["hits"]["ratio"] - 1), 2),
+        "library_own_work_us_per_query_single": round(1e6 * own_single_s, 1),
         "filtered_label03_qps": round(n_label_q / sum(label_times), 1),
         "sweep": sweep,
     }
     index.close()
-    shutil.rmtree(root, ignore_errors=True)
+    if not args.keep_built:
+        shutil.rmtree(root, ignore_errors=True)
     return result
+
+
+def _built_version(root: Path, n: int) -> Path | None:
+    """The CURRENT version under `root` when it indexes n vectors (what --keep-built left there), else None."""
+    from index.store import resolve_version
+
+    try:
+        version = resolve_version(root)
+        manifest = json.loads((version / "manifest.json").read_text())
+    except Exception:  # noqa: BLE001 - no usable earlier build: build afresh
+        return None
+    return version if manifest["modalities"]["image"]["count"] == n else None
 
 
 # ------------------------------------------------------------------------------------------------------------ driver
@@ -212,7 +273,7 @@ def _child(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
            "--queries", str(args.queries), "--k", str(args.k), "--clusters", str(args.clusters), "--seed", str(args.seed),
            "--intrinsic-dim", str(args.intrinsic_dim),
            "--batch", str(args.batch), "--rounds", str(args.rounds), "--single-queries", str(args.single_queries),
-           "--flat-queries", str(args.flat_queries),
+           "--flat-queries", str(args.flat_queries), *(["--keep-built"] if args.keep_built else []),
            "--work", str(args.work), "--truth", str(args.truth), "--child-out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     subprocess.run(cmd, check=True, env=env)
@@ -225,7 +286,9 @@ def main() -> None:
     for key, value in DEFAULTS.items():
         p.add_argument(f"--{key.replace('_', '-')}", type=int, default=value)
     p.add_argument("--batch", type=int, default=100, help="queries per search call in the throughput runs")
-    p.add_argument("--rounds", type=int, default=3, help="timing rounds (median is reported)")
+    p.add_argument("--rounds", type=int, default=9, help="timing rounds, rounded up to a multiple of 3 (flat: 3)")
+    p.add_argument("--keep-built", action="store_true",
+                   help="keep the built versions in --work and, on a later run, measure them instead of building again")
     p.add_argument("--single-queries", type=int, default=200, help="one-query calls timed for the single-query overhead")
     p.add_argument("--flat-queries", type=int, default=100, help="queries timed on the flat index (exact scans are slow)")
     p.add_argument("--types", default="flat,hnsw,ivfpq")
@@ -292,11 +355,11 @@ def main() -> None:
     print(header)
     for r in results:
         print(f"{r['kind']:6} {r['n']:>9,} {r['factory']:14} {r['build_s']:>8.1f} {r['index_file_bytes'] / 2**20:>9.0f} "
-              f"{r['peak_rss_bytes'] / 2**20:>12.0f} {r['recall_at_10']:>9.4f} {r['raw_faiss_qps']:>8.1f} {r['library_qps']:>8.1f} "
+              f"{(r['peak_rss_bytes'] or 0) / 2**20:>12.0f} {r['recall_at_10']:>9.4f} {r['raw_faiss_qps']:>8.1f} {r['library_qps']:>8.1f} "
               f"{r['library_keys_overhead_batch_pct']:>7.2f}% {r['library_overhead_batch_pct']:>7.2f}% "
               f"{r['library_keys_overhead_single_pct']:>8.2f}% {r['library_overhead_single_pct']:>8.2f}%")
     print("keys = library call returning what FAISS returns (scores, ids); hits = typed results with metadata; "
-          "ovh = batch of 100, ovh1 = one query per call")
+          "ovh = batch of 100, ovh1 = one query per call; overhead = median over query sets of (library / raw FAISS) CPU time - 1")
     print(f"\nwritten {args.out} ({report['total_s']:.0f} s)")
 
 

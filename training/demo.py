@@ -5,7 +5,6 @@ already there, so `build_demo` is safe to run at every container start.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -120,7 +119,3 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
             "model_dir": str(model_dir), "index_version": str(Path(version).name), "train": train_report,
             "timings": timings}
 
-
-def demo_config_dict(cfg: DemoConfig) -> dict[str, Any]:
-    """JSON-ready form of a DemoConfig."""
-    return dataclasses.asdict(cfg)

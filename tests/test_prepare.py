@@ -57,6 +57,16 @@ def make_corpus(directory: Path, n_per_class: int = 10) -> Path:
     return directory
 
 
+def copy_corpus(source: Path, target: Path) -> Path:
+    """A copy of a corpus folder whose items point at the copied images (so a test may change them)."""
+    shutil.copytree(source, target)
+    items = [json.loads(line) for line in (target / "items.jsonl").read_text().splitlines()]
+    for it in items:
+        it["image_path"] = str(target / "images" / Path(it["image_path"]).name)
+    (target / "items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    return target
+
+
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("shapes"))
@@ -90,12 +100,7 @@ def test_features_equal_the_backbone_on_each_image_in_corpus_order(prepared, cor
 
 def test_rerun_is_a_cache_hit_and_a_changed_image_is_the_only_recomputation(prepared, corpus_dir, tmp_path):
     out, first = prepared
-    work_corpus = tmp_path / "corpus"
-    shutil.copytree(corpus_dir, work_corpus)
-    items = [json.loads(line) for line in (work_corpus / "items.jsonl").read_text().splitlines()]
-    for it in items:
-        it["image_path"] = str(work_corpus / "images" / Path(it["image_path"]).name)
-    (work_corpus / "items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    work_corpus = copy_corpus(corpus_dir, tmp_path / "corpus")
     work_out = tmp_path / "prepared"
     shutil.copytree(out, work_out)
     again = prepare_corpus(work_corpus, work_out, PrepareConfig(text=TEXT, batch_size=8, progress=False))
@@ -135,12 +140,7 @@ def test_sharded_extraction_merges_to_the_single_process_result(prepared, corpus
 
 
 def test_corrupt_and_missing_images_are_reported_and_skipped(corpus_dir, tmp_path):
-    work = tmp_path / "corpus"
-    shutil.copytree(corpus_dir, work)
-    items = [json.loads(line) for line in (work / "items.jsonl").read_text().splitlines()]
-    for it in items:
-        it["image_path"] = str(work / "images" / Path(it["image_path"]).name)
-    (work / "items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    work = copy_corpus(corpus_dir, tmp_path / "corpus")
     (work / "images" / "red1.png").write_bytes((work / "images" / "red1.png").read_bytes()[:200])
     (work / "images" / "green2.png").unlink()
     summary = prepare_corpus(work, tmp_path / "prepared", PrepareConfig(text=TEXT, batch_size=8, progress=False))

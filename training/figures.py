@@ -66,12 +66,7 @@ def plot_loss_curve(records: list[dict[str, Any]], out_path: str | Path, title: 
     ax_map.set_ylabel("validation mAP")
     ax_map.set_title("validation mAP", fontsize=10)
     ax_map.legend(fontsize=8)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path)
-    plt.close(fig)
-    return out_path
+    return _save_figure(fig, out_path)
 
 
 def common_space_vectors(model, data: FeatureSplits, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -118,11 +113,16 @@ def plot_tsne(image_vecs: np.ndarray, text_vecs: np.ndarray, labels: np.ndarray,
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=10)
+    return _save_figure(fig, out_path)
+
+
+def _save_figure(fig, out_path: str | Path) -> Path:
+    """Lay out, write and close a figure; returns where it went."""
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path)
-    plt.close(fig)
+    _pyplot().close(fig)
     return out_path
 
 

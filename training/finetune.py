@@ -41,7 +41,7 @@ from training.augment import AugmentConfig, augment_image
 from training.config import DSCMRConfig, preset, with_dims
 from training.evaluation import CrossModalScores, cross_modal_map_torch
 from training.prepare import PreparedData, load_prepared
-from training.train import _amp_context, _atomic_torch_save, _to_tensor, amp_mode, build_model, check_device, resolve_device, seed_everything
+from training.train import _amp_context, _atomic_torch_save, _to_tensor, amp_mode, backward_and_step, build_model, check_device, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -267,14 +267,7 @@ def finetune(prepared_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), r
                 u, v, pu, pv = model(backbone(images), tr_txt[rows])
             # The objective runs in fp32: its norms, cosines and softplus lose too much in fp16.
             terms = dscmr_loss(u.float(), v.float(), pu.float(), pv.float(), tr_lab[rows], dscmr_cfg.loss)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(terms.total).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                terms.total.backward()
-                optimizer.step()
+            backward_and_step(terms.total, optimizer, scaler)
             # Loss sums stay on the device; they are read once per epoch.
             sums += torch.stack([terms.total.detach(), terms.j1.detach(), terms.j2.detach(), terms.j3.detach()]).float() * len(rows)
             seen += len(rows)

@@ -130,12 +130,16 @@ def _image_key(path: str) -> str | None:
         return None
 
 
-def extract_missing_features(items: list[Item], cache: FeatureCache, backbone, cfg: PrepareConfig,
+def image_keys(items: list[Item], workers: int) -> list[str | None]:
+    """sha256 of each item's image file (None where it cannot be read): the feature cache's keys."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(_image_key, [it.image_path for it in items]))
+
+
+def extract_missing_features(items: list[Item], keys: list[str | None], cache: FeatureCache, backbone, cfg: PrepareConfig,
                              shard: tuple[int, int]) -> dict[str, Any]:
-    """Extract the features of this shard's images that the cache lacks; returns counts and skipped items."""
+    """Extract the features of this shard's images (keyed by `keys`) that the cache lacks; returns counts and skipped items."""
     rank, world = shard
-    with ThreadPoolExecutor(max_workers=max(1, cfg.decode_workers)) as pool:
-        keys = list(pool.map(_image_key, [it.image_path for it in items]))
     skipped = [{"id": it.id, "path": it.image_path, "reason": "image file missing or unreadable"}
                for it, k in zip(items, keys) if k is None]
     cached = cache.load_index()
@@ -181,10 +185,10 @@ def extract_missing_features(items: list[Item], cache: FeatureCache, backbone, c
             "extract_s": round(wall, 3), "images_per_s": round(extracted / wall, 2) if extracted and wall > 0 else None}
 
 
-def assemble_features(items: list[Item], cache: FeatureCache, out_path: Path, dim: int) -> tuple[list[str], list[str]]:
+def assemble_features(items: list[Item], keys: list[str | None], cache: FeatureCache, out_path: Path, dim: int
+                      ) -> tuple[list[str], list[str]]:
     """Write the cached features of `items` (in order) to out_path as one .npy, chunk by chunk; returns (kept ids, keys)."""
     index = cache.load_index()
-    keys = [_image_key(it.image_path) for it in items]
     kept = [(it.id, k) for it, k in zip(items, keys) if k is not None and k in index]
     tmp = out_path.with_name(out_path.name + ".tmp.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(kept), dim))
@@ -226,7 +230,8 @@ def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConf
     usable = [it for it in corpus.items if it.image_path and it.text and it.text.strip() and it.labels]
     usable_ids = {it.id for it in usable}
     dropped = [{"id": it.id, "reason": "no image, no text or no label"} for it in corpus.items if it.id not in usable_ids]
-    extraction = extract_missing_features(usable, cache, backbone, cfg, (rank, world))
+    keys = image_keys(usable, cfg.decode_workers)
+    extraction = extract_missing_features(usable, keys, cache, backbone, cfg, (rank, world))
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     if rank != 0:
@@ -235,7 +240,7 @@ def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConf
         return {"rank": rank, "extracted": extraction["extracted"],
                 "note": "shard done; run prepare without --shard once all shards finished to assemble"}
 
-    ids, image_keys = assemble_features(usable, cache, out_dir / FEATURES_FILE, backbone.output_dim)
+    ids, kept_keys = assemble_features(usable, keys, cache, out_dir / FEATURES_FILE, backbone.output_dim)
     kept = [corpus.items[corpus.position(i)] for i in ids]
     splits = _splits_for(corpus, cfg.seed)
     present = set(ids)
@@ -246,7 +251,7 @@ def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConf
     manifest = {
         "format": PREPARED_FORMAT, "corpus_dir": str(corpus_dir.resolve()), "corpus_name": corpus.name,
         "label_names": list(corpus.label_names), "multilabel": bool(corpus.multilabel),
-        "ids": ids, "image_sha256": image_keys, "splits": splits,
+        "ids": ids, "image_sha256": kept_keys, "splits": splits,
         "image": {"kind": "backbone", "name": backbone.name, "weights_path": cfg.weights_path,
                   "weights_sha256": backbone.weights_sha256, "dim": int(backbone.output_dim),
                   "fingerprint": backbone_fingerprint(backbone)},

@@ -110,6 +110,18 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler) -> None:
+    """Backward pass and optimizer step, through the fp16 gradient scaler when one is in use."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def build_model(cfg: DSCMRConfig, text_encoder: nn.Module | None = None) -> DSCMRNet:
     """A freshly initialised network for `cfg` (seeded by the caller)."""
     model = DSCMRNet(cfg.network, text_encoder=text_encoder)
@@ -215,14 +227,7 @@ def train_dscmr(
             # processes equals the single-process gradient of the same batch.
             columns = (all_gather_with_grad(u), all_gather_with_grad(v), all_gather_with_grad(lab)) if global_j2 else None
             terms = dscmr_loss(u, v, pu, pv, lab, cfg.loss, j2_columns=columns)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(terms.total).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                terms.total.backward()
-                optimizer.step()
+            backward_and_step(terms.total, optimizer, scaler)
             sums += torch.stack([terms.total.detach(), terms.j1.detach(), terms.j2.detach(), terms.j3.detach()]).float() * len(idx)
         if scheduler is not None:
             scheduler.step()

@@ -1,4 +1,4 @@
-"""Command line: python -m training {train,evaluate,prepare,retrain,rollback} ..."""
+"""Command line: python -m training {prepare,train,evaluate,demo,retrain,rollback,finetune,figures} ..."""
 from __future__ import annotations
 
 import argparse

@@ -27,6 +27,11 @@ class TextEncoderConfig:
     word_vectors: "word2vec" (trained on the training texts), "glove-6b-50d" (pretrained primary, with
     corpus word2vec for the words GloVe lacks), "random" (Kim's CNN-rand), or a path to a vector file
     (word2vec .bin/.txt, GloVe text, gensim KeyedVectors) used as primary with corpus word2vec as fallback.
+    pretrained_vocab: also put the N most frequent words of the pretrained vectors into the vocabulary (after the
+    training words), so that words the training texts never use -- in a query, or a test text -- keep their
+    pretrained meaning instead of becoming OOV (0: the training words only; ignored without pretrained vectors).
+    word_dropout: in training, each token is blanked (a zero vector) with this probability, so that the network
+    cannot lean on a few rare words of a small training set (beyond Kim 2014; 0 = off).
     """
 
     kind: TextEncoderKind = "sentence_cnn"
@@ -34,10 +39,12 @@ class TextEncoderConfig:
     widths: tuple[int, ...] = (3, 4, 5)
     maps: int = 100
     dropout: float = 0.5
+    word_dropout: float = 0.0
     freeze_embeddings: bool = False
     max_len: int = 128
     min_count: int = 2
     max_vocab: int | None = None
+    pretrained_vocab: int = 0
     word_vectors: str = "word2vec"
     word2vec_epochs: int = 5
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -49,8 +56,12 @@ class TextEncoderConfig:
             raise ValueError(f"widths must be positive kernel widths, got {self.widths}")
         if self.embed_dim < 1 or self.maps < 1 or self.max_len < 1 or self.min_count < 1:
             raise ValueError("embed_dim, maps, max_len and min_count must all be >= 1")
+        if self.pretrained_vocab < 0:
+            raise ValueError(f"pretrained_vocab must be >= 0 (0 = training words only), got {self.pretrained_vocab}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be in [0, 1), got {self.word_dropout}")
         if not self.word_vectors:
             raise ValueError(f"word_vectors must be one of {NAMED_WORD_VECTORS} or a file path")
         if self.word_vectors == "glove-6b-50d" and self.embed_dim != GLOVE_6B_50D_DIM:
@@ -76,7 +87,8 @@ class SentenceCNN(nn.Module):
     """
 
     def __init__(self, vocab_size: int, embed_dim: int = 300, widths: tuple[int, ...] = (3, 4, 5), maps: int = 100,
-                 dropout: float = 0.5, pretrained: np.ndarray | None = None, freeze_embeddings: bool = False) -> None:
+                 dropout: float = 0.5, pretrained: np.ndarray | None = None, freeze_embeddings: bool = False,
+                 word_dropout: float = 0.0) -> None:
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2 (PAD and OOV), got {vocab_size}")
@@ -99,6 +111,7 @@ class SentenceCNN(nn.Module):
         self.embedding.weight.requires_grad_(not freeze_embeddings)
         self.convs = nn.ModuleList(nn.Conv1d(embed_dim, maps, kernel_size=w) for w in self.widths)
         self.dropout = nn.Dropout(dropout)
+        self.word_dropout = word_dropout
 
     @classmethod
     def from_config(cls, cfg: TextEncoderConfig, vocab_size: int, pretrained: np.ndarray | None = None
@@ -106,7 +119,8 @@ class SentenceCNN(nn.Module):
         """The SentenceCNN `cfg` describes (weights random or `pretrained`; load a state dict to restore one)."""
         if cfg.kind != "sentence_cnn":
             raise ValueError(f"TextEncoderConfig.kind is {cfg.kind!r}; only 'sentence_cnn' builds a SentenceCNN")
-        return cls(vocab_size, cfg.embed_dim, cfg.widths, cfg.maps, cfg.dropout, pretrained, cfg.freeze_embeddings)
+        return cls(vocab_size, cfg.embed_dim, cfg.widths, cfg.maps, cfg.dropout, pretrained, cfg.freeze_embeddings,
+                   cfg.word_dropout)
 
     @property
     def freeze_embeddings(self) -> bool:
@@ -126,6 +140,10 @@ class SentenceCNN(nn.Module):
         positions = torch.arange(1, token_ids.shape[1] + 1, device=token_ids.device)
         # Length = last non-pad position, so a stray inner pad is just a zero vector, not the end of the text.
         lengths = torch.where(token_ids != PAD_ID, positions, torch.zeros_like(positions)).amax(1)
+        if self.training and self.word_dropout > 0:
+            # blanked tokens become inner pads (zero vectors); the text keeps its length
+            blank = torch.rand(token_ids.shape, device=token_ids.device) < self.word_dropout
+            token_ids = token_ids.masked_fill(blank, PAD_ID)
         x = self.embedding(token_ids.long())
         shortfall = max(self.widths) - x.shape[1]
         if shortfall > 0:

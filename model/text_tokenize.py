@@ -226,6 +226,12 @@ class Vocabulary:
         return cls(tokens=[PAD_TOKEN, OOV_TOKEN] + [t for t, _ in kept], counts=[0, oov] + [n for _, n in kept],
                    tokenizer=(tokenizer or TokenizerConfig()).resolved(), min_count=min_count, max_size=max_size)
 
+    def with_extra_tokens(self, tokens: Iterable[str]) -> Vocabulary:
+        """This vocabulary plus `tokens` it lacks (count 0, appended in the given order); existing ids are unchanged."""
+        added = list(dict.fromkeys(t for t in tokens if t not in self._ids and t not in (PAD_TOKEN, OOV_TOKEN)))
+        return Vocabulary(tokens=self.tokens + added, counts=self.counts + [0] * len(added), tokenizer=self.tokenizer,
+                          min_count=self.min_count, max_size=self.max_size)
+
     def __len__(self) -> int:
         return len(self.tokens)
 

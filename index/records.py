@@ -17,11 +17,22 @@ entries [item_id, modality, source_path, text, labels, extra]; it is still read.
 Both files are memory-mapped at load, and the [start, end) byte span of every key's line is derived once (a line ends
 where the next live one starts; 16 bytes per key in memory); fetching the hits of a query is then one slice per hit
 and a single JSON decode.
+
+In memory (`RecordReader(..., in_memory=True)`, what `SearchIndex.load` chooses while the records fit
+`records_memory_budget`): every entry is also decoded once at load into a tuple of a search hit's static fields
+(item_id, modality, labels, text, image_path) and its extra dict, in two lists indexed by key, so building a hit is two
+list indexes and one tuple. Search results are built right after a FAISS search has flushed the CPU caches, where
+slicing the map and a JSON decode cost 60-100 us for one query (10-15 % of an HNSW search) and the table 20-30 us.
+Measured on the benchmark's records (65-byte lines, 200,000 entries): 447 bytes per entry and 1.0-1.5 s of load time
+(the JSON decode of the whole file, then the columns); an item indexed on both sides shares its objects between its
+two entries (560 bytes per item, 280 per entry). Loading the table also checks every entry, so damage that the map
+would only meet when a search returns the damaged key is reported at load.
 """
 from __future__ import annotations
 
 import json
 import mmap
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +46,23 @@ RECORDS_INDEX_FILE = "records.idx.npy"
 RECORDS_FORMAT = 2
 RECORD_MODALITIES = ("image", "text")
 _decode_json = json.JSONDecoder().raw_decode
+# What the in-memory table costs, as an upper estimate from the file before decoding it: per entry its tuple, two list
+# slots and the headers of its strings and extra dict, plus twice the entry's JSON for their contents. Measured on the
+# benchmark's records (65-byte lines): 447 bytes per entry against 530 estimated (docs/index-benchmark.md).
+_MEMORY_PER_ENTRY = 400
+_MEMORY_PER_JSON_BYTE = 2
+
+
+def default_records_memory_budget() -> int:
+    """Bytes the in-memory records table may take by default: an eighth of the machine's (or container's) memory."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:  # a container's cgroup-v2 limit, when it has one, is what this process can really use
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return total // 8
 
 
 def export_records(metadata: MetadataStore, directory: Path) -> int:
@@ -65,9 +93,11 @@ def export_records(metadata: MetadataStore, directory: Path) -> int:
 
 
 class RecordReader:
-    """Memory-mapped access to a version's result records by key."""
+    """A version's result records by key: memory-mapped, and optionally decoded into an in-memory table."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, in_memory: bool | None = False, memory_budget: int | None = None) -> None:
+        """Map a version's records; `in_memory` also decodes them into `rows` (None: when `estimated_memory()` fits
+        `memory_budget`, default `default_records_memory_budget()`)."""
         blob_path, index_path = directory / RECORDS_FILE, directory / RECORDS_INDEX_FILE
         for path in (blob_path, index_path):
             if not path.is_file():
@@ -86,6 +116,95 @@ class RecordReader:
         first = self._read_header()
         self._spans = self._line_spans(size, first)
         self._span_view = memoryview(self._spans.reshape(-1))  # [start, end, start, end, ...] by key, as Python ints
+        if in_memory is None:
+            budget = default_records_memory_budget() if memory_budget is None else memory_budget
+            in_memory = self.estimated_memory() <= budget
+        # The in-memory table, by key (None for a key without a record, and one None past the last key): `rows` holds
+        # (item_id, modality, labels, text, image_path), the static fields of the key's search hits, and `extras` its
+        # extra fields. Kept apart because a tuple holding a dict stays tracked by Python's garbage collector, and a
+        # full collection would then walk every row (~0.4 us each: 0.7 s at 2M rows); tuples of strings are untracked.
+        # Both None when the records are read from the map.
+        self.rows: list[tuple[Any, ...] | None] | None = None
+        self.extras: list[dict[str, Any] | None] | None = None
+        if in_memory:
+            try:
+                self.rows, self.extras = self._decode_rows(first, size)
+            except BaseException:
+                self.close()
+                raise
+
+    def estimated_memory(self) -> int:
+        """Upper estimate of the bytes the in-memory table of these records takes (see _MEMORY_PER_ENTRY)."""
+        return _MEMORY_PER_ENTRY * self.live_count() + _MEMORY_PER_JSON_BYTE * len(self._blob)
+
+    def _decode_rows(self, first: int, size: int) -> tuple[list[tuple[Any, ...] | None], list[dict[str, Any] | None]]:
+        """(rows, extras) by key (see __init__), from one decode of the whole file, each entry checked against the format."""
+        data = self.path.read_bytes()  # a plain read: the table replaces the map, whose pages need not stay resident
+        if len(data) != size:
+            raise IndexCorruptError(f"{self.path} changed while it was being loaded; published versions never change: check the store")
+        live = np.flatnonzero(self.offsets >= 0)
+        # each line must start where records.idx.npy says it does (the map path finds a mismatch when it slices)
+        line_starts = np.flatnonzero(np.frombuffer(data, dtype=np.uint8)[first:] == ord("\n")) + (first + 1)
+        if len(live) and (len(line_starts) != len(live) or line_starts[-1] != size
+                          or (self.offsets[live[1:]] != line_starts[:-1]).any()):
+            raise IndexCorruptError(f"{self.path.with_name(RECORDS_INDEX_FILE)} does not match {self.path} (the lines do not start "
+                                    "at the recorded offsets); rebuild the index version")
+        body = data[first:size - 1].replace(b"\n", b",") if len(live) else b""
+        del data
+        try:
+            entries = json.loads(b"[" + body + b"]")
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+            raise IndexCorruptError(f"{self.path} holds records that are not valid JSON ({exc}); rebuild the index version") from exc
+        del body
+        if len(entries) != len(live):  # a line holding more than one value
+            raise IndexCorruptError(f"{self.path} holds {len(entries)} records for {len(live)} keys; rebuild the index version")
+        modalities, label_sets = self.modality_names, self.label_sets
+        try:
+            # column by column, so that the loops run in C: 200,000 entries take ~0.3 s on top of the JSON decode
+            if any(type(entry) is not list or len(entry) != 6 for entry in entries):
+                raise ValueError("an entry is not a list of 6 fields")
+            ids, modality_values, paths, texts, label_values, extras = (list(column) for column in zip(*entries)) \
+                if entries else ([], [], [], [], [], [])
+            del entries
+            if self.format == 1:
+                modality_names = [modalities[modalities.index(m)] for m in modality_values]  # ValueError when unknown
+                shared_labels: dict[tuple[str, ...], tuple[str, ...]] = {}
+                labels = [shared_labels.setdefault(t, t) for t in map(tuple, label_values)]
+            else:
+                modality_names = [modalities[m] for m in modality_values]
+                labels = [label_sets[i] for i in label_values]
+            bad = next((extra for extra in extras if type(extra) is not dict), None)
+            if bad is not None:
+                raise TypeError(f"extra fields {bad!r} are not a JSON object")
+            if len(set(ids)) != len(ids):
+                self._share_item_fields(ids, paths, texts, extras)
+        except (IndexError, TypeError, ValueError) as exc:
+            raise self.corrupt_entries(exc) from exc
+        # one None past the last key, so that FAISS's -1 (no result) finds None too
+        if not len(live) or live[-1] == len(live) - 1:  # keys 0..n-1 (nothing deleted): the columns are the table
+            rows = list(zip(ids, modality_names, labels, texts, paths))
+            rows.extend([None] * (len(self.offsets) + 1 - len(rows)))
+            extras.extend([None] * (len(self.offsets) + 1 - len(extras)))
+            return rows, extras
+        rows: list[tuple[Any, ...] | None] = [None] * (len(self.offsets) + 1)
+        by_key: list[dict[str, Any] | None] = [None] * (len(self.offsets) + 1)
+        for key, row, extra in zip(live.tolist(), zip(ids, modality_names, labels, texts, paths), extras):
+            rows[key] = row
+            by_key[key] = extra
+        return rows, by_key
+
+    @staticmethod
+    def _share_item_fields(ids: list[Any], paths: list[Any], texts: list[Any], extras: list[Any]) -> None:
+        """Make the entries of one item (its image and its text side) share their id, path, text and extra objects.
+
+        They carry the same values, so the second one reuses the first one's objects: that halves the table for a
+        corpus indexed on both sides.
+        """
+        first_of: dict[Any, int] = {}
+        for i, item_id in enumerate(ids):
+            first = first_of.setdefault(item_id, i)
+            if first != i and texts[first] == texts[i] and paths[first] == paths[i] and extras[first] == extras[i]:
+                ids[i], paths[i], texts[i], extras[i] = ids[first], paths[first], texts[first], extras[first]
 
     def _read_header(self) -> int:
         """Set format, modality_names and label_sets from the header line (format 2) or to format 1; return where entries start."""
@@ -109,8 +228,10 @@ class RecordReader:
         """(next key, 2) int64 [start, end) of each key's line without its newline; [-1, -1] for keys with no record."""
         live = np.flatnonzero(self.offsets >= 0)
         starts = self.offsets[live]
-        # export_records writes the lines in ascending key order; anything else means the files do not belong together
-        if len(starts) and (starts[0] != first or (np.diff(starts) <= 0).any() or starts[-1] >= size):
+        # export_records writes the lines in ascending key order, each ending with a newline; anything else means the
+        # files do not belong together (or records.jsonl was truncated)
+        if len(starts) and (starts[0] != first or (np.diff(starts) <= 0).any() or starts[-1] >= size
+                            or self._blob[size - 1:size] != b"\n"):
             raise IndexCorruptError(f"{self.path.with_name(RECORDS_INDEX_FILE)} does not match {self.path} (offsets out of order or past "
                                     "the end); rebuild the index version")
         spans = np.full((len(self.offsets), 2), -1, dtype=np.int64)
@@ -169,8 +290,16 @@ class RecordReader:
             raise IndexCorruptError(f"{self.path}: FAISS returned keys {missing[:5].tolist()}, which have no record; rebuild the index version")
         raise IndexCorruptError(f"{self.path}: the records of keys {keys[:5].tolist()}... are not valid JSON; rebuild the index version")
 
+    def missing_keys_error(self, keys: list[int]) -> IndexCorruptError:
+        """The error for a search that returned keys with no record (or past the last one)."""
+        if max(keys) >= len(self.offsets):
+            return IndexCorruptError(f"{self.path}: key {max(keys)} is past the last record; index and metadata are out of step")
+        missing = [key for key in keys if key < 0 or self.offsets[key] < 0]
+        return IndexCorruptError(f"{self.path}: FAISS returned keys {missing[:5]}, which have no record; rebuild the index version")
+
     def close(self) -> None:
-        """Unmap the file."""
+        """Unmap the file (and drop the in-memory table)."""
+        self.rows = self.extras = None
         self._span_view.release()
         if isinstance(self._blob, mmap.mmap):
             self._blob.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Iterable, Literal, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Literal, NamedTuple, Sequence
 
 import faiss
 import numpy as np
@@ -27,6 +27,7 @@ from index.records import RecordReader
 from index.store import METADATA_FILE, MODALITIES, load_manifest, resolve_version
 
 log = logging.getLogger(__name__)
+_swig_ptr = faiss.swig_ptr
 
 Target = Literal["image", "text", "both"]
 # Allowed sets up to this size are searched exactly over their reconstructed vectors (cheaper than a filtered scan,
@@ -40,6 +41,8 @@ class SearchHit(NamedTuple):
     """One result: the corpus item, which of its sides matched (modality), and the cosine score.
 
     A NamedTuple rather than a dataclass: results are built per hit on the hot path, and tuples build fastest.
+    `extra` is read-only: with the records in memory (the default, see SearchIndex.load) it is the index's own dict,
+    shared by every result of the item; copy it (`dict(hit.extra)`) to change it.
     """
 
     id: str
@@ -87,11 +90,18 @@ class SearchIndex:
         self._indexes = indexes
         self.metadata = metadata
         self.records = records
+        # the in-memory records table (None: hits are built from the memory map)
+        self._rows, self._extras = records.rows, records.extras
+        self._build_hits = self._hits_general if records.rows is None else \
+            _hit_builder(records.rows, records.extras, self._hits_general)
         self.exact_subset_max = exact_subset_max
         self.encoder = None
         self._selectors: dict[tuple[str, frozenset[str]], tuple[np.ndarray, _KeySelector | None]] = {}
         self._selectors_lock = threading.Lock()
         self.dim = int(manifest["model"]["dim"])
+        # the modalities each valid `target` searches, looked up once per search (_targets says why others are refused)
+        self._target_modalities = {target: tuple(self._targets(target)) for target in ("image", "text", "both")
+                                   if (target == "both" and indexes) or target in indexes}
         corpus_labels = (manifest.get("corpus") or {}).get("label_names") or []
         self.label_names = sorted(set(corpus_labels) | {lab for m in indexes for lab in metadata.label_counts(m)})
 
@@ -99,11 +109,17 @@ class SearchIndex:
     @classmethod
     def load(cls, root_or_version: str | Path, expected_model_hash: str | None = None, expected_dim: int | None = None,
              encoder: Any = None, verify: bool = True, use_gpu: bool | None = None,
-             exact_subset_max: int = DEFAULT_EXACT_SUBSET_MAX) -> "SearchIndex":
+             exact_subset_max: int = DEFAULT_EXACT_SUBSET_MAX, records_in_memory: bool | None = None,
+             records_memory_budget: int | None = None) -> "SearchIndex":
         """Load the CURRENT version of an index root (or a version directory), checking integrity and the model.
 
         `verify` checks every file's sha256 against the manifest (size is always checked). An `encoder` (or
         `expected_model_hash` / `expected_dim`) that differs from the model the index was built with is refused.
+        `records_in_memory`: build hits from metadata decoded into memory at load (True), from the memory-mapped
+        records (False), or (None) in memory while the records' estimated size fits `records_memory_budget` bytes
+        (default: an eighth of the machine's memory; see index.records). Both give identical results; in memory,
+        building one query's hits costs ~25 us instead of 60-100 us (docs/index-benchmark.md), at ~450 bytes per
+        entry (~90 MB for 200,000) and 1-2 s more load time per 200,000 entries.
         """
         version = resolve_version(root_or_version)
         manifest = load_manifest(version, verify_files=verify)
@@ -125,7 +141,7 @@ class SearchIndex:
                     f"{version}: the {modality} index holds {index.ntotal} vectors but the metadata has {live} entries and "
                     f"{len(tombstones)} tombstones (manifest: {info['count']}); index and metadata are out of step: rebuild the version")
             indexes[modality] = _ModalityIndex(modality, index, tombstones, use_gpu)
-        records = RecordReader(version)
+        records = RecordReader(version, in_memory=records_in_memory, memory_budget=records_memory_budget)
         if records.live_count() != metadata.count():
             raise IndexCorruptError(f"{version}: {records.live_count()} result records but {metadata.count()} metadata entries; "
                                     "the version is inconsistent: rebuild it")
@@ -195,24 +211,30 @@ class SearchIndex:
                        labels: Iterable[str] | None = None) -> list[list[SearchHit]]:
         """Top-k hits for each row of `queries` (n, dim) among the `target` vectors, optionally filtered by labels."""
         scores, keys = self.search_keys(queries, k, target, labels)
-        return self._hits(scores, keys)
+        return self._build_hits(scores, keys)
 
     def search_keys(self, queries: np.ndarray, k: int = 10, target: Target = "image",
                     labels: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Like search_vectors but returns the raw (scores, keys) arrays, (n, k) each, -1 keys past the end."""
+        # A single query's checks run right after the previous FAISS search flushed the caches, where each numpy call
+        # costs several microseconds: plain attribute reads and dict lookups here, numpy only where it must be.
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        q = np.asarray(queries)
-        if q.ndim == 1:
+        q = queries if type(queries) is np.ndarray else np.asarray(queries)
+        shape = q.shape
+        if len(shape) == 1:
             q = q[None, :]
-        if q.ndim != 2 or q.shape[1] != self.dim:
+            shape = q.shape
+        if len(shape) != 2 or shape[1] != self.dim:
             raise ValueError(f"queries must have shape (n, {self.dim}) for this index; got {np.shape(queries)}")
         q = _normalise_queries(q)
-        wanted = self._targets(target)
-        label_set = self._label_set(labels)
+        wanted = self._target_modalities.get(target) if type(target) is str else None
+        if wanted is None:
+            wanted = self._targets(target)  # raises: an unknown target, or one this version has no index for
+        label_set = None if labels is None else self._label_set(labels)
+        if len(wanted) == 1:
+            return self._search_modality(self._indexes[wanted[0]], q, k, label_set)
         results = [self._search_modality(self._indexes[m], q, k, label_set) for m in wanted]
-        if len(results) == 1:
-            return results[0]
         scores = np.concatenate([r[0] for r in results], axis=1)
         keys = np.concatenate([r[1] for r in results], axis=1)
         scores = np.where(keys < 0, -np.inf, scores)
@@ -267,7 +289,14 @@ class SearchIndex:
 
     def _search_modality(self, mi: _ModalityIndex, q: np.ndarray, k: int, labels: frozenset[str] | None):
         if labels is None and mi.exclude is None:
-            return (mi.gpu or mi.index).search(q, k)
+            if mi.gpu is not None:
+                return mi.gpu.search(q, k)
+            # FAISS's own search_c, what its Python `search` wrapper calls after checks that `q` has passed already
+            # (float32, C-contiguous, (n, index.d), k >= 1): a few microseconds less cold code per query.
+            n = len(q)
+            scores, keys = np.empty((n, k), dtype=np.float32), np.empty((n, k), dtype=np.int64)
+            mi.index.search_c(n, _swig_ptr(q), k, _swig_ptr(scores), _swig_ptr(keys))
+            return scores, keys
         if labels is None:
             allowed, selector, n_allowed = None, mi.exclude, mi.live
         else:
@@ -309,20 +338,27 @@ class SearchIndex:
 
     def _hits(self, scores: np.ndarray, keys: np.ndarray) -> list[list[SearchHit]]:
         """Typed results for (n, k) scores and keys; a row ends at its first -1 key (fewer than k results)."""
-        # This runs right after a FAISS search has flushed the CPU caches, where per-hit allocations and every numpy
-        # call (several microseconds of cold code each) are the library's whole cost over raw FAISS: two tolist()
-        # calls, then plain lists, one JSON decode for all hits, shared modality and label-set objects, and each hit
-        # built by tuple.__new__ (what SearchHit(...) does, minus a Python-level call).
+        return self._build_hits(scores, keys)
+
+    def _hits_general(self, scores: np.ndarray, keys: np.ndarray) -> list[list[SearchHit]]:
+        """_hits for any results: rows cut at their first -1 key; from the memory map without the in-memory table."""
+        # the map: one slice per hit and one JSON decode for all hits of the call
         key_rows, score_rows = keys.tolist(), scores.tolist()
-        flat_keys = [key for row in key_rows for key in row]
-        if flat_keys and min(flat_keys) < 0:
+        if key_rows and min(map(min, key_rows)) < 0:
             ends = [next((j for j, key in enumerate(row) if key < 0), len(row)) for row in key_rows]
             key_rows = [row[:end] for row, end in zip(key_rows, ends)]
             score_rows = [row[:end] for row, end in zip(score_rows, ends)]
-            flat_keys = [key for row in key_rows for key in row]
         records = self.records
-        entries = iter(records.fetch_entries(flat_keys))
+        rows, extras = self._rows, self._extras
         new = tuple.__new__
+        if rows is not None:
+            try:
+                return [[new(SearchHit, (r[0], score, r[1], r[2], r[3], r[4], extras[key], key))
+                         for score, key in zip(row_scores, row_keys) for r in (rows[key],)]
+                        for row_scores, row_keys in zip(score_rows, key_rows)]
+            except (IndexError, TypeError) as exc:  # a key past the table, or None: a key without a record
+                raise records.missing_keys_error([key for row in key_rows for key in row]) from exc
+        entries = iter(records.fetch_entries([key for row in key_rows for key in row]))
         # `entries` is zipped last so that a row's zip stops before taking the next row's first entry
         try:
             if records.format == 1:  # versions published before records format 2
@@ -338,19 +374,51 @@ class SearchIndex:
             raise records.corrupt_entries(exc) from exc
 
 
+def _hit_builder(rows: list[tuple[Any, ...] | None], extras: list[dict[str, Any] | None],
+                 general: Callable[[np.ndarray, np.ndarray], list[list[SearchHit]]]) -> Callable[[np.ndarray, np.ndarray], list[list[SearchHit]]]:
+    """SearchIndex._hits over an in-memory records table: a closure, so that it finds the table in its own cells."""
+    # This runs right after a FAISS search has flushed the CPU caches, where the code that runs is as cold as the data:
+    # each line of it and each object or attribute looked up costs a cache miss, and that, not the work, is the
+    # library's cost over raw FAISS (~4x the same work with warm caches). So: no attribute or global lookups (a method
+    # reading self._rows etc. cost ~10 us more per query), two tolist() calls, then plain lists, and each hit built by
+    # tuple.__new__ (what SearchHit(...) does, minus a Python-level call) from the row of its key, one query in one
+    # flat comprehension. A hit's extra dict is the table's own (see SearchHit): a copy per hit would cost ~9 us a query.
+    new, hit, count = tuple.__new__, SearchHit, len
+
+    def build(scores: np.ndarray, keys: np.ndarray) -> list[list[SearchHit]]:
+        key_rows, score_rows = keys.tolist(), scores.tolist()
+        try:
+            if count(key_rows) == 1:
+                return [[new(hit, (r[0], score, r[1], r[2], r[3], r[4], extras[key], key))
+                         for score, key in zip(score_rows[0], key_rows[0]) for r in (rows[key],)]]
+            return [[new(hit, (r[0], score, r[1], r[2], r[3], r[4], extras[key], key))
+                     for score, key in zip(row_scores, row_keys) for r in (rows[key],)]
+                    for row_scores, row_keys in zip(score_rows, key_rows)]
+        except (IndexError, TypeError):
+            # a -1 key (fewer than k results) met the table's None sentinel: the general path cuts the rows there
+            return general(scores, keys)
+
+    return build
+
+
 def _normalise_queries(queries: np.ndarray) -> np.ndarray:
     """fi.normalise_rows for the search hot path: the same result and errors, with one check instead of two.
 
     A normalised row has squared norm 1; a zero row stays 0 and a NaN or infinite value makes the row NaN, so one
-    product finds every bad row (fi.normalise_rows then says which rows and why). On one query this saves ~4 us, about
-    1 % of an HNSW search.
+    squared norm per row finds every bad row (fi.normalise_rows then says which rows and why). Both the normalising and
+    the check are FAISS's own vector functions, called directly: right after a FAISS search has flushed the caches,
+    numpy's dot product costs ~25 us there (4 % of an HNSW search) and FAISS's squared norm ~8 us.
     """
     x = np.array(queries, dtype=np.float32, copy=True, order="C")
-    faiss.normalize_L2(x)
-    if len(x) == 1:
-        ok = float(np.dot(x[0], x[0])) > 0.5
+    n, d = x.shape
+    pointer = faiss.swig_ptr(x)
+    faiss.fvec_renorm_L2(d, n, pointer)  # what faiss.normalize_L2 does, minus a Python-level call
+    if n == 1:
+        ok = faiss.fvec_norm_L2sqr(pointer, d) > 0.5
     else:
-        ok = bool((np.einsum("ij,ij->i", x, x) > 0.5).all())
+        norms = np.empty(n, dtype=np.float32)
+        faiss.fvec_norms_L2sqr(faiss.swig_ptr(norms), pointer, d, n)
+        ok = bool((norms > 0.5).all())
     # rows too tiny for their squared norm to be a normal float stay unnormalised (as fi.normalise_rows leaves them)
     return x if ok else fi.normalise_rows(queries, "query vectors")
 

@@ -61,6 +61,8 @@ CNN_CANDIDATES: dict[str, dict[str, TextEncoderConfig]] = {
         "glove-pv-static": TextEncoderConfig(**_GLOVE, pretrained_vocab=100_000, freeze_embeddings=True),
         "glove-pv-static-wd3": TextEncoderConfig(**_GLOVE, pretrained_vocab=100_000, freeze_embeddings=True, word_dropout=0.3),
         "glove-pv-static-wd5": TextEncoderConfig(**_GLOVE, pretrained_vocab=100_000, freeze_embeddings=True, word_dropout=0.5),
+        "glove-pv-static-wd3-mean": TextEncoderConfig(**_GLOVE, pretrained_vocab=100_000, freeze_embeddings=True, word_dropout=0.3,
+                                                      mean_vector=True),
     },
 }
 CNN_TEXTS = {key: cfg for candidates in CNN_CANDIDATES.values() for key, cfg in candidates.items()}
@@ -464,14 +466,17 @@ def _selection_lines(selection: dict[str, Any]) -> list[str]:
     lines = ["## Sentence-CNN settings, chosen on validation", "",
              "Each word-vector source's candidates ran on fold 0; the best fold-0 validation mAP (bold) ran on every fold. "
              "`pretrained_vocab`: the 100,000 most frequent GloVe words get vocabulary entries besides the training words; "
-             "`static`: frozen word vectors (Kim's CNN-static); `word_dropout`: tokens blanked in training.", "",
-             "| source | candidate | min count | pretrained vocab | frozen | word dropout | fold-0 val avg |", "|---|---|---|---|---|---|---|"]
+             "`static`: frozen word vectors (Kim's CNN-static); `word_dropout`: tokens blanked in training; `mean`: the mean "
+             "word vector appended to the pooled CNN features.", "",
+             "| source | candidate | min count | pretrained vocab | frozen | word dropout | mean vector | fold-0 val avg |",
+             "|---|---|---|---|---|---|---|---|"]
     for source, sel in selection.items():
         for key, val in sel["fold0_val_avg"].items():
             cfg = sel["configs"][key]
             mark = "**" if key == sel["chosen"] else ""
             lines.append(f"| {source} | {mark}{key}{mark} | {cfg['min_count']} | {cfg.get('pretrained_vocab', 0):,} | "
-                         f"{'yes' if cfg['freeze_embeddings'] else 'no'} | {cfg.get('word_dropout', 0.0)} | {mark}{val:.4f}{mark} |")
+                         f"{'yes' if cfg['freeze_embeddings'] else 'no'} | {cfg.get('word_dropout', 0.0)} | "
+                         f"{'yes' if cfg.get('mean_vector') else 'no'} | {mark}{val:.4f}{mark} |")
     return lines + [""]
 
 

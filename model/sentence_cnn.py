@@ -32,6 +32,8 @@ class TextEncoderConfig:
     pretrained meaning instead of becoming OOV (0: the training words only; ignored without pretrained vectors).
     word_dropout: in training, each token is blanked (a zero vector) with this probability, so that the network
     cannot lean on a few rare words of a small training set (beyond Kim 2014; 0 = off).
+    mean_vector: append the mean word vector of the text to the pooled features (beyond Kim 2014): the topic of a
+    short text that no single window captures.
     """
 
     kind: TextEncoderKind = "sentence_cnn"
@@ -40,6 +42,7 @@ class TextEncoderConfig:
     maps: int = 100
     dropout: float = 0.5
     word_dropout: float = 0.0
+    mean_vector: bool = False
     freeze_embeddings: bool = False
     max_len: int = 128
     min_count: int = 2
@@ -72,7 +75,7 @@ class TextEncoderConfig:
     def output_dim(self) -> int | None:
         """Size of the text feature this encoder produces (None for 'features': the data decides)."""
         if self.kind == "sentence_cnn":
-            return self.maps * len(self.widths)
+            return self.maps * len(self.widths) + (self.embed_dim if self.mean_vector else 0)
         if self.kind == "minilm":
             return MINILM_DIM
         return None
@@ -88,14 +91,15 @@ class SentenceCNN(nn.Module):
 
     def __init__(self, vocab_size: int, embed_dim: int = 300, widths: tuple[int, ...] = (3, 4, 5), maps: int = 100,
                  dropout: float = 0.5, pretrained: np.ndarray | None = None, freeze_embeddings: bool = False,
-                 word_dropout: float = 0.0) -> None:
+                 word_dropout: float = 0.0, mean_vector: bool = False) -> None:
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2 (PAD and OOV), got {vocab_size}")
         if not widths or any(w < 1 for w in widths):
             raise ValueError(f"widths must be positive kernel widths, got {widths}")
         self.vocab_size, self.embed_dim, self.widths, self.maps = vocab_size, embed_dim, tuple(widths), maps
-        self.output_dim = maps * len(self.widths)
+        self.mean_vector = mean_vector
+        self.output_dim = maps * len(self.widths) + (embed_dim if mean_vector else 0)
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
         if pretrained is not None:
             pretrained = np.asarray(pretrained)
@@ -120,7 +124,7 @@ class SentenceCNN(nn.Module):
         if cfg.kind != "sentence_cnn":
             raise ValueError(f"TextEncoderConfig.kind is {cfg.kind!r}; only 'sentence_cnn' builds a SentenceCNN")
         return cls(vocab_size, cfg.embed_dim, cfg.widths, cfg.maps, cfg.dropout, pretrained, cfg.freeze_embeddings,
-                   cfg.word_dropout)
+                   cfg.word_dropout, cfg.mean_vector)
 
     @property
     def freeze_embeddings(self) -> bool:
@@ -157,6 +161,9 @@ class SentenceCNN(nn.Module):
             outside = starts[None, :] > last_start[:, None]
             feature_map = feature_map.masked_fill(outside[:, None, :], float("-inf"))
             pooled.append(F.relu(feature_map.amax(2)))  # ReLU commutes with max
+        if self.mean_vector:
+            # PAD rows are zero, so the sum over all positions is the sum over the text's tokens
+            pooled.append(x.sum(2) / lengths.clamp_min(1).to(x.dtype)[:, None])
         return self.dropout(torch.cat(pooled, 1))
 
 

@@ -219,3 +219,19 @@ def test_word_dropout_blanks_tokens_in_training_only():
     assert not torch.equal(trained_view, cnn(ids))  # evaluation sees every token
     with pytest.raises(ValueError, match="word_dropout"):
         TextEncoderConfig(word_dropout=1.0)
+
+
+def test_mean_vector_appends_the_mean_word_vector_whatever_the_padding():
+    torch.manual_seed(0)
+    cnn = SentenceCNN(vocab_size=20, embed_dim=6, widths=(2, 3), maps=4, dropout=0.0, mean_vector=True).eval()
+    assert cnn.output_dim == 2 * 4 + 6
+    texts = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    padded = torch.zeros(2, 9, dtype=torch.long)
+    for i, ids in enumerate(texts):
+        padded[i, :len(ids)] = torch.tensor(ids)
+    with torch.no_grad():
+        out = cnn(padded)
+        for row, ids in zip(out, texts):
+            torch.testing.assert_close(row[:8], _reference(cnn, ids))
+            torch.testing.assert_close(row[8:], cnn.embedding.weight[torch.tensor(ids)].mean(0))
+    assert TextEncoderConfig(embed_dim=50, maps=100, mean_vector=True).output_dim == 350

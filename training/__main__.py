@@ -126,7 +126,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     text = TextEncoderConfig(kind=args.text, word_vectors=args.word_vectors,
                              embed_dim=args.embed_dim or (50 if args.word_vectors == "glove-6b-50d" else 300),
                              min_count=args.min_count, freeze_embeddings=args.freeze_embeddings, max_len=args.max_len,
-                             pretrained_vocab=args.pretrained_vocab, word_dropout=args.word_dropout)
+                             pretrained_vocab=args.pretrained_vocab, word_dropout=args.word_dropout,
+                             mean_vector=args.mean_vector)
     ctx, device = init_from_env(args.device)
     cfg = PrepareConfig(backbone=args.backbone, weights_path=str(args.weights) if args.weights else None, text=text,
                         batch_size=args.batch_size, device=str(device), seed=args.seed, progress=not args.no_progress)
@@ -285,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
                         "words the training texts lack keep their meaning (default 0: training words only)")
     p.add_argument("--word-dropout", type=float, default=0.0, metavar="P",
                    help="blank each token with probability P while training the sentence CNN (default 0)")
+    p.add_argument("--mean-vector", action="store_true",
+                   help="append each text's mean word vector to the sentence CNN's pooled features")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

@@ -4,6 +4,8 @@ semantic matching and CCA, the ablations of the best DSCMR configuration, and th
 Every model / hyper-parameter is selected on the validation split; the test split is evaluated once per run.
 Main rows are averaged over stratified 80/10/10 folds (fold k = split seed k; fold 0 = the dataset's seed-0 split).
 Each finished run is stored under WORK/runs/ and reused on a rerun, so an interrupted benchmark resumes.
+Run keys name the text setting, the epochs and the fold, not every hyper-parameter: give a changed setting a new
+name (a prepared folder whose text setting differs from what its name now means is refused).
 
     python bench/imagenet_sample.py                        # 5 folds, default epochs
     python bench/imagenet_sample.py --folds 1 --epochs 20  # fewer folds / epochs
@@ -104,6 +106,9 @@ def prepare_fold(corpus: Corpus, fold: int, text_key: str, work: Path) -> Path:
     this fold's training texts only, so no test text leaks into them)."""
     out = work / "folds" / str(fold) / text_key
     if (out / "prepared.json").is_file():
+        if text_key in CNN_TEXTS and load_prepared(out).text_config != CNN_TEXTS[text_key]:
+            raise SystemExit(f"{out} was prepared with another text setting than {text_key!r} has now: delete it (and the "
+                             f"runs/{text_key}-* results) so that they are made again")
         return out
     corpus_dir = work / "folds" / str(fold) / "corpus"
     if not (corpus_dir / "corpus.json").is_file():

@@ -12,6 +12,7 @@ finally falling back to an exact scan when the approximate search comes back sho
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from pathlib import Path
@@ -90,10 +91,11 @@ class SearchIndex:
         self._indexes = indexes
         self.metadata = metadata
         self.records = records
-        # the in-memory records table (None: hits are built from the memory map)
-        self._rows, self._extras = records.rows, records.extras
-        self._build_hits = self._hits_general if records.rows is None else \
-            _hit_builder(records.rows, records.extras, self._hits_general)
+        # Neither builder refers to `self`: a bound method kept on the instance would make a reference cycle, and a
+        # dropped index (the old one after a hot reload, with its FAISS index and records table) would then wait for
+        # a full garbage collection instead of being freed at once.
+        general = functools.partial(_hits_from_records, records)
+        self._build_hits = general if records.rows is None else _hit_builder(records.rows, records.extras, general)
         self.exact_subset_max = exact_subset_max
         self.encoder = None
         self._selectors: dict[tuple[str, frozenset[str]], tuple[np.ndarray, _KeySelector | None]] = {}
@@ -119,7 +121,8 @@ class SearchIndex:
         records (False), or (None) in memory while the records' estimated size fits `records_memory_budget` bytes
         (default: an eighth of the machine's memory; see index.records). Both give identical results; in memory,
         building one query's hits costs ~25 us instead of 60-100 us (docs/index-benchmark.md), at ~450 bytes per
-        entry (~90 MB for 200,000) and 1-2 s more load time per 200,000 entries.
+        entry (~90 MB for 200,000; 448 MB for 1M) and more load time: 1-2 s for 200,000 entries, 10-28 s for 1M on
+        this loaded 2-core machine.
         """
         version = resolve_version(root_or_version)
         manifest = load_manifest(version, verify_files=verify)
@@ -156,8 +159,9 @@ class SearchIndex:
         self.encoder = encoder
 
     def close(self) -> None:
-        """Release the record map and this thread's metadata connection."""
+        """Release the records (map and in-memory table) and this thread's metadata connection."""
         self.records.close()
+        self._build_hits = functools.partial(_hits_from_records, self.records)  # drops the table the closure held
         self.metadata.close()
 
     # ---------------------------------------------------------------------------------------------------- properties
@@ -340,38 +344,39 @@ class SearchIndex:
         """Typed results for (n, k) scores and keys; a row ends at its first -1 key (fewer than k results)."""
         return self._build_hits(scores, keys)
 
-    def _hits_general(self, scores: np.ndarray, keys: np.ndarray) -> list[list[SearchHit]]:
-        """_hits for any results: rows cut at their first -1 key; from the memory map without the in-memory table."""
-        # the map: one slice per hit and one JSON decode for all hits of the call
-        key_rows, score_rows = keys.tolist(), scores.tolist()
-        if key_rows and min(map(min, key_rows)) < 0:
-            ends = [next((j for j, key in enumerate(row) if key < 0), len(row)) for row in key_rows]
-            key_rows = [row[:end] for row, end in zip(key_rows, ends)]
-            score_rows = [row[:end] for row, end in zip(score_rows, ends)]
-        records = self.records
-        rows, extras = self._rows, self._extras
-        new = tuple.__new__
-        if rows is not None:
-            try:
-                return [[new(SearchHit, (r[0], score, r[1], r[2], r[3], r[4], extras[key], key))
-                         for score, key in zip(row_scores, row_keys) for r in (rows[key],)]
-                        for row_scores, row_keys in zip(score_rows, key_rows)]
-            except (IndexError, TypeError) as exc:  # a key past the table, or None: a key without a record
-                raise records.missing_keys_error([key for row in key_rows for key in row]) from exc
-        entries = iter(records.fetch_entries([key for row in key_rows for key in row]))
-        # `entries` is zipped last so that a row's zip stops before taking the next row's first entry
+
+
+def _hits_from_records(records: RecordReader, scores: np.ndarray, keys: np.ndarray) -> list[list[SearchHit]]:
+    """SearchIndex._hits for any results: rows cut at their first -1 key; from the memory map without the in-memory table."""
+    # the map: one slice per hit and one JSON decode for all hits of the call
+    key_rows, score_rows = keys.tolist(), scores.tolist()
+    if key_rows and min(map(min, key_rows)) < 0:
+        ends = [next((j for j, key in enumerate(row) if key < 0), len(row)) for row in key_rows]
+        key_rows = [row[:end] for row, end in zip(key_rows, ends)]
+        score_rows = [row[:end] for row, end in zip(score_rows, ends)]
+    rows, extras = records.rows, records.extras
+    new = tuple.__new__
+    if rows is not None:
         try:
-            if records.format == 1:  # versions published before records format 2
-                return [[new(SearchHit, (e[0], score, e[1], tuple(e[4]), e[3], e[2], e[5], key))
-                         for score, key, e in zip(row_scores, row_keys, entries)]
-                        for row_scores, row_keys in zip(score_rows, key_rows)]
-            # format 2: the modality names and label sets are shared objects, decoded once at load
-            modalities, label_sets = records.modality_names, records.label_sets
-            return [[new(SearchHit, (e[0], score, modalities[e[1]], label_sets[e[4]], e[3], e[2], e[5], key))
+            return [[new(SearchHit, (r[0], score, r[1], r[2], r[3], r[4], extras[key], key))
+                     for score, key in zip(row_scores, row_keys) for r in (rows[key],)]
+                    for row_scores, row_keys in zip(score_rows, key_rows)]
+        except (IndexError, TypeError) as exc:  # a key past the table, or None: a key without a record
+            raise records.missing_keys_error([key for row in key_rows for key in row]) from exc
+    entries = iter(records.fetch_entries([key for row in key_rows for key in row]))
+    # `entries` is zipped last so that a row's zip stops before taking the next row's first entry
+    try:
+        if records.format == 1:  # versions published before records format 2
+            return [[new(SearchHit, (e[0], score, e[1], tuple(e[4]), e[3], e[2], e[5], key))
                      for score, key, e in zip(row_scores, row_keys, entries)]
                     for row_scores, row_keys in zip(score_rows, key_rows)]
-        except (IndexError, TypeError) as exc:
-            raise records.corrupt_entries(exc) from exc
+        # format 2: the modality names and label sets are shared objects, decoded once at load
+        modalities, label_sets = records.modality_names, records.label_sets
+        return [[new(SearchHit, (e[0], score, modalities[e[1]], label_sets[e[4]], e[3], e[2], e[5], key))
+                 for score, key, e in zip(row_scores, row_keys, entries)]
+                for row_scores, row_keys in zip(score_rows, key_rows)]
+    except (IndexError, TypeError) as exc:
+        raise records.corrupt_entries(exc) from exc
 
 
 def _hit_builder(rows: list[tuple[Any, ...] | None], extras: list[dict[str, Any] | None],

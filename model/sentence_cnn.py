@@ -61,6 +61,9 @@ class TextEncoderConfig:
             raise ValueError("embed_dim, maps, max_len and min_count must all be >= 1")
         if self.pretrained_vocab < 0:
             raise ValueError(f"pretrained_vocab must be >= 0 (0 = training words only), got {self.pretrained_vocab}")
+        if self.pretrained_vocab and self.word_vectors in ("word2vec", "random"):
+            raise ValueError(f"pretrained_vocab needs pretrained word vectors, but word_vectors={self.word_vectors!r} has none: "
+                             "use glove-6b-50d or a vector file, or leave pretrained_vocab at 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.word_dropout < 1.0:
@@ -162,8 +165,10 @@ class SentenceCNN(nn.Module):
             feature_map = feature_map.masked_fill(outside[:, None, :], float("-inf"))
             pooled.append(F.relu(feature_map.amax(2)))  # ReLU commutes with max
         if self.mean_vector:
-            # PAD rows are zero, so the sum over all positions is the sum over the text's tokens
-            pooled.append(x.sum(2) / lengths.clamp_min(1).to(x.dtype)[:, None])
+            # PAD rows are zero, so the sum over all positions is the sum over the tokens; dividing by the tokens left
+            # after word dropout keeps training and evaluation on the same scale
+            kept = (token_ids != PAD_ID).sum(1).clamp_min(1).to(x.dtype)
+            pooled.append(x.sum(2) / kept[:, None])
         return self.dropout(torch.cat(pooled, 1))
 
 

@@ -1,6 +1,8 @@
 """Result records: read back exactly (non-ASCII text, where byte and character lengths differ), identical hits from the
 in-memory table and from the memory map (checked against the SQLite metadata), and damage detected."""
+import gc
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -123,8 +125,32 @@ def test_automatic_choice_follows_the_memory_budget(version):
     reader.close()
     assert RecordReader(version, in_memory=None, memory_budget=needed).rows is not None
     assert RecordReader(version, in_memory=None, memory_budget=needed - 1).rows is None
-    assert SearchIndex.load(version, records_memory_budget=0).records.rows is None
-    assert SearchIndex.load(version).records.rows is not None
+    for budget in (0, None):
+        index = SearchIndex.load(version, records_memory_budget=budget)
+        assert (index.records.rows is None) == (budget == 0)
+        index.close()
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_dropped_index_is_freed_without_the_garbage_collector(version, in_memory):
+    # the service drops the old index on a hot reload: its FAISS index and records must go at once, not at the next
+    # full collection (no reference cycle through the instance)
+    index = SearchIndex.load(version, records_in_memory=in_memory)
+    assert hit_of_key(index, 3).key == 3
+    dropped = weakref.ref(index)
+    gc.disable()
+    try:
+        del index
+        assert dropped() is None
+    finally:
+        gc.enable()
+
+
+def test_a_closed_index_no_longer_answers_from_its_table(version):
+    index = SearchIndex.load(version, records_in_memory=True)
+    index.close()
+    with pytest.raises(ValueError):  # the released record map
+        hit_of_key(index, 3)
 
 
 def damage_entry(version, key: int, change) -> None:

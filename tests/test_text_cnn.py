@@ -199,6 +199,8 @@ def test_pretrained_vocab_keeps_words_the_training_texts_lack():
     assert wider.coverage.from_primary == plain.coverage.from_primary + len(wider.vocab) - len(plain.vocab)
     with pytest.raises(ValueError, match="pretrained_vocab"):
         TextEncoderConfig(pretrained_vocab=-1)
+    with pytest.raises(ValueError, match="needs pretrained word vectors"):
+        TextEncoderConfig(word_vectors="word2vec", pretrained_vocab=1000)
 
 
 def test_word_dropout_blanks_tokens_in_training_only():
@@ -235,3 +237,14 @@ def test_mean_vector_appends_the_mean_word_vector_whatever_the_padding():
             torch.testing.assert_close(row[:8], _reference(cnn, ids))
             torch.testing.assert_close(row[8:], cnn.embedding.weight[torch.tensor(ids)].mean(0))
     assert TextEncoderConfig(embed_dim=50, maps=100, mean_vector=True).output_dim == 350
+    # with word dropout, training averages the tokens it kept (the same scale as evaluation)
+    cnn.word_dropout = 0.5
+    cnn.train()
+    torch.manual_seed(3)
+    trained_view = cnn(padded)
+    torch.manual_seed(3)
+    blank = torch.rand(padded.shape) < 0.5
+    for row, ids, row_blank in zip(trained_view, texts, blank):
+        kept = [t for t, b in zip(ids, row_blank[:len(ids)].tolist()) if not b]
+        expected = cnn.embedding.weight[torch.tensor(kept)].mean(0) if kept else torch.zeros(6)
+        torch.testing.assert_close(row[8:], expected)

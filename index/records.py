@@ -171,6 +171,9 @@ class RecordReader:
                 shared_labels: dict[tuple[str, ...], tuple[str, ...]] = {}
                 labels = [shared_labels.setdefault(t, t) for t in map(tuple, label_values)]
             else:
+                # negative or boolean indexes would pass Python's indexing and silently pick the wrong name
+                if any(type(v) is not int or v < 0 for column in (modality_values, label_values) for v in column):
+                    raise ValueError("a modality or label-set index is not a non-negative integer")
                 modality_names = [modalities[m] for m in modality_values]
                 labels = [label_sets[i] for i in label_values]
             bad = next((extra for extra in extras if type(extra) is not dict), None)

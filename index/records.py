@@ -23,8 +23,8 @@ In memory (`RecordReader(..., in_memory=True)`, what `SearchIndex.load` chooses 
 (item_id, modality, labels, text, image_path) and its extra dict, in two lists indexed by key, so building a hit is two
 list indexes and one tuple. Search results are built right after a FAISS search has flushed the CPU caches, where
 slicing the map and a JSON decode cost 60-100 us for one query (10-15 % of an HNSW search) and the table 20-30 us.
-Measured on the benchmark's records (65-byte lines, 200,000 entries): 447 bytes per entry and 1.0-1.5 s of load time
-(the JSON decode of the whole file, then the columns); an item indexed on both sides shares its objects between its
+Measured on the benchmark's records (65-byte lines, 200,000 entries): 447 bytes per entry and 1.0-2.0 s of load time
+(10-28 s at 1M entries on a loaded 2-core machine; the JSON decode of the whole file, then the columns); an item indexed on both sides shares its objects between its
 two entries (560 bytes per item, 280 per entry). Loading the table also checks every entry, so damage that the map
 would only meet when a search returns the damaged key is reported at load.
 """

@@ -41,12 +41,12 @@ from training.augment import AugmentConfig, augment_image
 from training.config import DSCMRConfig, preset, with_dims
 from training.evaluation import CrossModalScores, cross_modal_map_torch
 from training.prepare import PreparedData, load_prepared
-from training.train import _amp_context, _atomic_torch_save, _to_tensor, amp_mode, backward_and_step, build_model, check_device, resolve_device, seed_everything
+from training.train import (_amp_context, _atomic_torch_save, _to_tensor, amp_mode, backward_and_step, build_model, check_device,
+                            METRICS_LOG, record_epoch, resolve_device, seed_everything)
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "finetune_checkpoint.pt"
-METRICS_LOG = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -277,20 +277,10 @@ def finetune(prepared_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), r
         val = _split_scores(model, backbone, val_loader, va_txt, va_lab, device)
         record = {"epoch": epoch + 1, "loss": loss, "j1": j1, "j2": j2, "j3": j3, "val_i2t": val.i2t, "val_t2i": val.t2i,
                   "val_avg": val.avg, "lr": optimizer.param_groups[0]["lr"], "images": seen}
-        state["history"].append(record)
-        if val.avg > state["best_score"]:
-            state.update(best_score=val.avg, best_epoch=epoch + 1, best_val=(val.i2t, val.t2i), stale=0,
-                         best_model={k: t.detach().clone() for k, t in model.state_dict().items()},
-                         best_backbone={k: t.clone() for k, t in backbone.finetuned_state().items()})
-        else:
-            state["stale"] += 1
-        bar.set_postfix(loss=f"{loss:.4f}", val=f"{val.avg:.4f}", best=f"{state['best_score']:.4f}@{state['best_epoch']}")
-        if run_path is not None:
-            with (run_path / METRICS_LOG).open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-        stop = tc.early_stopping_patience is not None and state["stale"] >= tc.early_stopping_patience
+        stop = record_epoch(state, record, val, lambda: {
+            "best_model": {k: t.detach().clone() for k, t in model.state_dict().items()},
+            "best_backbone": {k: t.clone() for k, t in backbone.finetuned_state().items()}},
+            bar, run_path, on_epoch_end, tc.early_stopping_patience)
         state["epoch"] = epoch + 1
         state["wall_s"] = time.perf_counter() - t_start
         if run_path is not None and ((epoch + 1) % tc.checkpoint_every == 0 or stop or epoch + 1 == tc.epochs):

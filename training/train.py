@@ -131,6 +131,24 @@ def build_model(cfg: DSCMRConfig, text_encoder: nn.Module | None = None) -> DSCM
     return model
 
 
+def record_epoch(state: dict[str, Any], record: dict[str, Any], val: Any, best_snapshot: Callable[[], dict[str, Any]], bar: Any,
+                 run_path: Path | None, on_epoch_end: Callable[[dict[str, Any]], None] | None, patience: int | None) -> bool:
+    """Book one finished epoch: history, best-so-far (keeping `best_snapshot()`), progress bar, metrics log and callback;
+    return whether early stopping says stop."""
+    state["history"].append(record)
+    if val.avg > state["best_score"]:
+        state.update(best_score=val.avg, best_epoch=record["epoch"], best_val=(val.i2t, val.t2i), stale=0, **best_snapshot())
+    else:
+        state["stale"] += 1
+    bar.set_postfix(loss=f"{record['loss']:.4f}", val=f"{val.avg:.4f}", best=f"{state['best_score']:.4f}@{state['best_epoch']}")
+    if run_path is not None:
+        with (run_path / METRICS_LOG).open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+    if on_epoch_end is not None:
+        on_epoch_end(record)
+    return patience is not None and state["stale"] >= patience
+
+
 def train_dscmr(
     data: FeatureSplits,
     cfg: DSCMRConfig,
@@ -238,19 +256,8 @@ def train_dscmr(
             val = cross_modal_map_torch(u_val, v_val, va_lab)
             record = {"epoch": epoch + 1, "loss": loss, "j1": j1, "j2": j2, "j3": j3, "val_i2t": val.i2t, "val_t2i": val.t2i,
                       "val_avg": val.avg, "lr": optimizer.param_groups[0]["lr"]}
-            state["history"].append(record)
-            if val.avg > state["best_score"]:
-                state.update(best_score=val.avg, best_epoch=epoch + 1, best_val=(val.i2t, val.t2i), stale=0,
-                             best_state={k: t.detach().clone() for k, t in model.state_dict().items()})
-            else:
-                state["stale"] += 1
-            bar.set_postfix(loss=f"{loss:.4f}", val=f"{val.avg:.4f}", best=f"{state['best_score']:.4f}@{state['best_epoch']}")
-            if run_path is not None:
-                with (run_path / METRICS_LOG).open("a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-            stop = tc.early_stopping_patience is not None and state["stale"] >= tc.early_stopping_patience
+            stop = record_epoch(state, record, val, lambda: {"best_state": {k: t.detach().clone() for k, t in model.state_dict().items()}},
+                                bar, run_path, on_epoch_end, tc.early_stopping_patience)
         stop = broadcast_flag(stop, device)
         state["epoch"] = epoch + 1
         state["wall_s"] = time.perf_counter() - t_start

@@ -209,7 +209,11 @@ def _primary_key(kv: KeyedVectors, token: str) -> str | None:
 
 @dataclass
 class EmbeddingCoverage:
-    """Where each row of an embedding matrix came from."""
+    """Where each row of an embedding matrix came from.
+
+    `from_primary`, `from_fallback` and `random` count the training words; `pretrained_extra` counts the entries added
+    from the pretrained vectors alone (count 0 in the vocabulary, `pretrained_vocab`), which always get a primary vector.
+    """
 
     vocab_size: int
     dim: int
@@ -217,14 +221,15 @@ class EmbeddingCoverage:
     from_fallback: int
     random: int
     special: int = 2
+    pretrained_extra: int = 0
     alignment_anchors: int = 0
     alignment_r2: float | None = None
     random_examples: list[str] = field(default_factory=list)
 
     @property
     def pretrained_fraction(self) -> float:
-        """Share of the non-special vocabulary that got a primary vector."""
-        return self.from_primary / max(1, self.vocab_size - self.special)
+        """Share of the training words that got a primary vector."""
+        return self.from_primary / max(1, self.vocab_size - self.special - self.pretrained_extra)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready report."""
@@ -295,10 +300,16 @@ def build_embedding_matrix(vocab: Vocabulary, primary: KeyedVectors | None, fall
     scale = float(np.sqrt(3.0 * known.var())) if len(known) > 1 else DEFAULT_RANDOM_SCALE
     random_ids = [i for i in range(len(vocab)) if source[i] == 0 and i != PAD_ID]
     matrix[random_ids] = rng.uniform(-scale, scale, size=(len(random_ids), dim))
+    # Entries with count 0 besides PAD / OOV came from Vocabulary.with_extra_tokens, not from the training texts.
+    extra = np.array(vocab.counts) == 0
+    extra[[PAD_ID, OOV_ID]] = False
+    training = ~extra
+    training[[PAD_ID, OOV_ID]] = False
     coverage = EmbeddingCoverage(
-        vocab_size=len(vocab), dim=dim, from_primary=int((source == 1).sum()), from_fallback=int((source == 2).sum()),
-        random=len(random_ids) - 1, alignment_anchors=anchors, alignment_r2=r2,
+        vocab_size=len(vocab), dim=dim, from_primary=int((source[training] == 1).sum()),
+        from_fallback=int((source[training] == 2).sum()), random=int((source[training] == 0).sum()),
+        pretrained_extra=int(extra.sum()), alignment_anchors=anchors, alignment_r2=r2,
         random_examples=[vocab.tokens[i] for i in random_ids if i != OOV_ID][:20])
-    logger.info("embedding matrix: %d primary, %d fallback, %d random of %d", coverage.from_primary,
-                coverage.from_fallback, coverage.random, len(vocab))
+    logger.info("embedding matrix: %d primary, %d fallback, %d random, %d pretrained-only of %d", coverage.from_primary,
+                coverage.from_fallback, coverage.random, coverage.pretrained_extra, len(vocab))
     return matrix, coverage

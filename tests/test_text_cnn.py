@@ -196,7 +196,11 @@ def test_pretrained_vocab_keeps_words_the_training_texts_lack():
     row = wider.vocab.id_of(unseen)
     assert row > 1
     np.testing.assert_allclose(wider.encoder.embedding.weight[row].detach().numpy(), glove[unseen])
-    assert wider.coverage.from_primary == plain.coverage.from_primary + len(wider.vocab) - len(plain.vocab)
+    # the extra words are counted apart: the training words' coverage is the same with or without them
+    assert wider.coverage.pretrained_extra == len(wider.vocab) - len(plain.vocab)
+    assert (wider.coverage.from_primary, wider.coverage.from_fallback, wider.coverage.random) == (
+        plain.coverage.from_primary, plain.coverage.from_fallback, plain.coverage.random)
+    assert wider.coverage.pretrained_fraction == plain.coverage.pretrained_fraction < 1
     with pytest.raises(ValueError, match="pretrained_vocab"):
         TextEncoderConfig(pretrained_vocab=-1)
     with pytest.raises(ValueError, match="needs pretrained word vectors"):

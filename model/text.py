@@ -42,6 +42,7 @@ from model.word_vectors import (
     detect_vector_format,
     load_glove_6b_50d,
     load_keyed_vectors,
+    pretrained_key,
     train_word2vec,
 )
 
@@ -107,22 +108,24 @@ def build_sentence_cnn(cfg: TextEncoderConfig, train_texts: Sequence[str], seed:
                              f"embed_dim={cfg.embed_dim}; set embed_dim={primary.vector_size}")
         fallback = train_word2vec(tokenized, dim=cfg.embed_dim, seed=seed, epochs=cfg.word2vec_epochs,
                                   min_count=cfg.min_count)
-        if primary is not None and cfg.pretrained_vocab:
-            vocab = vocab.with_extra_tokens(_vocabulary_words(primary, cfg.pretrained_vocab, tokenizer))
-    matrix, coverage = build_embedding_matrix(vocab, primary, fallback, cfg.embed_dim, seed)
+    training_size = len(vocab)
+    if primary is not None and cfg.pretrained_vocab:
+        vocab = vocab.with_extra_tokens(_vocabulary_words(primary, cfg.pretrained_vocab, tokenizer))
+    matrix, coverage = build_embedding_matrix(vocab, primary, fallback, cfg.embed_dim, seed, pretrained_only_from=training_size)
     encoder = sentence_cnn_from_config(cfg, len(vocab), pretrained=matrix)
     return SentenceCNNBundle(cfg, vocab, encoder, coverage)
 
 
 def _vocabulary_words(vectors: KeyedVectors, count: int, tokenizer) -> list[str]:
     """The first `count` words of `vectors` (frequency order in word2vec and GloVe files) that the tokenizer can
-    produce as a single token: lower-cased, and not split further (phrases such as "New_York" never match a token)."""
+    produce as a single token: lower-cased, and not split further (phrases such as "New_York" never match a token), and
+    whose token finds its way back to a vector (a mixed-case key such as "iPhone" does not: "iphone" would stay random)."""
     words = []
     for word in vectors.index_to_key:
         if len(words) >= count:
             break
         token = word.casefold()
-        if tokenize(word, tokenizer) == [token]:
+        if tokenize(word, tokenizer) == [token] and pretrained_key(vectors, token) is not None:
             words.append(token)
     return words
 

@@ -198,7 +198,7 @@ def load_glove_6b_50d(limit: int | None = None) -> KeyedVectors:
     return kv
 
 
-def _primary_key(kv: KeyedVectors, token: str) -> str | None:
+def pretrained_key(kv: KeyedVectors, token: str) -> str | None:
     """The key of `kv` for a (casefolded) vocabulary token: as is, capitalised, upper-case, or with digits
     as '#' (GoogleNews word2vec writes numbers that way)."""
     for candidate in (token, token.capitalize(), token.upper(), re.sub(r"\d", "#", token)):
@@ -211,8 +211,9 @@ def _primary_key(kv: KeyedVectors, token: str) -> str | None:
 class EmbeddingCoverage:
     """Where each row of an embedding matrix came from.
 
-    `from_primary`, `from_fallback` and `random` count the training words; `pretrained_extra` counts the entries added
-    from the pretrained vectors alone (count 0 in the vocabulary, `pretrained_vocab`), which always get a primary vector.
+    `from_primary`, `from_fallback` and `random` count the training words; `pretrained_extra` counts the entries that
+    `pretrained_vocab` appended from the pretrained vectors (a training word below min count among them included), which
+    get a primary vector, or a random one (counted in `random_extra`) if the vectors cannot give one back.
     """
 
     vocab_size: int
@@ -222,6 +223,7 @@ class EmbeddingCoverage:
     random: int
     special: int = 2
     pretrained_extra: int = 0
+    random_extra: int = 0
     alignment_anchors: int = 0
     alignment_r2: float | None = None
     random_examples: list[str] = field(default_factory=list)
@@ -239,7 +241,7 @@ class EmbeddingCoverage:
 def _fit_alignment(fallback: KeyedVectors, primary: KeyedVectors, seed: int):
     from sklearn.linear_model import Ridge
 
-    pairs = [(w, k) for w in fallback.index_to_key if (k := _primary_key(primary, w)) is not None]
+    pairs = [(w, k) for w in fallback.index_to_key if (k := pretrained_key(primary, w)) is not None]
     if len(pairs) < MIN_ALIGNMENT_ANCHORS:
         raise ValueError(
             f"only {len(pairs)} words are in both the fallback and the primary vectors; at least "
@@ -253,10 +255,11 @@ def _fit_alignment(fallback: KeyedVectors, primary: KeyedVectors, seed: int):
 
 def build_embedding_matrix(vocab: Vocabulary, primary: KeyedVectors | None, fallback: KeyedVectors | None,
                            dim: int | None = None, seed: int = 0, *, align_fallback: bool = True,
-                           ) -> tuple[np.ndarray, EmbeddingCoverage]:
+                           pretrained_only_from: int | None = None) -> tuple[np.ndarray, EmbeddingCoverage]:
     """Rows for every vocabulary id: primary vector, else (aligned) fallback vector, else small random; PAD zero.
 
-    `dim` defaults to the primary's (else the fallback's) size and must agree with it.
+    `dim` defaults to the primary's (else the fallback's) size and must agree with it. `pretrained_only_from`: the
+    first id that `Vocabulary.with_extra_tokens` appended from the pretrained vectors (None: every id is a training word).
     """
     target = primary if primary is not None else fallback
     if dim is None:
@@ -284,7 +287,7 @@ def build_embedding_matrix(vocab: Vocabulary, primary: KeyedVectors | None, fall
     for i, token in enumerate(vocab.tokens):
         if i in (PAD_ID, OOV_ID):
             continue
-        key = _primary_key(primary, token) if primary is not None else None
+        key = pretrained_key(primary, token) if primary is not None else None
         if key is not None:
             matrix[i], source[i] = primary[key], 1
         elif fallback is not None and token in fallback.key_to_index:
@@ -300,15 +303,14 @@ def build_embedding_matrix(vocab: Vocabulary, primary: KeyedVectors | None, fall
     scale = float(np.sqrt(3.0 * known.var())) if len(known) > 1 else DEFAULT_RANDOM_SCALE
     random_ids = [i for i in range(len(vocab)) if source[i] == 0 and i != PAD_ID]
     matrix[random_ids] = rng.uniform(-scale, scale, size=(len(random_ids), dim))
-    # Entries with count 0 besides PAD / OOV came from Vocabulary.with_extra_tokens, not from the training texts.
-    extra = np.array(vocab.counts) == 0
-    extra[[PAD_ID, OOV_ID]] = False
-    training = ~extra
-    training[[PAD_ID, OOV_ID]] = False
+    first_extra = len(vocab) if pretrained_only_from is None else pretrained_only_from
+    if not 2 <= first_extra <= len(vocab):
+        raise ValueError(f"pretrained_only_from={pretrained_only_from} is outside the vocabulary's word ids 2..{len(vocab)}")
+    training, extra = source[2:first_extra], source[first_extra:]  # ids 0 and 1 are PAD and OOV
     coverage = EmbeddingCoverage(
-        vocab_size=len(vocab), dim=dim, from_primary=int((source[training] == 1).sum()),
-        from_fallback=int((source[training] == 2).sum()), random=int((source[training] == 0).sum()),
-        pretrained_extra=int(extra.sum()), alignment_anchors=anchors, alignment_r2=r2,
+        vocab_size=len(vocab), dim=dim, from_primary=int((training == 1).sum()), from_fallback=int((training == 2).sum()),
+        random=int((training == 0).sum()), pretrained_extra=len(extra), random_extra=int((extra == 0).sum()),
+        alignment_anchors=anchors, alignment_r2=r2,
         random_examples=[vocab.tokens[i] for i in random_ids if i != OOV_ID][:20])
     logger.info("embedding matrix: %d primary, %d fallback, %d random, %d pretrained-only of %d", coverage.from_primary,
                 coverage.from_fallback, coverage.random, coverage.pretrained_extra, len(vocab))

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from gensim.models import KeyedVectors
 from torch.nn import functional as F
 
 from model.config import NetworkConfig
@@ -201,6 +202,11 @@ def test_pretrained_vocab_keeps_words_the_training_texts_lack():
     assert (wider.coverage.from_primary, wider.coverage.from_fallback, wider.coverage.random) == (
         plain.coverage.from_primary, plain.coverage.from_fallback, plain.coverage.random)
     assert wider.coverage.pretrained_fraction == plain.coverage.pretrained_fraction < 1
+    # a mixed-case key (like "iPhone") cannot be found again from its token ("iphone"): it is not added to the vocabulary
+    mixed = KeyedVectors(50)
+    mixed.add_vectors(["zzQuux", "Zzcapital"] + glove.index_to_key[:2000], np.vstack([np.ones((2, 50)), glove.vectors[:2000]]))
+    bundle = build_sentence_cnn(dataclasses.replace(cfg, pretrained_vocab=100), TRAIN, seed=0, primary=mixed)
+    assert "zzquux" not in bundle.vocab and "zzcapital" in bundle.vocab and bundle.coverage.random_extra == 0
     with pytest.raises(ValueError, match="pretrained_vocab"):
         TextEncoderConfig(pretrained_vocab=-1)
     with pytest.raises(ValueError, match="needs pretrained word vectors"):

@@ -37,7 +37,7 @@ def test_wordnet_glosses_through_glove_sentence_cnn(wordnet_texts):
     # WordNet glosses are plain English: GloVe 6B should know nearly all of their words.
     assert len(bundle.vocab) > 3000
     assert cov.pretrained_fraction > 0.9, cov.to_dict()
-    assert cov.from_primary + cov.from_fallback + cov.random + cov.special == len(bundle.vocab)
+    assert cov.from_primary + cov.from_fallback + cov.random + cov.special + cov.pretrained_extra == len(bundle.vocab)
     ids = bundle.vocab.encode(wordnet_texts, cfg.max_len)
     assert ids.shape[0] == 1000 and ids.shape[1] <= 48
     assert (ids == 1).float().mean() == 0  # every training word is in the vocabulary (min_count=1)

@@ -162,6 +162,20 @@ def test_embedding_matrix_fill_order():
     np.testing.assert_array_equal(matrix, again)
 
 
+def test_embedding_coverage_counts_appended_pretrained_words_apart():
+    vocab = Vocabulary.build(["alpha alpha beta beta"], tokenizer=TokenizerConfig(cjk="bigram"))
+    wider = vocab.with_extra_tokens(["paris", "zulu"])  # "zulu" has no vector: its row stays random
+    primary = _kv(["alpha", "Paris"], [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    _, plain = build_embedding_matrix(vocab, primary, None, dim=3, seed=0)
+    matrix, coverage = build_embedding_matrix(wider, primary, None, dim=3, seed=0, pretrained_only_from=len(vocab))
+    np.testing.assert_array_equal(matrix[wider.id_of("paris")], primary["Paris"])
+    assert (coverage.from_primary, coverage.random, coverage.pretrained_extra, coverage.random_extra) == (1, 1, 2, 1)
+    assert coverage.pretrained_fraction == plain.pretrained_fraction == 0.5
+    for bad in (1, len(wider) + 1):
+        with pytest.raises(ValueError, match="pretrained_only_from"):
+            build_embedding_matrix(wider, primary, None, dim=3, pretrained_only_from=bad)
+
+
 def test_embedding_matrix_dimension_checks():
     vocab = Vocabulary.build(["a b c"], tokenizer=TokenizerConfig(cjk="bigram"))
     primary, fallback = _kv(["a"], [[1.0, 2.0]]), _kv(["b"], [[1.0, 2.0, 3.0]])

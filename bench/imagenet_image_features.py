@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import ImageOps
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -50,7 +51,8 @@ def extract(paths: list[str], backbone_name: str, crop: int | None, mirrored: bo
         backbone.preprocess = dataclasses.replace(own, crop=crop, resize=round(crop * own.resize / own.crop))
     preprocess = backbone.preprocess
     chunks = []
-    for start in range(0, len(paths), batch_size):
+    for start in tqdm(range(0, len(paths), batch_size), desc=f"{backbone_name} {preprocess.crop}{' mirrored' if mirrored else ''}",
+                      unit="batch"):
         crops = [preprocess.resize_and_crop(load_image(p, draft_size=preprocess.resize)) for p in paths[start:start + batch_size]]
         features = backbone.extract(preprocess.normalise(crops))
         if mirrored:
@@ -108,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                         "date": time.strftime("%Y-%m-%d"), "command": "python bench/imagenet_image_features.py"}
     lines = ["# Image features on imagenet-sample-wordnet: linear-probe accuracy", "",
              f"{results['_meta']['probe']} on {len(ids)} items ({results['_meta']['split']}). Produced by "
-             f"`{results['_meta']['command']}` on {results['_meta']['date']}.", "",
+             f"`{results['_meta']['command']}` on {results['_meta']['date']}. The probe table in "
+             "results-imagenet-sample.md scores differently (standardised features, C chosen on each fold's validation "
+             "split, test accuracy), so the two agree only roughly for the same features.", "",
              "| features | dim | accuracy (22 coarse classes) | C |", "|---|---|---|---|"]
     lines += [f"| {name} | {r['dim']} | {r['accuracy']:.3f} ± {r['std_over_cv_folds']:.3f} | {r['C']:g} |"
               for name, r in results.items() if not name.startswith("_")]

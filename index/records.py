@@ -24,8 +24,8 @@ In memory (`RecordReader(..., in_memory=True)`, what `SearchIndex.load` chooses 
 list indexes and one tuple. Search results are built right after a FAISS search has flushed the CPU caches, where
 slicing the map and a JSON decode cost 60-100 us for one query (10-15 % of an HNSW search) and the table 20-30 us.
 Measured on the benchmark's records (65-byte lines, 200,000 entries): 447 bytes per entry and 1.0-2.0 s of load time
-(10-28 s at 1M entries on a loaded 2-core machine; the JSON decode of the whole file, then the columns); an item indexed on both sides shares its objects between its
-two entries (560 bytes per item, 280 per entry). Loading the table also checks every entry, so damage that the map
+(10-28 s at 1M entries on a loaded 2-core machine; the JSON decode of the whole file, then the columns); an item
+indexed on both sides shares its objects between its two entries (560 bytes per item, 280 per entry). Loading the table also checks every entry, so damage that the map
 would only meet when a search returns the damaged key is reported at load.
 """
 from __future__ import annotations
@@ -288,9 +288,8 @@ class RecordReader:
         return IndexCorruptError(f"{self.path} holds entries that do not fit records format {self.format} ({exc!r}); rebuild the index version")
 
     def _raise_unreadable(self, keys: np.ndarray) -> None:
-        missing = keys[self._spans[keys][:, 0] < 0]
-        if len(missing):
-            raise IndexCorruptError(f"{self.path}: FAISS returned keys {missing[:5].tolist()}, which have no record; rebuild the index version")
+        if (self._spans[keys][:, 0] < 0).any():
+            raise self.missing_keys_error(keys.tolist())
         raise IndexCorruptError(f"{self.path}: the records of keys {keys[:5].tolist()}... are not valid JSON; rebuild the index version")
 
     def missing_keys_error(self, keys: list[int]) -> IndexCorruptError:

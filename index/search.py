@@ -345,7 +345,6 @@ class SearchIndex:
         return self._build_hits(scores, keys)
 
 
-
 def _hits_from_records(records: RecordReader, scores: np.ndarray, keys: np.ndarray) -> list[list[SearchHit]]:
     """SearchIndex._hits for any results: rows cut at their first -1 key; from the memory map without the in-memory table."""
     # the map: one slice per hit and one JSON decode for all hits of the call
@@ -416,13 +415,13 @@ def _normalise_queries(queries: np.ndarray) -> np.ndarray:
     """
     x = np.array(queries, dtype=np.float32, copy=True, order="C")
     n, d = x.shape
-    pointer = faiss.swig_ptr(x)
+    pointer = _swig_ptr(x)
     faiss.fvec_renorm_L2(d, n, pointer)  # what faiss.normalize_L2 does, minus a Python-level call
     if n == 1:
         ok = faiss.fvec_norm_L2sqr(pointer, d) > 0.5
     else:
         norms = np.empty(n, dtype=np.float32)
-        faiss.fvec_norms_L2sqr(faiss.swig_ptr(norms), pointer, d, n)
+        faiss.fvec_norms_L2sqr(_swig_ptr(norms), pointer, d, n)
         ok = bool((norms > 0.5).all())
     # rows too tiny for their squared norm to be a normal float stay unnormalised (as fi.normalise_rows leaves them)
     return x if ok else fi.normalise_rows(queries, "query vectors")

@@ -92,6 +92,15 @@ def test_evaluate_cli_prints_table_and_writes_json(tmp_path):
     assert res["avg"] == pytest.approx((res["i2t"] + res["t2i"]) / 2)
 
 
+def test_train_cli_sets_the_loss_weights(tmp_path):
+    feats = save_feature_splits(tiny_splits(), tmp_path / "feats.npz")
+    p = _cli("train", "--features", str(feats), "--epochs", "2", "--batch-size", "16", "--lambda-j2", "0.5", "--eta-j3", "0",
+             "--out", str(tmp_path / "m"), "--no-progress")
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    loss = json.loads((tmp_path / "m" / "config.json").read_text())["loss"]
+    assert (loss["lambda_j2"], loss["eta_j3"]) == (0.5, 0.0)
+
+
 @pytest.mark.parametrize("problem", ["rows", "nan", "empty_class", "empty_val", "bad_label"])
 def test_bad_input_is_refused_before_training(problem):
     data = tiny_splits()

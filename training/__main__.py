@@ -53,6 +53,10 @@ def build_config(args: argparse.Namespace, data, prepared=None):
         overrides["progress"] = False
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
     loss = loss_for_ablation(cfg.loss, args.ablation)
+    if args.lambda_j2 is not None:
+        loss = dataclasses.replace(loss, lambda_j2=args.lambda_j2)
+    if args.eta_j3 is not None:
+        loss = dataclasses.replace(loss, eta_j3=args.eta_j3)
     if args.norm_form:
         loss = dataclasses.replace(loss, norm_form=args.norm_form)
     if args.classifier_update:
@@ -75,6 +79,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after this many epochs without a better validation mAP")
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--ablation", default="full", choices=["full", "no_j1", "no_j2", "no_j3", "j1_only"])
+    parser.add_argument("--lambda-j2", type=float, metavar="W", help="weight of J2, the common-space loss (released code: 1e-3)")
+    parser.add_argument("--eta-j3", type=float, metavar="W", help="weight of J3, the modality-invariance loss (released code: 0.1)")
     parser.add_argument("--norm-form", choices=["released", "paper"])
     parser.add_argument("--classifier-update", choices=["gradient", "ridge"])
     parser.add_argument("--no-progress", action="store_true")

@@ -77,6 +77,12 @@ DSCMR_ROWS = {
     "DSCMR, MiniLM sentence vectors": "minilm",
 }
 EARLY_STOPPING = 15  # DSCMR rows stop after this many epochs without a better validation mAP
+# DSCMR's loss weights (J = J1 + lambda * J2 + eta * J3) tried for each DSCMR row once its text setting is chosen (with the
+# released weights); the pair with the best fold-0 VALIDATION mAP runs on every fold. The paper leaves both as
+# hyper-parameters (its Eq. 5) without values; the first pair is the released code's.
+RELEASED_LOSS_WEIGHTS = (1e-3, 1e-1)
+LOSS_WEIGHTS: tuple[tuple[float, float], ...] = (RELEASED_LOSS_WEIGHTS, (1e-3, 1e-2), (1e-3, 0.0), (1e-1, 1e-1), (1e-1, 1e-2),
+                                                 (1e-1, 0.0), (1.0, 1e-1), (1.0, 1e-2), (1.0, 0.0))
 AUTHORS_ROW = "authors' loop (paper preset, mean GloVe-50 text)"
 SM_ROW = "semantic matching (mean GloVe-50 text)"
 CCA_ROW = "CCA (mean GloVe-50 text)"
@@ -194,6 +200,11 @@ def mean_glove_text(data: FeatureSplits, corpus: Corpus) -> FeatureSplits:
 # ----------------------------------------------------------------------------------------------------------------
 # Methods
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def loss_weights_suffix(weights: tuple[float, float]) -> str:
+    """The run-key part naming non-released loss weights ("" for the released ones, so older runs stay valid)."""
+    return "" if weights == RELEASED_LOSS_WEIGHTS else f"-lam{weights[0]:g}-eta{weights[1]:g}"
 
 
 def dscmr_config(base: str, epochs: int, overrides: dict[str, dict[str, Any]] | None = None) -> DSCMRConfig:
@@ -385,8 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     minilm_fold0 = load_prepared(prepare_fold(corpus, 0, "minilm", work)).feature_splits()
 
-    def dscmr_run(key: str, fold: int) -> dict[str, Any]:
-        """One DSCMR run (cached) of text setting `key` (a CNN candidate or "minilm") on `fold`."""
+    def loss_overrides(weights: tuple[float, float]) -> dict[str, dict[str, float]]:
+        return {"loss": {"lambda_j2": weights[0], "eta_j3": weights[1]}}
+
+    def dscmr_run(key: str, fold: int, weights: tuple[float, float] = RELEASED_LOSS_WEIGHTS) -> dict[str, Any]:
+        """One DSCMR run (cached) of text setting `key` (a CNN candidate or "minilm") with loss `weights` on `fold`."""
+        run_key = f"{key}{loss_weights_suffix(weights)}-e{epochs}"
+
         def train() -> dict[str, Any]:
             prepared = load_prepared(prepare_fold(corpus, 0 if key == "minilm" else fold, key, work))
             if key == "minilm":
@@ -394,10 +410,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 data, encoder, text_dim = prepared.feature_splits(), prepared.build_text_encoder(), prepared.text_config.output_dim
             # Fold 0's models are kept: the figures are drawn from the best configuration's.
-            model_out = work / "models" / f"{key}-e{epochs}" if fold == 0 else None
-            return run_dscmr(data, tuned(), encoder, text_dim, run_dir=work / "runs" / f"{key}-e{epochs}-f{fold}",
+            model_out = work / "models" / run_key if fold == 0 else None
+            return run_dscmr(data, tuned(loss_overrides(weights)), encoder, text_dim, run_dir=work / "runs" / f"{run_key}-f{fold}",
                              model_out=model_out, prepared=prepared)
-        return cached_run(work, f"{key}-e{epochs}-f{fold}", train)
+        return cached_run(work, f"{run_key}-f{fold}", train)
 
     # Each word-vector source's sentence-CNN setting: the candidate with the best fold-0 validation mAP.
     chosen: dict[str, str] = {}
@@ -408,11 +424,21 @@ def main(argv: list[str] | None = None) -> int:
         chosen[source] = max(val, key=val.get)
         selection[source] = {"fold0_val_avg": val, "chosen": chosen[source],
                              "configs": {key: text_encoder_config_to_dict(CNN_TEXTS[key]) for key in val}}
+    # Then each row's loss weights, on the same validation split.
+    chosen_weights: dict[str, tuple[float, float]] = {}
+    weight_selection: dict[str, Any] = {}
+    for source in dscmr_rows.values():
+        key = chosen.get(source, source)
+        print(f"choosing the loss weights of {key} on fold 0's validation split", flush=True)
+        val = {weights: dscmr_run(key, 0, weights)["val_avg"] for weights in LOSS_WEIGHTS}
+        chosen_weights[source] = max(val, key=val.get)
+        weight_selection[source] = {"text": key, "chosen": {"lambda_j2": chosen_weights[source][0], "eta_j3": chosen_weights[source][1]},
+                                    "fold0_val_avg": [{"lambda_j2": w[0], "eta_j3": w[1], "val_avg": v} for w, v in val.items()]}
     probes: list[dict[str, float]] = []
     for fold in range(args.folds):
         print(f"fold {fold} (split seed {fold})", flush=True)
         for row_name, source in dscmr_rows.items():
-            rows.setdefault(row_name, []).append(dscmr_run(chosen.get(source, source), fold))
+            rows.setdefault(row_name, []).append(dscmr_run(chosen.get(source, source), fold, chosen_weights[source]))
         glove_mean = mean_glove_text(resplit(minilm_fold0, corpus, fold), corpus)
         if not args.skip_authors:
             rows.setdefault(AUTHORS_ROW, []).append(cached_run(work, f"authors-e{args.authors_epochs}-f{fold}", lambda: run_dscmr(
@@ -431,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     # The best DSCMR configuration is the one with the best mean VALIDATION mAP; its ablations follow.
     best_name = max(dscmr_rows, key=lambda n: np.mean([r["val_avg"] for r in rows[n]]))
     best_key = chosen.get(dscmr_rows[best_name], dscmr_rows[best_name])
+    best_weights = chosen_weights[dscmr_rows[best_name]]
     ablations: dict[str, list[dict[str, Any]]] = {}
     for fold in range(ablation_folds):
         if best_key == "minilm":
@@ -439,19 +466,23 @@ def main(argv: list[str] | None = None) -> int:
             prepared = load_prepared(prepare_fold(corpus, fold, best_key, work))
             data, encoder_fn, text_dim = prepared.feature_splits(), prepared.build_text_encoder, prepared.text_config.output_dim
         for ablation in ("no_j1", "no_j2", "no_j3", "j1_only"):
-            cfg = tuned()
+            cfg = tuned(loss_overrides(best_weights))
             cfg = dataclasses.replace(cfg, loss=loss_for_ablation(cfg.loss, ablation))
+            # J1 alone does not depend on the weights: its runs are shared by every weight choice.
+            suffix = "" if ablation == "j1_only" else loss_weights_suffix(best_weights)
             ablations.setdefault(f"{best_name} - ablation {ablation}", []).append(cached_run(
-                work, f"{best_key}-e{epochs}-{ablation}-f{fold}", lambda: run_dscmr(data, cfg, encoder_fn(), text_dim)))
+                work, f"{best_key}{suffix}-e{epochs}-{ablation}-f{fold}", lambda: run_dscmr(data, cfg, encoder_fn(), text_dim)))
 
-    figures = draw_figures(work, best_key, epochs, corpus, out)
+    figures = draw_figures(work, best_key, f"{best_key}{loss_weights_suffix(best_weights)}-e{epochs}", corpus, out)
     results: dict[str, Any] = {}
     for name, fold_rows in rows.items():
         extra = {"kind": "dscmr" if name in DSCMR_ROWS else "authors_loop" if name == AUTHORS_ROW else "ceiling" if name == CEILING_ROW
                  else "baseline"}
         if name in DSCMR_ROWS:
             key = chosen.get(DSCMR_ROWS[name], DSCMR_ROWS[name])
+            weights = chosen_weights[DSCMR_ROWS[name]]
             extra["config"] = {"preset": "wiki-tuned", "epochs": epochs, "early_stopping_patience": EARLY_STOPPING, "text": key,
+                               "lambda_j2": weights[0], "eta_j3": weights[1],
                                **({"text_config": selection[DSCMR_ROWS[name]]["configs"][key]} if key in CNN_TEXTS else {})}
         if name == AUTHORS_ROW:
             extra["config"] = {"preset": "paper", "epochs": args.authors_epochs}
@@ -463,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 "std": float(statistics.stdev([p[name] for p in probes])) if len(probes) > 1 else None,
                                                 "folds": [p[name] for p in probes]} for name in probes[0]}
     results["_text_selection"] = selection
+    results["_loss_weight_selection"] = weight_selection
     results["_speed"] = speed
     results["_figures"] = figures
     results["_meta"] = {"dataset": "imagenet-sample-wordnet (1,000 photos, 22 coarse classes, single-label)",
@@ -479,15 +511,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def draw_figures(work: Path, key: str, epochs: int, corpus: Corpus, out: Path) -> dict[str, str]:
+def draw_figures(work: Path, text_key: str, run_key: str, corpus: Corpus, out: Path) -> dict[str, str]:
     """Fig. 2 and Fig. 3 of the best configuration's fold-0 run, as `python -m training figures` draws them."""
     from training.figures import make_figures
 
-    run_dir, model_dir = work / "runs" / f"{key}-e{epochs}-f0", work / "models" / f"{key}-e{epochs}"
+    run_dir, model_dir = work / "runs" / f"{run_key}-f0", work / "models" / run_key
     if not model_dir.is_dir() or not any(model_dir.iterdir()):
         print(f"no saved fold-0 model in {model_dir} (its run was cached before models were kept); figures skipped", flush=True)
         return {}
-    data = load_prepared(prepare_fold(corpus, 0, key, work)).feature_splits()
+    data = load_prepared(prepare_fold(corpus, 0, text_key, work)).feature_splits()
     made = make_figures(run_dir, model_dir, data, out / "figures", prefix="imagenet-sample-")
     return {k: str(Path(v).resolve().relative_to(REPO)) if Path(v).resolve().is_relative_to(REPO) else v for k, v in made.items()}
 
@@ -551,6 +583,24 @@ def _selection_lines(selection: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _loss_weight_lines(selection: dict[str, Any]) -> list[str]:
+    """Each DSCMR row's loss-weight candidates with their fold-0 validation mAP (the chosen pair in bold)."""
+    if not selection:
+        return []
+    pairs = [(c["lambda_j2"], c["eta_j3"]) for c in next(iter(selection.values()))["fold0_val_avg"]]
+    lines = ["## Loss weights, chosen on validation", "",
+             "J = J1 + lambda * J2 + eta * J3. Once a row's text setting is chosen (with the released weights, lambda 1e-3 and "
+             "eta 0.1), each pair below ran on fold 0 and the best fold-0 validation mAP (bold) ran on every fold. The paper "
+             "leaves both weights as hyper-parameters (its Eq. 5) without giving values.", "",
+             "| row (text setting) | " + " | ".join(f"lambda {lam:g}, eta {eta:g}" for lam, eta in pairs) + " |",
+             "|---|" + "---|" * len(pairs)]
+    for sel in selection.values():
+        best = (sel["chosen"]["lambda_j2"], sel["chosen"]["eta_j3"])
+        cells = [f"**{c['val_avg']:.4f}**" if (c["lambda_j2"], c["eta_j3"]) == best else f"{c['val_avg']:.4f}" for c in sel["fold0_val_avg"]]
+        lines.append(f"| {sel['text']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _ceiling_lines(results: dict[str, Any]) -> list[str]:
     """How well each feature alone predicts the class, and what semantic matching reaches with a perfect text side."""
     probes, ceiling = results.get("_linear_probe_accuracy"), results.get(CEILING_ROW)
@@ -597,11 +647,12 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += ["", f"**Note.** {meta['note']}"]
     lines += ["", f"Best DSCMR configuration on validation: **{results['_best_dscmr']}**. DSCMR rows: preset `wiki-tuned` "
               f"(Adam lr 1e-3, cosine decay, no dropout), up to {meta['dscmr_epochs']} epochs (stopped after "
-              f"{EARLY_STOPPING} without a better validation mAP), best epoch on validation. "
+              f"{EARLY_STOPPING} without a better validation mAP), best epoch on validation, loss weights per row as chosen below. "
               + (f"Authors' loop: preset `paper` (the released code: Adam lr 1e-4, betas (0.5, 0.999), batch 100), "
                  f"{meta['authors_epochs']} epochs, on the mean GloVe-50 vector of the text." if AUTHORS_ROW in results else
                  "The authors' loop was not run (--skip-authors)."), "",
               *_selection_lines(results.get("_text_selection") or {}),
+              *_loss_weight_lines(results.get("_loss_weight_selection") or {}),
               "## Ablations of the best configuration", "", "| variant | I->T | T->I | average | val avg | folds |", "|---|---|---|---|---|---|"]
     for name, row in results.items():
         if not name.startswith("_") and row.get("kind") == "ablation":

@@ -658,6 +658,18 @@ def render_markdown(results: dict[str, Any]) -> str:
         if not name.startswith("_") and row.get("kind") == "ablation":
             lines.append(f"| {name.split(' - ')[-1]} | {_pm(row, 'i2t')} | {_pm(row, 't2i')} | **{_pm(row, 'avg')}** | "
                          f"{row['val_avg']:.4f} | {row['n_folds']} |")
+    best_config = results[results["_best_dscmr"]].get("config", {})
+    if "lambda_j2" in best_config:
+        lam, eta = best_config["lambda_j2"], best_config["eta_j3"]
+        lines += ["", f"The ablations keep the best configuration's loss weights (lambda {lam:g}, eta {eta:g}) for the terms they keep."]
+        # A zero weight switches its term off, so two ablations then train objectives that another row already trains.
+        same = {"J2": "no_j2 trains the same objective as the full model and no_j3 the same as j1_only",
+                "J3": "no_j3 trains the same objective as the full model and no_j2 the same as j1_only"}
+        off = [term for term, weight in (("J2", lam), ("J3", eta)) if weight == 0]
+        if len(off) == 1:
+            lines[-1] += f" Its weight of {off[0]} is 0, so {same[off[0]]}: their figures are equal."
+        elif off:
+            lines[-1] += " Both weights are 0, so the full model is j1_only, and so are no_j2 and no_j3."
     lines += _ceiling_lines(results)
     if results.get("_figures"):
         lines += ["", "## Figures", "", "Drawn by `python -m training figures` from the best configuration's fold-0 run:", ""]

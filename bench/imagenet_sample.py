@@ -4,8 +4,9 @@ semantic matching and CCA, the ablations of the best DSCMR configuration, and th
 Every model / hyper-parameter is selected on the validation split; the test split is evaluated once per run.
 Main rows are averaged over stratified 80/10/10 folds (fold k = split seed k; fold 0 = the dataset's seed-0 split).
 Each finished run is stored under WORK/runs/ and reused on a rerun, so an interrupted benchmark resumes.
-Run keys name the text setting, the epochs and the fold, not every hyper-parameter: give a changed setting a new
-name (a prepared folder whose text setting differs from what its name now means is refused).
+Run keys name the text setting, the loss weights (unless they are the released ones), the epochs and the fold, not
+every other hyper-parameter: give a changed setting a new name (a prepared folder whose text setting differs from what
+its name now means is refused).
 
     python bench/imagenet_sample.py                        # 5 folds, default epochs
     python bench/imagenet_sample.py --folds 1 --epochs 20  # fewer folds / epochs

@@ -281,7 +281,8 @@ def media_urls(request: Request, item_id: str) -> tuple[str, str]:
     return url, f"{url}?size={THUMBNAIL_SIZE}"
 
 
-def search_response(request: Request, state: ServingState, hits, k: int, target: Target, stages: dict[str, float]) -> SearchResponse:
+def search_response(request: Request, state: ServingState, hits, k: int, target: Target, stages: dict[str, float],
+                    unknown_words: list[str] | None = None) -> SearchResponse:
     """The response body of a search."""
     results = []
     for hit in hits:
@@ -295,7 +296,7 @@ def search_response(request: Request, state: ServingState, hits, k: int, target:
     started = request.scope.get(STARTED_KEY, time.perf_counter())
     return SearchResponse(results=results, model_hash=state.model_hash, index_version=state.index_version,
                           took_ms=round((time.perf_counter() - started) * 1000, 2), k=k, target=target,
-                          stages_ms={name: round(s * 1000, 3) for name, s in stages.items()})
+                          stages_ms={name: round(s * 1000, 3) for name, s in stages.items()}, unknown_words=unknown_words)
 
 
 IMAGE_REQUEST_BODY = {
@@ -362,13 +363,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         def work():
             t0 = time.perf_counter()
             vectors = state.encoder.encode_texts([text])
+            unknown = state.encoder.unknown_words(text)
             t1 = time.perf_counter()
             hits = state.index.search_vectors(vectors, body.k, body.target, body.labels)[0]
-            return hits, {"encode": t1 - t0, "search": time.perf_counter() - t1}
+            return (hits, unknown), {"encode": t1 - t0, "search": time.perf_counter() - t1}
 
-        hits, stages = await service.run_cpu(work)
+        (hits, unknown), stages = await service.run_cpu(work)
         service.metrics.observe_stages("/search/text", stages)
-        return search_response(request, state, hits, body.k, body.target, stages)
+        return search_response(request, state, hits, body.k, body.target, stages, unknown_words=unknown)
 
     @app.post("/search/image", response_model=SearchResponse, responses=ERROR_RESPONSES, tags=["search"],
               openapi_extra={"requestBody": IMAGE_REQUEST_BODY}, summary="Find texts (or images) matching a picture")

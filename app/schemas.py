@@ -81,12 +81,16 @@ class SearchResponse(BaseModel):
         "results": [{"id": "u1f60e", "score": 0.71, "modality": "image", "labels": ["Smileys & Emotion"], "text": None,
                      "image_url": "/media/u1f60e", "thumbnail_url": "/media/u1f60e?size=160"}],
         "model_hash": "1e465cf46d409e73f5b9645d2e098d6985bd55f19807cd8876e90637ab283920",
-        "index_version": "v20261129T065642823218Z-3f010c", "took_ms": 4.2, "k": 10, "target": "image"}]})
+        "index_version": "v20261129T065642823218Z-3f010c", "took_ms": 4.2, "k": 10, "target": "image", "unknown_words": []}]})
 
     results: list[SearchResult]
     model_hash: str = Field(description="content hash of the model that encoded the query")
     index_version: str = Field(description="index version that was searched")
     took_ms: float = Field(description="time spent in the service for this request")
+    unknown_words: list[str] | None = Field(
+        None, description="text searches with a word-vector model: the query's words (character n-grams for scripts written "
+                          "without spaces) that the model's vocabulary lacks; each reaches the model as the one unknown-word "
+                          "token, so a query made only of them finds nothing in particular")
     k: int
     target: Target
     stages_ms: dict[str, float] = Field(default_factory=dict, description="time per stage: queue, decode, encode, search")

@@ -104,12 +104,13 @@ class CrossModalEncoder:
             self._backbone = build_image_backbone_of(artefact).to(self.device)
         self._text_kind = text_spec.get("kind", "features")
         self._tokenize = None
+        self._vocab = None
         self._sentence_encoder = None
         if self._text_kind == "sentence_cnn":
             from model.text import TextEncoderConfig, Vocabulary
 
             text_cfg = from_dict(TextEncoderConfig, text_spec["config"])
-            vocab = Vocabulary.from_dict(artefact.vocab)
+            vocab = self._vocab = Vocabulary.from_dict(artefact.vocab)
             self._tokenize = lambda texts: vocab.encode(texts, max_len=text_cfg.max_len)
         elif self._text_kind == "minilm":
             from model.text import MiniLMSentenceEncoder
@@ -161,6 +162,14 @@ class CrossModalEncoder:
         if self._backbone is None:
             raise ModelArtefactError("this model was trained on precomputed image features and has no image backbone; it cannot encode pictures")
         return self._backbone.extract_images(list(images), self.device).float().to(self.device)
+
+    def unknown_words(self, text: str) -> list[str] | None:
+        """Words of `text` that the model's vocabulary lacks, in order, once each (None for text encoders without one)."""
+        if self._vocab is None:
+            return None
+        # Punctuation tokens are left out: a user reads this list as "words the model did not understand".
+        return list(dict.fromkeys(token for token in self._vocab.tokenize(text)
+                                  if token not in self._vocab and any(ch.isalnum() for ch in token)))
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

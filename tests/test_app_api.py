@@ -15,6 +15,7 @@ from PIL import Image
 
 from index.metadata import MetadataStore
 from index.store import load_manifest, resolve_version
+from model.corpus import load_corpus
 from tests.app_fixtures import REPO
 
 
@@ -230,3 +231,12 @@ def test_cli_refuses_invalid_settings_with_a_clear_message():
                             env={"PATH": "/usr/bin:/bin", "DSCMR_PORT": "not-a-port"})
     assert result.returncode == 2
     assert "DSCMR_PORT" in result.stderr
+
+
+def test_text_search_names_the_words_the_model_does_not_know(api, app_artefacts):
+    corpus = load_corpus(app_artefacts.corpus_dir)
+    train_text = corpus.items[corpus.position(corpus.splits["train"][0])].text
+    # The vocabulary holds every word of the training texts (min count 1).
+    assert api.post("/search/text", json={"text": train_text, "k": 3}).json()["unknown_words"] == []
+    body = api.post("/search/text", json={"text": f"{train_text} qzxv Qzxv blorptangle ?!", "k": 3}).json()
+    assert body["unknown_words"] == ["qzxv", "blorptangle"] and len(body["results"]) == 3

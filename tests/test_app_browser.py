@@ -104,3 +104,11 @@ def test_errors_are_shown_to_the_user(page):
     page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a picture"})
     sync_api.expect(page.locator("#message")).to_have_class("message error")
     sync_api.expect(page.locator("#message")).to_contain_text("not an image")
+
+
+def test_words_the_model_does_not_know_are_named(page):
+    page.fill("#query", "a happy face qzxv")
+    page.press("#query", "Enter")
+    sync_api.expect(page.locator("#results .result-image")).to_have_count(20)
+    sync_api.expect(page.locator("#message")).to_contain_text("words the model does not know:")
+    sync_api.expect(page.locator("#message")).to_contain_text("qzxv")

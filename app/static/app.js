@@ -79,7 +79,9 @@ function setPreview(blob) {
 function render(data, what) {
   els.results.replaceChildren(...data.results.map(card));
   const n = data.results.length;
-  showMessage(`${n} result${n === 1 ? "" : "s"} for ${what} in ${data.took_ms.toFixed(1)} ms`);
+  const unknown = data.unknown_words || [];
+  showMessage(`${n} result${n === 1 ? "" : "s"} for ${what} in ${data.took_ms.toFixed(1)} ms` +
+    (unknown.length ? `; words the model does not know: ${unknown.join(", ")}` : ""));
   showVersion(data.model_hash, data.index_version);
 }
 

@@ -151,7 +151,9 @@ class SentenceCNN(nn.Module):
             # blanked tokens become inner pads (zero vectors); the text keeps its length
             blank = torch.rand(token_ids.shape, device=token_ids.device) < self.word_dropout
             token_ids = token_ids.masked_fill(blank, PAD_ID)
-        x = self.embedding(token_ids.long())
+        # Pads are zeroed here rather than trusted to the PAD row (zero only while padding_idx guards it in training),
+        # so that a text's vector never depends on how much padding its batch needed.
+        x = self.embedding(token_ids.long()).masked_fill((token_ids == PAD_ID)[..., None], 0.0)
         shortfall = max(self.widths) - x.shape[1]
         if shortfall > 0:
             x = F.pad(x, (0, 0, 0, shortfall))
@@ -165,7 +167,7 @@ class SentenceCNN(nn.Module):
             feature_map = feature_map.masked_fill(outside[:, None, :], float("-inf"))
             pooled.append(F.relu(feature_map.amax(2)))  # ReLU commutes with max
         if self.mean_vector:
-            # PAD rows are zero, so the sum over all positions is the sum over the tokens; dividing by the tokens left
+            # Pads are zero, so the sum over all positions is the sum over the tokens; dividing by the tokens left
             # after word dropout keeps training and evaluation on the same scale
             kept = (token_ids != PAD_ID).sum(1).clamp_min(1).to(x.dtype)
             pooled.append(x.sum(2) / kept[:, None])

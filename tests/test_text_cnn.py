@@ -70,6 +70,21 @@ def test_appending_pads_does_not_change_output_and_dropout_only_in_training():
         assert (cnn(ids) == 0).float().mean() > (base == 0).float().mean()  # dropout zeroes features
 
 
+def test_a_nonzero_pad_row_does_not_leak_into_the_output():
+    # padding_idx keeps the PAD row at zero only in training; loaded or edited weights may carry another one.
+    torch.manual_seed(2)
+    cnn = SentenceCNN(vocab_size=30, embed_dim=8, widths=(3, 4, 5), maps=6, dropout=0.0, mean_vector=True).eval()
+    with torch.no_grad():
+        cnn.embedding.weight[0] = torch.randn(8)
+        short = torch.tensor([[4, 5]])  # shorter than the widest filter
+        longer = torch.tensor([[7, 8, 9, 10, 11, 12]])
+        alone = [cnn(short), cnn(longer)]
+        batch = torch.zeros(2, 6, dtype=torch.long)
+        batch[0, :2], batch[1] = short[0], longer[0]
+        together = cnn(F.pad(batch, (0, 5)))
+    torch.testing.assert_close(together, torch.cat(alone), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("freeze", [True, False])
 def test_gradient_reaches_embeddings_only_when_not_frozen(freeze):
     pretrained = np.random.default_rng(0).normal(size=(20, 6)).astype(np.float32)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from model.artefact import sha256_file
 from model.config import from_dict
 from model.corpus import SPLITS, Corpus, Item, load_corpus
+from model.feature_cache import CACHE_DIR, FeatureCache, backbone_fingerprint, image_file_key
 from model.image_io import ImageDecodeError, load_image
 from model.sentence_cnn import TextEncoderConfig
 from model.text_tokenize import OOV_ID, PAD_ID
@@ -38,7 +39,6 @@ FEATURES_FILE = "image_features.npy"
 TEXT_FILE = "text_input.npy"
 EMBEDDINGS_FILE = "word_embeddings.npy"
 VOCAB_FILE = "vocab.json"
-CACHE_DIR = "feature_cache"
 PREPARED_FORMAT = 1
 
 
@@ -72,68 +72,16 @@ def _rank_and_world(shard: tuple[int, int] | None) -> tuple[int, int]:
     return 0, 1
 
 
-def _atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
-def backbone_fingerprint(backbone) -> str:
-    """Identifies what a cached feature depends on besides the image: the backbone, its weights and its preprocessing."""
-    pre = dataclasses.asdict(backbone.preprocess) if dataclasses.is_dataclass(backbone.preprocess) else repr(backbone.preprocess)
-    blob = json.dumps({"name": backbone.name, "weights": backbone.weights_sha256, "layer": backbone.feature_layer,
-                       "preprocess": pre}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-class FeatureCache:
-    """Backbone features keyed by image sha256, stored as atomically written chunk files (key list + float32 rows)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def load_index(self) -> dict[str, tuple[Path, int]]:
-        """image sha256 -> (chunk file, row) for everything cached; damaged chunks are ignored (and recomputed)."""
-        found: dict[str, tuple[Path, int]] = {}
-        for path in sorted(self.directory.glob("chunk-*.npz")):
-            try:
-                with np.load(path) as data:
-                    keys = [str(k) for k in data["keys"]]
-            except (OSError, ValueError, KeyError, EOFError) as exc:
-                log.warning("ignoring damaged feature-cache file %s (%s); its images are recomputed", path, exc)
-                continue
-            for row, key in enumerate(keys):
-                found.setdefault(key, (path, row))
-        return found
-
-    def write_chunk(self, name: str, keys: list[str], features: np.ndarray) -> Path:
-        """Store one batch of features under a unique chunk name."""
-        path = self.directory / f"chunk-{name}.npz"
-        _atomic_save_npz(path, keys=np.asarray(keys), features=np.asarray(features, dtype=np.float32))
-        return path
-
-
-def _image_key(path: str) -> str | None:
-    try:
-        return sha256_file(Path(path))
-    except OSError:
-        return None
-
-
 def image_keys(items: list[Item], workers: int) -> list[str | None]:
     """sha256 of each item's image file (None where it cannot be read): the feature cache's keys."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(_image_key, [it.image_path for it in items]))
+        return list(pool.map(image_file_key, [it.image_path for it in items]))
 
 
 def extract_missing_features(items: list[Item], keys: list[str | None], cache: FeatureCache, backbone, cfg: PrepareConfig,
@@ -362,6 +310,12 @@ class PreparedData:
         """The vocabulary a sentence-CNN model saves with itself (None for sentence-vector text)."""
         path = self.directory / VOCAB_FILE
         return json.loads(path.read_text(encoding="utf-8")) if self.manifest["text"]["kind"] == "sentence_cnn" else None
+
+
+def prepared_feature_cache(prepared_dir: str | Path) -> str | None:
+    """The feature cache inside a prepared-data folder, for the indexing job to reuse (None when it has none)."""
+    cache = Path(prepared_dir) / CACHE_DIR
+    return str(cache) if cache.is_dir() else None
 
 
 def load_prepared(directory: str | Path) -> PreparedData:

@@ -1,6 +1,7 @@
 """CLI of the indexing job: build, merge, add, delete, info, use, prune.
 
     python -m index build  --model MODEL_DIR --corpus CORPUS_DIR --root INDEX_ROOT [--index-type flat|hnsw|ivfpq|auto]
+    python -m index build  ... --feature-cache PREPARED/feature_cache   # reuse the backbone features prepare cached
     python -m index build  ... --shard 2/8          # embed shard 2 of 8 only (one per machine/process), then:
     python -m index merge  --model MODEL_DIR --corpus CORPUS_DIR --root INDEX_ROOT [--shard-dirs DIR ...]
     python -m index add    --root INDEX_ROOT --model MODEL_DIR --corpus NEW_ITEMS_CORPUS [--ids ID ...] [--replace]
@@ -56,6 +57,8 @@ def _embed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="torch device for the encoder (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--keep-shards", action="store_true", help="keep the stored embeddings after publishing")
+    p.add_argument("--feature-cache", type=Path, help="a prepared-data folder's feature_cache (from `python -m training prepare`): "
+                   "images it holds for the model's backbone reuse their features instead of running the backbone again")
     p.add_argument("--pause-per-step", type=float, default=0.0, help=argparse.SUPPRESS)  # test hook: slow each step down
 
 
@@ -66,7 +69,8 @@ def _config(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(index=index, batch_size=args.batch_size, modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
                        splits=tuple(s.strip() for s in args.splits.split(",")) if args.splits else None,
                        decode_workers=args.decode_workers, device=args.device, show_progress=not args.no_progress,
-                       keep_shards=args.keep_shards, pause_per_step_s=args.pause_per_step)
+                       keep_shards=args.keep_shards, pause_per_step_s=args.pause_per_step,
+                       feature_cache=str(args.feature_cache) if args.feature_cache else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ after a crash resumes where the last one stopped. Items whose image cannot be re
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import sys
@@ -31,6 +32,7 @@ from index.shards import (Chunk, EmbeddingSource, ShardSet, chunk_path, corpus_s
 from index.store import (METADATA_FILE, MODALITIES, StagedVersion, cleanup_staging, index_file_name, library_versions,
                          utc_now_iso)
 from model.corpus import Corpus, Item, load_corpus
+from model.feature_cache import CachedFeatures, image_file_key
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,10 @@ Checkpoint = Callable[[str], None]
 
 
 class Encoder(Protocol):
-    """What the indexing job needs of model.encoder.CrossModalEncoder."""
+    """What the indexing job needs of model.encoder.CrossModalEncoder.
+
+    To take features from a feature cache an encoder also needs `image_feature_fingerprint` (None: it cannot) and
+    `encode_image_features(features)`; encoders without them always run their backbone."""
 
     content_hash: str
     dim: int
@@ -92,6 +97,9 @@ class BuildConfig:
     device: str | None = None
     show_progress: bool = True
     keep_shards: bool = False  # keep the per-batch embeddings after a successful publish
+    # A feature cache written by `training prepare` (PREPARED/feature_cache): images whose bytes and backbone it holds
+    # reuse their cached backbone features instead of running the backbone again.
+    feature_cache: str | None = None
     # Test/debug hook: sleep this long at every step (batch, file write, rename) so a build can be killed mid-way.
     pause_per_step_s: float = 0.0
 
@@ -227,35 +235,71 @@ def eligible(items: Sequence[Item], modality: str) -> list[Item]:
     return [it for it in items if it.text and it.text.strip()]
 
 
-def embed_batch(encoder: Encoder, items: Sequence[Item], modality: str, batch: int, decode_workers: int) -> Chunk:
-    """Embed one batch; items whose image cannot be decoded are skipped and reported in the chunk."""
+def embed_batch(encoder: Encoder, items: Sequence[Item], modality: str, batch: int, decode_workers: int,
+                cached: CachedFeatures | None = None) -> Chunk:
+    """Embed one batch; items whose image cannot be decoded are skipped and reported in the chunk.
+
+    With `cached`, images whose file is in that feature cache take their cached backbone features (the backbone
+    is not run for them); the rest are decoded and encoded as usual."""
     if modality == "text":
         vectors = encoder.encode_texts([it.text for it in items])
         return Chunk(modality, batch, np.asarray(vectors, dtype=np.float32), [it.id for it in items], [it.id for it in items], [])
     from model.image_io import ImageDecodeError, load_image
 
-    def decode(item: Item):
+    keys = [image_file_key(it.image_path) for it in items] if cached is not None and len(cached) else [None] * len(items)
+    hits = [i for i, key in enumerate(keys) if key is not None and key in cached]
+    hit_set = set(hits)
+    to_decode = [i for i in range(len(items)) if i not in hit_set]
+
+    def decode(i: int):
         try:
-            return load_image(item.image_path), None
+            return load_image(items[i].image_path), None
         except (ImageDecodeError, OSError) as exc:  # unreadable, truncated, missing: report and skip the item
             return None, f"{type(exc).__name__}: {exc}"
 
     with ThreadPoolExecutor(max_workers=max(1, decode_workers)) as pool:
-        decoded = list(pool.map(decode, items))
-    good = [(it, img) for it, (img, _) in zip(items, decoded) if img is not None]
-    skipped = [{"id": it.id, "modality": "image", "path": str(it.image_path), "reason": err}
-               for it, (_, err) in zip(items, decoded) if err is not None]
+        decoded = dict(zip(to_decode, pool.map(decode, to_decode)))
+    good = [i for i in to_decode if decoded[i][0] is not None]
+    skipped = [{"id": items[i].id, "modality": "image", "path": str(items[i].image_path), "reason": decoded[i][1]}
+               for i in to_decode if decoded[i][0] is None]
     for s in skipped:
         log.warning("skipping item %s: cannot decode image %s (%s)", s["id"], s["path"], s["reason"])
-    vectors = encoder.encode_images([img for _, img in good]) if good else np.zeros((0, encoder.dim), dtype=np.float32)
-    return Chunk(modality, batch, np.asarray(vectors, dtype=np.float32), [it.id for it, _ in good], [it.id for it in items], skipped)
+    vector_of: dict[int, np.ndarray] = {}
+    if hits:
+        vector_of.update(zip(hits, encoder.encode_image_features(cached.get([keys[i] for i in hits]))))
+    if good:
+        vector_of.update(zip(good, encoder.encode_images([decoded[i][0] for i in good])))
+    order = sorted(vector_of)
+    vectors = np.stack([vector_of[i] for i in order]).astype(np.float32) if order else np.zeros((0, encoder.dim), np.float32)
+    return Chunk(modality, batch, vectors, [items[i].id for i in order], [it.id for it in items], skipped, features_reused=len(hits))
+
+
+def image_feature_source(encoder: Encoder, cache_root: str | Path | None) -> CachedFeatures | None:
+    """The cached backbone features the encoder can use from `cache_root` (None without a root or a usable match)."""
+    if cache_root is None:
+        return None
+    if not Path(cache_root).is_dir():
+        raise FileNotFoundError(f"feature cache {cache_root} does not exist; pass the feature_cache folder inside a prepared-data "
+                                "folder (written by `python -m training prepare`), or leave the option out")
+    fingerprint = getattr(encoder, "image_feature_fingerprint", None)
+    if fingerprint is None:
+        log.warning("the model's image features cannot come from a feature cache (no backbone, or a fine-tuned one); "
+                    "every image goes through the model's backbone")
+        return None
+    cached = CachedFeatures(cache_root, fingerprint)
+    if not len(cached):
+        log.warning("the feature cache %s holds no features of this model's backbone (fingerprint %s); every image goes "
+                    "through the backbone", cache_root, fingerprint)
+        return None
+    return cached
 
 
 def embed_items_to_shard(encoder: Encoder, items: Sequence[Item], shard_dir: Path, config: BuildConfig,
                          shard: tuple[int, int], fields: dict[str, Any], checkpoint: Checkpoint) -> dict[str, Any]:
     """Embed `items` batch by batch into `shard_dir` (resuming stored batches) and mark the shard complete."""
     shard_dir.mkdir(parents=True, exist_ok=True)
-    counts, skipped = {}, []
+    counts, skipped, reused = {}, [], 0
+    cached = image_feature_source(encoder, config.feature_cache) if "image" in config.modalities else None
     for modality in config.modalities:
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; expected a subset of {MODALITIES}")
@@ -274,12 +318,12 @@ def embed_items_to_shard(encoder: Encoder, items: Sequence[Item], shard_dir: Pat
             path = chunk_path(shard_dir, modality, b)
             chunk = _stored_chunk(path, modality, b, [it.id for it in batch_items])
             if chunk is None:
-                chunk = embed_batch(encoder, batch_items, modality, b, config.decode_workers)
+                chunk = embed_batch(encoder, batch_items, modality, b, config.decode_workers, cached)
+                reused += chunk.features_reused
                 if len(chunk.item_ids) and (chunk.vectors.ndim != 2 or chunk.vectors.shape != (len(chunk.item_ids), encoder.dim)):
                     raise ValueError(f"the encoder returned {chunk.vectors.shape} for {len(chunk.item_ids)} {modality}s; expected (n, {encoder.dim})")
                 if len(chunk.item_ids):
-                    chunk = Chunk(modality, b, fi.normalise_rows(chunk.vectors, f"{modality} embeddings"), chunk.item_ids,
-                                  chunk.tried_ids, chunk.skipped)
+                    chunk = dataclasses.replace(chunk, vectors=fi.normalise_rows(chunk.vectors, f"{modality} embeddings"))
                 write_chunk(shard_dir, chunk)
             else:
                 done += 1
@@ -290,8 +334,11 @@ def embed_items_to_shard(encoder: Encoder, items: Sequence[Item], shard_dir: Pat
         bar.close()
         if done:
             log.info("resumed %s: %d of %d batches were already embedded", modality, done, n_batches)
+    if cached is not None:
+        log.info("%d images took their backbone features from the feature cache %s", reused, cached.directory)
     return write_shard_manifest(shard_dir, {**fields, "shard_index": shard[0], "shard_count": shard[1], "dim": int(encoder.dim),
                                             "counts": counts, "skipped": skipped, "batch_size": config.batch_size,
+                                            "image_features_reused": reused,
                                             "modalities": list(config.modalities), "finished_at": utc_now_iso()})
 
 
@@ -354,7 +401,8 @@ def merge_shards(model_dir: str | Path, corpus_dir: str | Path, out_root: str | 
                   "label_names": list(label_names) if label_names is not None else None},
         "skipped": {"count": len(skipped), "items": skipped[:1000]},
         "shards": len(source.shards),
-        "embedding": {"batch_size": config.batch_size, "modalities": list(config.modalities)},
+        "embedding": {"batch_size": config.batch_size, "modalities": list(config.modalities),
+                      "image_features_reused": sum(int(m.get("image_features_reused", 0)) for _, m in source.shards)},
     }
     version = publish_version(out_root, source, model_hash, config.index, fields, config.checkpoint(), config.show_progress)
     if not config.keep_shards:

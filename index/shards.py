@@ -76,6 +76,7 @@ class Chunk:
     item_ids: list[str]
     tried_ids: list[str]
     skipped: list[dict[str, str]]
+    features_reused: int = 0  # images whose backbone features came from a feature cache (not stored)
 
 
 def chunk_path(shard_dir: Path, modality: str, batch: int) -> Path:

@@ -40,7 +40,7 @@ def build_network(artefact: ModelArtefact) -> DSCMRNet:
     """Rebuild the DSCMR network of a loaded artefact, with its weights."""
     net_cfg = from_dict(NetworkConfig, artefact.config["network"])
     net = DSCMRNet(net_cfg, text_encoder=build_text_encoder(artefact.feature_spec.get("text", {}), artefact.vocab))
-    prefix = _finetuned_prefix(artefact)
+    prefix = _finetuned_prefix(artefact.feature_spec)
     state = {k: v for k, v in artefact.state_dict.items() if not (prefix and k.startswith(prefix))}
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -48,9 +48,9 @@ def build_network(artefact: ModelArtefact) -> DSCMRNet:
     return net.eval()
 
 
-def _finetuned_prefix(artefact: ModelArtefact) -> str | None:
+def _finetuned_prefix(feature_spec: dict[str, Any]) -> str | None:
     """Key prefix of the fine-tuned backbone tensors in the weights, or None for a model on a stock backbone."""
-    image_spec = artefact.feature_spec.get("image", {})
+    image_spec = feature_spec.get("image", {})
     if not image_spec.get("finetuned"):
         return None
     from model.image_backbones import FINETUNED_BACKBONE_PREFIX
@@ -64,7 +64,7 @@ def build_image_backbone_of(artefact: ModelArtefact):
 
     image_spec = artefact.feature_spec.get("image", {})
     backbone = build_image_backbone(image_spec["name"], weights_path=image_spec.get("weights_path"))
-    prefix = _finetuned_prefix(artefact)
+    prefix = _finetuned_prefix(artefact.feature_spec)
     if prefix is None:
         return backbone
     expected = image_spec.get("weights_sha256")
@@ -121,6 +121,16 @@ class CrossModalEncoder:
     def can_encode_images(self) -> bool:
         """True when the model carries an image backbone (raw pictures can be encoded)."""
         return self._backbone is not None
+
+    @property
+    def image_feature_fingerprint(self) -> str | None:
+        """The feature-cache fingerprint of this model's image backbone, or None when cached features cannot stand in for it
+        (no backbone, or a fine-tuned one, whose features differ from the pretrained backbone's that a cache holds)."""
+        if self._backbone is None or _finetuned_prefix(self.feature_spec) is not None:
+            return None
+        from model.feature_cache import backbone_fingerprint
+
+        return backbone_fingerprint(self._backbone)
 
     @property
     def can_encode_texts(self) -> bool:

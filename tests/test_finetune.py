@@ -19,7 +19,7 @@ from tests.test_prepare import COLOURS, SHAPES, TEXT, draw
 from training.augment import AugmentConfig, augment_image, random_resized_crop_box
 from training.config import preset
 from training.finetune import FinetuneConfig, finetune, save_finetuned_model
-from training.prepare import PrepareConfig, load_prepared, prepare_corpus
+from training.prepare import PrepareConfig, load_prepared, prepare_corpus, prepared_feature_cache
 
 UNFREEZE = 2
 # Small, CPU-sized run: 16 training images in batches of 8, two epochs, no loader processes.
@@ -130,9 +130,13 @@ def test_saved_model_carries_the_backbone_and_index_build_uses_it(finetuned, pre
     other.backbone.unfreeze_last_blocks(UNFREEZE)
     assert save_finetuned_model(other, prepared, tmp_path / "other") != digest
 
-    version = build_index(model_dir, corpus_dir, tmp_path / "index", BuildConfig(show_progress=False))
+    # The prepared feature cache holds the stock backbone's features: a fine-tuned model must not take them.
+    assert encoder.image_feature_fingerprint is None
+    version = build_index(model_dir, corpus_dir, tmp_path / "index",
+                          BuildConfig(show_progress=False, feature_cache=prepared_feature_cache(prepared_dir)))
     manifest = load_manifest(version)
     assert manifest["model"]["content_hash"] == digest
+    assert manifest["embedding"]["image_features_reused"] == 0
     from index.search import SearchIndex
 
     index = SearchIndex.load(version, expected_model_hash=digest)

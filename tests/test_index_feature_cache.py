@@ -1,0 +1,108 @@
+"""The indexing job reuses the backbone features `training prepare` cached, and gives the same index as running the backbone.
+
+Real pipeline on 24 drawn PNG shapes: prepare (EfficientNet-Lite0 features into the cache) -> a briefly trained DSCMR
+model -> index builds with and without the cache. The build without it is the reference.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from index.build import BuildConfig, build_index
+from index.search import SearchIndex
+from index.store import load_manifest
+from model.corpus import load_corpus
+from model.encoder import load_encoder
+from tests.test_finetune import make_small_corpus
+from tests.test_prepare import TEXT, draw
+from training.config import preset, with_dims
+from training.pipeline import train_and_save
+from training.prepare import PrepareConfig, load_prepared, prepare_corpus, prepared_feature_cache
+
+CONFIG = BuildConfig(batch_size=8, show_progress=False, decode_workers=1)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """(corpus dir, prepared dir, model dir) of a small real corpus, prepared and trained here."""
+    torch.set_num_threads(1)
+    base = tmp_path_factory.mktemp("cache")
+    corpus_dir = make_small_corpus(base / "corpus")
+    prepared_dir = base / "prepared"
+    prepare_corpus(corpus_dir, prepared_dir, PrepareConfig(text=TEXT, batch_size=8, progress=False))
+    prepared = load_prepared(prepared_dir)
+    data = prepared.feature_splits()
+    cfg = with_dims(preset("wiki-tuned", epochs=3, batch_size=8, progress=False), data.train.image.shape[1],
+                    prepared.text_config.output_dim, len(data.label_names))
+    train_and_save(data, cfg, base / "model", prepared=prepared)
+    return corpus_dir, prepared_dir, base / "model"
+
+
+def all_scores(version: Path, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every image's score for every query in an index version (the whole image index, ranked)."""
+    index = SearchIndex.load(version)
+    return index.search_keys(queries, 1000, target="image")
+
+
+def test_cached_features_give_the_reference_index(pipeline, tmp_path):
+    corpus_dir, prepared_dir, model_dir = pipeline
+    cache = prepared_feature_cache(prepared_dir)
+    assert cache is not None
+    reference = build_index(model_dir, corpus_dir, tmp_path / "reference", CONFIG)
+    reused = build_index(model_dir, corpus_dir, tmp_path / "reused", dataclasses.replace(CONFIG, feature_cache=cache))
+
+    n_images = len(load_corpus(corpus_dir).items)
+    assert load_manifest(reference)["embedding"]["image_features_reused"] == 0
+    assert load_manifest(reused)["embedding"]["image_features_reused"] == n_images
+    queries = load_encoder(model_dir).encode_texts([it.text for it in load_corpus(corpus_dir).items])
+    ref_scores, ref_keys = all_scores(reference, queries)
+    got_scores, got_keys = all_scores(reused, queries)
+    assert (ref_keys >= 0).sum() == n_images * len(queries)
+    # PNGs decode identically in prepare and in the index build, so the vectors agree to float precision.
+    np.testing.assert_allclose(got_scores, ref_scores, atol=1e-5)
+    assert (got_keys[:, 0] == ref_keys[:, 0]).all()
+
+
+def test_an_image_the_cache_lacks_goes_through_the_backbone(pipeline, tmp_path):
+    corpus_dir, prepared_dir, model_dir = pipeline
+    work = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, work)
+    corpus = load_corpus(work)
+    changed = corpus.items[0]
+    # One item's picture is replaced by a new drawing, whose bytes the cache has never seen.
+    from model.corpus import Corpus, Item, save_corpus
+
+    new_path = work / "images" / "changed.png"
+    draw(new_path, (250, 120, 0), "triangle", seed=999)
+    items = [Item(it.id, str(new_path) if it.id == changed.id else it.image_path, it.text, it.labels) for it in corpus.items]
+    save_corpus(Corpus(items=items, label_names=corpus.label_names, splits=corpus.splits, name=corpus.name), work)
+
+    cache = prepared_feature_cache(prepared_dir)
+    reused = build_index(model_dir, work, tmp_path / "reused", dataclasses.replace(CONFIG, feature_cache=cache))
+    reference = build_index(model_dir, work, tmp_path / "reference", CONFIG)
+    assert load_manifest(reused)["embedding"]["image_features_reused"] == len(items) - 1
+    encoder = load_encoder(model_dir)
+    queries = encoder.encode_texts([it.text for it in items])
+    np.testing.assert_allclose(all_scores(reused, queries)[0], all_scores(reference, queries)[0], atol=1e-5)
+
+
+def test_a_cache_of_another_backbone_is_not_used_and_a_missing_one_is_an_error(pipeline, tmp_path, caplog):
+    corpus_dir, _, model_dir = pipeline
+    other = tmp_path / "other-cache"
+    (other / "0123456789abcdef").mkdir(parents=True)  # another fingerprint's folder only
+    with caplog.at_level(logging.WARNING, logger="index.build"):
+        version = build_index(model_dir, corpus_dir, tmp_path / "index", dataclasses.replace(CONFIG, feature_cache=str(other)))
+    assert load_manifest(version)["embedding"]["image_features_reused"] == 0
+    assert "holds no features of this model's backbone" in caplog.text
+
+    from index.__main__ import main
+
+    missing = tmp_path / "nowhere"
+    assert main(["build", "--model", str(model_dir), "--corpus", str(corpus_dir), "--root", str(tmp_path / "cli"),
+                 "--feature-cache", str(missing), "--no-progress"]) == 2

@@ -16,7 +16,7 @@ from typing import Any
 
 from model.corpus import CORPUS_FILE, load_corpus, save_corpus
 from model.sentence_cnn import TextEncoderConfig
-from training.prepare import PREPARED_FILE, PrepareConfig, load_prepared, prepare_corpus
+from training.prepare import PREPARED_FILE, PrepareConfig, load_prepared, prepare_corpus, prepared_feature_cache
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,8 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
 
     t = time.perf_counter()
     version = build_index(model_dir, paths["corpus"], paths["index"],
-                          BuildConfig(index=IndexConfig(index_type=cfg.index_type), show_progress=cfg.progress))
+                          BuildConfig(index=IndexConfig(index_type=cfg.index_type), show_progress=cfg.progress,
+                                      feature_cache=prepared_feature_cache(paths["prepared"])))
     timings["index_s"] = round(time.perf_counter() - t, 2)
     timings["total_s"] = round(time.perf_counter() - started, 2)
     corpus = load_corpus(paths["corpus"])

@@ -24,7 +24,7 @@ from model.corpus import load_corpus
 from model.encoder import CrossModalEncoder, load_encoder
 from training.demo import artefact_paths, train_into_models
 from training.evaluation import cross_modal_map
-from training.prepare import PREPARED_FILE, PrepareConfig, PreparedData, load_prepared, prepare_corpus
+from training.prepare import PREPARED_FILE, PrepareConfig, PreparedData, load_prepared, prepare_corpus, prepared_feature_cache
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,8 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
                                             "best_epoch": trained.get("best_epoch"), "train_wall_s": trained.get("wall_s")},
                               "scores": scores, "config": dataclasses.asdict(cfg), "selected_on": "val"}
     if promote:
-        version = build_index(candidate_dir, paths["corpus"], paths["index"], BuildConfig(show_progress=cfg.progress))
+        version = build_index(candidate_dir, paths["corpus"], paths["index"],
+                              BuildConfig(show_progress=cfg.progress, feature_cache=prepared_feature_cache(paths["prepared"])))
         report["serving_after"] = {"index_version": Path(version).name, "model_dir": str(candidate_dir)}
     else:
         report["serving_after"] = report["serving_before"]

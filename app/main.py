@@ -219,10 +219,10 @@ def decode_base64_image(value: str, max_bytes: int) -> bytes:
     return data
 
 
-def decode_image(data: bytes, max_pixels: int):
-    """A decoded RGB image; ApiError 415 when the bytes are no image at all, 422 when it is broken or too large."""
+def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None):
+    """A decoded RGB image (JPEGs drafted down to `draft_size`); ApiError 415 when the bytes are no image, 422 when broken or too large."""
     try:
-        return load_image(data, max_pixels=max_pixels)
+        return load_image(data, max_pixels=max_pixels, draft_size=draft_size)
     except ImageDecodeError as exc:
         if isinstance(exc.__cause__, UnidentifiedImageError):
             raise ApiError(415, "not_an_image", str(exc)) from None
@@ -391,7 +391,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
         def work():
             t0 = time.perf_counter()
-            image = decode_image(data, settings.max_image_pixels)
+            image = decode_image(data, settings.max_image_pixels, state.encoder.image_decode_size)
             t1 = time.perf_counter()
             vectors = state.encoder.encode_images([image])
             t2 = time.perf_counter()

@@ -249,11 +249,12 @@ def embed_batch(encoder: Encoder, items: Sequence[Item], modality: str, batch: i
     keys = [image_file_key(it.image_path) for it in items] if cached is not None and len(cached) else [None] * len(items)
     hits = [i for i, key in enumerate(keys) if key is not None and key in cached]
     hit_set = set(hits)
+    draft_size = getattr(encoder, "image_decode_size", None)  # decode as prepare did, so cached and fresh features agree
     to_decode = [i for i in range(len(items)) if i not in hit_set]
 
     def decode(i: int):
         try:
-            return load_image(items[i].image_path), None
+            return load_image(items[i].image_path, draft_size=draft_size), None
         except (ImageDecodeError, OSError) as exc:  # unreadable, truncated, missing: report and skip the item
             return None, f"{type(exc).__name__}: {exc}"
 

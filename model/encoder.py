@@ -123,6 +123,14 @@ class CrossModalEncoder:
         return self._backbone is not None
 
     @property
+    def image_decode_size(self) -> int | None:
+        """The draft size JPEGs are decoded at for this model (as `training prepare` decodes them), or None without a backbone.
+
+        Decoding queries and indexed pictures the way the training features were decoded keeps one picture's vector the
+        same at training, indexing and query time (a large JPEG drafted at 1/2 to 1/8 scale differs slightly otherwise)."""
+        return self._backbone.preprocess.resize if self._backbone is not None else None
+
+    @property
     def image_feature_fingerprint(self) -> str | None:
         """The feature-cache fingerprint of this model's image backbone, or None when cached features cannot stand in for it
         (no backbone, or a fine-tuned one, whose features differ from the pretrained backbone's that a cache holds)."""

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from app.errors import ApiError
-from app.main import decode_base64_image
+from app.main import decode_base64_image, decode_image
 from app.settings import ServiceSettings
 from app.state import find_model_dir
 from index.errors import IndexStoreError
@@ -39,6 +39,18 @@ def test_base64_images_in_every_accepted_spelling():
     assert decode_base64_image("data:image/png;base64," + standard, 10_000) == data
     assert decode_base64_image("\n".join(standard[i:i + 76] for i in range(0, len(standard), 76)), 10_000) == data
     assert decode_base64_image(base64.urlsafe_b64encode(data).decode().rstrip("="), 10_000) == data
+
+
+def test_uploads_are_decoded_in_draft_mode_like_the_training_images():
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1280, 960), (200, 30, 30)).save(buf, "JPEG")
+    # 256 is EfficientNet-Lite0's resize size, what model.encoder gives as image_decode_size
+    assert decode_image(buf.getvalue(), 10_000_000, 256).size == (640, 480)
+    assert decode_image(buf.getvalue(), 10_000_000).size == (1280, 960)
 
 
 @pytest.mark.parametrize("value, status", [("", 422), ("@@@@", 422), ("data:image/png,xyz", 422),

@@ -28,12 +28,30 @@ from training.prepare import PrepareConfig, load_prepared, prepare_corpus, prepa
 CONFIG = BuildConfig(batch_size=8, show_progress=False, decode_workers=1)
 
 
+def with_large_jpegs(corpus_dir: Path, every: int) -> Path:
+    """Every `every`-th item's picture re-saved as a 1,280 x 960 JPEG, which prepare decodes in draft mode (at half scale)."""
+    from PIL import Image
+
+    from model.corpus import Corpus, Item, save_corpus
+
+    corpus = load_corpus(corpus_dir)
+    items = []
+    for n, it in enumerate(corpus.items):
+        if n % every == 0:
+            path = Path(it.image_path).with_suffix(".jpg")
+            Image.open(it.image_path).convert("RGB").resize((1280, 960), Image.Resampling.BICUBIC).save(path, quality=92)
+            it = Item(it.id, str(path), it.text, it.labels)
+        items.append(it)
+    save_corpus(Corpus(items=items, label_names=corpus.label_names, splits=corpus.splits, name=corpus.name), corpus_dir)
+    return corpus_dir
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     """(corpus dir, prepared dir, model dir) of a small real corpus, prepared and trained here."""
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("cache")
-    corpus_dir = make_small_corpus(base / "corpus")
+    corpus_dir = with_large_jpegs(make_small_corpus(base / "corpus"), every=3)
     prepared_dir = base / "prepared"
     prepare_corpus(corpus_dir, prepared_dir, PrepareConfig(text=TEXT, batch_size=8, progress=False))
     prepared = load_prepared(prepared_dir)
@@ -64,9 +82,25 @@ def test_cached_features_give_the_reference_index(pipeline, tmp_path):
     ref_scores, ref_keys = all_scores(reference, queries)
     got_scores, got_keys = all_scores(reused, queries)
     assert (ref_keys >= 0).sum() == n_images * len(queries)
-    # PNGs decode identically in prepare and in the index build, so the vectors agree to float precision.
+    # The index build decodes JPEGs in draft mode as prepare did, so the vectors agree to float precision.
     np.testing.assert_allclose(got_scores, ref_scores, atol=1e-5)
     assert (got_keys[:, 0] == ref_keys[:, 0]).all()
+
+
+def test_a_large_jpeg_query_finds_its_own_indexed_picture_at_score_one(pipeline, tmp_path):
+    from model.image_io import load_image
+
+    corpus_dir, prepared_dir, model_dir = pipeline
+    cached = dataclasses.replace(CONFIG, feature_cache=prepared_feature_cache(prepared_dir))
+    version = build_index(model_dir, corpus_dir, tmp_path / "index", cached)
+    encoder = load_encoder(model_dir)
+    jpegs = [it for it in load_corpus(corpus_dir).items if it.image_path.endswith(".jpg")]
+    assert len(jpegs) == 8 and encoder.image_decode_size == 256
+    # Decoded the way the service decodes an upload (app.main.decode_image): drafted to the backbone's resize size.
+    queries = encoder.encode_images([load_image(it.image_path, draft_size=encoder.image_decode_size) for it in jpegs])
+    best = [hits[0] for hits in SearchIndex.load(version).search_vectors(queries, 1, "image")]
+    assert [hit.id for hit in best] == [it.id for it in jpegs]
+    assert [hit.score for hit in best] == pytest.approx([1.0] * len(jpegs), abs=1e-4)
 
 
 def test_an_image_the_cache_lacks_goes_through_the_backbone(pipeline, tmp_path):

@@ -247,7 +247,8 @@ def embed_batch(encoder: Encoder, items: Sequence[Item], modality: str, batch: i
     from model.image_io import ImageDecodeError, load_image
 
     keys = [image_file_key(it.image_path) for it in items] if cached is not None and len(cached) else [None] * len(items)
-    hits = [i for i, key in enumerate(keys) if key is not None and key in cached]
+    found = cached.read([key for key in keys if key is not None]) if cached is not None else {}
+    hits = [i for i, key in enumerate(keys) if key in found]
     hit_set = set(hits)
     draft_size = getattr(encoder, "image_decode_size", None)  # decode as prepare did, so cached and fresh features agree
     to_decode = [i for i in range(len(items)) if i not in hit_set]
@@ -267,7 +268,7 @@ def embed_batch(encoder: Encoder, items: Sequence[Item], modality: str, batch: i
         log.warning("skipping item %s: cannot decode image %s (%s)", s["id"], s["path"], s["reason"])
     vector_of: dict[int, np.ndarray] = {}
     if hits:
-        vector_of.update(zip(hits, encoder.encode_image_features(cached.get([keys[i] for i in hits]))))
+        vector_of.update(zip(hits, encoder.encode_image_features(np.stack([found[keys[i]] for i in hits]))))
     if good:
         vector_of.update(zip(good, encoder.encode_images([decoded[i][0] for i in good])))
     order = sorted(vector_of)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from index import faiss_index as fi
-from index.build import BuildConfig, Encoder, IndexConfig, eligible, embed_batch, entry_records
+from index.build import BuildConfig, Encoder, IndexConfig, eligible, embed_batch, entry_records, image_feature_source
 from index.errors import IndexModelMismatchError, IndexStoreError
 from index.metadata import MetadataStore
 from index.records import export_records
@@ -77,6 +77,7 @@ def add_items(root: str | Path, items: Sequence[Item], encoder: Encoder, replace
     """Embed `items` with `encoder` (images and texts, as in a build) and add them; return the new version."""
     additions: dict[str, tuple[np.ndarray, list[Item]]] = {}
     skipped: list[dict[str, str]] = []
+    cached = image_feature_source(encoder, config.feature_cache) if "image" in config.modalities else None
     for modality in config.modalities:
         can = encoder.can_encode_images if modality == "image" else encoder.can_encode_texts
         todo = eligible(items, modality)
@@ -84,7 +85,7 @@ def add_items(root: str | Path, items: Sequence[Item], encoder: Encoder, replace
             continue
         parts, kept = [], []
         for b, start in enumerate(range(0, len(todo), config.batch_size)):
-            chunk = embed_batch(encoder, todo[start:start + config.batch_size], modality, b, config.decode_workers)
+            chunk = embed_batch(encoder, todo[start:start + config.batch_size], modality, b, config.decode_workers, cached)
             parts.append(chunk.vectors.reshape(len(chunk.item_ids), encoder.dim))
             by_id = {it.id: it for it in todo[start:start + config.batch_size]}
             kept.extend(by_id[i] for i in chunk.item_ids)

@@ -11,6 +11,8 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -79,11 +81,17 @@ class FeatureCache:
 
 
 class CachedFeatures:
-    """Read-only lookup of the cached features of one backbone fingerprint under a cache root (nothing is written)."""
+    """Read-only lookup of the cached features of one backbone fingerprint under a cache root (nothing is written).
 
-    def __init__(self, cache_root: str | Path, fingerprint: str) -> None:
+    Chunk files hold prepare's batches in sha256 order, not in corpus order, so recently read chunks are kept (up to
+    `memory_budget_bytes`) rather than read again for every batch that needs one of their rows."""
+
+    def __init__(self, cache_root: str | Path, fingerprint: str, memory_budget_bytes: int = 256 * 2**20) -> None:
         self.directory = Path(cache_root) / fingerprint
         self._where = FeatureCache(self.directory).load_index() if self.directory.is_dir() else {}
+        self._budget = memory_budget_bytes
+        self._loaded: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._loaded_bytes = 0
 
     def __len__(self) -> int:
         return len(self._where)
@@ -91,18 +99,34 @@ class CachedFeatures:
     def __contains__(self, key: object) -> bool:
         return key in self._where
 
-    def get(self, keys: Sequence[str]) -> np.ndarray:
-        """Features of `keys` (all cached), one row each in order; each chunk file is read once per call."""
-        rows_of: dict[Path, list[tuple[int, int]]] = {}
-        for dest, key in enumerate(keys):
-            chunk, row = self._where[key]
-            rows_of.setdefault(chunk, []).append((dest, row))
-        out: np.ndarray | None = None
-        for chunk, pairs in rows_of.items():
+    def _features_of(self, chunk: Path) -> np.ndarray | None:
+        if chunk in self._loaded:
+            self._loaded.move_to_end(chunk)
+            return self._loaded[chunk]
+        try:
             with np.load(chunk) as data:
-                feats = data["features"]
-            if out is None:
-                out = np.empty((len(keys), feats.shape[1]), np.float32)
-            dest, rows = zip(*pairs)
-            out[list(dest)] = feats[list(rows)]
-        return out if out is not None else np.zeros((0, 0), np.float32)
+                feats = np.asarray(data["features"], dtype=np.float32)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            # Damaged or deleted since the index was read: its images are computed by the backbone instead.
+            log.warning("cannot read feature-cache file %s (%s); its images go through the backbone", chunk, exc)
+            self._where = {key: where for key, where in self._where.items() if where[0] != chunk}
+            return None
+        self._loaded[chunk] = feats
+        self._loaded_bytes += feats.nbytes
+        while self._loaded_bytes > self._budget and len(self._loaded) > 1:
+            self._loaded_bytes -= self._loaded.popitem(last=False)[1].nbytes
+        return feats
+
+    def read(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        """The cached feature of each of `keys` that the cache holds and can read (keys it lacks are left out)."""
+        rows_of: dict[Path, list[tuple[str, int]]] = {}
+        for key in dict.fromkeys(keys):
+            if key in self._where:
+                chunk, row = self._where[key]
+                rows_of.setdefault(chunk, []).append((key, row))
+        found: dict[str, np.ndarray] = {}
+        for chunk, pairs in rows_of.items():
+            feats = self._features_of(chunk)
+            if feats is not None:
+                found.update((key, feats[row]) for key, row in pairs)
+        return found

@@ -108,7 +108,7 @@ def test_an_image_the_cache_lacks_goes_through_the_backbone(pipeline, tmp_path):
     work = tmp_path / "corpus"
     shutil.copytree(corpus_dir, work)
     corpus = load_corpus(work)
-    changed = corpus.items[0]
+    changed = corpus.items[5]  # mid-batch: cached features before and after it in the same batch
     # One item's picture is replaced by a new drawing, whose bytes the cache has never seen.
     from model.corpus import Corpus, Item, save_corpus
 
@@ -123,7 +123,9 @@ def test_an_image_the_cache_lacks_goes_through_the_backbone(pipeline, tmp_path):
     assert load_manifest(reused)["embedding"]["image_features_reused"] == len(items) - 1
     encoder = load_encoder(model_dir)
     queries = encoder.encode_texts([it.text for it in items])
-    np.testing.assert_allclose(all_scores(reused, queries)[0], all_scores(reference, queries)[0], atol=1e-5)
+    got, want = all_scores(reused, queries), all_scores(reference, queries)
+    np.testing.assert_allclose(got[0], want[0], atol=1e-5)
+    assert (got[1] == want[1]).all()  # each vector belongs to its own item, not just the same set of vectors
 
 
 def test_a_cache_of_another_backbone_is_not_used_and_a_missing_one_is_an_error(pipeline, tmp_path, caplog):
@@ -140,3 +142,50 @@ def test_a_cache_of_another_backbone_is_not_used_and_a_missing_one_is_an_error(p
     missing = tmp_path / "nowhere"
     assert main(["build", "--model", str(model_dir), "--corpus", str(corpus_dir), "--root", str(tmp_path / "cli"),
                  "--feature-cache", str(missing), "--no-progress"]) == 2
+
+
+def test_index_add_takes_cached_features_too(pipeline, tmp_path):
+    from index.update import add_items, delete_items
+
+    corpus_dir, prepared_dir, model_dir = pipeline
+    encoder = load_encoder(model_dir)
+    items = load_corpus(corpus_dir).items
+    reference = build_index(model_dir, corpus_dir, tmp_path / "index", CONFIG)
+    queries = encoder.encode_texts([it.text for it in items])
+    want = all_scores(reference, queries)
+    readded = [it for it in items if it.image_path.endswith(".jpg")][:3]
+    delete_items(tmp_path / "index", [it.id for it in readded])
+    version = add_items(tmp_path / "index", readded, encoder,
+                        config=dataclasses.replace(CONFIG, feature_cache=prepared_feature_cache(prepared_dir)))
+    got = all_scores(version, queries)
+    np.testing.assert_allclose(np.sort(got[0], axis=1), np.sort(want[0], axis=1), atol=1e-5)
+
+
+def test_cached_features_read_back_exactly_within_a_memory_budget_and_survive_a_damaged_chunk(pipeline, tmp_path, caplog):
+    from model.feature_cache import CachedFeatures, image_file_key
+
+    corpus_dir, prepared_dir, model_dir = pipeline
+    cache_root = tmp_path / "cache"
+    shutil.copytree(prepared_feature_cache(prepared_dir), cache_root)
+    fingerprint = load_encoder(model_dir).image_feature_fingerprint
+    items = load_corpus(corpus_dir).items
+    keys = [image_file_key(it.image_path) for it in items]
+    # what prepare assembled for training, row by row in the order of its ids
+    features = dict(zip(load_prepared(prepared_dir).manifest["ids"], np.load(prepared_dir / "image_features.npy")))
+
+    roomy, tight = CachedFeatures(cache_root, fingerprint), CachedFeatures(cache_root, fingerprint, memory_budget_bytes=1)
+    assert len(roomy) == len(items)
+    a, b = roomy.read(keys), tight.read(keys)
+    assert set(a) == set(b) == set(keys)
+    for key in keys:
+        np.testing.assert_array_equal(a[key], b[key])
+    for it, key in zip(items, keys):
+        np.testing.assert_array_equal(a[key], features[it.id])
+
+    fresh = CachedFeatures(cache_root, fingerprint)
+    damaged = sorted((cache_root / fingerprint).glob("chunk-*.npz"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:200])  # truncated after the index was read
+    with caplog.at_level(logging.WARNING, logger="model.feature_cache"):
+        found = fresh.read(keys)
+    assert 0 < len(found) < len(keys) and "cannot read feature-cache file" in caplog.text
+    assert all(np.array_equal(found[k], a[k]) for k in found)

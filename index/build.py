@@ -246,7 +246,7 @@ def embed_batch(encoder: Encoder, items: Sequence[Item], modality: str, batch: i
         return Chunk(modality, batch, np.asarray(vectors, dtype=np.float32), [it.id for it in items], [it.id for it in items], [])
     from model.image_io import ImageDecodeError, load_image
 
-    keys = [image_file_key(it.image_path) for it in items] if cached is not None and len(cached) else [None] * len(items)
+    keys = [image_file_key(it.image_path) for it in items] if cached is not None else [None] * len(items)
     found = cached.read([key for key in keys if key is not None]) if cached is not None else {}
     hits = [i for i, key in enumerate(keys) if key in found]
     hit_set = set(hits)

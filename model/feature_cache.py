@@ -96,9 +96,6 @@ class CachedFeatures:
     def __len__(self) -> int:
         return len(self._where)
 
-    def __contains__(self, key: object) -> bool:
-        return key in self._where
-
     def _features_of(self, chunk: Path) -> np.ndarray | None:
         if chunk in self._loaded:
             self._loaded.move_to_end(chunk)

@@ -129,9 +129,11 @@ def test_an_image_the_cache_lacks_goes_through_the_backbone(pipeline, tmp_path):
 
 
 def test_a_cache_of_another_backbone_is_not_used_and_a_missing_one_is_an_error(pipeline, tmp_path, caplog):
-    corpus_dir, _, model_dir = pipeline
+    corpus_dir, prepared_dir, model_dir = pipeline
     other = tmp_path / "other-cache"
-    (other / "0123456789abcdef").mkdir(parents=True)  # another fingerprint's folder only
+    # This corpus's very features, but filed under another backbone's fingerprint: they must not be taken.
+    own = Path(prepared_feature_cache(prepared_dir)) / load_encoder(model_dir).image_feature_fingerprint
+    shutil.copytree(own, other / "0123456789abcdef")
     with caplog.at_level(logging.WARNING, logger="index.build"):
         version = build_index(model_dir, corpus_dir, tmp_path / "index", dataclasses.replace(CONFIG, feature_cache=str(other)))
     assert load_manifest(version)["embedding"]["image_features_reused"] == 0

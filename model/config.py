@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 NormForm = Literal["released", "paper"]
 ClassifierUpdate = Literal["gradient", "ridge"]
+InstanceForm = Literal["infonce", "pair_likelihood"]
 InputNorm = Literal["none", "l2", "standardize"]
 
 
@@ -29,7 +30,7 @@ class NetworkConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights and forms of J = J1 + lambda*J2 + eta*J3."""
+    """Weights and forms of J = J1 + lambda*J2 + eta*J3 (+ instance_weight * J_inst, beyond the paper; off by default)."""
 
     lambda_j2: float = 1e-3
     eta_j3: float = 1e-1
@@ -39,6 +40,11 @@ class LossConfig:
     norm_form: NormForm = "released"
     classifier_update: ClassifierUpdate = "gradient"
     ridge: float = 1.0
+    # The instance term asks each image to be closer to its own text than to the batch's other texts and vice versa.
+    # DSCMR alone only pulls items towards their labels, so the order inside a class is arbitrary; 0 reproduces the paper.
+    instance_weight: float = 0.0
+    instance_temperature: float = 0.05
+    instance_form: InstanceForm = "infonce"
 
 
 ABLATIONS: dict[str, dict[str, bool]] = {

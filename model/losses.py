@@ -1,4 +1,4 @@
-"""The DSCMR objective J = J1 + lambda*J2 + eta*J3 and the ridge closed form of the classifier."""
+"""The DSCMR objective J = J1 + lambda*J2 + eta*J3 (+ an optional instance term) and the ridge closed form of the classifier."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,12 +11,13 @@ from model.config import LossConfig
 
 @dataclass
 class LossTerms:
-    """The total objective and its three (unweighted) parts, as tensors."""
+    """The total objective and its (unweighted) parts, as tensors; `inst` is the instance term (0 when off)."""
 
     total: torch.Tensor
     j1: torch.Tensor
     j2: torch.Tensor
     j3: torch.Tensor
+    inst: torch.Tensor
 
 
 def relevance(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
@@ -67,8 +68,38 @@ def j3_modality_invariance(u, v, form: str = "released") -> torch.Tensor:
     return _distance(u, v, form)
 
 
-def dscmr_loss(u, v, pred_img, pred_txt, labels, cfg: LossConfig, j2_columns: tuple | None = None) -> LossTerms:
-    """Compute J and its parts. `j2_columns` = (u_all, v_all, labels_all) widens J2's pairs (see `j2_common_space`)."""
+def instance_term(u, v, instance_ids, temperature: float, form: str = "infonce", columns: tuple | None = None) -> torch.Tensor:
+    """Instance term: each image nearer its own text than the batch's other texts, and each text nearer its own image.
+
+    `instance_ids[i]` names the instance of pair i: pairs with equal ids (several photos sharing one caption) are all
+    positives of each other, never negatives. `columns` = (u_all, v_all, ids_all) compares this batch's rows against a
+    wider set (the global batch under torchrun), like J2.
+    - "infonce": symmetric InfoNCE, -log(sum of exp(cos/T) over the positives / sum over all columns), averaged over the
+      image->text and text->image rows.
+    - "pair_likelihood": J2's logistic likelihood with "same instance" as the relation, logits cos/(2T) over
+      image-text pairs (T = 0.5 is J2's own scale).
+    """
+    u_cols, v_cols, ids_cols = columns if columns is not None else (u, v, instance_ids)
+    positive = instance_ids[:, None] == ids_cols[None, :]
+    u_unit, v_unit = F.normalize(u, dim=1, eps=1e-6), F.normalize(v, dim=1, eps=1e-6)
+    i2t = u_unit @ F.normalize(v_cols, dim=1, eps=1e-6).T
+    if form == "pair_likelihood":
+        return _logistic_nll(i2t / (2.0 * temperature), positive.to(i2t.dtype))
+    if form != "infonce":
+        raise ValueError(f"instance_form must be 'infonce' or 'pair_likelihood', got {form!r}")
+    t2i = v_unit @ F.normalize(u_cols, dim=1, eps=1e-6).T
+
+    def nll(similarity: torch.Tensor) -> torch.Tensor:
+        logits = similarity / temperature
+        return (torch.logsumexp(logits, dim=1) - torch.logsumexp(logits.masked_fill(~positive, float("-inf")), dim=1)).mean()
+
+    return (nll(i2t) + nll(t2i)) / 2.0
+
+
+def dscmr_loss(u, v, pred_img, pred_txt, labels, cfg: LossConfig, j2_columns: tuple | None = None,
+               instance_ids: torch.Tensor | None = None, instance_columns: tuple | None = None) -> LossTerms:
+    """Compute J and its parts. `j2_columns` = (u_all, v_all, labels_all) widens J2's pairs (see `j2_common_space`);
+    `instance_ids` (default: every pair its own instance) and `instance_columns` feed the instance term (`instance_term`)."""
     zero = u.new_zeros(())
     j1 = j1_label_space(pred_img, pred_txt, labels, cfg.norm_form) if cfg.use_j1 else zero
     if cfg.use_j2:
@@ -76,8 +107,12 @@ def dscmr_loss(u, v, pred_img, pred_txt, labels, cfg: LossConfig, j2_columns: tu
     else:
         j2 = zero
     j3 = j3_modality_invariance(u, v, cfg.norm_form) if cfg.use_j3 else zero
-    total = j1 + cfg.lambda_j2 * j2 + cfg.eta_j3 * j3
-    return LossTerms(total=total, j1=j1, j2=j2, j3=j3)
+    inst = zero
+    if cfg.instance_weight > 0:
+        ids = instance_ids if instance_ids is not None else torch.arange(len(u), device=u.device)
+        inst = instance_term(u, v, ids, cfg.instance_temperature, cfg.instance_form, instance_columns)
+    total = j1 + cfg.lambda_j2 * j2 + cfg.eta_j3 * j3 + cfg.instance_weight * inst
+    return LossTerms(total=total, j1=j1, j2=j2, j3=j3, inst=inst)
 
 
 @torch.no_grad()

@@ -28,15 +28,18 @@ def _train(tmp_path, name, nproc, extra=()):
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     save_feature_splits(tiny_splits(n=(200, 40, 40), d_img=16, d_txt=8), tmp / "f.npz")
-    return tmp, _train(tmp, "single", 1), _train(tmp, "ddp", 2)
+    # The instance term is on, so that its all-gathered pairs are checked too (like J2's).
+    both = ("--instance-weight", "0.5", "--instance-temperature", "0.2")
+    return tmp, _train(tmp, "single", 1, both), _train(tmp, "ddp", 2, both)
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(runs):
     _, (h1, m1), (h2, m2) = runs
     assert len(h1) == len(h2) == 6
+    assert h1[0]["inst"] > 0
     # Tolerance: float summation order differs between one 20-row batch and two 10-row halves.
     for a, b in zip(h1, h2):
-        for key in ("loss", "j1", "j2", "j3"):
+        for key in ("loss", "j1", "j2", "j3", "inst"):
             assert b[key] == pytest.approx(a[key], rel=1e-4), (a["epoch"], key)
         assert b["val_avg"] == pytest.approx(a["val_avg"], abs=1e-3)
     assert m2["val"]["avg"] == pytest.approx(m1["val"]["avg"], abs=1e-3)

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.evaluation import (TIE_DECIMALS, average_precisions, cross_modal_map, cross_modal_map_torch, mean_average_precision,
+from training.evaluation import (TIE_DECIMALS, CrossModalRecall, CrossModalScores, RecallScores, average_precisions, cross_modal_map,
+                                 cross_modal_map_torch, cross_modal_recall, first_hit_ranks, instance_groups, mean_average_precision, selection_score,
                                  precision_at_k, precision_recall_curve)
 
 
@@ -96,3 +97,56 @@ def test_precision_at_k_and_pr_curve_match_loops():
             last = max(k for k, x in enumerate(rel, 1) if x)
             ref_last.append(sum(rel) / last)
     assert curve[-1]["precision"] == pytest.approx(np.mean(ref_last), abs=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------- instance recall
+def slow_first_hit_rank(q, r, q_group, r_groups):
+    """Rank of the best-ranked hit when, among equal similarities, every non-hit comes first (pessimistic ties)."""
+    sims = [round(float(np.dot(q, x) / max(np.linalg.norm(q) * np.linalg.norm(x), 1e-300)), TIE_DECIMALS) for x in r]
+    order = sorted(range(len(r)), key=lambda j: (-sims[j], r_groups[j] == q_group))
+    for rank, j in enumerate(order, 1):
+        if r_groups[j] == q_group:
+            return rank
+    return len(r) + 1
+
+
+@pytest.mark.parametrize("ties", [None, 1])
+@pytest.mark.parametrize("shared", [False, True])
+def test_first_hit_ranks_equal_slow_loop(ties, shared):
+    rng = np.random.default_rng(11)
+    x, _ = _data(rng, 50, 6, 3, False, ties)
+    y, _ = _data(rng, 50, 6, 3, False, ties)
+    groups = rng.integers(0, 20, 50) if shared else np.arange(50)
+    expected = [slow_first_hit_rank(x[i], y, groups[i], groups) for i in range(50)]
+    assert first_hit_ranks(x, y, groups, groups).tolist() == expected
+    assert first_hit_ranks(x, y, groups, groups, chunk=7).tolist() == expected
+
+
+def test_recall_summary_and_collapsed_vectors():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 5))
+    perfect = cross_modal_recall(x, x + 1e-3 * rng.normal(size=x.shape), np.arange(30))
+    assert (perfect.i2t.r1, perfect.t2i.r10, perfect.i2t.median_rank, perfect.t2i.mrr) == (1.0, 1.0, 1.0, 1.0)
+    # a model that maps everything to one point ties everything: the own pair is ranked behind all the others
+    collapsed = cross_modal_recall(np.ones((30, 5)), np.ones((30, 5)), np.arange(30))
+    assert collapsed.i2t.r1 == 0.0 and collapsed.i2t.median_rank == 30.0
+    summary = RecallScores.from_ranks(np.array([1, 2, 6, 11]))
+    assert (summary.r1, summary.r5, summary.r10, summary.median_rank) == (0.25, 0.5, 0.75, 4.0)
+    assert summary.mrr == pytest.approx((1 + 1 / 2 + 1 / 6 + 1 / 11) / 4)
+
+
+def test_instance_groups_from_texts_and_rows():
+    assert instance_groups(["a dog", "a cat", "a dog"]).tolist() == [0, 1, 0]
+    rows = np.array([[1, 2, 0], [3, 4, 0], [1, 2, 0]])
+    g = instance_groups(rows)
+    assert g[0] == g[2] != g[1]
+
+
+def test_selection_score_criteria():
+    scores = CrossModalScores(0.6, 0.4)
+    recall = CrossModalRecall(RecallScores(0.1, 0.5, 0.8, 3.0, 0.3), RecallScores(0.2, 0.4, 0.6, 4.0, 0.3))
+    assert selection_score(scores, recall, "map") == pytest.approx(0.5)
+    assert selection_score(scores, recall, "r10") == pytest.approx(0.7)
+    assert selection_score(scores, recall, "mean") == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="criterion"):
+        selection_score(scores, recall, "r5")

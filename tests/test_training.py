@@ -147,3 +147,23 @@ def test_wiki_loader_official_split_and_stratified_validation():
     assert not set(d.train.ids) & set(d.val.ids)
     again = load_wiki_features(WIKI)
     assert again.val.ids == d.val.ids
+
+
+def test_train_cli_instance_term_and_selection_criterion_are_saved(tmp_path):
+    feats = save_feature_splits(tiny_splits(), tmp_path / "feats.npz")
+    p = _cli("train", "--features", str(feats), "--epochs", "3", "--batch-size", "16", "--instance-weight", "0.5",
+             "--instance-temperature", "0.1", "--select-on", "r10", "--out", str(tmp_path / "m"), "--run-dir", str(tmp_path / "run"),
+             "--no-progress")
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert (config["loss"]["instance_weight"], config["loss"]["instance_temperature"]) == (0.5, 0.1)
+    assert config["train"]["select_on"] == "r10"
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # the kept epoch is the one with the best validation R@10, and the saved model says so
+    best = max(history, key=lambda h: h["val_r10"])
+    assert metrics["best_epoch"] == best["epoch"]
+    assert metrics["selection"] == {"criterion": "r10", "score": best["val_r10"], "split": "val"}
+    assert metrics["val"]["recall"]["avg"]["r10"] == best["val_r10"]
+    assert set(metrics["test"]["recall"]["i2t"]) == {"r1", "r5", "r10", "median_rank", "mrr"}
+    assert all(h["inst"] > 0 for h in history)

@@ -61,6 +61,11 @@ def build_config(args: argparse.Namespace, data, prepared=None):
         loss = dataclasses.replace(loss, norm_form=args.norm_form)
     if args.classifier_update:
         loss = dataclasses.replace(loss, classifier_update=args.classifier_update)
+    instance = {k: v for k, v in {"instance_weight": args.instance_weight, "instance_temperature": args.instance_temperature,
+                                  "instance_form": args.instance_form}.items() if v is not None}
+    loss = dataclasses.replace(loss, **instance)
+    if args.select_on:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, select_on=args.select_on))
     cfg = dataclasses.replace(cfg, loss=loss)
     # Token ids go through the sentence CNN first: the text branch sees the CNN's output, not the token count.
     text_dim = prepared.text_config.output_dim if prepared is not None and data.text_is_tokens else data.train.text.shape[1]
@@ -81,6 +86,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ablation", default="full", choices=["full", "no_j1", "no_j2", "no_j3", "j1_only"])
     parser.add_argument("--lambda-j2", type=float, metavar="W", help="weight of J2, the common-space loss (released code: 1e-3)")
     parser.add_argument("--eta-j3", type=float, metavar="W", help="weight of J3, the modality-invariance loss (released code: 0.1)")
+    parser.add_argument("--instance-weight", type=float, metavar="W",
+                        help="weight of the instance term (beyond the paper: each image nearer its own text than the batch's other "
+                             "texts, and vice versa); 0 (default) reproduces the paper")
+    parser.add_argument("--instance-temperature", type=float, metavar="T", help="temperature of the instance term (default 0.05)")
+    parser.add_argument("--instance-form", choices=["infonce", "pair_likelihood"], help="form of the instance term (default infonce)")
+    parser.add_argument("--select-on", choices=["map", "r10", "mean"],
+                        help="validation criterion of the kept epoch: average mAP (default), average R@10 of the own pair, or their mean")
     parser.add_argument("--norm-form", choices=["released", "paper"])
     parser.add_argument("--classifier-update", choices=["gradient", "ridge"])
     parser.add_argument("--no-progress", action="store_true")
@@ -104,8 +116,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     data, _ = load_data(args)
     result = evaluate_model_dir(args.model, data, args.split)
     print(f"{'split':<8}{'n_queries':>10}{'I->T':>9}{'T->I':>9}{'avg':>9}")
-    print(f"{result['split']:<8}{result['n_queries']:>10}{result['i2t']:>9.4f}{result['t2i']:>9.4f}{result['avg']:>9.4f}")
+    print(f"{result['split']:<8}{result['n_queries']:>10}{result['i2t']:>9.4f}{result['t2i']:>9.4f}{result['avg']:>9.4f}   (mAP over labels)")
     print("precision@k:", ", ".join(f"P@{k}={v:.4f}" for k, v in result["precision_at_k"].items()))
+    print(f"instance recall (each query's own pair; {result['instances']} distinct texts, items sharing a text count as one):")
+    print(f"{'':<8}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'medR':>8}{'MRR':>8}")
+    for direction in ("i2t", "t2i", "avg"):
+        r = result["recall"][direction]
+        print(f"{direction:<8}{r['r1']:>8.4f}{r['r5']:>8.4f}{r['r10']:>8.4f}{r['median_rank']:>8.1f}{r['mrr']:>8.4f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -27,6 +27,9 @@ class TrainConfig:
     # Under torchrun: "global" compares each process's items with the whole all-gathered batch in J2 (the same
     # objective as one process with that batch; default), "local" only with the process's own share (cheaper).
     j2_scope: Literal["global", "local"] = "global"
+    # What "best epoch" means on validation: average mAP over labels (the paper's metric), average R@10 of each query's
+    # own pair (what a search user feels), or the mean of the two.
+    select_on: Literal["map", "r10", "mean"] = "map"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ sort (several times faster than a stable argsort of floats) and yields exactly t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -202,3 +203,114 @@ def cross_modal_map_torch(image_vecs: torch.Tensor, text_vecs: torch.Tensor, lab
 
     sims = torch.round(u @ v.T, decimals=TIE_DECIMALS)
     return CrossModalScores(i2t=m_ap(sims), t2i=m_ap(sims.T))
+
+
+# ------------------------------------------------------------------------------------------ instance recall (R@K)
+RECALL_KS = (1, 5, 10)
+
+
+def instance_groups(keys) -> np.ndarray:
+    """Integer group id per item: items with equal keys (their text, or their text input rows) are one instance.
+
+    Where several items share one text (imagenet-sample: every photo of a synset has the synset's gloss), they are one
+    instance: any of them is a hit for a query of the other modality.
+    """
+    if isinstance(keys, np.ndarray) and keys.ndim >= 1 and keys.dtype != object:
+        rows = np.ascontiguousarray(keys).reshape(len(keys), -1)
+        if not len(rows):
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    ids: dict = {}
+    return np.asarray([ids.setdefault(key, len(ids)) for key in keys], dtype=np.int64)
+
+
+def first_hit_ranks(queries, retrieval, query_groups, retrieval_groups, chunk: int | None = None) -> np.ndarray:
+    """1-based rank of each query's best-ranked hit (a retrieval item of the query's group) over the whole ranked set.
+
+    Similarities are rounded to TIE_DECIMALS as in mAP; a non-hit tied with the best hit counts as ranked before it
+    (a collapsed model cannot look good through ties). A query whose group is absent from the retrieval set gets
+    rank n_retrieval + 1 (never found).
+    """
+    r_unit = _unit_rows(retrieval, "retrieval vectors")
+    queries = np.asarray(queries)
+    qg, rg = np.asarray(query_groups).reshape(-1), np.asarray(retrieval_groups).reshape(-1)
+    if len(qg) != len(queries) or len(rg) != len(r_unit):
+        raise ValueError(f"need one group per vector: {len(qg)} query groups for {len(queries)} queries, "
+                         f"{len(rg)} retrieval groups for {len(r_unit)} items")
+    ranks = np.empty(len(queries), dtype=np.int64)
+    rows = chunk_rows(len(queries), len(r_unit), chunk, bytes_per_cell=17)
+    for start in range(0, len(queries), rows):
+        stop = min(len(queries), start + rows)
+        sims = np.round(_unit_rows(queries[start:stop], "query vectors") @ r_unit.T, TIE_DECIMALS)
+        hit = qg[start:stop, None] == rg[None, :]
+        best = np.where(hit, sims, -np.inf).max(axis=1)
+        ahead = ((sims >= best[:, None]) & ~hit).sum(axis=1)
+        ranks[start:stop] = np.where(np.isfinite(best), ahead + 1, len(r_unit) + 1)
+    return ranks
+
+
+@dataclass(frozen=True)
+class RecallScores:
+    """One direction's instance recall: share of queries whose own pair is in the top 1 / 5 / 10, median rank, MRR."""
+
+    r1: float
+    r5: float
+    r10: float
+    median_rank: float
+    mrr: float
+
+    @classmethod
+    def from_ranks(cls, ranks: np.ndarray) -> "RecallScores":
+        """Summarise first-hit ranks."""
+        ranks = np.asarray(ranks, dtype=np.float64)
+        if not len(ranks):
+            return cls(float("nan"), float("nan"), float("nan"), float("nan"), float("nan"))
+        return cls(r1=float((ranks <= 1).mean()), r5=float((ranks <= 5).mean()), r10=float((ranks <= 10).mean()),
+                   median_rank=float(np.median(ranks)), mrr=float((1.0 / ranks).mean()))
+
+    def as_dict(self) -> dict[str, float]:
+        """JSON-ready fields."""
+        return {"r1": self.r1, "r5": self.r5, "r10": self.r10, "median_rank": self.median_rank, "mrr": self.mrr}
+
+
+@dataclass(frozen=True)
+class CrossModalRecall:
+    """Instance recall both ways over a paired set (image -> its text, text -> its image)."""
+
+    i2t: RecallScores
+    t2i: RecallScores
+
+    def average(self, field: str) -> float:
+        """Mean of one field over the two directions."""
+        return (getattr(self.i2t, field) + getattr(self.t2i, field)) / 2.0
+
+    @property
+    def r10(self) -> float:
+        """R@10 averaged over both directions."""
+        return self.average("r10")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields: both directions and their averages."""
+        return {"i2t": self.i2t.as_dict(), "t2i": self.t2i.as_dict(),
+                "avg": {f: self.average(f) for f in ("r1", "r5", "r10", "median_rank", "mrr")}}
+
+
+def cross_modal_recall(image_vecs, text_vecs, groups, chunk: int | None = None) -> CrossModalRecall:
+    """Instance recall both ways over a paired set; `groups[i]` is pair i's instance (see `instance_groups`)."""
+    groups = np.asarray(groups).reshape(-1)
+    return CrossModalRecall(i2t=RecallScores.from_ranks(first_hit_ranks(image_vecs, text_vecs, groups, groups, chunk)),
+                            t2i=RecallScores.from_ranks(first_hit_ranks(text_vecs, image_vecs, groups, groups, chunk)))
+
+
+SELECTION_CRITERIA = ("map", "r10", "mean")
+
+
+def selection_score(scores: CrossModalScores, recall: CrossModalRecall | None, criterion: str) -> float:
+    """The number model selection maximises: average mAP ('map'), average R@10 ('r10') or the mean of the two ('mean')."""
+    if criterion == "map":
+        return scores.avg
+    if criterion not in SELECTION_CRITERIA:
+        raise ValueError(f"selection criterion must be one of {SELECTION_CRITERIA}, got {criterion!r}")
+    if recall is None:
+        raise ValueError(f"selection criterion {criterion!r} needs instance recall")
+    return recall.r10 if criterion == "r10" else (scores.avg + recall.r10) / 2.0

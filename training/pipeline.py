@@ -10,10 +10,10 @@ import torch
 from model.artefact import load_model
 from model.encoder import build_network
 from training.config import DSCMRConfig
-from training.evaluation import precision_at_k, precision_recall_curve
+from training.evaluation import cross_modal_recall, instance_groups, precision_at_k, precision_recall_curve
 from training.distributed import is_main_process
 from training.features import FeatureSplits
-from training.train import encode_split, evaluate_model, features_spec, resolve_device, save_trained_model, train_dscmr, _to_tensor
+from training.train import encode_split, evaluate_split, features_spec, resolve_device, save_trained_model, train_dscmr, _to_tensor
 
 
 def train_and_save(data: FeatureSplits, cfg: DSCMRConfig, out_dir: str | Path, run_dir: str | Path | None = None, prepared=None) -> dict[str, Any]:
@@ -22,8 +22,9 @@ def train_and_save(data: FeatureSplits, cfg: DSCMRConfig, out_dir: str | Path, r
     result = train_dscmr(data, cfg, run_dir=run_dir, text_encoder=text_encoder)
     if not is_main_process():
         return {"rank": int(os.environ.get("RANK", "0")), "note": "non-zero rank: rank 0 saves the model"}
-    test = evaluate_model(result.model, data, "test")
-    metrics = {"test": {"i2t": test.i2t, "t2i": test.t2i, "avg": test.avg, "split": "test", "selected_on": "val"},
+    test, test_recall = evaluate_split(result.model, data, "test")
+    metrics = {"test": {"i2t": test.i2t, "t2i": test.t2i, "avg": test.avg, "recall": test_recall.as_dict(), "split": "test",
+                        "selected_on": "val"},
                "dataset": data.name, "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)}
     if prepared is not None:
         spec, vocab = prepared.feature_spec(), prepared.vocab_dict()
@@ -32,8 +33,10 @@ def train_and_save(data: FeatureSplits, cfg: DSCMRConfig, out_dir: str | Path, r
         spec, vocab = features_spec(data.train.image.shape[1], data.train.text.shape[1]), None
     digest = save_trained_model(result, out_dir, data.label_names, spec, vocab=vocab, metrics=metrics)
     return {"model_dir": str(out_dir), "content_hash": digest, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-            "wall_s": round(result.wall_s, 2), "val": {"i2t": result.best_val.i2t, "t2i": result.best_val.t2i, "avg": result.best_val.avg},
-            "test": metrics["test"]}
+            "wall_s": round(result.wall_s, 2),
+            "val": {"i2t": result.best_val.i2t, "t2i": result.best_val.t2i, "avg": result.best_val.avg,
+                    "recall": result.best_val_recall.as_dict() if result.best_val_recall is not None else None},
+            "selection": {"criterion": cfg.train.select_on, "score": result.best_score}, "test": metrics["test"]}
 
 
 def evaluate_model_dir(model_dir: str | Path, data: FeatureSplits, split: str, device: str = "auto") -> dict[str, Any]:
@@ -42,7 +45,7 @@ def evaluate_model_dir(model_dir: str | Path, data: FeatureSplits, split: str, d
     if list(artefact.label_names) != list(data.label_names):
         raise ValueError(f"the model's classes {artefact.label_names} differ from the data's {data.label_names}")
     net = build_network(artefact).to(resolve_device(device))
-    scores = evaluate_model(net, data, split)
+    scores, recall = evaluate_split(net, data, split)
     s = data.split(split)
     dev = next(net.parameters()).device
     with torch.no_grad():
@@ -50,6 +53,7 @@ def evaluate_model_dir(model_dir: str | Path, data: FeatureSplits, split: str, d
     u, v = u.cpu().numpy(), v.cpu().numpy()
     p_i2t = precision_at_k(u, v, s.labels, s.labels)
     return {"i2t": scores.i2t, "t2i": scores.t2i, "avg": scores.avg, "split": split, "n_queries": len(s),
+            "recall": recall.as_dict(), "instances": int(len(set(instance_groups(s.text).tolist()))),
             "model_hash": artefact.content_hash, "precision_at_k": {str(k): val for k, val in p_i2t.items()},
             "precision_at_k_t2i": {str(k): val for k, val in precision_at_k(v, u, s.labels, s.labels).items()},
             "pr_curve_i2t": precision_recall_curve(u, v, s.labels, s.labels),

@@ -22,7 +22,7 @@ from model.losses import dscmr_loss, ridge_classifier
 from model.network import DSCMRNet
 from training.config import DSCMRConfig
 from training.distributed import all_gather_with_grad, all_reduce_sum, broadcast_flag, init_from_env
-from training.evaluation import CrossModalScores, cross_modal_map_torch
+from training.evaluation import CrossModalRecall, CrossModalScores, cross_modal_map_torch, cross_modal_recall, instance_groups, selection_score
 from training.features import FeatureSplits
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -63,6 +63,8 @@ class TrainResult:
     config: DSCMRConfig
     epochs_run: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    best_val_recall: CrossModalRecall | None = None
+    best_score: float = float("nan")  # the selection criterion's value at the best epoch (config.train.select_on)
 
 
 def _to_tensor(arr: np.ndarray, device: torch.device, token_ids: bool = False) -> torch.Tensor:
@@ -131,16 +133,31 @@ def build_model(cfg: DSCMRConfig, text_encoder: nn.Module | None = None) -> DSCM
     return model
 
 
+def validation_record(u_val: torch.Tensor, v_val: torch.Tensor, labels: torch.Tensor, groups: np.ndarray, criterion: str
+                      ) -> tuple[CrossModalScores, CrossModalRecall, float, dict[str, float]]:
+    """Validation mAP, instance recall, the selection score and the metrics-log fields of one epoch."""
+    val = cross_modal_map_torch(u_val, v_val, labels)
+    recall = cross_modal_recall(u_val.cpu().numpy(), v_val.cpu().numpy(), groups)
+    score = selection_score(val, recall, criterion)
+    fields = {"val_i2t": val.i2t, "val_t2i": val.t2i, "val_avg": val.avg, "val_r1": recall.average("r1"),
+              "val_r5": recall.average("r5"), "val_r10": recall.r10, "val_medr": recall.average("median_rank"),
+              "val_score": score}
+    return val, recall, score, fields
+
+
 def record_epoch(state: dict[str, Any], record: dict[str, Any], val: Any, best_snapshot: Callable[[], dict[str, Any]], bar: Any,
-                 run_path: Path | None, on_epoch_end: Callable[[dict[str, Any]], None] | None, patience: int | None) -> bool:
-    """Book one finished epoch: history, best-so-far (keeping `best_snapshot()`), progress bar, metrics log and callback;
-    return whether early stopping says stop."""
+                 run_path: Path | None, on_epoch_end: Callable[[dict[str, Any]], None] | None, patience: int | None,
+                 score: float | None = None, recall: CrossModalRecall | None = None) -> bool:
+    """Book one finished epoch: history, best-so-far by `score` (default: validation average mAP), keeping
+    `best_snapshot()`, progress bar, metrics log and callback; return whether early stopping says stop."""
     state["history"].append(record)
-    if val.avg > state["best_score"]:
-        state.update(best_score=val.avg, best_epoch=record["epoch"], best_val=(val.i2t, val.t2i), stale=0, **best_snapshot())
+    score = val.avg if score is None else score
+    if score > state["best_score"]:
+        state.update(best_score=score, best_epoch=record["epoch"], best_val=(val.i2t, val.t2i), best_recall=recall, stale=0,
+                     **best_snapshot())
     else:
         state["stale"] += 1
-    bar.set_postfix(loss=f"{record['loss']:.4f}", val=f"{val.avg:.4f}", best=f"{state['best_score']:.4f}@{state['best_epoch']}")
+    bar.set_postfix(loss=f"{record['loss']:.4f}", val=f"{score:.4f}", best=f"{state['best_score']:.4f}@{state['best_epoch']}")
     if run_path is not None:
         with (run_path / METRICS_LOG).open("a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -188,8 +205,14 @@ def train_dscmr(
     va_img, va_txt = _to_tensor(data.val.image, device), _to_tensor(data.val.text, device, data.text_is_tokens)
     va_lab = _to_tensor(data.val.labels, device)
     n = len(tr_lab)
+    # Pairs whose text input is identical are one instance: positives of each other in the instance term and hits of
+    # each other in validation recall.
+    use_instance = cfg.loss.instance_weight > 0
+    tr_groups = torch.from_numpy(instance_groups(data.train.text)).to(device) if use_instance else None
+    va_groups = instance_groups(data.val.text)
 
-    state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "best_val": None, "best_state": None, "history": [], "stale": 0, "wall_s": 0.0}
+    state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "best_val": None, "best_recall": None, "best_state": None,
+                             "history": [], "stale": 0, "wall_s": 0.0}
     run_path = Path(run_dir) if run_dir is not None else None
     if run_path is not None:
         if ctx.is_main:
@@ -218,12 +241,13 @@ def train_dscmr(
     start_epoch = state["epoch"]
     bar = tqdm(range(start_epoch, tc.epochs), initial=start_epoch, total=tc.epochs, desc="train", disable=not (tc.progress and ctx.is_main), unit="epoch")
     global_j2 = ctx.enabled and cfg.loss.use_j2 and tc.j2_scope == "global"
+    global_instance = ctx.enabled and use_instance
     t_start = time.perf_counter() - state["wall_s"]
     ridge = cfg.loss.classifier_update == "ridge"
     for epoch in bar:
         model.train()
         perm = torch.randperm(n, generator=shuffle_gen).to(device)
-        sums = torch.zeros(4, device=device)
+        sums = torch.zeros(5, device=device)
         for start in range(0, n, tc.batch_size):
             idx = perm[start : start + tc.batch_size]
             if ctx.enabled:
@@ -243,21 +267,27 @@ def train_dscmr(
             u, v, pu, pv = u.float(), v.float(), pu.float(), pv.float()
             # Global J2: this process's rows against the whole global batch, so the summed gradient over
             # processes equals the single-process gradient of the same batch.
-            columns = (all_gather_with_grad(u), all_gather_with_grad(v), all_gather_with_grad(lab)) if global_j2 else None
-            terms = dscmr_loss(u, v, pu, pv, lab, cfg.loss, j2_columns=columns)
+            u_all = all_gather_with_grad(u) if (global_j2 or global_instance) else None
+            v_all = all_gather_with_grad(v) if (global_j2 or global_instance) else None
+            columns = (u_all, v_all, all_gather_with_grad(lab)) if global_j2 else None
+            ids = tr_groups[idx] if use_instance else None
+            # The instance term, like global J2, compares this process's pairs with the whole all-gathered batch.
+            inst_columns = (u_all, v_all, all_gather_with_grad(ids)) if global_instance else None
+            terms = dscmr_loss(u, v, pu, pv, lab, cfg.loss, j2_columns=columns, instance_ids=ids, instance_columns=inst_columns)
             backward_and_step(terms.total, optimizer, scaler)
-            sums += torch.stack([terms.total.detach(), terms.j1.detach(), terms.j2.detach(), terms.j3.detach()]).float() * len(idx)
+            sums += torch.stack([terms.total.detach(), terms.j1.detach(), terms.j2.detach(), terms.j3.detach(),
+                                 terms.inst.detach()]).float() * len(idx)
         if scheduler is not None:
             scheduler.step()
-        loss, j1, j2, j3 = (all_reduce_sum(sums) / n).tolist()
+        loss, j1, j2, j3, inst = (all_reduce_sum(sums) / n).tolist()
         stop = False
         if ctx.is_main:
             u_val, v_val = encode_split(model, va_img, va_txt)
-            val = cross_modal_map_torch(u_val, v_val, va_lab)
-            record = {"epoch": epoch + 1, "loss": loss, "j1": j1, "j2": j2, "j3": j3, "val_i2t": val.i2t, "val_t2i": val.t2i,
-                      "val_avg": val.avg, "lr": optimizer.param_groups[0]["lr"]}
+            val, recall, score, val_fields = validation_record(u_val, v_val, va_lab, va_groups, tc.select_on)
+            record = {"epoch": epoch + 1, "loss": loss, "j1": j1, "j2": j2, "j3": j3, "inst": inst, **val_fields,
+                      "lr": optimizer.param_groups[0]["lr"]}
             stop = record_epoch(state, record, val, lambda: {"best_state": {k: t.detach().clone() for k, t in model.state_dict().items()}},
-                                bar, run_path, on_epoch_end, tc.early_stopping_patience)
+                                bar, run_path, on_epoch_end, tc.early_stopping_patience, score=score, recall=recall)
         stop = broadcast_flag(stop, device)
         state["epoch"] = epoch + 1
         state["wall_s"] = time.perf_counter() - t_start
@@ -279,15 +309,22 @@ def train_dscmr(
     best.eval()
     i2t, t2i = state["best_val"] if state["best_val"] is not None else (float("nan"), float("nan"))
     return TrainResult(model=best, best_epoch=state["best_epoch"], best_val=CrossModalScores(i2t, t2i), history=state["history"],
-                       wall_s=state["wall_s"], config=cfg, epochs_run=state["epoch"])
+                       wall_s=state["wall_s"], config=cfg, epochs_run=state["epoch"], best_val_recall=state.get("best_recall"),
+                       best_score=state["best_score"])
 
 
 def evaluate_model(model: DSCMRNet, data: FeatureSplits, split: str) -> CrossModalScores:
     """mAP of `model` on one split of `data` (both directions)."""
+    return evaluate_split(model, data, split)[0]
+
+
+def evaluate_split(model: DSCMRNet, data: FeatureSplits, split: str) -> tuple[CrossModalScores, CrossModalRecall]:
+    """mAP and instance recall (R@K of each query's own pair) of `model` on one split of `data`, both directions."""
     device = next(model.parameters()).device
     s = data.split(split)
     u, v = encode_split(model, _to_tensor(s.image, device), _to_tensor(s.text, device, data.text_is_tokens))
-    return cross_modal_map_torch(u, v, _to_tensor(s.labels, device))
+    return cross_modal_map_torch(u, v, _to_tensor(s.labels, device)), cross_modal_recall(u.cpu().numpy(), v.cpu().numpy(),
+                                                                                         instance_groups(s.text))
 
 
 def save_trained_model(
@@ -301,8 +338,11 @@ def save_trained_model(
     """Write the selected model as a model directory; returns its content hash."""
     from model.artefact import ModelArtefact, save_model
 
-    all_metrics = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "wall_s": result.wall_s,
-                   "val": {"i2t": result.best_val.i2t, "t2i": result.best_val.t2i, "avg": result.best_val.avg, "split": "val"}}
+    val = {"i2t": result.best_val.i2t, "t2i": result.best_val.t2i, "avg": result.best_val.avg, "split": "val"}
+    if result.best_val_recall is not None:
+        val["recall"] = result.best_val_recall.as_dict()
+    all_metrics = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "wall_s": result.wall_s, "val": val,
+                   "selection": {"criterion": result.config.train.select_on, "score": result.best_score, "split": "val"}}
     all_metrics.update(metrics or {})
     artefact = ModelArtefact(
         state_dict={k: v for k, v in result.model.state_dict().items()},

@@ -26,6 +26,7 @@ from index.errors import IndexCorruptError, IndexModelMismatchError, IndexStoreE
 from index.metadata import MetadataStore
 from index.records import RecordReader
 from index.store import METADATA_FILE, MODALITIES, load_manifest, resolve_version
+from model.calibration import ScoreCalibration
 
 log = logging.getLogger(__name__)
 _swig_ptr = faiss.swig_ptr
@@ -199,7 +200,7 @@ class SearchIndex:
         encoder = self._require_encoder("texts")
         if isinstance(texts, str):
             raise TypeError("search_texts takes a list of texts; use search_text for one")
-        return self.search_vectors(encoder.encode_texts(list(texts)), k, target, labels)
+        return self.search_vectors(encoder.encode_texts(list(texts)), k, target, labels, query_modality="text")
 
     def search_image(self, image: Any, k: int = 10, target: Target = "text", labels: Iterable[str] | None = None) -> list[SearchHit]:
         """Top-k hits for one image query (a PIL image, encoded by the index's model)."""
@@ -209,16 +210,21 @@ class SearchIndex:
                       labels: Iterable[str] | None = None) -> list[list[SearchHit]]:
         """Top-k hits for each of a batch of image queries."""
         encoder = self._require_encoder("images")
-        return self.search_vectors(encoder.encode_images(list(images)), k, target, labels)
+        return self.search_vectors(encoder.encode_images(list(images)), k, target, labels, query_modality="image")
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10, target: Target = "image",
-                       labels: Iterable[str] | None = None) -> list[list[SearchHit]]:
-        """Top-k hits for each row of `queries` (n, dim) among the `target` vectors, optionally filtered by labels."""
-        scores, keys = self.search_keys(queries, k, target, labels)
+    def search_vectors(self, queries: np.ndarray, k: int = 10, target: Target = "image", labels: Iterable[str] | None = None,
+                       query_modality: str | None = None, calibration: ScoreCalibration | None = None) -> list[list[SearchHit]]:
+        """Top-k hits for each row of `queries` (n, dim) among the `target` vectors, optionally filtered by labels.
+
+        With target 'both', a `query_modality` ('image' or 'text') and a score calibration (`calibration`, else the
+        attached encoder's), images and texts are merged by calibrated relevance (model/calibration.py) instead of raw
+        cosine, which favours the query's own modality; each modality keeps its own order either way.
+        """
+        scores, keys = self.search_keys(queries, k, target, labels, query_modality, calibration)
         return self._build_hits(scores, keys)
 
-    def search_keys(self, queries: np.ndarray, k: int = 10, target: Target = "image",
-                    labels: Iterable[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search_keys(self, queries: np.ndarray, k: int = 10, target: Target = "image", labels: Iterable[str] | None = None,
+                    query_modality: str | None = None, calibration: ScoreCalibration | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Like search_vectors but returns the raw (scores, keys) arrays, (n, k) each, -1 keys past the end."""
         # A single query's checks run right after the previous FAISS search flushed the caches, where each numpy call
         # costs several microseconds: plain attribute reads and dict lookups here, numpy only where it must be.
@@ -242,7 +248,15 @@ class SearchIndex:
         scores = np.concatenate([r[0] for r in results], axis=1)
         keys = np.concatenate([r[1] for r in results], axis=1)
         scores = np.where(keys < 0, -np.inf, scores)
-        order = np.lexsort((keys, -scores), axis=1)[:, :k] if scores.shape[1] else np.zeros((len(q), 0), dtype=np.int64)
+        if calibration is None:
+            calibration = getattr(self.encoder, "calibration", None)
+        if query_modality is not None and calibration is not None and calibration.covers(query_modality, wanted):
+            relevance = np.concatenate([calibration.relevance(query_modality, m, r[0]) for m, r in zip(wanted, results)], axis=1)
+            merge_on = np.where(keys < 0, -np.inf, relevance)
+        else:
+            merge_on = scores
+        # the merge key first, raw score and key break its ties
+        order = np.lexsort((keys, -scores, -merge_on), axis=1)[:, :k] if scores.shape[1] else np.zeros((len(q), 0), dtype=np.int64)
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(keys, order, axis=1)
 
     # ------------------------------------------------------------------------------------------------------ internals

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from model.artefact import ModelArtefact, ModelArtefactError, load_model, read_model_hash
+from model.calibration import CALIBRATION_KEY, ScoreCalibration
 from model.config import NetworkConfig, from_dict
 from model.network import DSCMRNet
 
@@ -95,6 +96,7 @@ class CrossModalEncoder:
         self.label_names = list(artefact.label_names)
         self.feature_spec = artefact.feature_spec
         self.metrics = artefact.metrics
+        self.calibration = ScoreCalibration.from_dict(artefact.metrics.get(CALIBRATION_KEY))
         self.network = build_network(artefact).to(self.device)
         self.dim = self.network.cfg.common_dim
         self.batch_size = batch_size

@@ -180,3 +180,26 @@ def test_concurrent_searches_agree(flat_root):
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda q: index.search_vectors(q, k=5, labels=["label01"]), queries))
     assert got == expected
+
+
+def test_both_merges_by_calibrated_relevance_when_the_query_modality_is_known(flat_root):
+    """A calibration that rates image scores far below text scores lets the texts in; each modality keeps its order."""
+    from model.calibration import ScoreCalibration
+
+    root, vectors, items, data = flat_root
+    index = SearchIndex.load(root)
+    queries, _ = data.queries(5, stream=3)
+    raw = index.search_vectors(queries, k=20, target="both")
+    calibration = ScoreCalibration({"text->image": (10.0, -8.0), "text->text": (10.0, 0.0)})
+    merged = index.search_vectors(queries, k=20, target="both", query_modality="text", calibration=calibration)
+    images = index.search_vectors(queries, k=20, target="image")
+    texts = index.search_vectors(queries, k=20, target="text")
+    for row_raw, row, img, txt in zip(raw, merged, images, texts):
+        rel = [calibration.relevance("text", h.modality, [h.score])[0] for h in row]
+        assert rel == sorted(rel, reverse=True)  # ordered by calibrated relevance
+        assert [h.key for h in row if h.modality == "image"] == [h.key for h in img][:sum(h.modality == "image" for h in row)]
+        assert [h.key for h in row if h.modality == "text"] == [h.key for h in txt][:sum(h.modality == "text" for h in row)]
+        assert sum(h.modality == "text" for h in row) > sum(h.modality == "text" for h in row_raw)
+    # no query modality (or no calibration): the raw-score merge as before
+    assert [[h.key for h in r] for r in index.search_vectors(queries, k=20, target="both", calibration=calibration)] == \
+        [[h.key for h in r] for r in raw]

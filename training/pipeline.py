@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from model.artefact import load_model
+from model.calibration import CALIBRATION_KEY
 from model.encoder import build_network
 from training.config import DSCMRConfig
 from training.evaluation import cross_modal_recall, instance_groups, precision_at_k, precision_recall_curve
@@ -26,6 +27,9 @@ def train_and_save(data: FeatureSplits, cfg: DSCMRConfig, out_dir: str | Path, r
     metrics = {"test": {"i2t": test.i2t, "t2i": test.t2i, "avg": test.avg, "recall": test_recall.as_dict(), "split": "test",
                         "selected_on": "val"},
                "dataset": data.name, "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)}
+    calibration = validation_calibration(result.model, data, cfg.train.seed)
+    if calibration is not None:
+        metrics[CALIBRATION_KEY] = calibration.to_dict()
     if prepared is not None:
         spec, vocab = prepared.feature_spec(), prepared.vocab_dict()
         metrics["prepared_hash"] = prepared.content_hash
@@ -37,6 +41,16 @@ def train_and_save(data: FeatureSplits, cfg: DSCMRConfig, out_dir: str | Path, r
             "val": {"i2t": result.best_val.i2t, "t2i": result.best_val.t2i, "avg": result.best_val.avg,
                     "recall": result.best_val_recall.as_dict() if result.best_val_recall is not None else None},
             "selection": {"criterion": cfg.train.select_on, "score": result.best_score}, "test": metrics["test"]}
+
+
+def validation_calibration(model, data: FeatureSplits, seed: int = 0):
+    """The per-direction score calibration (model/calibration.py) of `model`, fitted on the validation split."""
+    from training.calibration import fit_score_calibration
+
+    dev = next(model.parameters()).device
+    s = data.split("val")
+    u, v = encode_split(model, _to_tensor(s.image, dev), _to_tensor(s.text, dev, data.text_is_tokens))
+    return fit_score_calibration(u.cpu().numpy(), v.cpu().numpy(), s.labels, seed=seed)
 
 
 def evaluate_model_dir(model_dir: str | Path, data: FeatureSplits, split: str, device: str = "auto") -> dict[str, Any]:

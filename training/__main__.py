@@ -179,7 +179,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Build the emoji demo (corpus -> prepared data -> model -> index) under --root; stages already done are skipped."""
     from training.demo import DemoConfig, build_demo
 
-    report = build_demo(args.root, DemoConfig(limit=args.limit, epochs=args.epochs, progress=not args.no_progress))
+    options = {k: v for k, v in {"text": args.text, "labels": args.labels, "instance_weight": args.instance_weight,
+                                 "select_on": args.select_on}.items() if v is not None}
+    report = build_demo(args.root, DemoConfig(limit=args.limit, epochs=args.epochs, progress=not args.no_progress,
+                                              refit=not args.no_refit, **options))
     print(json.dumps(report, indent=2))
     return 0
 
@@ -188,8 +191,18 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     """Train a candidate, compare it with the serving model on validation, promote (new index version) or reject."""
     from training.retrain import RetrainConfig, retrain
 
-    cfg = RetrainConfig(tolerance=args.tolerance, keep=args.keep, preset=args.preset, epochs=args.epochs, seed=args.seed,
-                        early_stopping=args.early_stopping, progress=not args.no_progress, reprepare=not args.no_reprepare)
+    from training.retrain import SERVING
+
+    chosen = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed, "early_stopping": args.early_stopping}.items() if v is not None}
+    if args.no_early_stopping:
+        chosen["early_stopping"] = None
+    if args.refit is not None:
+        chosen["refit"] = args.refit == "yes"
+    loss = tuple((k, v) for k, v in {"lambda_j2": args.lambda_j2, "eta_j3": args.eta_j3,
+                                     "instance_weight": args.instance_weight}.items() if v is not None)
+    cfg = RetrainConfig(tolerance=args.tolerance, keep=args.keep, preset=args.preset, progress=not args.no_progress,
+                        reprepare=not args.no_reprepare, loss_overrides=loss, **{k: chosen.get(k, SERVING) for k in
+                                                                                 ("epochs", "seed", "early_stopping", "refit")})
     report = retrain(args.root, cfg)
     print(json.dumps({k: report[k] for k in ("decision", "reason", "serving_after", "report_path", "wall_s")}, indent=2))
     return 0
@@ -323,17 +336,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=Path("artifacts"))
     p.add_argument("--limit", type=int, help="use at most this many emoji (default: all)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the demo's)")
+    p.add_argument("--text", choices=["minilm", "glove"], help="text setting (default minilm: MiniLM sentence vectors; glove: "
+                   "the GloVe sentence CNN)")
+    p.add_argument("--labels", choices=["group", "subgroup", "both"], help="emoji labels: Unicode group, subgroup or both (default both)")
+    p.add_argument("--instance-weight", type=float, metavar="W", help="weight of the instance term (default 1; 0 = the paper's objective)")
+    p.add_argument("--select-on", choices=["map", "r10", "mean"], help="validation criterion of the kept epoch (default mean)")
+    p.add_argument("--no-refit", action="store_true", help="serve the model trained on the train split instead of its refit on "
+                   "every item")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("retrain", help="train a candidate on the current data; promote it only if no worse on validation")
     p.add_argument("--root", type=Path, default=Path("artifacts"), help="artefact root (corpus/, prepared/, models/, index/)")
-    p.add_argument("--tolerance", type=float, default=0.005, help="largest allowed drop in validation avg mAP (default 0.005)")
+    p.add_argument("--tolerance", type=float, default=0.005, help="largest allowed drop of the validation selection score (the "
+                   "serving model's criterion: mAP, R@10 or their mean) against the serving model and the lineage's best "
+                   "(default 0.005)")
     p.add_argument("--keep", type=int, default=3, help="model and index versions to keep (default 3)")
-    p.add_argument("--preset", default="wiki-tuned")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--early-stopping", type=int, default=15, metavar="EPOCHS")
+    p.add_argument("--preset", help="train a named preset (paper, wiki-tuned) instead of the serving model's own configuration")
+    p.add_argument("--epochs", type=int, help="default: the serving model's")
+    p.add_argument("--seed", type=int, help="default: the serving model's")
+    p.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="default: the serving model's")
+    p.add_argument("--no-early-stopping", action="store_true")
+    p.add_argument("--refit", choices=["yes", "no"], help="serve a refit on every item (default: as the serving model)")
+    p.add_argument("--lambda-j2", type=float, metavar="W", help="default: the serving model's")
+    p.add_argument("--eta-j3", type=float, metavar="W", help="default: the serving model's")
+    p.add_argument("--instance-weight", type=float, metavar="W", help="default: the serving model's")
     p.add_argument("--no-reprepare", action="store_true", help="train on the prepared data as it is (skip the incremental prepare)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_retrain)

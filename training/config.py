@@ -30,6 +30,9 @@ class TrainConfig:
     # What "best epoch" means on validation: average mAP over labels (the paper's metric), average R@10 of each query's
     # own pair (what a search user feels), or the mean of the two.
     select_on: Literal["map", "r10", "mean"] = "map"
+    # "best": the epoch the criterion prefers on validation; "last": the final epoch (a refit on every item, whose
+    # epoch count was chosen on validation beforehand, has no held-out data left to choose on).
+    keep: Literal["best", "last"] = "best"
 
 
 @dataclass(frozen=True)

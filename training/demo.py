@@ -12,10 +12,11 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from model.corpus import CORPUS_FILE, load_corpus, save_corpus
 from model.sentence_cnn import TextEncoderConfig
+from training.datasets.emoji_demo import EmojiLabels
 from training.prepare import PREPARED_FILE, PrepareConfig, load_prepared, prepare_corpus, prepared_feature_cache
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Size and training settings of the demo build."""
+    """Size and training settings of the demo build (the defaults are the setting chosen on the demo's validation split)."""
 
     limit: int | None = None
     image_size: int = 96
@@ -32,9 +33,17 @@ class DemoConfig:
     seed: int = 0
     index_type: str = "flat"
     progress: bool = True
+    text: Literal["minilm", "glove"] = "minilm"
+    labels: EmojiLabels = "both"
+    instance_weight: float = 1.0
+    instance_temperature: float = 0.05
+    select_on: Literal["map", "r10", "mean"] = "mean"
+    refit: bool = True  # serve a refit on every item (see training.pipeline.refit_and_save)
 
 
 DEMO_EPOCHS = 60
+# Which model under models/ the demo serves (a build stopped after training resumes with it instead of training again).
+DEMO_MODEL_POINTER = "DEMO_MODEL"
 # GloVe 6B gives words the corpus never saw a sensible vector; min_count 1 keeps rare emoji names. The 100,000 most frequent
 # GloVe words get vocabulary entries too, so that a query word no emoji name uses is still understood.
 # The demo's text setting and loss weights were chosen on the full demo's validation split (val avg mAP: corpus vocabulary with
@@ -42,7 +51,13 @@ DEMO_EPOCHS = 60
 # lambda 1 / eta 0.01 0.729). It is the setting imagenet-sample's validation chose for GloVe, too.
 DEMO_TEXT = TextEncoderConfig(kind="sentence_cnn", word_vectors="glove-6b-50d", embed_dim=50, min_count=1, max_len=48,
                               pretrained_vocab=100_000, word_dropout=0.3, mean_vector=True)
+DEMO_TEXT_MINILM = TextEncoderConfig(kind="minilm")
 DEMO_LOSS_WEIGHTS = {"lambda_j2": 1.0, "eta_j3": 0.01}
+
+
+def demo_text_config(cfg: DemoConfig) -> TextEncoderConfig:
+    """The text setting of the demo: MiniLM sentence vectors, or the GloVe sentence CNN."""
+    return DEMO_TEXT_MINILM if cfg.text == "minilm" else DEMO_TEXT
 
 
 def artefact_paths(root: str | Path) -> dict[str, Path]:
@@ -59,26 +74,47 @@ def demo_train_config(prepared, cfg: DemoConfig):
     data_dims = prepared.manifest["image"]["dim"], prepared.text_config.output_dim or prepared.manifest["text"]["dim"]
     base = preset("wiki-tuned", progress=cfg.progress, epochs=cfg.epochs or DEMO_EPOCHS, seed=cfg.seed,
                   early_stopping_patience=cfg.early_stopping)
-    base = dataclasses.replace(base, loss=dataclasses.replace(base.loss, **DEMO_LOSS_WEIGHTS))
+    base = dataclasses.replace(base, loss=dataclasses.replace(base.loss, instance_weight=cfg.instance_weight,
+                                                              instance_temperature=cfg.instance_temperature, **DEMO_LOSS_WEIGHTS),
+                               train=dataclasses.replace(base.train, select_on=cfg.select_on))
     return with_dims(base, data_dims[0], data_dims[1], len(prepared.manifest["label_names"]))
 
 
-def train_into_models(prepared_dir: Path, models_dir: Path, train_cfg, run_dir: Path | None = None) -> dict[str, Any]:
-    """Train on prepared data and publish the model as models/<hash prefix>; returns the training report."""
-    from training.pipeline import train_and_save
-
-    prepared = load_prepared(prepared_dir)
-    data = prepared.feature_splits()
-    data.validate()
+def _publish_model(models_dir: Path, write) -> dict[str, Any]:
+    """Run `write(staging_dir) -> report` and move the result to models/<hash prefix> (kept when already there)."""
     models_dir.mkdir(parents=True, exist_ok=True)
-    staging = models_dir / f".training-{int(time.time() * 1000)}"
-    report = train_and_save(data, train_cfg, staging, run_dir=run_dir, prepared=prepared)
+    staging = models_dir / f".training-{time.time_ns()}"
+    report = write(staging)
     final = models_dir / report["content_hash"][:12]
-    if final.exists():
+    # an identical model (same content hash) may already be there, serving an older index version: it is kept as it is
+    report["already_there"] = final.exists()
+    if report["already_there"]:
         shutil.rmtree(staging)
     else:
         staging.rename(final)
     report["model_dir"] = str(final)
+    return report
+
+
+def train_into_models(prepared_dir: Path, models_dir: Path, train_cfg, run_dir: Path | None = None, refit: bool = False
+                      ) -> dict[str, Any]:
+    """Train on prepared data and publish the model as models/<hash prefix>; returns the training report.
+
+    With `refit`, the model trained on the train split (selected on validation) is kept as the held-out twin and a second
+    model, trained on every item for the twin's epoch count, is published and reported (`heldout` holds the twin's report).
+    """
+    from training.pipeline import refit_and_save, train_and_save
+
+    prepared = load_prepared(prepared_dir)
+    data = prepared.feature_splits()
+    data.validate()
+    heldout = _publish_model(models_dir, lambda staging: train_and_save(data, train_cfg, staging, run_dir=run_dir, prepared=prepared))
+    if not refit:
+        return heldout
+    refit_run = run_dir.with_name(run_dir.name + "-refit") if run_dir is not None else None
+    report = _publish_model(models_dir, lambda staging: refit_and_save(data, train_cfg, staging, heldout["model_dir"],
+                                                                       run_dir=refit_run, prepared=prepared))
+    report["heldout"] = heldout
     return report
 
 
@@ -95,7 +131,8 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
 
     started = time.perf_counter()
     if not (paths["corpus"] / CORPUS_FILE).is_file():
-        corpus, report = build_emoji_corpus(paths["corpus"], limit=cfg.limit, image_size=cfg.image_size, seed=cfg.seed)
+        corpus, report = build_emoji_corpus(paths["corpus"], limit=cfg.limit, image_size=cfg.image_size, seed=cfg.seed,
+                                            labels=cfg.labels, progress=cfg.progress)
         save_corpus(corpus, paths["corpus"])
         (paths["corpus"] / "load_report.json").write_text(json.dumps(report.as_dict(), ensure_ascii=False, indent=1))
         log.info("%s", report)
@@ -103,18 +140,20 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
 
     t = time.perf_counter()
     if not (paths["prepared"] / PREPARED_FILE).is_file():
-        prepare_corpus(paths["corpus"], paths["prepared"], PrepareConfig(text=DEMO_TEXT, seed=cfg.seed, progress=cfg.progress))
+        prepare_corpus(paths["corpus"], paths["prepared"], PrepareConfig(text=demo_text_config(cfg), seed=cfg.seed, progress=cfg.progress))
     timings["prepare_s"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
     prepared = load_prepared(paths["prepared"])
-    existing = sorted(p for p in paths["models"].glob("*") if (p / "manifest.json").is_file()) if paths["models"].is_dir() else []
-    if existing:
-        model_dir, train_report = existing[-1], {"model_dir": str(existing[-1]), "status": "reused"}
+    served = paths["models"] / DEMO_MODEL_POINTER
+    if served.is_file() and (paths["models"] / served.read_text().strip() / "manifest.json").is_file():
+        model_dir = paths["models"] / served.read_text().strip()
+        train_report = {"model_dir": str(model_dir), "status": "reused"}
     else:
         train_report = train_into_models(paths["prepared"], paths["models"], demo_train_config(prepared, cfg),
-                                         run_dir=paths["runs"] / "demo")
+                                         run_dir=paths["runs"] / "demo", refit=cfg.refit)
         model_dir = Path(train_report["model_dir"])
+        served.write_text(model_dir.name + "\n")
     timings["train_s"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()

@@ -39,6 +39,14 @@ class FeatureSplits:
         """The split called `name` ('train', 'val' or 'test')."""
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
+    def with_every_item_in_train(self) -> "FeatureSplits":
+        """A copy whose train split holds every item (train, val and test, in that order); val and test stay as they are,
+        for logging only, since a model trained on this has seen them."""
+        parts = (self.train, self.val, self.test)
+        everything = SplitArrays(np.concatenate([p.image for p in parts]), np.concatenate([p.text for p in parts]),
+                                 np.concatenate([p.labels for p in parts]), [i for p in parts for i in p.ids])
+        return FeatureSplits(everything, self.val, self.test, list(self.label_names), name=self.name, text_is_tokens=self.text_is_tokens)
+
     def validate(self) -> None:
         """Refuse data that would train silently wrong: shape mismatches, NaN/inf, empty splits or classes."""
         c = len(self.label_names)

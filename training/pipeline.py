@@ -1,6 +1,7 @@
 """Stage functions behind the CLI: train-and-save and evaluate a model directory."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,39 @@ def train_and_save(data: FeatureSplits, cfg: DSCMRConfig, out_dir: str | Path, r
             "val": {"i2t": result.best_val.i2t, "t2i": result.best_val.t2i, "avg": result.best_val.avg,
                     "recall": result.best_val_recall.as_dict() if result.best_val_recall is not None else None},
             "selection": {"criterion": cfg.train.select_on, "score": result.best_score}, "test": metrics["test"]}
+
+
+REFIT_NOTE = ("refit on every item (train + val + test) for the epoch count chosen on validation; val / test / selection / "
+              "calibration are the figures of its held-out twin, the same setting trained on the train split")
+
+
+def refit_and_save(data: FeatureSplits, cfg: DSCMRConfig, out_dir: str | Path, heldout_dir: str | Path,
+                   run_dir: str | Path | None = None, prepared=None) -> dict[str, Any]:
+    """Train `cfg` again on every item for the held-out twin's best epoch count and save it; returns the report.
+
+    The served model then knows every pair it indexes (without this, the items of the validation and test splits are
+    pairs the model never saw). Nothing is held out from it, so it carries its twin's held-out figures and calibration.
+    """
+    twin = load_model(heldout_dir)
+    epochs = int(twin.metrics["best_epoch"])
+    refit_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=max(1, epochs), early_stopping_patience=None,
+                                                                   keep="last"))
+    text_encoder = prepared.build_text_encoder() if prepared is not None else None
+    everything = data.with_every_item_in_train()
+    result = train_dscmr(everything, refit_cfg, run_dir=run_dir, text_encoder=text_encoder)
+    if not is_main_process():
+        return {"rank": int(os.environ.get("RANK", "0")), "note": "non-zero rank: rank 0 saves the model"}
+    inherited = {k: twin.metrics[k] for k in ("val", "test", "selection", CALIBRATION_KEY, "dataset", "prepared_hash") if k in twin.metrics}
+    metrics = {**inherited, "n_train": len(everything.train), "n_val": len(data.val), "n_test": len(data.test),
+               "refit": {"items": len(everything.train), "epochs": refit_cfg.train.epochs, "heldout_model": twin.content_hash,
+                         "note": REFIT_NOTE}}
+    if prepared is not None:
+        spec, vocab = prepared.feature_spec(), prepared.vocab_dict()
+    else:
+        spec, vocab = features_spec(data.train.image.shape[1], data.train.text.shape[1]), None
+    digest = save_trained_model(result, out_dir, data.label_names, spec, vocab=vocab, metrics=metrics)
+    return {"model_dir": str(out_dir), "content_hash": digest, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+            "wall_s": round(result.wall_s, 2), "refit": metrics["refit"], "val": inherited.get("val"), "test": inherited.get("test")}
 
 
 def validation_calibration(model, data: FeatureSplits, seed: int = 0):

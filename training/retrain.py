@@ -1,11 +1,16 @@
 """The retraining job: train a candidate on the current data, compare it with the serving model, promote only if no worse.
 
-Both models are scored by the same code on the same validation and test items of the freshly prepared data: images
-through each model's own image path (cached backbone features when the backbone matches the prepared one, pixels
-otherwise) and texts through each model's own text encoder from the raw text. The decision uses VALIDATION mAP only;
-test mAP is reported beside it. A promoted candidate gets a new index version, published atomically; the service
-follows the index's CURRENT pointer, so it switches without a restart. Old model and index versions beyond `keep`
-are pruned, never the serving ones; `rollback` points CURRENT back at the previous index version (and its model).
+The candidate is trained with the serving model's own recipe (its saved configuration and text setting) unless told
+otherwise, so that retraining on unchanged data reproduces what is served. Both models are scored by the same code on
+the same validation and test items of the freshly prepared data: images through each model's own image path (cached
+backbone features when the backbone matches the prepared one, pixels otherwise) and texts through each model's own text
+encoder from the raw text. A refit on every item is judged by its held-out twin (the same recipe trained on the train
+split), since the refit has seen the validation items. The decision uses the VALIDATION selection score of the recipe's
+criterion (average mAP, average R@10 of the own pair, or their mean) against the serving model and the lineage's best
+model (LINEAGE.json), so that promotions inside the tolerance cannot drift down one after another; test figures are
+reported beside it. A promoted candidate gets a new index version, published atomically; the service follows the index's
+CURRENT pointer, so it switches without a restart. Old model and index versions beyond `keep` are pruned, never the
+serving ones, the lineage's best or their twins; `rollback` points CURRENT back at the previous index version (and its model).
 """
 from __future__ import annotations
 
@@ -20,25 +25,37 @@ from typing import Any
 
 import numpy as np
 
+from model.artefact import CONFIG_FILE, METRICS_FILE
 from model.corpus import load_corpus
 from model.encoder import CrossModalEncoder, load_encoder
 from training.demo import artefact_paths, train_into_models
-from training.evaluation import cross_modal_map
+from training.evaluation import cross_modal_map, cross_modal_recall, instance_groups, selection_score
 from training.prepare import PREPARED_FILE, PrepareConfig, PreparedData, load_prepared, prepare_corpus, prepared_feature_cache
 
 log = logging.getLogger(__name__)
 
 
+SERVING = "serving"  # a RetrainConfig value meaning "as the serving model was trained"
+LINEAGE_FILE = "LINEAGE.json"
+
+
 @dataclass(frozen=True)
 class RetrainConfig:
-    """Promotion rule and training settings of a retraining run."""
+    """Promotion rule and training settings of a retraining run.
 
-    tolerance: float = 0.005  # the candidate may trail the serving model by at most this much validation avg mAP
-    keep: int = 3  # model and index versions kept (the serving ones are never removed)
-    preset: str = "wiki-tuned"
-    epochs: int = 60
-    early_stopping: int | None = 15
-    seed: int = 0
+    Training settings left at SERVING come from the serving model's own saved configuration (loss weights, instance
+    term, selection criterion, schedule; its text setting re-prepares the data), so that a retrain on unchanged data
+    trains the same recipe; set them to train something else.
+    """
+
+    tolerance: float = 0.005  # the candidate may trail the serving model (and the lineage's best) by at most this much
+    keep: int = 3  # model and index versions kept (the serving ones and the lineage's best are never removed)
+    preset: str | None = None  # a named preset instead of the serving model's configuration
+    epochs: int | None | str = SERVING
+    early_stopping: int | None | str = SERVING
+    seed: int | None | str = SERVING
+    refit: bool | str = SERVING  # serve a refit on every item (judged by its held-out twin)
+    loss_overrides: tuple[tuple[str, Any], ...] = ()  # e.g. (("instance_weight", 0.5),)
     progress: bool = True
     reprepare: bool = True  # re-run prepare on the corpus first (incremental: only new or changed images are extracted)
 
@@ -58,8 +75,57 @@ def current_model_dir(index_root: Path) -> tuple[str, Path]:
     return version, Path(manifest["model"]["path"])
 
 
-def score_model(encoder: CrossModalEncoder, prepared: PreparedData, split: str, texts: dict[str, str]) -> dict[str, float]:
-    """mAP both ways of a saved model on one split of prepared data, from cached features or pixels, and raw texts."""
+def heldout_twin(model_dir: Path) -> Path:
+    """The model a refit is judged by (its held-out twin, trained on the train split), or `model_dir` itself."""
+    metrics = json.loads((Path(model_dir) / METRICS_FILE).read_text())
+    twin_hash = (metrics.get("refit") or {}).get("heldout_model")
+    if not twin_hash:
+        return Path(model_dir)
+    twin = Path(model_dir).parent / twin_hash[:12]
+    if not (twin / "manifest.json").is_file():
+        raise RetrainError(f"{model_dir} is a refit judged by its held-out twin {twin_hash[:12]}, which is missing from "
+                           f"{twin.parent}; restore it, or retrain with --preset to start a new lineage")
+    return twin
+
+
+def serving_recipe(serving_model: Path, prepared: PreparedData, cfg: RetrainConfig) -> tuple[Any, bool]:
+    """(DSCMRConfig for the candidate, whether to refit): the serving model's own recipe unless `cfg` says otherwise."""
+    from model.config import from_dict
+    from training.config import DSCMRConfig, preset, with_dims
+
+    recipe_dir = heldout_twin(serving_model)
+    if cfg.preset is not None:
+        base = preset(cfg.preset)
+    else:
+        base = from_dict(DSCMRConfig, json.loads((recipe_dir / CONFIG_FILE).read_text()))
+    overrides = {"progress": cfg.progress}
+    for name, value in (("epochs", cfg.epochs), ("early_stopping_patience", cfg.early_stopping), ("seed", cfg.seed)):
+        if value != SERVING:
+            overrides[name] = value
+    base = dataclasses.replace(base, train=dataclasses.replace(base.train, **overrides),
+                               loss=dataclasses.replace(base.loss, **dict(cfg.loss_overrides)))
+    dims = prepared.manifest["image"]["dim"], prepared.text_config.output_dim or prepared.manifest["text"]["dim"]
+    refit = (recipe_dir != Path(serving_model)) if cfg.refit == SERVING else bool(cfg.refit)
+    return with_dims(base, dims[0], dims[1], len(prepared.manifest["label_names"])), refit
+
+
+def serving_text_config(serving_model: Path, prepared: PreparedData):
+    """The text setting to prepare with: the serving model's (so the candidate reads text as it does), else the prepared one's."""
+    from model.config import from_dict
+    from model.sentence_cnn import TextEncoderConfig
+
+    spec = json.loads((Path(serving_model) / "feature_spec.json").read_text()).get("text", {})
+    if spec.get("kind") == "sentence_cnn":
+        return from_dict(TextEncoderConfig, spec["config"])
+    if spec.get("kind") == "minilm":
+        return TextEncoderConfig(kind="minilm")
+    return prepared.text_config
+
+
+def score_model(encoder: CrossModalEncoder, prepared: PreparedData, split: str, texts: dict[str, str], criterion: str = "map"
+                ) -> dict[str, Any]:
+    """mAP and instance recall both ways of a saved model on one split of prepared data (cached features or pixels, raw
+    texts), with the selection score by `criterion`."""
     ids = prepared.manifest["splits"][split]
     row = {item_id: i for i, item_id in enumerate(prepared.manifest["ids"])}
     rows = np.asarray([row[i] for i in ids], dtype=np.int64)
@@ -74,15 +140,39 @@ def score_model(encoder: CrossModalEncoder, prepared: PreparedData, split: str, 
 
         corpus = load_corpus(prepared.manifest["corpus_dir"])
         image_vectors = encoder.encode_images([load_image(corpus.items[corpus.position(i)].image_path) for i in ids])
-    text_vectors = encoder.encode_texts([texts[i] for i in ids])
+    split_texts = [texts[i] for i in ids]
+    text_vectors = encoder.encode_texts(split_texts)
     result = cross_modal_map(image_vectors, text_vectors, labels)
-    return {"i2t": result.i2t, "t2i": result.t2i, "avg": result.avg, "n": len(ids)}
+    recall = cross_modal_recall(image_vectors, text_vectors, instance_groups(split_texts))
+    return {"i2t": result.i2t, "t2i": result.t2i, "avg": result.avg, "recall": recall.as_dict(), "n": len(ids),
+            "criterion": criterion, "score": selection_score(result, recall, criterion)}
+
+
+def promotion_decision(candidate: float, serving: float | None, lineage_best: float | None, tolerance: float) -> tuple[bool, str]:
+    """Promote when the candidate trails neither the serving model nor the lineage's best by more than `tolerance`.
+
+    Comparing with the best as well as the serving model stops a chain of promotions, each inside the tolerance, from
+    drifting down step by step."""
+    if serving is None:
+        return True, "the serving model's classes differ from the data's"
+    if candidate < serving - tolerance:
+        return False, f"{candidate:.4f} trails the serving model's {serving:.4f} by more than {tolerance}"
+    if lineage_best is not None and candidate < lineage_best - tolerance:
+        return False, f"{candidate:.4f} is within {tolerance} of the serving model's {serving:.4f} but trails the lineage's best " \
+                      f"{lineage_best:.4f} by more than {tolerance}"
+    best = f", lineage best {lineage_best:.4f}" if lineage_best is not None else ""
+    return True, f"{candidate:.4f} vs serving {serving:.4f}{best} (tolerance {tolerance})"
+
+
+def read_lineage(models_dir: Path) -> dict[str, Any]:
+    """The lineage record (its best validated model so far), or an empty one."""
+    path = models_dir / LINEAGE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str, Any]:
     """Run one retraining cycle under an artefact root; returns the report (also written to root/reports/)."""
     from index.build import BuildConfig, build_index
-    from training.config import preset, with_dims
 
     paths = artefact_paths(root)
     started = time.perf_counter()
@@ -92,41 +182,52 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
     if not (paths["prepared"] / PREPARED_FILE).is_file():
         raise RetrainError(f"{paths['prepared']} holds no prepared data; run `python -m training prepare --corpus {paths['corpus']} --out {paths['prepared']}`")
     if cfg.reprepare:
-        before = load_prepared(paths["prepared"]).manifest["config"]
-        from model.config import from_dict
-        from model.sentence_cnn import TextEncoderConfig
-
+        before = load_prepared(paths["prepared"])
         prepare_corpus(paths["corpus"], paths["prepared"],
-                       PrepareConfig(backbone=before["backbone"], text=from_dict(TextEncoderConfig, before["text"]),
-                                     batch_size=before["batch_size"], seed=before["seed"], progress=cfg.progress))
+                       PrepareConfig(backbone=before.manifest["config"]["backbone"], text=serving_text_config(serving_model, before),
+                                     batch_size=before.manifest["config"]["batch_size"], seed=before.manifest["config"]["seed"],
+                                     progress=cfg.progress))
     prepared = load_prepared(paths["prepared"])
-    dims = prepared.manifest["image"]["dim"], prepared.text_config.output_dim or prepared.manifest["text"]["dim"]
-    train_cfg = with_dims(preset(cfg.preset, epochs=cfg.epochs, seed=cfg.seed, progress=cfg.progress,
-                                 early_stopping_patience=cfg.early_stopping), dims[0], dims[1], len(prepared.manifest["label_names"]))
+    train_cfg, refit = serving_recipe(serving_model, prepared, cfg)
+    criterion = train_cfg.train.select_on
     run_dir = paths["runs"] / f"retrain-{time.strftime('%Y%m%dT%H%M%S')}"
-    trained = train_into_models(paths["prepared"], paths["models"], train_cfg, run_dir=run_dir)
+    trained = train_into_models(paths["prepared"], paths["models"], train_cfg, run_dir=run_dir, refit=refit)
     candidate_dir = Path(trained["model_dir"])
 
     corpus = load_corpus(paths["corpus"])
     texts = {it.id: it.text for it in corpus.items}
-    scores = {}
-    for name, model_dir in (("serving", serving_model), ("candidate", candidate_dir)):
-        encoder = load_encoder(model_dir)
+    lineage = read_lineage(paths["models"])
+    lineage_dir = paths["models"] / lineage["best"]["model"] if lineage.get("best") else None
+    if lineage_dir is not None and not (lineage_dir / "manifest.json").is_file():
+        log.warning("the lineage's best model %s is gone; comparing with the serving model only", lineage_dir.name)
+        lineage_dir = None
+    judged = {"serving": serving_model, "candidate": candidate_dir}
+    if lineage_dir is not None and lineage_dir.resolve() != serving_model.resolve():
+        judged["lineage_best"] = lineage_dir
+    scores: dict[str, Any] = {}
+    for name, model_dir in judged.items():
+        judge = heldout_twin(model_dir)
+        encoder = load_encoder(judge)
         if list(encoder.label_names) != list(prepared.manifest["label_names"]):
-            scores[name] = None  # another class list: not comparable, the candidate wins by definition
+            scores[name] = None  # another class list: not comparable
             continue
-        scores[name] = {split: score_model(encoder, prepared, split, texts) for split in ("val", "test")}
-    serving_val = scores["serving"]["val"]["avg"] if scores["serving"] else None
-    candidate_val = scores["candidate"]["val"]["avg"]
+        scores[name] = {split: score_model(encoder, prepared, split, texts, criterion) for split in ("val", "test")}
+        scores[name]["judged_by"] = judge.name
+    serving_val = scores["serving"]["val"]["score"] if scores["serving"] else None
+    lineage_val = scores["lineage_best"]["val"]["score"] if scores.get("lineage_best") else None
+    candidate_val = scores["candidate"]["val"]["score"]
     same_model = candidate_dir.resolve() == serving_model.resolve()
-    promote = not same_model and (serving_val is None or candidate_val >= serving_val - cfg.tolerance)
-    reason = ("the candidate is the serving model (same content hash)" if same_model else
-              "the serving model's classes differ from the data's" if serving_val is None else
-              f"validation avg mAP {candidate_val:.4f} vs serving {serving_val:.4f} (tolerance {cfg.tolerance})")
-    report: dict[str, Any] = {"decision": "promoted" if promote else "rejected", "reason": reason,
+    promote, reason = promotion_decision(candidate_val, serving_val, lineage_val, cfg.tolerance)
+    if same_model:
+        promote, reason = False, "the candidate is the serving model (same content hash)"
+    reason = f"validation {criterion} score: {reason}"
+    report: dict[str, Any] = {"decision": "promoted" if promote else "rejected", "reason": reason, "criterion": criterion,
                               "serving_before": {"index_version": serving_version, "model_dir": str(serving_model)},
                               "candidate": {"model_dir": str(candidate_dir), "content_hash": trained["content_hash"],
-                                            "best_epoch": trained.get("best_epoch"), "train_wall_s": trained.get("wall_s")},
+                                            "best_epoch": trained.get("best_epoch"), "train_wall_s": trained.get("wall_s"),
+                                            "refit": refit, "heldout_twin": (trained.get("heldout") or {}).get("model_dir")},
+                              "training_config": dataclasses.asdict(train_cfg),
+                              "lineage_best_before": str(lineage_dir) if lineage_dir is not None else None,
                               "scores": scores, "config": dataclasses.asdict(cfg), "selected_on": "val"}
     if promote:
         version = build_index(candidate_dir, paths["corpus"], paths["index"],
@@ -135,8 +236,15 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
     else:
         report["serving_after"] = report["serving_before"]
         if not same_model:
-            shutil.rmtree(candidate_dir, ignore_errors=True)
-            report["candidate"]["removed"] = True
+            # only what this run wrote: an identical model that was already there may serve an older index version
+            made = [trained] + ([trained["heldout"]] if trained.get("heldout") else [])
+            for made_report in made:
+                model_dir = Path(made_report["model_dir"])
+                if not made_report.get("already_there") and model_dir.resolve() not in (serving_model.resolve(),
+                                                                                         (lineage_dir or serving_model).resolve()):
+                    shutil.rmtree(model_dir, ignore_errors=True)
+            report["candidate"]["removed"] = not trained.get("already_there")
+    report["lineage_best_after"] = _update_lineage(paths["models"], lineage, scores, judged, promote, criterion)
     report["pruned"] = prune(paths, cfg.keep)
     report["wall_s"] = round(time.perf_counter() - started, 2)
     reports = Path(root) / "reports"
@@ -147,8 +255,30 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
     return report
 
 
+def _update_lineage(models_dir: Path, lineage: dict[str, Any], scores: dict[str, Any], judged: dict[str, Path], promoted: bool,
+                    criterion: str) -> str:
+    """Record the lineage's best validated model after this run (the best of its previous best, the serving model and a
+    promoted candidate, as scored on this run's validation split); returns its directory name."""
+    contenders = ["lineage_best", "serving"] + (["candidate"] if promoted else [])
+    ranked = [(scores[name]["val"]["score"], name) for name in contenders if scores.get(name)]
+    if not ranked:
+        best_name = "candidate" if promoted else "serving"
+        best_score = None
+    else:
+        best_score, best_name = max(ranked)
+    best_dir = judged[best_name]
+    record = {"best": {"model": best_dir.name, "criterion": criterion, "val_score": best_score,
+                       "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+              "history": (lineage.get("history") or [])[-50:] + [{"best": best_dir.name, "val_score": best_score, "promoted": promoted}]}
+    tmp = models_dir / (LINEAGE_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(models_dir / LINEAGE_FILE)
+    return best_dir.name
+
+
 def prune(paths: dict[str, Path], keep: int) -> dict[str, list[str]]:
-    """Keep the `keep` newest index versions and the models they serve (plus the newest `keep` models); delete the rest."""
+    """Keep the `keep` newest index versions and the models they serve (plus the newest `keep` models, the lineage's best
+    and the held-out twins of all these); delete the rest."""
     from index.store import list_versions, load_manifest, prune_versions
 
     removed_versions = prune_versions(paths["index"], keep)
@@ -159,12 +289,25 @@ def prune(paths: dict[str, Path], keep: int) -> dict[str, list[str]]:
     models = sorted((p for p in paths["models"].iterdir() if (p / "manifest.json").is_file()), key=lambda p: p.stat().st_mtime) \
         if paths["models"].is_dir() else []
     recent = set(p.resolve() for p in models[-keep:])
+    lineage = read_lineage(paths["models"]) if paths["models"].is_dir() else {}
+    protected = in_use | recent | ({(paths["models"] / lineage["best"]["model"]).resolve()} if lineage.get("best") else set())
+    # a refit is judged by its held-out twin: the twin stays as long as the refit does
+    protected |= {twin.resolve() for p in protected if (twin := _twin_if_any(p)) is not None}
     removed_models = []
     for p in models:
-        if p.resolve() not in in_use and p.resolve() not in recent:
+        if p.resolve() not in protected:
             shutil.rmtree(p)
             removed_models.append(p.name)
     return {"index_versions": removed_versions, "models": removed_models}
+
+
+def _twin_if_any(model_dir: Path) -> Path | None:
+    """The held-out twin of a refit model directory, or None (not a refit, or unreadable)."""
+    try:
+        twin = heldout_twin(model_dir)
+    except (RetrainError, OSError, ValueError):
+        return None
+    return twin if twin != Path(model_dir) else None
 
 
 def rollback(root: str | Path, to_version: str | None = None) -> dict[str, str]:

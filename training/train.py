@@ -304,7 +304,11 @@ def train_dscmr(
             break
     bar.close()
     best = copy.deepcopy(model)
-    if state["best_state"] is not None:
+    if tc.keep == "last":
+        last = state["history"][-1] if state["history"] else None
+        state.update(best_epoch=state["epoch"], best_val=(last["val_i2t"], last["val_t2i"]) if last else None,
+                     best_score=last["val_score"] if last else float("nan"), best_recall=None)
+    elif state["best_state"] is not None:
         best.load_state_dict(state["best_state"])
     best.eval()
     i2t, t2i = state["best_val"] if state["best_val"] is not None else (float("nan"), float("nan"))

@@ -4,8 +4,10 @@ from __future__ import annotations
 import os
 import unicodedata
 import xml.etree.ElementTree as ET
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from PIL import Image, ImageDraw, ImageFont, features
 from tqdm import tqdm
@@ -21,6 +23,7 @@ SKIN_TONES = frozenset(range(0x1F3FB, 0x1F400))
 VARIATION_SELECTOR_16 = "\ufe0f"
 DEFAULT_DROP_GROUPS = ("Component",)
 _REFERENCE_EMOJI = "\U0001F600"
+EmojiLabels = Literal["group", "subgroup", "both"]
 
 
 @dataclass(frozen=True)
@@ -129,11 +132,17 @@ def build_emoji_corpus(
     drop_groups: tuple[str, ...] = DEFAULT_DROP_GROUPS,
     sources: EmojiSources | None = None,
     background: tuple[int, int, int] = (255, 255, 255),
+    labels: EmojiLabels = "group",
+    progress: bool = True,
 ) -> tuple[Corpus, LoadReport]:
     """Render the emoji into out_dir/images/<id>.png (kept if already there) and return the corpus with a stratified 80/10/10 split.
 
-    `limit` (total) and `per_group` pick evenly spread emoji, balanced across the groups (the labels).
+    `limit` (total) and `per_group` pick evenly spread emoji, balanced across the groups. `labels`: each item's Unicode
+    group (9 classes), its subgroup (about 100: face-smiling, animal-mammal, food-fruit ...) or both (multi-label, the
+    group first). The split is stratified by the group either way, so the three settings share one split.
     """
+    if labels not in ("group", "subgroup", "both"):
+        raise ValueError(f"labels must be 'group', 'subgroup' or 'both', got {labels!r}")
     sources = sources or EmojiSources()
     sources.check()
     entries = _select(read_emoji_test(sources.emoji_test, drop_groups), limit, per_group)
@@ -143,7 +152,7 @@ def build_emoji_corpus(
     images_dir.mkdir(parents=True, exist_ok=True)
     report = LoadReport(dataset="emoji-demo")
     items: list[Item] = []
-    for entry in tqdm(entries, desc="rendering emoji", unit="emoji", leave=False):
+    for entry in tqdm(entries, desc="rendering emoji", unit="emoji", leave=False, disable=not progress):
         label = f"{entry.item_id} {entry.emoji} {entry.name}"
         path = images_dir / f"{entry.item_id}.png"
         if not _reusable(path, image_size):
@@ -155,10 +164,22 @@ def build_emoji_corpus(
         if entry.emoji.replace(VARIATION_SELECTOR_16, "") not in annotations:
             report.note("no CLDR keywords", label)
         items.append(Item(id=entry.item_id, image_path=str(path.resolve()), text=text, labels=(entry.group,),
-                          extra={"emoji": entry.emoji, "name": entry.name, "subgroup": entry.subgroup}))
+                          extra={"emoji": entry.emoji, "name": entry.name, "group": entry.group, "subgroup": entry.subgroup}))
     groups = list(dict.fromkeys(it.labels[0] for it in items))
-    corpus = Corpus(items=items, label_names=groups, name="emoji-demo")
-    corpus.splits = stratified_split(items, groups, seed=seed)
+    splits = stratified_split(items, groups, seed=seed)
+    if labels == "subgroup":
+        items = [dataclasses.replace(it, labels=(it.extra["subgroup"],)) for it in items]
+        groups = list(dict.fromkeys(it.extra["subgroup"] for it in items))
+    elif labels == "both":
+        # A subgroup is a class only where the train split holds one of its items (a class nothing trains cannot be
+        # learned); the items of the others keep their group alone.
+        in_train = {it.extra["subgroup"] for it in items if it.id in set(splits["train"])}
+        subgroups = [g for g in dict.fromkeys(it.extra["subgroup"] for it in items) if g in in_train]
+        items = [dataclasses.replace(it, labels=(it.extra["group"],) + ((it.extra["subgroup"],) if it.extra["subgroup"] in in_train
+                                                                        else ())) for it in items]
+        groups = groups + subgroups
+    corpus = Corpus(items=items, label_names=groups, name="emoji-demo", multilabel=labels == "both")
+    corpus.splits = splits
     return corpus, report.finish(len(items))
 
 

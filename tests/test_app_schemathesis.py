@@ -6,7 +6,6 @@ Schemathesis's pytest loader (`schemathesis.pytest.from_fixture`) does not run u
 """
 from __future__ import annotations
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings  # schemathesis brings hypothesis
 from hypothesis.errors import Unsatisfiable

@@ -1,5 +1,6 @@
-# Everyday commands: `make demo` serves the built-in emoji demo at http://127.0.0.1:8000, `make test` runs the test
-# suite, `make bench-wikipedia` the Wikipedia benchmark, `make docker-verify` checks the Docker image and compose stack.
+# Everyday commands: `make up` is `docker compose up` with either Compose version, `make demo` serves the built-in emoji
+# demo at http://127.0.0.1:8000 without Docker, `make test` runs the test suite, `make bench-wikipedia` the Wikipedia
+# benchmark, `make docker-verify` checks the Docker image and compose stack.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ DEMO_PORT ?= 8000
 DOCKER_VERIFY_FLAGS ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test bench-wikipedia docker-verify clean
+.PHONY: install up demo test bench-wikipedia docker-verify clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +20,12 @@ $(PY):
 # torch is pinned in the same pip command as everything that depends on it, so pip never pulls a second (CUDA) build.
 install: $(PY)
 	$(PY) -m pip install "torch==2.13.0" -e ".[test,sentence,cjk]"
+
+# The README's first command, `docker compose up`, run by Compose v2 or else v1's `docker-compose` (scripts/compose.sh
+# says how to install one when neither is there). `make up UP_FLAGS=-d` runs it in the background.
+UP_FLAGS ?=
+up:
+	scripts/compose.sh up $(UP_FLAGS)
 
 # The emoji demo without Docker: build it under $(ARTIFACTS) (corpus -> prepared -> model -> index; stages already done
 # are skipped, so a second `make demo` starts serving at once), then serve it until Ctrl-C.

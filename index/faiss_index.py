@@ -243,10 +243,13 @@ def train_index(index: faiss.Index, sample: np.ndarray, use_gpu: bool | None = N
         log.warning("training on only %d vectors (FAISS wants >= %d); recall will suffer", len(sample), MIN_TRAINING_POINTS)
     ivf = ivf_of(index)
     if ivf is not None and (gpu_available() if use_gpu is None else use_gpu):
-        try:
-            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
-        except (RuntimeError, AttributeError) as exc:  # a GPU build that cannot use the device: stay on the CPU
-            log.warning("GPU clustering unavailable (%s); training on the CPU", exc)
+        if not gpu_available():  # faiss-cpu's GPU helpers fail with a NameError, so ask before calling them
+            log.warning("GPU clustering asked for, but FAISS has no GPU support or sees no GPU; training on the CPU")
+        else:
+            try:
+                ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
+            except (RuntimeError, AttributeError) as exc:  # a GPU build that cannot use the device: stay on the CPU
+                log.warning("GPU clustering unavailable (%s); training on the CPU", exc)
     index.train(sample)
     if ivf is not None:
         ivf.clustering_index = None

@@ -6,13 +6,11 @@ Schemathesis's pytest loader (`schemathesis.pytest.from_fixture`) does not run u
 """
 from __future__ import annotations
 
-import pytest
-
-schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not installed (pip install schemathesis)")
-from hypothesis import HealthCheck, given, settings  # noqa: E402  (schemathesis brings hypothesis)
-from hypothesis.errors import Unsatisfiable  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.generation import GenerationMode  # noqa: E402
+import schemathesis
+from hypothesis import HealthCheck, given, settings  # schemathesis brings hypothesis
+from hypothesis.errors import Unsatisfiable
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
 
 # A few examples per operation and mode keep the run short on a shared 2-core machine; derandomised so a failure reproduces.
 EXAMPLES = 10

@@ -4,16 +4,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pytest
 from PIL import Image
 
-pytest.importorskip("matplotlib")
-
-from training.__main__ import main  # noqa: E402
-from training.config import preset, with_dims  # noqa: E402
-from training.features import FeatureSplits, SplitArrays, one_hot, save_feature_splits  # noqa: E402
-from training.figures import read_metrics  # noqa: E402
-from training.pipeline import train_and_save  # noqa: E402
+from training.__main__ import main
+from training.config import preset, with_dims
+from training.features import FeatureSplits, SplitArrays, one_hot, save_feature_splits
+from training.figures import read_metrics
+from training.pipeline import train_and_save
 
 
 def tiny_splits(seed: int = 0) -> FeatureSplits:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -13,7 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_quick_writes_the_report(tmp_path):
     out = tmp_path / "gpu_check.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The interpreter running the tests, not the script's fallback (.venv/bin/python, else python3), which a checkout
+    # tested with another environment's Python lacks.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--quick", "--out", str(out)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

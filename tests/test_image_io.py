@@ -12,9 +12,9 @@ import pytest
 from PIL import Image, ImageFile
 
 from model.image_io import ImageDecodeError, load_image, to_rgb
+from tests.fixtures_data import IMAGENET_SAMPLE, needs_real_imagenet, write_imagenet_sample
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def _close(pixel, expected, tol):
@@ -253,14 +253,21 @@ def test_draft_with_exif_rotation(tmp_path):
     assert image.size == (300, 400)  # 1/4 of 1200x1600 after rotation
 
 
-def test_real_photos_from_shared_data_decode_to_rgb():
-    root = SHARED_DATA / "imagenet-sample-wordnet"
-    if not (root / "metadata.json").exists():
-        pytest.skip(f"real data not present at {root}")
+@pytest.fixture(params=["generated", pytest.param("real", marks=needs_real_imagenet)])
+def photo_folder(request, tmp_path_factory) -> Path:
+    """An imagenet-sample-wordnet folder: generated (24 photos, every third grayscale, the first three 1280x960), or the
+    real one in ../shared/data (1,000 photos, 23 grayscale)."""
+    if request.param == "real":
+        return IMAGENET_SAMPLE
+    return write_imagenet_sample(tmp_path_factory.mktemp("photos"), per_class=2, grayscale_every=3, large=3)
+
+
+def test_photos_of_an_imagenet_sample_folder_decode_to_rgb(photo_folder):
+    root = photo_folder
     files = [root / item["file"] for item in json.loads((root / "metadata.json").read_text())["items"]]
     # Header-only open is cheap; pick the grayscale photos plus a spread of the others.
     modes = {path: Image.open(path).mode for path in files}
-    chosen = [p for p, m in modes.items() if m != "RGB"][:10] + files[::100]
+    chosen = [p for p, m in modes.items() if m != "RGB"][:10] + files[::max(1, len(files) // 10)]
     assert any(modes[p] != "RGB" for p in chosen), "expected some grayscale photos in the sample"
     for path in chosen:
         image = load_image(path, draft_size=256)

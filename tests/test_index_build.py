@@ -1,12 +1,15 @@
-"""The indexing job end to end on real photos and texts, with a real (small) DSCMR model trained here.
+"""The indexing job end to end on photos and texts, with a real (small) DSCMR model trained here.
 
-The model: EfficientNet-Lite0 image features + MiniLM sentence features, DSCMR trained for a few seconds on 66 items of
-the ImageNet sample (3 per coarse class). The tests build an index with it and query it by text and by image.
+The model: EfficientNet-Lite0 image features + MiniLM sentence features, DSCMR trained for a few seconds on 3 items per
+coarse class of an imagenet-sample-wordnet folder: the generated one (12 classes, Pillow-drawn photos, WordNet-style
+glosses; every clone) and the real ImageNet sample in ../shared/data (22 classes, 66 photos; where it is present). The
+tests build an index with it and query it by text and by image.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -22,20 +25,19 @@ from index.errors import ShardError
 from index.search import SearchIndex
 from index.store import load_manifest, read_current
 from model.corpus import Corpus, Item, load_corpus, save_corpus
+from tests.fixtures_data import IMAGENET_SAMPLE, needs_real_imagenet, write_imagenet_sample
 from tests.test_index_fixtures import single_thread_faiss  # noqa: F401
 
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "imagenet-sample-wordnet"
 PER_CLASS = 3
 CONFIG = BuildConfig(batch_size=16, show_progress=False)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """(model_dir, corpus_dir, corpus, encoder, spare items): a DSCMR model trained on 66 real items, saved as a model dir."""
-    if not (DATA / "metadata.json").is_file():
-        pytest.skip(f"real data missing: {DATA} (see shared/data)")
+@pytest.fixture(scope="module", params=["generated", pytest.param("real", marks=needs_real_imagenet)])
+def trained(request, tmp_path_factory):
+    """(model_dir, corpus_dir, corpus, encoder, spare items): a DSCMR model trained on PER_CLASS items of each class,
+    saved as a model dir; the spare items are four more, for the add tests."""
     import torch
 
     from model.encoder import load_encoder
@@ -48,8 +50,9 @@ def trained(tmp_path_factory):
     from training.train import save_trained_model, train_dscmr
 
     torch.set_num_threads(1)
-    base = tmp_path_factory.mktemp("real")
-    full, _ = load_imagenet_sample(DATA, verify_images=False)
+    base = tmp_path_factory.mktemp(request.param)
+    folder = IMAGENET_SAMPLE if request.param == "real" else write_imagenet_sample(base / "imagenet-sample", per_class=PER_CLASS + 1)
+    full, _ = load_imagenet_sample(folder, verify_images=False)
     taken: dict[str, int] = {}
     items, spare = [], []
     for it in full.items:
@@ -58,7 +61,8 @@ def trained(tmp_path_factory):
             items.append(it)
         elif len(spare) < 4:
             spare.append(it)
-    corpus = Corpus(items=items, label_names=full.label_names, splits={"test": [it.id for it in items]}, name="imagenet-66")
+    corpus = Corpus(items=items, label_names=full.label_names, splits={"test": [it.id for it in items]},
+                    name=f"imagenet-{len(items)}")
     corpus_dir = save_corpus(corpus, base / "corpus")
 
     image_features = build_image_backbone("efficientnet-lite0").extract_images([load_image(it.image_path) for it in items]).numpy()
@@ -67,7 +71,7 @@ def trained(tmp_path_factory):
     for i, it in enumerate(items):
         labels[i, corpus.label_names.index(it.labels[0])] = 1
     split = SplitArrays(image_features.astype(np.float32), text_features.astype(np.float32), labels, [it.id for it in items])
-    data = FeatureSplits(split, split, split, corpus.label_names, "imagenet-66")
+    data = FeatureSplits(split, split, split, corpus.label_names, corpus.name)
     cfg = with_dims(preset("paper", epochs=80, batch_size=32, lr=1e-3, device="cpu", progress=False, amp=False,
                            checkpoint_every=10**6), image_features.shape[1], text_features.shape[1], len(corpus.label_names))
     cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, hidden_dim=256, common_dim=64))
@@ -91,7 +95,7 @@ def test_text_query_finds_its_paired_image(trained, built):
     root, version = built
     index = SearchIndex.load(root, encoder=encoder)
     assert index.version == version.name and index.dim == 64
-    assert (index.count("image"), index.count("text")) == (66, 66)
+    assert (index.count("image"), index.count("text")) == (len(corpus), len(corpus))
     rows = index.search_texts([it.text for it in corpus.items], k=5, target="image")
     found = [it.id in {h.id for h in row} for it, row in zip(corpus.items, rows)]
     assert np.mean(found) >= 0.95, f"paired image in the top 5 for only {np.mean(found):.0%} of the texts"
@@ -125,7 +129,7 @@ def test_index_answers_equal_brute_force_over_the_encoder(trained, built):
     assert [[h.id for h in r] for r in rows] == [[corpus.items[j].id for j in e] for e in expected]
 
 
-def test_label_filter_on_real_data(trained, built):
+def test_label_filter(trained, built):
     _, _, corpus, encoder, _ = trained
     index = SearchIndex.load(built[0], encoder=encoder)
     hits = index.search_text("a small fish in a river", k=5, labels=["bird"])
@@ -141,7 +145,7 @@ def test_manifest_stamps_the_model(trained, built):
     manifest = load_manifest(built[1])
     assert manifest["model"]["content_hash"] == read_model_hash(model_dir)
     assert manifest["model"]["dim"] == 64 and manifest["skipped"]["count"] == 0
-    assert manifest["corpus"]["n_items"] == 66 and manifest["corpus"]["label_names"] == load_corpus(corpus_dir).label_names
+    assert manifest["corpus"]["n_items"] == len(load_corpus(corpus_dir)) and manifest["corpus"]["label_names"] == load_corpus(corpus_dir).label_names
 
 
 def test_corrupt_and_missing_images_are_skipped_and_counted(trained, tmp_path):
@@ -182,7 +186,7 @@ def test_add_new_items_with_the_encoder(trained, tmp_path):
     build_index(model_dir, corpus_dir, root, CONFIG, encoder=encoder)
     add_items(root, spare, encoder, config=CONFIG)
     index = SearchIndex.load(root, encoder=encoder)
-    assert index.count("image") == 66 + len(spare)
+    assert index.count("image") == len(corpus) + len(spare)
     found = [it.id in {h.id for h in index.search_text(it.text, k=10, target="text")} for it in spare]
     assert all(found)
 
@@ -215,7 +219,7 @@ def test_cli_build_killed_mid_way_keeps_previous_version_then_resumes(trained, t
 
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "resumed image: 4 of 9 batches were already embedded" in done.stderr
+    assert f"resumed image: 4 of {math.ceil(len(corpus) / 8)} batches were already embedded" in done.stderr
     assert read_current(root) != first.name
     again = SearchIndex.load(root, encoder=encoder)
     assert [h.id for h in again.search_text(corpus.items[0].text, k=5)] == [h.id for h in expected[0]]
@@ -231,6 +235,6 @@ def test_cli_add_items_from_a_corpus(trained, tmp_path):
                            str(new_dir), "--ids", spare[0].id, spare[1].id, "--no-progress", "--device", "cpu"],
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout)["counts"] == {"image": 68, "text": 68}
+    assert json.loads(done.stdout)["counts"] == {"image": len(corpus) + 2, "text": len(corpus) + 2}
     index = SearchIndex.load(root, encoder=encoder)
     assert spare[0].id in {h.id for h in index.search_text(spare[0].text, k=5, target="text")}

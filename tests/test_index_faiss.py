@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from index import faiss_index as fi
-from tests.test_index_fixtures import brute_force, clustered_items, single_thread_faiss  # noqa: F401
+from index.search import SearchIndex
+from tests.test_index_fixtures import brute_force, clustered_items, publish_clustered, single_thread_faiss  # noqa: F401
 
 GiB = 2**30
 
@@ -89,12 +90,90 @@ def test_gpu_search_matches_cpu():
         assert (gpu_keys == cpu_keys).mean() > 0.99
 
 
-def test_gpu_searcher_is_absent_without_gpu():
-    if fi.gpu_available():
-        pytest.skip("a GPU is present")
-    index = fi.create_index(fi.IndexSpec("flat", "Flat"), 8)
-    assert fi.GpuSearcher.try_create(index) is None
-    assert not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0
+# The GPU fallbacks below run on every host: FAISS's GPU entry points are replaced by stand-ins that report a device
+# or fail the way a GPU build does on a device it cannot use; test_gpu_search_matches_cpu above covers a real GPU.
+class _StandInGpuResources:
+    """Counts constructions: a GPU copy that is never attempted constructs none."""
+
+    made = 0
+
+    def __init__(self) -> None:
+        type(self).made += 1
+
+
+def _no_gpu(monkeypatch) -> None:
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
+
+
+def _broken_gpu(monkeypatch) -> None:
+    """A GPU build that sees a device but cannot put anything on it (driver mismatch, out of memory)."""
+    def refuse(*args, **kwargs):
+        raise RuntimeError("simulated: CUDA error: out of memory")
+
+    _StandInGpuResources.made = 0
+    monkeypatch.setattr(faiss, "StandardGpuResources", _StandInGpuResources, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", refuse, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", refuse)
+
+
+def test_gpu_available_needs_gpu_support_and_a_device(monkeypatch):
+    monkeypatch.setattr(faiss, "StandardGpuResources", _StandInGpuResources, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
+    assert not fi.gpu_available()  # a GPU build on a host without a device
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2)
+    assert fi.gpu_available()
+    monkeypatch.delattr(faiss, "StandardGpuResources")
+    assert not fi.gpu_available()  # faiss-cpu, whatever the device count says
+
+
+def _ivf_trained(use_gpu: bool | None, vectors: np.ndarray) -> faiss.Index:
+    index = fi.create_index(fi.choose_index_spec(len(vectors), 32, factory="IVF16,Flat", nprobe=4), 32)
+    fi.train_index(index, vectors, use_gpu=use_gpu)
+    fi.add_with_keys(index, vectors, np.arange(len(vectors)))
+    return index
+
+
+def test_asking_for_a_gpu_on_a_host_without_one_trains_and_searches_on_the_cpu(monkeypatch, tmp_path, caplog):
+    _no_gpu(monkeypatch)
+    vectors, _, data = clustered_items(1000)
+    queries = fi.normalise_rows(data.queries(20)[0])
+    with caplog.at_level("WARNING", logger="index.faiss_index"):
+        asked = _ivf_trained(True, vectors)
+    assert "training on the CPU" in caplog.text
+    cpu = _ivf_trained(False, vectors)  # the same seeded k-means, so the same lists and the same answers
+    for a, b in zip(asked.search(queries, 10), cpu.search(queries, 10)):
+        np.testing.assert_array_equal(a, b)
+    assert fi.GpuSearcher.try_create(asked) is None
+    version, vectors, items, data = publish_clustered(tmp_path, n=500, kind="flat")
+    index = SearchIndex.load(tmp_path, use_gpu=True)
+    queries = data.queries(5)[0]
+    _, ref_keys = brute_force(queries, vectors, np.arange(len(items)), 5)
+    assert [[h.id for h in row] for row in index.search_vectors(queries, k=5, target="image")] == \
+        [[items[k].id for k in keys] for keys in ref_keys]
+
+
+def test_a_gpu_that_refuses_the_index_leaves_search_and_training_on_the_cpu(monkeypatch, tmp_path, caplog):
+    _broken_gpu(monkeypatch)
+    flat = fi.create_index(fi.IndexSpec("flat", "Flat"), 8)
+    with caplog.at_level("WARNING", logger="index.faiss_index"):
+        assert fi.GpuSearcher.try_create(flat) is None
+    assert "cannot copy the index to the GPU (simulated: CUDA error: out of memory)" in caplog.text
+    assert _StandInGpuResources.made == 1
+    hnsw = fi.create_index(fi.IndexSpec("hnsw", "HNSW8", ef_construction=40, ef_search=16), 8)
+    assert fi.GpuSearcher.try_create(hnsw) is None and _StandInGpuResources.made == 1  # not even attempted: no GPU HNSW
+    caplog.clear()
+    vectors, _, data = clustered_items(1000)
+    with caplog.at_level("WARNING", logger="index.faiss_index"):
+        index = _ivf_trained(None, vectors)  # None: use the GPU FAISS reports
+    assert "GPU clustering unavailable (simulated: CUDA error: out of memory); training on the CPU" in caplog.text
+    assert index.is_trained and fi.ivf_of(index).clustering_index is None and index.ntotal == 1000
+    version, vectors, items, data = publish_clustered(tmp_path, n=500, kind="flat")
+    loaded = SearchIndex.load(tmp_path)
+    queries = data.queries(5)[0]
+    _, ref_keys = brute_force(queries, vectors, np.arange(len(items)), 5)
+    assert [[h.id for h in row] for row in loaded.search_vectors(queries, k=5, target="image")] == \
+        [[items[k].id for k in keys] for keys in ref_keys]
 
 
 def test_normalise_rows_refuses_broken_vectors():

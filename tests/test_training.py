@@ -12,12 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.fixtures_data import WIKI_CATEGORIES, WIKI_FEATURES, needs_real_wiki, write_wiki_features
 from tests.test_artefact import tiny_config, tiny_splits
 from training.features import DataValidationError, load_wiki_features, one_hot, save_feature_splits
 from training.train import train_dscmr
 
 REPO = Path(__file__).resolve().parents[1]
-WIKI = REPO.parent / "shared" / "data" / "wiki-rasiwasia-features" / "raw_features"
 
 
 def _cli(*args, **kw):
@@ -135,9 +135,34 @@ def test_cli_reports_bad_data_as_error_not_traceback(tmp_path):
     assert p.returncode == 2 and "NaN or infinite" in err and "Traceback" not in err
 
 
-@pytest.mark.skipif(not WIKI.is_dir(), reason="../shared/data/wiki-rasiwasia-features is not on this machine")
+def test_wiki_loader_on_a_generated_raw_features_folder(tmp_path):
+    written = write_wiki_features(tmp_path / "raw_features")
+    d = load_wiki_features(written.root)
+    n_train, n_test = len(written.ids["tr"]), len(written.ids["te"])
+    assert (n_train, n_test) == (217, 70)
+    assert len(d.train) + len(d.val) == n_train and len(d.test) == n_test
+    assert d.train.image.shape[1] == 128 and d.train.text.shape[1] == 10 and d.train.image.dtype == np.float32
+    assert d.label_names == WIKI_CATEGORIES
+    # validation: round(10%) of each class of the official training set (at least one), the official test set untouched
+    per_class = np.bincount(written.classes["tr"] - 1, minlength=10)
+    np.testing.assert_array_equal(d.val.labels.sum(0), [max(1, int(round(0.1 * c))) for c in per_class])
+    assert not set(d.train.ids) & set(d.val.ids) and set(d.train.ids) | set(d.val.ids) == set(written.ids["tr"])
+    assert d.test.ids == written.ids["te"]
+    # every row keeps its own features and the category of its .list line
+    for split, part in ((d.train, "tr"), (d.val, "tr"), (d.test, "te")):
+        rows = [written.ids[part].index(i) for i in split.ids]
+        np.testing.assert_array_equal(split.image, written.image[part][rows].astype(np.float32))
+        np.testing.assert_array_equal(split.text, written.text[part][rows].astype(np.float32))
+        np.testing.assert_array_equal(split.labels.argmax(1) + 1, written.classes[part][rows])
+    assert load_wiki_features(written.root).val.ids == d.val.ids
+    assert load_wiki_features(written.root, seed=1).val.ids != d.val.ids
+    with pytest.raises(FileNotFoundError, match="raw_features.mat not found"):
+        load_wiki_features(tmp_path)
+
+
+@needs_real_wiki
 def test_wiki_loader_official_split_and_stratified_validation():
-    d = load_wiki_features(WIKI)
+    d = load_wiki_features(WIKI_FEATURES)
     assert len(d.train) + len(d.val) == 2173 and len(d.test) == 693
     assert d.train.image.shape[1] == 128 and d.train.text.shape[1] == 10
     assert len(d.label_names) == 10 and d.label_names[0] == "art"
@@ -145,7 +170,7 @@ def test_wiki_loader_official_split_and_stratified_validation():
     full = d.train.labels.sum(0) + per_class_val
     np.testing.assert_allclose(per_class_val, np.round(0.1 * full), atol=1)
     assert not set(d.train.ids) & set(d.val.ids)
-    again = load_wiki_features(WIKI)
+    again = load_wiki_features(WIKI_FEATURES)
     assert again.val.ids == d.val.ids
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from scipy.linalg import eigh, svd
 
-from training.evaluation import CrossModalScores, cross_modal_map
+from training.evaluation import CrossModalRecall, CrossModalScores, cross_modal_map, cross_modal_recall, instance_groups
 from training.features import FeatureSplits
 
 
@@ -22,6 +22,13 @@ class BaselineResult:
     test: CrossModalScores
     params: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
+    val_recall: CrossModalRecall | None = None
+    test_recall: CrossModalRecall | None = None
+
+
+def _recall(vectors: tuple[np.ndarray, np.ndarray], split) -> CrossModalRecall:
+    """Instance recall of a split's projected (image, text) vectors."""
+    return cross_modal_recall(vectors[0], vectors[1], instance_groups(split.text))
 
 
 def _inv_sqrt(c: np.ndarray) -> np.ndarray:
@@ -69,9 +76,12 @@ def run_cca(data: FeatureSplits, ridges=(0.0,), components=None) -> BaselineResu
         if best is None or val.avg > best[0].avg:
             best = (val, cca, {"ridge": ridge, "n_components": k})
     val, cca, params = best
-    test = cross_modal_map(*cca.transform(data.test.image, data.test.text), data.test.labels)
+    test_vectors = cca.transform(data.test.image, data.test.text)
+    test = cross_modal_map(*test_vectors, data.test.labels)
     name = "CCA" if tuple(ridges) == (0.0,) else "regularised CCA"
-    return BaselineResult(name, val, test, params, time.perf_counter() - t0)
+    return BaselineResult(name, val, test, params, time.perf_counter() - t0,
+                          val_recall=_recall(cca.transform(data.val.image, data.val.text), data.val),
+                          test_recall=_recall(test_vectors, data.test))
 
 
 def _posteriors(model, x: np.ndarray, multilabel: bool) -> np.ndarray:
@@ -111,5 +121,8 @@ def run_semantic_matching(data: FeatureSplits, cs=(0.01, 0.1, 1.0, 10.0, 100.0),
             best = (val, {"C_image": c_img, "C_text": c_txt})
     val, params = best
     mi, mt = img_models[params["C_image"]], txt_models[params["C_text"]]
-    test = cross_modal_map(space(mi, data.test.image), space(mt, data.test.text), data.test.labels)
-    return BaselineResult("semantic matching", val, test, params, time.perf_counter() - t0)
+    test_vectors = space(mi, data.test.image), space(mt, data.test.text)
+    test = cross_modal_map(*test_vectors, data.test.labels)
+    return BaselineResult("semantic matching", val, test, params, time.perf_counter() - t0,
+                          val_recall=_recall((img_val[params["C_image"]], txt_val[params["C_text"]]), data.val),
+                          test_recall=_recall(test_vectors, data.test))

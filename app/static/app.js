@@ -14,6 +14,28 @@ function showMessage(text, isError = false) {
   els.message.classList.toggle("error", isError);
 }
 
+// What went wrong, in words a visitor can act on; the service's own detail follows for the curious.
+const PLAIN_ERRORS = {
+  image_too_large: "That picture is too large. Try a smaller or downscaled copy.",
+  not_an_image: "That file is not a picture we can read. Try a JPEG, PNG, GIF or WebP image.",
+  invalid_image: "That picture could not be read: it may be damaged, or too big or too oddly shaped.",
+  unsupported_media_type: "That file type is not accepted. Choose a picture file.",
+  text_too_long: "That query is too long. Try a shorter description.",
+  empty_text: "Type a word or a sentence first.",
+  unknown_label: "That label is not in this collection any more. Choose another one.",
+  unsupported_target: "This collection cannot answer with that kind of result. Choose another one under “Find”.",
+  unsupported_query: "This collection cannot be searched that way.",
+  not_ready: "The search service is still starting. Try again in a moment.",
+  body_too_large: "That upload is too large. Try a smaller picture.",
+};
+
+function failure(err) {
+  // A failed search leaves nothing stale on the page: no old results, no old preview.
+  els.results.replaceChildren();
+  clearPreview();
+  showMessage(err.message, true);
+}
+
 function options(defaultTarget) {
   const target = els.target.value === "auto" ? defaultTarget : els.target.value;
   const labels = els.label.value ? [els.label.value] : null;
@@ -25,19 +47,38 @@ async function callApi(url, init) {
   try {
     response = await fetch(url, init);
   } catch (err) {
-    throw new Error(`the service cannot be reached (${err.message})`);
+    throw new Error(`The search service cannot be reached. Check your connection and try again (${err.message}).`);
   }
   let body = null;
   try { body = await response.json(); } catch (_) { /* non-JSON body: reported below */ }
   if (!response.ok) {
-    throw new Error((body && body.detail) || `the service answered ${response.status}`);
+    const plain = body && PLAIN_ERRORS[body.error];
+    const detail = body && body.detail;
+    if (plain) throw new Error(detail ? `${plain} (${detail})` : plain);
+    throw new Error(detail ? `Something went wrong: ${detail}` : `Something went wrong (the service answered ${response.status}).`);
   }
   return body;
 }
 
-async function searchText(text) {
+// The query lives in the address (?q=... or ?item=<id> for "more like this picture"), so Back and shared links work.
+function remember(params, replace = false) {
+  const url = new URL(window.location.href);
+  url.search = "";
+  for (const [key, value] of Object.entries(params)) if (value) url.searchParams.set(key, value);
+  if (url.href === window.location.href) return;
+  if (replace) history.replaceState(null, "", url);
+  else history.pushState(null, "", url);
+}
+
+function optionParams() {
+  return { target: els.target.value === "auto" ? "" : els.target.value, label: els.label.value, k: els.k.value === "20" ? "" : els.k.value };
+}
+
+async function searchText(text, record = true) {
   const query = text.trim();
-  if (!query) { showMessage("Type a word or a sentence first.", true); return; }
+  if (!query) { failure(new Error(PLAIN_ERRORS.empty_text)); return; }
+  if (record) remember({ q: query, ...optionParams() });
+  clearPreview();
   showMessage("Searching…");
   const opts = options("image");
   const body = { text: query, k: opts.k, target: opts.target };
@@ -48,7 +89,7 @@ async function searchText(text) {
     });
     render(data, `“${query}”`);
   } catch (err) {
-    showMessage(err.message, true);
+    failure(err);
   }
 }
 
@@ -65,7 +106,7 @@ async function searchImage(blob, name) {
     const data = await callApi("/search/image", { method: "POST", body: form });
     render(data, name ? `the image ${name}` : "the image");
   } catch (err) {
-    showMessage(err.message, true);
+    failure(err);
   }
 }
 
@@ -74,6 +115,13 @@ function setPreview(blob) {
   previewUrl = URL.createObjectURL(blob);
   els.preview.src = previewUrl;
   els.preview.hidden = false;
+}
+
+function clearPreview() {
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = null;
+  els.preview.removeAttribute("src");
+  els.preview.hidden = true;
 }
 
 function render(data, what) {
@@ -93,11 +141,17 @@ function card(hit) {
   if (hit.modality === "image") {
     const img = document.createElement("img");
     img.src = hit.thumbnail_url;
-    img.alt = hit.id;
+    img.alt = hit.caption || hit.id;
     img.loading = "lazy";
     el.append(img);
+    if (hit.caption) {
+      const caption = document.createElement("p");
+      caption.className = "caption";
+      caption.textContent = hit.caption;
+      el.append(caption);
+    }
     el.title = "Search with this image";
-    el.addEventListener("click", () => searchWithImageOf(hit));
+    el.addEventListener("click", () => searchWithImageOf(hit.id, hit.image_url));
   } else {
     const p = document.createElement("p");
     p.className = "snippet";
@@ -121,13 +175,37 @@ function card(hit) {
   return el;
 }
 
-async function searchWithImageOf(hit) {
+async function searchWithImageOf(id, imageUrl, record = true) {
+  if (record) remember({ item: id, ...optionParams() });
   try {
-    const response = await fetch(hit.image_url);
-    if (!response.ok) throw new Error(`the image of ${hit.id} is not available (${response.status})`);
-    await searchImage(await response.blob(), hit.id);
+    const response = await fetch(imageUrl || `/media/${encodeURIComponent(id)}`);
+    if (!response.ok) throw new Error(`The picture of ${id} is not available any more (the service answered ${response.status}).`);
+    await searchImage(await response.blob(), id);
   } catch (err) {
-    showMessage(err.message, true);
+    failure(err);
+  }
+}
+
+// Run the search the address describes (on load, and when Back / Forward move through earlier searches).
+function searchFromAddress() {
+  const params = new URLSearchParams(window.location.search);
+  if (params.has("target")) els.target.value = params.get("target");
+  if (params.has("k")) els.k.value = params.get("k");
+  if (params.has("label")) {
+    const label = params.get("label");
+    if (![...els.label.options].some((o) => o.value === label)) els.label.append(new Option(label, label));
+    els.label.value = label;
+  }
+  if (params.get("q")) {
+    els.query.value = params.get("q");
+    searchText(params.get("q"), false);
+  } else if (params.get("item")) {
+    searchWithImageOf(params.get("item"), null, false);
+  } else {
+    els.query.value = "";
+    els.results.replaceChildren();
+    clearPreview();
+    showMessage("");
   }
 }
 
@@ -157,7 +235,7 @@ async function loadStatus() {
 els.form.addEventListener("submit", (event) => { event.preventDefault(); searchText(els.query.value); });
 els.file.addEventListener("change", () => {
   const file = els.file.files[0];
-  if (file) searchImage(file, file.name);
+  if (file) { remember({}); searchImage(file, file.name); }  // an uploaded file cannot live in the address
   els.file.value = "";
 });
 els.drop.addEventListener("click", (event) => { if (event.target === els.drop) els.file.click(); });
@@ -173,8 +251,10 @@ for (const type of ["dragleave", "drop"]) {
 els.drop.addEventListener("drop", (event) => {
   event.preventDefault();
   const file = [...event.dataTransfer.files].find((f) => f.type.startsWith("image/")) || event.dataTransfer.files[0];
-  if (file) searchImage(file, file.name);
-  else showMessage("Drop an image file.", true);
+  if (file) { remember({}); searchImage(file, file.name); }
+  else failure(new Error("Drop a picture file here."));
 });
+window.addEventListener("popstate", searchFromAddress);
 loadStatus();
+searchFromAddress();
 setInterval(loadStatus, 30000);

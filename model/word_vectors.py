@@ -279,10 +279,6 @@ def build_embedding_matrix(vocab: Vocabulary, primary: KeyedVectors | None, fall
     alignment, anchors, r2 = None, 0, None
     if primary is not None and fallback is not None and align_fallback:
         alignment, anchors, r2 = _fit_alignment(fallback, primary, seed)
-        if r2 < 0.2:
-            logger.warning("the corpus word vectors map poorly onto the pretrained ones (R^2 %.2f on %d shared "
-                           "words): words only the corpus knows get near-average vectors; more training text helps",
-                           r2, anchors)
     fallback_ids, fallback_rows = [], []
     for i, token in enumerate(vocab.tokens):
         if i in (PAD_ID, OOV_ID):
@@ -314,4 +310,27 @@ def build_embedding_matrix(vocab: Vocabulary, primary: KeyedVectors | None, fall
         random_examples=[vocab.tokens[i] for i in random_ids if i != OOV_ID][:20])
     logger.info("embedding matrix: %d primary, %d fallback, %d random, %d pretrained-only of %d", coverage.from_primary,
                 coverage.from_fallback, coverage.random, coverage.pretrained_extra, len(vocab))
+    if r2 is not None and r2 < POOR_ALIGNMENT_R2:
+        _report_poor_alignment(coverage)
     return matrix, coverage
+
+
+# Below this R^2, vectors mapped from the corpus word2vec into the pretrained space are little better than the average.
+POOR_ALIGNMENT_R2 = 0.2
+# ... which matters once this share of the training vocabulary depends on them.
+NOTABLE_FALLBACK_SHARE = 0.05
+
+
+def _report_poor_alignment(coverage: EmbeddingCoverage) -> None:
+    """Say what a poor corpus -> pretrained mapping costs: a warning with what to do when many words depend on it."""
+    training_words = coverage.from_primary + coverage.from_fallback + coverage.random
+    share = coverage.from_fallback / max(1, training_words)
+    message = (f"{coverage.from_fallback} of the {training_words} training words ({share:.1%}) are missing from the pretrained "
+               f"vectors and get a vector mapped from word2vec trained on your texts, but that mapping is weak "
+               f"(R^2 {coverage.alignment_r2:.2f} on {coverage.alignment_anchors} shared words), so they end up near the "
+               "average word")
+    if share >= NOTABLE_FALLBACK_SHARE:
+        logger.warning("%s. Use pretrained vectors that cover your vocabulary (--word-vectors FILE), more training text, or "
+                       "--text minilm", message)
+    else:
+        logger.info("%s; few words are affected, nothing to do", message)

@@ -105,3 +105,33 @@ def test_per_group_and_small_limits_pick_evenly(debian_sources, tmp_path):
     # a different image size renders again instead of reusing the 32 px files
     corpus, _ = build_emoji_corpus(tmp_path, limit=5, image_size=48)
     assert all(Image.open(it.image_path).size == (48, 48) for it in corpus.items)
+
+
+def test_group_subgroup_labels_share_one_split(debian_sources, tmp_path):
+    group, _ = build_emoji_corpus(tmp_path, limit=180, image_size=32, labels="group", progress=False)
+    both, _ = build_emoji_corpus(tmp_path, limit=180, image_size=32, labels="both", progress=False)
+    assert both.splits == group.splits and both.multilabel and not group.multilabel
+    train = set(both.splits["train"])
+    trained_subgroups = {it.extra["subgroup"] for it in both.items if it.id in train}
+    assert both.label_names[:len(group.label_names)] == group.label_names
+    assert set(both.label_names[len(group.label_names):]) == trained_subgroups  # only subgroups the train split can teach
+    for it in both.items:
+        assert it.labels[0] == it.extra["group"]
+        assert it.labels[1:] == ((it.extra["subgroup"],) if it.extra["subgroup"] in trained_subgroups else ())
+
+
+@pytest.mark.parametrize("text", ["minilm", "glove"])
+def test_a_demo_build_without_progress_prints_no_progress_bars_or_alarms(debian_sources, tmp_path, text):
+    """`training demo --no-progress` (what docker compose's demo-init runs) prints no bar, and nothing that reads like an error."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "training", "demo", "--root", str(tmp_path / "demo"), "--limit", "27", "--epochs", "1",
+                           "--text", text, "--no-progress"], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "%|" not in output and "it/s]" not in output, output[-3000:]
+    assert "WARNING" not in output and "map poorly" not in output, output[-3000:]

@@ -206,3 +206,23 @@ def test_fallback_is_mapped_into_the_primary_space():
         cos = matrix[vocab.id_of(w)] @ truth[int(w[1:])] / (
             np.linalg.norm(matrix[vocab.id_of(w)]) * np.linalg.norm(truth[int(w[1:])]))
         assert cos > 0.98, w
+
+
+def test_a_weak_corpus_mapping_is_a_warning_only_when_many_words_depend_on_it(caplog):
+    import logging
+
+    from model.word_vectors import EmbeddingCoverage, _report_poor_alignment
+
+    few = EmbeddingCoverage(vocab_size=1000, dim=50, from_primary=980, from_fallback=10, random=8, pretrained_extra=0,
+                            random_extra=0, alignment_anchors=2400, alignment_r2=0.02, random_examples=[])
+    with caplog.at_level(logging.INFO, logger="model.word_vectors"):
+        _report_poor_alignment(few)
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "10 of the 998 training words (1.0%)" in caplog.text and "nothing to do" in caplog.text
+    caplog.clear()
+    many = EmbeddingCoverage(vocab_size=1000, dim=50, from_primary=700, from_fallback=290, random=8, pretrained_extra=0,
+                             random_extra=0, alignment_anchors=700, alignment_r2=0.05, random_examples=[])
+    with caplog.at_level(logging.INFO, logger="model.word_vectors"):
+        _report_poor_alignment(many)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "--word-vectors FILE" in caplog.text and "29.1%" in caplog.text

@@ -43,7 +43,7 @@ from app.schemas import (MAX_K, HealthResponse, ImageSearchJSON, ImageSearchOpti
                          ReadyResponse, ReloadRequest, ReloadResponse, SearchResponse, SearchResult, Target, TextSearchRequest)
 from app.settings import ServiceSettings
 from app.state import ReloadOutcome, ServingHolder, ServingState
-from model.image_io import ImageDecodeError, load_image
+from model.image_io import DEFAULT_MAX_ASPECT_RATIO, ImageAspectRatioError, ImageDecodeError, load_image
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "malformed JSON or multipart body"},
     413: {"model": ErrorResponse, "description": "body, upload or text over the size limit"},
     415: {"model": ErrorResponse, "description": "wrong Content-Type, or an upload that is not an image"},
-    422: {"model": ErrorResponse, "description": "a field is missing or out of range, an unknown label, an undecodable image"},
+    422: {"model": ErrorResponse, "description": "a field is missing or out of range, an unknown label, an undecodable, too "
+                                                  "large or too elongated image"},
     503: {"model": ErrorResponse, "description": "the model and index are not loaded yet"},
 }
 
@@ -219,10 +220,18 @@ def decode_base64_image(value: str, max_bytes: int) -> bytes:
     return data
 
 
-def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None):
-    """A decoded RGB image (JPEGs drafted down to `draft_size`); ApiError 415 when the bytes are no image, 422 when broken or too large."""
+def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None,
+                 max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO):
+    """A decoded RGB image (JPEGs drafted down to `draft_size`); ApiError 415 when the bytes are no image, 422 when broken,
+    too large or too elongated (both judged from the header, before any pixel is decoded)."""
     try:
-        return load_image(data, max_pixels=max_pixels, draft_size=draft_size)
+        return load_image(data, max_pixels=max_pixels, draft_size=draft_size, max_aspect_ratio=max_aspect_ratio)
+    except ImageAspectRatioError as exc:
+        width, height = exc.size
+        raise ApiError(422, "image_aspect_ratio",
+                       f"the image is {width}x{height} px, an aspect ratio of {exc.ratio:,.0f}:1; the limit is "
+                       f"{exc.limit:g}:1 (DSCMR_MAX_IMAGE_ASPECT_RATIO). The model sees a square from the middle of the "
+                       "picture: crop the image to the part to search with, or pad it to a squarer shape") from None
     except ImageDecodeError as exc:
         if isinstance(exc.__cause__, UnidentifiedImageError):
             raise ApiError(415, "not_an_image", str(exc)) from None
@@ -391,7 +400,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
         def work():
             t0 = time.perf_counter()
-            image = decode_image(data, settings.max_image_pixels, state.encoder.image_decode_size)
+            image = decode_image(data, settings.max_image_pixels, state.encoder.image_decode_size, settings.max_image_aspect_ratio)
             t1 = time.perf_counter()
             vectors = state.encoder.encode_images([image])
             t2 = time.perf_counter()

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.image_io import DEFAULT_MAX_ASPECT_RATIO, MAX_ASPECT_RATIO_LIMIT
+
 
 class ServiceSettings(BaseSettings):
     """Everything `python -m app` can be told, each as DSCMR_<NAME> (e.g. DSCMR_INDEX_ROOT, DSCMR_PORT)."""
@@ -26,6 +28,9 @@ class ServiceSettings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest accepted image upload (decoded bytes)")
     max_text_chars: int = Field(1000, ge=1, description="longest accepted text query, in characters")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest width x height an uploaded image may declare")
+    max_image_aspect_ratio: float = Field(DEFAULT_MAX_ASPECT_RATIO, ge=1, le=MAX_ASPECT_RATIO_LIMIT,
+                                          description="most elongated image accepted (long side / short side), checked "
+                                                      "from the header: the model scales the short side to ~256 px")
     admin_api_key: SecretStr | None = Field(None, description="key for POST /admin/reload (header X-API-Key); unset disables it")
     reload_poll_s: float = Field(2.0, ge=0, description="how often the CURRENT pointer is checked; 0 turns the watcher off")
     verify_files: bool = Field(True, description="check every index file's sha256 when a version is loaded")

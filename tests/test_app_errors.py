@@ -200,6 +200,38 @@ def test_decompression_bomb(api):
     assert_error(api.post("/search/image", json={"image_base64": payload}), 422, "invalid_image", "pixels")
 
 
+def thin_png(width: int, height: int) -> bytes:
+    """A real (fully decodable) grey PNG of width x height pixels: a few hundred bytes even when millions of pixels long."""
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MiB."""
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.parametrize("size", [(1, 8000), (8000, 1), (1, 40_000), (1, 8_400_000)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_extreme_aspect_ratio_is_refused_before_decoding(api, app_server, size):
+    # Scaling the short side to the backbone's 256 px would make a 1x8000 PNG 256 x 2,048,000 px (1.5 GB, 18 s), a
+    # 1x40000 one five times that, and a 1x8,400,000 one overflow Pillow's resize (a 500). The header alone says no.
+    data = thin_png(*size)
+    peak_before = peak_rss_mib(app_server.process.pid)
+    for response in (upload(api, data), api.post("/search/image", json={"image_base64": base64.b64encode(data).decode()})):
+        assert_error(response, 422, "image_aspect_ratio", f"{size[0]}x{size[1]} px", "the limit is 20:1",
+                     "DSCMR_MAX_IMAGE_ASPECT_RATIO", "crop")
+    assert peak_rss_mib(app_server.process.pid) - peak_before < 100
+
+
+def test_elongated_images_within_the_limit_are_searched(api):
+    for size in ((1, 20), (20, 1), (300, 6000)):
+        response = upload(api, thin_png(*size), k="3")
+        assert response.status_code == 200, response.text
+        assert len(response.json()["results"]) == 3
+
+
 # --------------------------------------------------------------------------------------------------- sizes
 def test_upload_over_the_size_limit(api):
     too_big = os.urandom(MAX_UPLOAD_BYTES + 1000)

@@ -36,7 +36,7 @@ from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import (ApiError, BodyTooLargeError, ErrorResponse, InternalErrorMiddleware, error_body, install_error_handlers,
-                        validation_error)
+                        json_syntax_error, unparsable_json_error, validation_error)
 from app.media import THUMBNAIL_MAX, THUMBNAIL_MIN, ThumbnailCache, item_image_file
 from app.metrics import MetricsMiddleware, ServiceMetrics
 from app.schemas import (MAX_K, HealthResponse, ImageSearchJSON, ImageSearchOptions, ItemResponse, LabelInfo, LabelsResponse,
@@ -274,8 +274,10 @@ async def read_json_image(request: Request, settings: ServiceSettings) -> tuple[
         raise ApiError(422, "invalid_request", "the request body is empty; send {\"image_base64\": \"...\"}")
     try:
         payload = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "malformed_json", f"the request body is not valid JSON ({exc}); send a JSON object") from None
+    except json.JSONDecodeError as exc:
+        raise json_syntax_error(exc) from None
+    except (RecursionError, UnicodeDecodeError) as exc:  # RecursionError: nested deeper than the parser's stack allows
+        raise unparsable_json_error(exc) from None
     if not isinstance(payload, dict):
         raise ApiError(422, "invalid_request", f"the JSON body is a {type(payload).__name__}; send an object {{\"image_base64\": ...}}")
     body = _options(ImageSearchJSON, payload)

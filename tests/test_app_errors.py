@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.app_fixtures import MAX_TEXT_CHARS, MAX_UPLOAD_BYTES
+from tests.app_fixtures import ADMIN_KEY, MAX_TEXT_CHARS, MAX_UPLOAD_BYTES
 
 
 def assert_error(response, status: int, code: str, *needles: str) -> dict:
@@ -142,6 +142,25 @@ def test_two_files_are_refused(api, image_bytes):
 @pytest.mark.parametrize("body", [b'{"text": "cat"', b"{'text': 'cat'}", b"\xff\xfe{}", b"nul"])
 def test_malformed_json(api, path, body):
     assert_error(api.post(path, content=body, headers={"content-type": "application/json"}), 400, "malformed_json", "not valid JSON")
+
+
+JSON_ROUTES = ("/search/text", "/search/image", "/admin/reload")
+
+
+@pytest.mark.parametrize("body", [b"[" * 2000 + b"]" * 2000, b'{"text": ' * 2000 + b'"cat"' + b"}" * 2000,
+                                  b'{"labels": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"], ids=["array", "object", "labels"])
+def test_deeply_nested_json_is_the_same_400_on_every_json_route(api, body):
+    # /search/image parsed it itself and answered a 500 (RecursionError); the others said "error parsing the body"
+    answers = [assert_error(api.post(path, content=body, headers={"content-type": "application/json", "X-API-Key": ADMIN_KEY}),
+                            400, "malformed_json", "nested too deeply") for path in JSON_ROUTES]
+    assert answers[0] == answers[1] == answers[2]
+
+
+@pytest.mark.parametrize("body", [b'{"text": "cat"', b"\xff\xfe{}", b"nul", b'{"a": 1}}', b"\x00"])
+def test_malformed_json_is_the_same_400_on_every_json_route(api, body):
+    answers = [assert_error(api.post(path, content=body, headers={"content-type": "application/json", "X-API-Key": ADMIN_KEY}),
+                            400, "malformed_json", "not valid JSON") for path in JSON_ROUTES]
+    assert answers[0] == answers[1] == answers[2]
 
 
 def test_json_that_is_not_an_object(api):

@@ -349,6 +349,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
+    def is_admin(api_key: str | None) -> bool:
+        """Whether `api_key` is the configured admin key (never when admin endpoints are disabled)."""
+        expected = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
+        return bool(expected and api_key and secrets.compare_digest(api_key.encode(), expected.encode()))
+
     app = FastAPI(
         title="DSCMR cross-modal search",
         version="1.0.0",
@@ -469,14 +474,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.get("/readyz", response_model=ReadyResponse, tags=["operations"],
              responses={503: {"model": ReadyResponse, "description": "not ready: no model and index loaded yet"}})
-    async def readyz():
-        """200 once a model and index are loaded (with their versions), 503 with the reason before."""
-        state = service.holder.current
+    async def readyz(request: Request):
+        """200 once a model and index are loaded (with their versions), 503 with the reason before. The reason names no
+        server path; a caller with the admin X-API-Key gets the full one (which the server log has too)."""
+        holder = service.holder
+        # read by hand, not as a declared security scheme: the endpoint is public, the key only adds detail
+        detail = holder.last_error if is_admin(request.headers.get("x-api-key")) else holder.last_error_public
+        state = holder.current
         if state is None:
-            body = ReadyResponse(ready=False, detail=service.holder.last_error or "the model and index are still loading")
+            body = ReadyResponse(ready=False, detail=detail or "the model and index are still loading")
             return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "2"})
         return ReadyResponse(ready=True, model_hash=state.model_hash, index_version=state.index_version, counts=state.counts,
-                             loaded_at=state.loaded_at, detail=service.holder.last_error)
+                             loaded_at=state.loaded_at, detail=detail)
 
     @app.get("/metrics", tags=["operations"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
@@ -491,10 +500,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                                  415: ERROR_RESPONSES[415], 422: ERROR_RESPONSES[422]})
     async def admin_reload(body: ReloadRequest | None = None, api_key: str | None = Depends(admin_key)) -> ReloadResponse:
         """Load the index version CURRENT names now (the watcher does it every DSCMR_RELOAD_POLL_S seconds anyway)."""
-        expected = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
-        if not expected:
+        if settings.admin_api_key is None or not settings.admin_api_key.get_secret_value():
             raise ApiError(403, "admin_disabled", "admin endpoints are disabled; set DSCMR_ADMIN_API_KEY to enable them")
-        if not api_key or not secrets.compare_digest(api_key.encode(), expected.encode()):
+        if not is_admin(api_key):
             raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header", headers={"WWW-Authenticate": "X-API-Key"})
         outcome = await service.holder.reload(force=bool(body and body.force))
         if outcome.status == "failed":

@@ -140,7 +140,8 @@ class ReadyResponse(BaseModel):
     index_version: str | None = None
     counts: dict[str, int] = Field(default_factory=dict, description="searchable vectors per modality")
     loaded_at: float | None = Field(None, description="unix time the served version was loaded")
-    detail: str | None = Field(None, description="why the service is not ready, or the last reload problem")
+    detail: str | None = Field(None, description="why the service is not ready, or the last reload problem (no server paths; "
+                                                 "the full reason with the admin X-API-Key header, and in the server log)")
 
 
 class ReloadRequest(BaseModel):

@@ -64,6 +64,13 @@ class BodyTooLargeError(ApiError):
                                                  "(images up to DSCMR_MAX_UPLOAD_BYTES). Send a smaller or downscaled image")
 
 
+class RequestTimeoutError(ApiError):
+    """The request body stopped arriving, or took too long in all (slow or stalled client)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(408, "request_timeout", detail, headers={"Connection": "close"})
+
+
 def error_body(code: str, detail: str, errors: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The JSON body of an error response."""
     body: dict[str, Any] = {"error": code, "detail": detail}

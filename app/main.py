@@ -35,8 +35,8 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import (ApiError, BodyTooLargeError, ErrorResponse, InternalErrorMiddleware, error_body, install_error_handlers,
-                        json_syntax_error, unparsable_json_error, validation_error)
+from app.errors import (ApiError, BodyTooLargeError, ErrorResponse, InternalErrorMiddleware, RequestTimeoutError, error_body,
+                        install_error_handlers, json_syntax_error, unparsable_json_error, validation_error)
 from app.media import THUMBNAIL_MAX, THUMBNAIL_MIN, ThumbnailCache, item_image_file
 from app.metrics import MetricsMiddleware, ServiceMetrics
 from app.schemas import (MAX_K, HealthResponse, ImageSearchJSON, ImageSearchOptions, ItemResponse, LabelInfo, LabelsResponse,
@@ -122,6 +122,44 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class BodyTimeoutMiddleware:
+    """A 408 (and the connection closed) when a request body stalls for `read_timeout_s` or is not complete within
+    `total_timeout_s` of the first read: a client declaring more than it sends no longer holds a connection and a
+    worker's attention. Only reads of the body are timed, never the wait for a disconnect after it."""
+
+    def __init__(self, app: ASGIApp, read_timeout_s: float, total_timeout_s: float) -> None:
+        self.app = app
+        self.read_timeout_s = read_timeout_s
+        self.total_timeout_s = total_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline: float | None = None
+        body_complete = False
+
+        async def timed_receive():
+            nonlocal deadline, body_complete
+            if body_complete:
+                return await receive()
+            now = anyio.current_time()
+            deadline = now + self.total_timeout_s if deadline is None else deadline
+            stalled = self.read_timeout_s <= deadline - now
+            with anyio.move_on_after(min(self.read_timeout_s, deadline - now)) as waiting:
+                message = await receive()
+            if waiting.cancelled_caught:
+                raise RequestTimeoutError(
+                    f"no part of the request body arrived for {self.read_timeout_s:g} s (DSCMR_BODY_READ_TIMEOUT_S); "
+                    "send the whole body, as long as Content-Length says" if stalled else
+                    f"the request body was not complete within {self.total_timeout_s:g} s (DSCMR_BODY_TIMEOUT_S); "
+                    "send a smaller image or use a faster connection")
+            body_complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, timed_receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -521,6 +559,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, read_timeout_s=settings.body_read_timeout_s,
+                       total_timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics,
                        known_paths=frozenset(r.path for r in app.routes if "{" not in getattr(r, "path", "{")))
     app.add_middleware(InternalErrorMiddleware)  # added last = outermost: it also answers for the middlewares above

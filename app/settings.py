@@ -41,6 +41,15 @@ class ServiceSettings(BaseSettings):
     search_threads: int = Field(1, ge=1, description="FAISS OpenMP threads per search")
     thumbnail_cache_items: int = Field(1024, ge=0, description="thumbnails kept in memory")
 
+    # Slow clients (see app/server.py): each limit is answered with a 408 and the connection closed.
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's line and headers must arrive within this many "
+                                                            "seconds of the connection opening (or of their first byte)")
+    body_read_timeout_s: float = Field(10.0, gt=0, description="longest wait for the next part of a request body")
+    body_timeout_s: float = Field(120.0, gt=0, description="a whole request body must arrive within this many seconds "
+                                                           "(10 MB in 120 s is 0.7 Mbit/s)")
+    keep_alive_s: int = Field(75, ge=1, description="an idle kept-alive connection is closed after this many seconds: longer "
+                                                    "than client pools and proxies keep theirs (60 s), so they close first")
+
     @model_validator(mode="after")
     def _default_index_root(self) -> "ServiceSettings":
         if self.index_root is None:

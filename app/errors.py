@@ -60,8 +60,10 @@ class BodyTooLargeError(ApiError):
 
     def __init__(self, limit: int, declared: int | None = None) -> None:
         size = f"{declared:,} bytes" if declared is not None else f"more than {limit:,} bytes"
+        # Connection: close, or the server would go on reading the rest of the refused body
         super().__init__(413, "body_too_large", f"the request body is {size}; the limit is {limit:,} bytes "
-                                                 "(images up to DSCMR_MAX_UPLOAD_BYTES). Send a smaller or downscaled image")
+                                                 "(images up to DSCMR_MAX_UPLOAD_BYTES). Send a smaller or downscaled image",
+                         headers={"Connection": "close"})
 
 
 class RequestTimeoutError(ApiError):

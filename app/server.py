@@ -79,9 +79,10 @@ class RequestHeadLimits:
         return cycle is None or cycle.response_complete
 
     def _reading_head(self) -> bool:
-        """Bytes arriving now belong to a request head (none in progress, or the current one's body is complete)."""
+        """Bytes arriving now belong to a request head: the last request's body is complete (or there was none yet).
+        (A body may still be arriving after its response: an early 413 or 422.)"""
         cycle = self.cycle  # type: ignore[attr-defined]
-        return cycle is None or cycle.response_complete or not cycle.more_body
+        return cycle is None or not cycle.more_body
 
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()

@@ -71,6 +71,19 @@ def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
 
 
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One whole response (head, then as many body bytes as Content-Length says) from a kept-alive connection."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection (after {raw!r})"
+        raw += chunk
+    status, headers, body = parse_response(raw)
+    while len(body) < int(headers["content-length"]):
+        body += sock.recv(65536)
+    return status, headers, body
+
+
 def assert_error_then_closed(sock: socket.socket, status: int, code: str, *needles: str) -> dict:
     """The server answers `status` with a JSON error of `code` and closes the connection."""
     got, headers, body = parse_response(read_until_closed(sock))
@@ -136,12 +149,7 @@ def test_prompt_requests_are_unaffected_on_a_kept_alive_connection(slow_server):
         for _ in range(3):
             sock.sendall(b"POST /search/text HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(query), query))
-            raw = b""
-            while b"\r\n\r\n" not in raw:
-                raw += sock.recv(65536)
-            status, headers, answer = parse_response(raw)
-            while len(answer) < int(headers["content-length"]):
-                answer += sock.recv(65536)
+            status, _, answer = read_response(sock)
             assert status == 200 and len(json.loads(answer)["results"]) == 2, answer
             time.sleep(1.5)  # idle longer than the 1 s head timeout between requests: the keep-alive timeout rules there
 
@@ -153,7 +161,7 @@ def test_an_idle_kept_alive_connection_outlasts_client_pools(app_server):
         for pause in (0, 6):
             time.sleep(pause)
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
-            raw = sock.recv(65536)
-            assert raw.startswith(b"HTTP/1.1 200"), raw
+            status, _, body = read_response(sock)
+            assert status == 200 and json.loads(body) == {"status": "ok"}
     # (httpx's pool keeps idle connections 5 s, aiohttp's 15 s; nginx's upstream keepalive and AWS ALB 60 s)
     assert ServiceSettings().keep_alive_s > 60

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import copy
 import json
 import logging
 import re
@@ -39,8 +40,9 @@ from app.errors import (ApiError, BodyTooLargeError, ErrorResponse, InternalErro
                         install_error_handlers, json_syntax_error, unparsable_json_error, validation_error)
 from app.media import THUMBNAIL_MAX, THUMBNAIL_MIN, ThumbnailCache, item_image_file
 from app.metrics import MetricsMiddleware, ServiceMetrics
-from app.schemas import (MAX_K, HealthResponse, ImageSearchJSON, ImageSearchOptions, ItemResponse, LabelInfo, LabelsResponse,
-                         ReadyResponse, ReloadRequest, ReloadResponse, SearchResponse, SearchResult, Target, TextSearchRequest)
+from app.schemas import (MAX_K, MAX_LABELS, NOT_BLANK, HealthResponse, ImageSearchForm, ImageSearchJSON, ItemResponse, LabelInfo,
+                         LabelsResponse, ReadyResponse, ReloadRequest, ReloadResponse, SearchResponse, SearchResult, Target,
+                         TextSearchRequest)
 from app.settings import ServiceSettings
 from app.state import ReloadOutcome, ServingHolder, ServingState
 from model.image_io import DEFAULT_MAX_ASPECT_RATIO, ImageAspectRatioError, ImageDecodeError, load_image
@@ -53,7 +55,8 @@ STARTED_KEY = "dscmr.started"
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "malformed JSON or multipart body"},
-    413: {"model": ErrorResponse, "description": "body, upload or text over the size limit"},
+    408: {"model": ErrorResponse, "description": "the body stalled or took too long to arrive (the connection is closed)"},
+    413: {"model": ErrorResponse, "description": "body or image upload over the size limit"},
     415: {"model": ErrorResponse, "description": "wrong Content-Type, or an upload that is not an image"},
     422: {"model": ErrorResponse, "description": "a field is missing or out of range, an unknown label, an undecodable, too "
                                                   "large or too elongated image"},
@@ -204,7 +207,7 @@ def _is_json(content_type: str | None) -> bool:
 def check_text(text: str, settings: ServiceSettings) -> str:
     """The query text, stripped; ApiError when empty or over the limit."""
     if len(text) > settings.max_text_chars:
-        raise ApiError(413, "text_too_long", f"text has {len(text):,} characters; the limit is {settings.max_text_chars:,} "
+        raise ApiError(422, "text_too_long", f"text has {len(text):,} characters; the limit is {settings.max_text_chars:,} "
                                              "(DSCMR_MAX_TEXT_CHARS). Shorten the query")
     stripped = text.strip()
     if not stripped:
@@ -283,9 +286,9 @@ def _options(model: type, fields: dict[str, Any]):
         raise validation_error([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
-async def read_multipart_image(request: Request, settings: ServiceSettings) -> tuple[bytes, ImageSearchOptions]:
+async def read_multipart_image(request: Request, settings: ServiceSettings) -> tuple[bytes, ImageSearchForm]:
     """(image bytes, options) from a multipart upload with a `file` part and optional k / target / labels fields."""
-    async with request.form(max_files=1, max_fields=16, max_part_size=64 * 1024) as form:
+    async with request.form(max_files=1, max_fields=MAX_LABELS + 2, max_part_size=64 * 1024) as form:
         unknown = sorted(set(form.keys()) - {"file", "k", "target", "labels"})
         if unknown:
             raise ApiError(422, "invalid_request", f"unknown form field(s) {unknown}; accepted: file, k, target, labels")
@@ -297,7 +300,7 @@ async def read_multipart_image(request: Request, settings: ServiceSettings) -> t
         fields: dict[str, Any] = {name: form[name] for name in ("k", "target") if name in form}
         if "labels" in form:
             fields["labels"] = form.getlist("labels")
-        options = _options(ImageSearchOptions, fields)
+        options = _options(ImageSearchForm, fields)
         data = await upload.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise ApiError(413, "image_too_large", f"the uploaded file is over {settings.max_upload_bytes:,} bytes "
@@ -305,7 +308,7 @@ async def read_multipart_image(request: Request, settings: ServiceSettings) -> t
     return data, options
 
 
-async def read_json_image(request: Request, settings: ServiceSettings) -> tuple[bytes, ImageSearchOptions]:
+async def read_json_image(request: Request, settings: ServiceSettings) -> tuple[bytes, ImageSearchJSON]:
     """(image bytes, options) from a JSON body {image_base64, k, target, labels}."""
     raw = await request.body()
     if not raw.strip():
@@ -319,8 +322,7 @@ async def read_json_image(request: Request, settings: ServiceSettings) -> tuple[
     if not isinstance(payload, dict):
         raise ApiError(422, "invalid_request", f"the JSON body is a {type(payload).__name__}; send an object {{\"image_base64\": ...}}")
     body = _options(ImageSearchJSON, payload)
-    data = decode_base64_image(body.image_base64, settings.max_upload_bytes)
-    return data, ImageSearchOptions(k=body.k, target=body.target, labels=body.labels)
+    return decode_base64_image(body.image_base64, settings.max_upload_bytes), body
 
 
 # ------------------------------------------------------------------------------------------------------ responses
@@ -358,8 +360,12 @@ IMAGE_REQUEST_BODY = {
                     "file": {"type": "string", "format": "binary", "description": "the image (JPEG, PNG, GIF, BMP, TIFF, WebP ...)"},
                     "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
                     "target": {"type": "string", "enum": ["text", "image", "both"], "default": "text"},
-                    "labels": {"type": "array", "items": {"type": "string"}, "description": "repeat the field for several labels"},
+                    # (no minItems: a form cannot send an empty list, only no field, which means no filter)
+                    "labels": {"type": "array", "items": {"type": "string", "minLength": 1, "pattern": NOT_BLANK},
+                               "maxItems": MAX_LABELS,
+                               "description": "repeat the field for several labels (exact names from GET /labels)"},
                 },
+                "additionalProperties": False,
             },
             "encoding": {"file": {"contentType": "image/*"}},
         },
@@ -368,6 +374,43 @@ IMAGE_REQUEST_BODY = {
         },
     },
 }
+
+
+def describe_served_index(schema: dict[str, Any], settings: ServiceSettings, state: ServingState | None) -> dict[str, Any]:
+    """The OpenAPI schema narrowed to what this server accepts: its text limit, and once an index is served, the label
+    names it knows (as an enum) and a real item id as the example of /items and /media. A request the schema allows is then
+    one the server can answer (a label it does not know is refused by both)."""
+    schema = copy.deepcopy(schema)
+    text = schema["components"]["schemas"]["TextSearchRequest"]["properties"]["text"]
+    text["maxLength"] = settings.max_text_chars
+    if state is None:
+        return schema
+    names = list(state.index.label_names)
+    request_bodies = [schema["components"]["schemas"]["TextSearchRequest"]]
+    image_body = schema["paths"]["/search/image"]["post"]["requestBody"]["content"]
+    request_bodies += [image_body["multipart/form-data"]["schema"], image_body["application/json"]["schema"]]
+    for body in request_bodies:
+        labels = body["properties"]["labels"]
+        for variant in [labels, *labels.get("anyOf", [])]:
+            if variant.get("type") == "array" and names:
+                variant["items"]["enum"] = names
+    example = _an_item_with_an_image(state)
+    for path in ("/items/{item_id}", "/media/{item_id}"):
+        for parameter in schema["paths"].get(path, {}).get("get", {}).get("parameters", []):
+            if parameter["name"] == "item_id" and example is not None:
+                parameter["example"] = example
+    return schema
+
+
+def _an_item_with_an_image(state: ServingState) -> str | None:
+    """The id of some item of the served index that has an image (or any item), for examples."""
+    metadata = state.index.metadata
+    for modality in ("image", "text"):
+        if modality in state.index.modalities:
+            keys = metadata.all_keys(modality)
+            if len(keys):
+                return metadata.fetch([int(keys[0])])[int(keys[0])].item_id
+    return None
 
 
 # ------------------------------------------------------------------------------------------------------------ app
@@ -535,7 +578,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                       responses={401: {"model": ErrorResponse, "description": "missing or wrong X-API-Key"},
                                  403: {"model": ErrorResponse, "description": "admin endpoints are disabled"},
                                  409: {"model": ErrorResponse, "description": "the CURRENT version cannot be loaded"},
-                                 415: ERROR_RESPONSES[415], 422: ERROR_RESPONSES[422]})
+                                 **{status: ERROR_RESPONSES[status] for status in (400, 408, 413, 415, 422)}})
     async def admin_reload(body: ReloadRequest | None = None, api_key: str | None = Depends(admin_key)) -> ReloadResponse:
         """Load the index version CURRENT names now (the watcher does it every DSCMR_RELOAD_POLL_S seconds anyway)."""
         if settings.admin_api_key is None or not settings.admin_api_key.get_secret_value():
@@ -550,6 +593,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                               took_ms=outcome.took_ms)
 
     app.include_router(json_routes)
+
+    openapi_by_version: dict[str | None, dict[str, Any]] = {}
+
+    def openapi_of_served_index() -> dict[str, Any]:
+        state = service.holder.current
+        version = state.index_version if state is not None else None
+        if version not in openapi_by_version:
+            openapi_by_version.clear()  # only the served version's is needed
+            openapi_by_version[version] = describe_served_index(FastAPI.openapi(app), settings, state)
+        return openapi_by_version[version]
+
+    app.openapi = openapi_of_served_index  # type: ignore[method-assign]  -- FastAPI's documented override
 
     # ---------------------------------------------------------------------------------------------- web page
     @app.get("/", include_in_schema=False)

@@ -56,7 +56,8 @@ def test_empty_or_whitespace_text(api, text):
 
 
 def test_text_over_the_size_limit(api):
-    assert_error(api.post("/search/text", json={"text": "a" * (MAX_TEXT_CHARS + 1)}), 413, "text_too_long",
+    # a 422 like every other field outside its documented range (the schema gives maxLength); 413 is for the body
+    assert_error(api.post("/search/text", json={"text": "a" * (MAX_TEXT_CHARS + 1)}), 422, "text_too_long",
                  f"{MAX_TEXT_CHARS + 1}", f"limit is {MAX_TEXT_CHARS}")
     assert api.post("/search/text", json={"text": "a" * MAX_TEXT_CHARS}).status_code == 200
 
@@ -79,6 +80,58 @@ def test_k_out_of_range_image(api, image_bytes, k):
     assert_error(upload(api, image_bytes, k=k), 422, "invalid_request", "k")
     assert_error(api.post("/search/image", json={"image_base64": base64.b64encode(image_bytes).decode(), "k": int(k) if k.isdigit() else k}),
                  422, "invalid_request", "k")
+
+
+@pytest.mark.parametrize("k", [True, False, "5", 2.0, 1.0, "2.0", [5], {"value": 5}], ids=repr)
+def test_json_bodies_take_k_only_as_a_json_integer(api, image_bytes, k):
+    body = assert_error(api.post("/search/text", json={"text": "cat", "k": k}), 422, "invalid_request", "k")
+    assert body["errors"][0]["loc"] == ["body", "k"]
+    image = base64.b64encode(image_bytes).decode()
+    assert_error(api.post("/search/image", json={"image_base64": image, "k": k}), 422, "invalid_request", "k")
+
+
+@pytest.mark.parametrize("k", ["2.0", "true", "5x", "", " "])
+def test_form_fields_take_k_as_decimal_digits(api, image_bytes, k):
+    assert_error(upload(api, image_bytes, k=k), 422, "invalid_request", "k")
+
+
+def test_form_fields_are_strings_so_k_5_is_5(api, image_bytes):
+    response = upload(api, image_bytes, k="5")
+    assert response.status_code == 200 and len(response.json()["results"]) == 5
+
+
+@pytest.mark.parametrize("field, value", [("text", 5), ("text", None), ("target", 1), ("labels", "Flags"), ("labels", [1]),
+                                          ("labels", [""])])
+def test_json_bodies_take_no_coercible_look_alikes(api, field, value):
+    assert_error(api.post("/search/text", json={"text": "cat", field: value}), 422, "invalid_request", field)
+
+
+@pytest.mark.parametrize("force", [0, 1, "true", "yes", None])
+def test_admin_reload_force_is_a_json_boolean(api, force):
+    response = api.post("/admin/reload", headers={"X-API-Key": ADMIN_KEY}, json={"force": force})
+    assert_error(response, 422, "invalid_request", "force")
+
+
+def test_the_schema_says_what_is_refused(api, app_artefacts):
+    schema = api.get("/openapi.json").json()
+    text_body = schema["components"]["schemas"]["TextSearchRequest"]["properties"]
+    assert text_body["text"]["maxLength"] == MAX_TEXT_CHARS and text_body["text"]["pattern"] == r"\S"
+    image_body = schema["paths"]["/search/image"]["post"]["requestBody"]["content"]
+    known = sorted({label for item in app_artefacts.items for label in item.labels})
+    for labels in (text_body["labels"]["anyOf"][0], image_body["application/json"]["schema"]["properties"]["labels"]["anyOf"][0],
+                   image_body["multipart/form-data"]["schema"]["properties"]["labels"]):
+        items = labels["items"]
+        assert items["minLength"] == 1 and items["pattern"] == r"\S"  # "" was schema-valid and refused
+        assert sorted(items["enum"]) == known  # an unknown label is refused: the schema says which are known
+    assert image_body["multipart/form-data"]["schema"]["additionalProperties"] is False
+    assert schema["components"]["schemas"]["ReloadRequest"]["properties"]["force"]["type"] == "boolean"
+    # every status a JSON route answers with is documented (/admin/reload answered an undocumented 400)
+    for path in ("/search/text", "/search/image", "/admin/reload"):
+        documented = set(schema["paths"][path]["post"]["responses"])
+        assert {"200", "400", "408", "413", "415", "422", "500"} <= documented, (path, documented)
+    assert {"401", "403", "409"} <= set(schema["paths"]["/admin/reload"]["post"]["responses"])
+    item = schema["paths"]["/items/{item_id}"]["get"]["parameters"][0]
+    assert api.get(f"/items/{item['example']}").status_code == 200
 
 
 def test_unknown_target(api, image_bytes):

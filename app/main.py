@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 import anyio
 import faiss
+import swagger_ui_bundle
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -442,6 +443,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                     "Cross-modal Retrieval model. Every error is JSON: `{\"error\": code, \"detail\": what to do}`.",
         lifespan=lifespan,
         responses={500: {"model": ErrorResponse, "description": "a server fault (never caused by the input)"}},
+        docs_url=None,  # FastAPI's /docs and /redoc load their scripts from a CDN: blank offline. /docs is served below
+        redoc_url=None,
     )
     app.state.service = service
     install_error_handlers(app)
@@ -612,6 +615,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")
 
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(BodyTimeoutMiddleware, read_timeout_s=settings.body_read_timeout_s,

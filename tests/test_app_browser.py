@@ -112,3 +112,40 @@ def test_words_the_model_does_not_know_are_named(page):
     sync_api.expect(page.locator("#results .result-image")).to_have_count(20)
     sync_api.expect(page.locator("#message")).to_contain_text("words the model does not know:")
     sync_api.expect(page.locator("#message")).to_contain_text("qzxv")
+
+
+@pytest.fixture()
+def offline_page(browser, app_server):
+    """A page whose requests may reach the session server only: anything else (a CDN) is refused and recorded."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    outside: list[str] = []
+
+    def only_the_server(route):
+        if route.request.url.startswith(app_server.url + "/"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_the_server)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page, outside, errors
+    context.close()
+
+
+def test_the_api_docs_render_offline(offline_page, app_server):
+    page, outside, errors = offline_page
+    page.goto(app_server.url + "/docs")
+    operations = page.locator(".swagger-ui .opblock")
+    sync_api.expect(operations).to_have_count(9, timeout=20_000)  # every operation of /openapi.json
+    sync_api.expect(page.locator(".swagger-ui .info .title")).to_contain_text("DSCMR cross-modal search")
+    # the page works, not just shows: open the text search and see its documented request body, with the labels enum
+    page.locator(".opblock-summary-path", has_text="/search/text").first.click()
+    sync_api.expect(page.locator(".opblock-body").first).to_contain_text("text")
+    page.locator(".opblock-body button.try-out__btn").first.click()
+    sync_api.expect(page.locator(".opblock-body textarea.body-param__text").first).to_contain_text("a smiling face")
+    assert not outside, f"/docs reached outside the server: {outside}"
+    assert not errors, f"JavaScript errors on /docs: {errors}"

@@ -60,17 +60,21 @@ class RequestHeadLimits:
         if self._refused:
             return  # lingering after an error answer: discard
         before = self.cycle  # type: ignore[attr-defined]
-        if self._reading_head():
+        reading_head = self._reading_head()
+        # Fed first, judged after: one read can hold a whole head and the start of its body, which must not count.
+        # So a head may outgrow the cap by at most one read (the event loop reads up to 256 KiB at a time).
+        super().data_received(data)  # type: ignore[misc]
+        if self.cycle is not before:  # type: ignore[attr-defined]
+            self._head_bytes = 0  # a head was complete: its request runs
+            self._cancel_head_timer()
+            return
+        if reading_head:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse(431, "Request Header Fields Too Large", "headers_too_large",
                              f"the request line and headers are over {MAX_HEAD_BYTES:,} bytes; send fewer or shorter headers")
                 return
-        super().data_received(data)  # type: ignore[misc]
-        if self.cycle is not before:  # type: ignore[attr-defined]
-            self._head_bytes = 0  # a head was complete: its request runs
-            self._cancel_head_timer()
-        elif self._idle() and self._head_timer is None:
+        if self._idle() and self._head_timer is None:
             self._arm_head_timer()  # the first bytes of a new request on a kept-alive connection
 
     def _idle(self) -> bool:

@@ -165,3 +165,13 @@ def test_an_idle_kept_alive_connection_outlasts_client_pools(app_server):
             assert status == 200 and json.loads(body) == {"status": "ok"}
     # (httpx's pool keeps idle connections 5 s, aiohttp's 15 s; nginx's upstream keepalive and AWS ALB 60 s)
     assert ServiceSettings().keep_alive_s > 60
+
+
+def test_a_head_read_together_with_a_large_body_is_not_taken_for_a_long_head(slow_server):
+    # head and 300 kB of body in one send: the server's first read holds both, and only the head counts toward 64 KiB
+    body = json.dumps({"text": "a" * 299_000}).encode()
+    with connect(slow_server) as sock:
+        sock.sendall(b"POST /search/text HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        status, _, answer = read_response(sock)
+        assert status == 422 and json.loads(answer)["error"] == "text_too_long", answer[:300]

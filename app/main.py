@@ -35,7 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from PIL import UnidentifiedImageError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import (ApiError, BodyTooLargeError, ErrorResponse, InternalErrorMiddleware, RequestTimeoutError, error_body,
                         install_error_handlers, json_syntax_error, unparsable_json_error, validation_error)
@@ -126,6 +126,41 @@ class BodySizeLimitMiddleware:
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+# The web page and /docs load scripts, styles and images from the service only (the page previews an upload as a blob:
+# URL, its icon and Swagger UI's are data: URLs) and talk to the API only; nothing may frame them.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                           "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",  # an upload or a JSON answer is never run as a script or page
+    "Referrer-Policy": "no-referrer",  # query texts in URLs stay on this site
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
+}
+
+
+class SecurityHeadersMiddleware:
+    """Adds SECURITY_HEADERS to every HTTP response (the page, the API, static files, errors) that lacks them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.headers = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(name, value) for name, value in self.headers if name not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class BodyTimeoutMiddleware:
@@ -627,7 +662,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                        total_timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics,
                        known_paths=frozenset(r.path for r in app.routes if "{" not in getattr(r, "path", "{")))
-    app.add_middleware(InternalErrorMiddleware)  # added last = outermost: it also answers for the middlewares above
+    app.add_middleware(InternalErrorMiddleware)  # added late = outer: it also answers for the middlewares above
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: its headers go on every answer, a 500 included
     return app
 
 

@@ -635,6 +635,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     openapi_by_version: dict[str | None, dict[str, Any]] = {}
 
     def openapi_of_served_index() -> dict[str, Any]:
+        """The OpenAPI schema of the served index version (built once per version)."""
         state = service.holder.current
         version = state.index_version if state is not None else None
         if version not in openapi_by_version:

@@ -31,10 +31,11 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.server import uvicorn_config
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                access_log=settings.access_log, timeout_graceful_shutdown=10)
-    return 0
+    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
+    server.run()
+    return 0 if server.started else 3  # as uvicorn.run: 3 when it could not start (port taken, ...)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Body of every error response::
 """
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from typing import Any, Sequence
@@ -59,8 +60,17 @@ class BodyTooLargeError(ApiError):
 
     def __init__(self, limit: int, declared: int | None = None) -> None:
         size = f"{declared:,} bytes" if declared is not None else f"more than {limit:,} bytes"
+        # Connection: close, or the server would go on reading the rest of the refused body
         super().__init__(413, "body_too_large", f"the request body is {size}; the limit is {limit:,} bytes "
-                                                 "(images up to DSCMR_MAX_UPLOAD_BYTES). Send a smaller or downscaled image")
+                                                 "(images up to DSCMR_MAX_UPLOAD_BYTES). Send a smaller or downscaled image",
+                         headers={"Connection": "close"})
+
+
+class RequestTimeoutError(ApiError):
+    """The request body stopped arriving, or took too long in all (slow or stalled client)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(408, "request_timeout", detail, headers={"Connection": "close"})
 
 
 def error_body(code: str, detail: str, errors: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -88,6 +98,21 @@ def clean_validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
             msg = f"{msg}: {ctx['error']}"
         out.append({"loc": loc, "msg": msg, "type": str(err.get("type", "value_error"))})
     return out
+
+
+def unparsable_json_error(exc: Exception) -> ApiError:
+    """The 400 for a JSON body the parser gave up on (not a syntax error): the same answer on every JSON route."""
+    if isinstance(exc, RecursionError):
+        return ApiError(400, "malformed_json", "the JSON body is nested too deeply to parse; send a JSON object whose values "
+                                               "are strings, numbers, booleans or lists of strings (see /docs)")
+    return ApiError(400, "malformed_json", f"the request body is not valid JSON ({type(exc).__name__}); send a UTF-8 "
+                                           "JSON object")
+
+
+def json_syntax_error(exc: json.JSONDecodeError) -> ApiError:
+    """The 400 for a JSON syntax error, as FastAPI reports it for its own routes (so every JSON route answers alike)."""
+    return validation_error([{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
+                              "ctx": {"error": exc.msg}}])
 
 
 def validation_error(errors: Sequence[Any]) -> ApiError:
@@ -122,6 +147,9 @@ def install_error_handlers(app: FastAPI) -> None:
         cause = exc.__cause__
         if isinstance(cause, ApiError):  # FastAPI wraps errors raised while it reads the body (our size limit)
             return error_response(cause.status, cause.code, cause.detail, cause.errors, cause.headers)
+        if exc.status_code == 400 and cause is not None:  # FastAPI's "There was an error parsing the body"
+            err = unparsable_json_error(cause)
+            return error_response(err.status, err.code, err.detail)
         code = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                 413: "body_too_large", 415: "unsupported_media_type"}.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)

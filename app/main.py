@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import copy
 import json
 import logging
 import re
@@ -24,6 +25,7 @@ from urllib.parse import quote
 
 import anyio
 import faiss
+import swagger_ui_bundle
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -33,17 +35,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from PIL import UnidentifiedImageError
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import (ApiError, BodyTooLargeError, ErrorResponse, InternalErrorMiddleware, error_body, install_error_handlers,
-                        validation_error)
+from app.errors import (ApiError, BodyTooLargeError, ErrorResponse, InternalErrorMiddleware, RequestTimeoutError, error_body,
+                        install_error_handlers, json_syntax_error, unparsable_json_error, validation_error)
 from app.media import THUMBNAIL_MAX, THUMBNAIL_MIN, ThumbnailCache, item_image_file
 from app.metrics import MetricsMiddleware, ServiceMetrics
-from app.schemas import (MAX_K, HealthResponse, ImageSearchJSON, ImageSearchOptions, ItemResponse, LabelInfo, LabelsResponse,
-                         ReadyResponse, ReloadRequest, ReloadResponse, SearchResponse, SearchResult, Target, TextSearchRequest)
+from app.schemas import (MAX_K, MAX_LABELS, NOT_BLANK, HealthResponse, ImageSearchForm, ImageSearchJSON, ItemResponse, LabelInfo,
+                         LabelsResponse, ReadyResponse, ReloadRequest, ReloadResponse, SearchResponse, SearchResult, Target,
+                         TextSearchRequest)
 from app.settings import ServiceSettings
 from app.state import ReloadOutcome, ServingHolder, ServingState
-from model.image_io import ImageDecodeError, load_image
+from model.image_io import DEFAULT_MAX_ASPECT_RATIO, ImageAspectRatioError, ImageDecodeError, load_image
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +56,11 @@ STARTED_KEY = "dscmr.started"
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "malformed JSON or multipart body"},
-    413: {"model": ErrorResponse, "description": "body, upload or text over the size limit"},
+    408: {"model": ErrorResponse, "description": "the body stalled or took too long to arrive (the connection is closed)"},
+    413: {"model": ErrorResponse, "description": "body or image upload over the size limit"},
     415: {"model": ErrorResponse, "description": "wrong Content-Type, or an upload that is not an image"},
-    422: {"model": ErrorResponse, "description": "a field is missing or out of range, an unknown label, an undecodable image"},
+    422: {"model": ErrorResponse, "description": "a field is missing or out of range, an unknown label, an undecodable, too "
+                                                  "large or too elongated image"},
     503: {"model": ErrorResponse, "description": "the model and index are not loaded yet"},
 }
 
@@ -123,6 +128,79 @@ class BodySizeLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
+# The web page and /docs load scripts, styles and images from the service only (the page previews an upload as a blob:
+# URL, its icon and Swagger UI's are data: URLs) and talk to the API only; nothing may frame them.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                           "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",  # an upload or a JSON answer is never run as a script or page
+    "Referrer-Policy": "no-referrer",  # query texts in URLs stay on this site
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
+}
+
+
+class SecurityHeadersMiddleware:
+    """Adds SECURITY_HEADERS to every HTTP response (the page, the API, static files, errors) that lacks them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.headers = [(name.lower().encode(), value.encode()) for name, value in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(name, value) for name, value in self.headers if name not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class BodyTimeoutMiddleware:
+    """A 408 (and the connection closed) when a request body stalls for `read_timeout_s` or is not complete within
+    `total_timeout_s` of the first read: a client declaring more than it sends no longer holds a connection and a
+    worker's attention. Only reads of the body are timed, never the wait for a disconnect after it."""
+
+    def __init__(self, app: ASGIApp, read_timeout_s: float, total_timeout_s: float) -> None:
+        self.app = app
+        self.read_timeout_s = read_timeout_s
+        self.total_timeout_s = total_timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline: float | None = None
+        body_complete = False
+
+        async def timed_receive():
+            nonlocal deadline, body_complete
+            if body_complete:
+                return await receive()
+            now = anyio.current_time()
+            deadline = now + self.total_timeout_s if deadline is None else deadline
+            stalled = self.read_timeout_s <= deadline - now
+            with anyio.move_on_after(min(self.read_timeout_s, deadline - now)) as waiting:
+                message = await receive()
+            if waiting.cancelled_caught:
+                raise RequestTimeoutError(
+                    f"no part of the request body arrived for {self.read_timeout_s:g} s (DSCMR_BODY_READ_TIMEOUT_S); "
+                    "send the whole body, as long as Content-Length says" if stalled else
+                    f"the request body was not complete within {self.total_timeout_s:g} s (DSCMR_BODY_TIMEOUT_S); "
+                    "send a smaller image or use a faster connection")
+            body_complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, timed_receive, send)
+
+
 def _content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
@@ -165,7 +243,7 @@ def _is_json(content_type: str | None) -> bool:
 def check_text(text: str, settings: ServiceSettings) -> str:
     """The query text, stripped; ApiError when empty or over the limit."""
     if len(text) > settings.max_text_chars:
-        raise ApiError(413, "text_too_long", f"text has {len(text):,} characters; the limit is {settings.max_text_chars:,} "
+        raise ApiError(422, "text_too_long", f"text has {len(text):,} characters; the limit is {settings.max_text_chars:,} "
                                              "(DSCMR_MAX_TEXT_CHARS). Shorten the query")
     stripped = text.strip()
     if not stripped:
@@ -219,10 +297,18 @@ def decode_base64_image(value: str, max_bytes: int) -> bytes:
     return data
 
 
-def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None):
-    """A decoded RGB image (JPEGs drafted down to `draft_size`); ApiError 415 when the bytes are no image, 422 when broken or too large."""
+def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None,
+                 max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO):
+    """A decoded RGB image (JPEGs drafted down to `draft_size`); ApiError 415 when the bytes are no image, 422 when broken,
+    too large or too elongated (both judged from the header, before any pixel is decoded)."""
     try:
-        return load_image(data, max_pixels=max_pixels, draft_size=draft_size)
+        return load_image(data, max_pixels=max_pixels, draft_size=draft_size, max_aspect_ratio=max_aspect_ratio)
+    except ImageAspectRatioError as exc:
+        width, height = exc.size
+        raise ApiError(422, "image_aspect_ratio",
+                       f"the image is {width}x{height} px, an aspect ratio of {exc.ratio:,.0f}:1; the limit is "
+                       f"{exc.limit:g}:1 (DSCMR_MAX_IMAGE_ASPECT_RATIO). The model sees a square from the middle of the "
+                       "picture: crop the image to the part to search with, or pad it to a squarer shape") from None
     except ImageDecodeError as exc:
         if isinstance(exc.__cause__, UnidentifiedImageError):
             raise ApiError(415, "not_an_image", str(exc)) from None
@@ -236,9 +322,9 @@ def _options(model: type, fields: dict[str, Any]):
         raise validation_error([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
-async def read_multipart_image(request: Request, settings: ServiceSettings) -> tuple[bytes, ImageSearchOptions]:
+async def read_multipart_image(request: Request, settings: ServiceSettings) -> tuple[bytes, ImageSearchForm]:
     """(image bytes, options) from a multipart upload with a `file` part and optional k / target / labels fields."""
-    async with request.form(max_files=1, max_fields=16, max_part_size=64 * 1024) as form:
+    async with request.form(max_files=1, max_fields=MAX_LABELS + 2, max_part_size=64 * 1024) as form:
         unknown = sorted(set(form.keys()) - {"file", "k", "target", "labels"})
         if unknown:
             raise ApiError(422, "invalid_request", f"unknown form field(s) {unknown}; accepted: file, k, target, labels")
@@ -250,7 +336,7 @@ async def read_multipart_image(request: Request, settings: ServiceSettings) -> t
         fields: dict[str, Any] = {name: form[name] for name in ("k", "target") if name in form}
         if "labels" in form:
             fields["labels"] = form.getlist("labels")
-        options = _options(ImageSearchOptions, fields)
+        options = _options(ImageSearchForm, fields)
         data = await upload.read(settings.max_upload_bytes + 1)
     if len(data) > settings.max_upload_bytes:
         raise ApiError(413, "image_too_large", f"the uploaded file is over {settings.max_upload_bytes:,} bytes "
@@ -258,20 +344,21 @@ async def read_multipart_image(request: Request, settings: ServiceSettings) -> t
     return data, options
 
 
-async def read_json_image(request: Request, settings: ServiceSettings) -> tuple[bytes, ImageSearchOptions]:
+async def read_json_image(request: Request, settings: ServiceSettings) -> tuple[bytes, ImageSearchJSON]:
     """(image bytes, options) from a JSON body {image_base64, k, target, labels}."""
     raw = await request.body()
     if not raw.strip():
         raise ApiError(422, "invalid_request", "the request body is empty; send {\"image_base64\": \"...\"}")
     try:
         payload = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "malformed_json", f"the request body is not valid JSON ({exc}); send a JSON object") from None
+    except json.JSONDecodeError as exc:
+        raise json_syntax_error(exc) from None
+    except (RecursionError, UnicodeDecodeError) as exc:  # RecursionError: nested deeper than the parser's stack allows
+        raise unparsable_json_error(exc) from None
     if not isinstance(payload, dict):
         raise ApiError(422, "invalid_request", f"the JSON body is a {type(payload).__name__}; send an object {{\"image_base64\": ...}}")
     body = _options(ImageSearchJSON, payload)
-    data = decode_base64_image(body.image_base64, settings.max_upload_bytes)
-    return data, ImageSearchOptions(k=body.k, target=body.target, labels=body.labels)
+    return decode_base64_image(body.image_base64, settings.max_upload_bytes), body
 
 
 # ------------------------------------------------------------------------------------------------------ responses
@@ -309,8 +396,12 @@ IMAGE_REQUEST_BODY = {
                     "file": {"type": "string", "format": "binary", "description": "the image (JPEG, PNG, GIF, BMP, TIFF, WebP ...)"},
                     "k": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 10},
                     "target": {"type": "string", "enum": ["text", "image", "both"], "default": "text"},
-                    "labels": {"type": "array", "items": {"type": "string"}, "description": "repeat the field for several labels"},
+                    # (no minItems: a form cannot send an empty list, only no field, which means no filter)
+                    "labels": {"type": "array", "items": {"type": "string", "minLength": 1, "pattern": NOT_BLANK},
+                               "maxItems": MAX_LABELS,
+                               "description": "repeat the field for several labels (exact names from GET /labels)"},
                 },
+                "additionalProperties": False,
             },
             "encoding": {"file": {"contentType": "image/*"}},
         },
@@ -319,6 +410,43 @@ IMAGE_REQUEST_BODY = {
         },
     },
 }
+
+
+def describe_served_index(schema: dict[str, Any], settings: ServiceSettings, state: ServingState | None) -> dict[str, Any]:
+    """The OpenAPI schema narrowed to what this server accepts: its text limit, and once an index is served, the label
+    names it knows (as an enum) and a real item id as the example of /items and /media. A request the schema allows is then
+    one the server can answer (a label it does not know is refused by both)."""
+    schema = copy.deepcopy(schema)
+    text = schema["components"]["schemas"]["TextSearchRequest"]["properties"]["text"]
+    text["maxLength"] = settings.max_text_chars
+    if state is None:
+        return schema
+    names = list(state.index.label_names)
+    request_bodies = [schema["components"]["schemas"]["TextSearchRequest"]]
+    image_body = schema["paths"]["/search/image"]["post"]["requestBody"]["content"]
+    request_bodies += [image_body["multipart/form-data"]["schema"], image_body["application/json"]["schema"]]
+    for body in request_bodies:
+        labels = body["properties"]["labels"]
+        for variant in [labels, *labels.get("anyOf", [])]:
+            if variant.get("type") == "array" and names:
+                variant["items"]["enum"] = names
+    example = _an_item_with_an_image(state)
+    for path in ("/items/{item_id}", "/media/{item_id}"):
+        for parameter in schema["paths"].get(path, {}).get("get", {}).get("parameters", []):
+            if parameter["name"] == "item_id" and example is not None:
+                parameter["example"] = example
+    return schema
+
+
+def _an_item_with_an_image(state: ServingState) -> str | None:
+    """The id of some item of the served index that has an image (or any item), for examples."""
+    metadata = state.index.metadata
+    for modality in ("image", "text"):
+        if modality in state.index.modalities:
+            keys = metadata.all_keys(modality)
+            if len(keys):
+                return metadata.fetch([int(keys[0])])[int(keys[0])].item_id
+    return None
 
 
 # ------------------------------------------------------------------------------------------------------------ app
@@ -338,6 +466,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
+    def is_admin(api_key: str | None) -> bool:
+        """Whether `api_key` is the configured admin key (never when admin endpoints are disabled)."""
+        expected = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
+        return bool(expected and api_key and secrets.compare_digest(api_key.encode(), expected.encode()))
+
     app = FastAPI(
         title="DSCMR cross-modal search",
         version="1.0.0",
@@ -345,6 +478,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                     "Cross-modal Retrieval model. Every error is JSON: `{\"error\": code, \"detail\": what to do}`.",
         lifespan=lifespan,
         responses={500: {"model": ErrorResponse, "description": "a server fault (never caused by the input)"}},
+        docs_url=None,  # FastAPI's /docs and /redoc load their scripts from a CDN: blank offline. /docs is served below
+        redoc_url=None,
     )
     app.state.service = service
     install_error_handlers(app)
@@ -391,7 +526,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
         def work():
             t0 = time.perf_counter()
-            image = decode_image(data, settings.max_image_pixels, state.encoder.image_decode_size)
+            image = decode_image(data, settings.max_image_pixels, state.encoder.image_decode_size, settings.max_image_aspect_ratio)
             t1 = time.perf_counter()
             vectors = state.encoder.encode_images([image])
             t2 = time.perf_counter()
@@ -458,14 +593,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.get("/readyz", response_model=ReadyResponse, tags=["operations"],
              responses={503: {"model": ReadyResponse, "description": "not ready: no model and index loaded yet"}})
-    async def readyz():
-        """200 once a model and index are loaded (with their versions), 503 with the reason before."""
-        state = service.holder.current
+    async def readyz(request: Request):
+        """200 once a model and index are loaded (with their versions), 503 with the reason before. The reason names no
+        server path; a caller with the admin X-API-Key gets the full one (which the server log has too)."""
+        holder = service.holder
+        # read by hand, not as a declared security scheme: the endpoint is public, the key only adds detail
+        detail = holder.last_error if is_admin(request.headers.get("x-api-key")) else holder.last_error_public
+        state = holder.current
         if state is None:
-            body = ReadyResponse(ready=False, detail=service.holder.last_error or "the model and index are still loading")
+            body = ReadyResponse(ready=False, detail=detail or "the model and index are still loading")
             return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "2"})
         return ReadyResponse(ready=True, model_hash=state.model_hash, index_version=state.index_version, counts=state.counts,
-                             loaded_at=state.loaded_at, detail=service.holder.last_error)
+                             loaded_at=state.loaded_at, detail=detail)
 
     @app.get("/metrics", tags=["operations"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
@@ -477,13 +616,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                       responses={401: {"model": ErrorResponse, "description": "missing or wrong X-API-Key"},
                                  403: {"model": ErrorResponse, "description": "admin endpoints are disabled"},
                                  409: {"model": ErrorResponse, "description": "the CURRENT version cannot be loaded"},
-                                 415: ERROR_RESPONSES[415], 422: ERROR_RESPONSES[422]})
+                                 **{status: ERROR_RESPONSES[status] for status in (400, 408, 413, 415, 422)}})
     async def admin_reload(body: ReloadRequest | None = None, api_key: str | None = Depends(admin_key)) -> ReloadResponse:
         """Load the index version CURRENT names now (the watcher does it every DSCMR_RELOAD_POLL_S seconds anyway)."""
-        expected = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
-        if not expected:
+        if settings.admin_api_key is None or not settings.admin_api_key.get_secret_value():
             raise ApiError(403, "admin_disabled", "admin endpoints are disabled; set DSCMR_ADMIN_API_KEY to enable them")
-        if not api_key or not secrets.compare_digest(api_key.encode(), expected.encode()):
+        if not is_admin(api_key):
             raise ApiError(401, "unauthorized", "missing or wrong X-API-Key header", headers={"WWW-Authenticate": "X-API-Key"})
         outcome = await service.holder.reload(force=bool(body and body.force))
         if outcome.status == "failed":
@@ -494,6 +632,19 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     app.include_router(json_routes)
 
+    openapi_by_version: dict[str | None, dict[str, Any]] = {}
+
+    def openapi_of_served_index() -> dict[str, Any]:
+        """The OpenAPI schema of the served index version (built once per version)."""
+        state = service.holder.current
+        version = state.index_version if state is not None else None
+        if version not in openapi_by_version:
+            openapi_by_version.clear()  # only the served version's is needed
+            openapi_by_version[version] = describe_served_index(FastAPI.openapi(app), settings, state)
+        return openapi_by_version[version]
+
+    app.openapi = openapi_of_served_index  # type: ignore[method-assign]  -- FastAPI's documented override
+
     # ---------------------------------------------------------------------------------------------- web page
     @app.get("/", include_in_schema=False)
     async def index_page() -> FileResponse:
@@ -501,10 +652,19 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")
+
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyTimeoutMiddleware, read_timeout_s=settings.body_read_timeout_s,
+                       total_timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics,
                        known_paths=frozenset(r.path for r in app.routes if "{" not in getattr(r, "path", "{")))
-    app.add_middleware(InternalErrorMiddleware)  # added last = outermost: it also answers for the middlewares above
+    app.add_middleware(InternalErrorMiddleware)  # added late = outer: it also answers for the middlewares above
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: its headers go on every answer, a 500 included
     return app
 
 

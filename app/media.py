@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from app.errors import ApiError
-from model.image_io import SUPPORTED_FORMATS, ImageDecodeError, load_image
+from model.image_io import MAX_ASPECT_RATIO_LIMIT, SUPPORTED_FORMATS, ImageDecodeError, load_image
 
 THUMBNAIL_MIN, THUMBNAIL_MAX = 16, 1024
 THUMBNAIL_QUALITY = 85
@@ -89,7 +89,8 @@ class ThumbnailCache:
 def make_thumbnail(path: Path, size: int, max_pixels: int) -> bytes:
     """Decode `path` (upright RGB), shrink it to fit in size x size and encode it as JPEG."""
     try:
-        image = load_image(path, max_pixels=max_pixels, draft_size=size)
+        # a thumbnail fits the image in a box (no shorter-side resize), so elongated corpus images are fine here
+        image = load_image(path, max_pixels=max_pixels, draft_size=size, max_aspect_ratio=MAX_ASPECT_RATIO_LIMIT)
     except ImageDecodeError as exc:
         # the message would name a server path: say what is wrong without it
         raise ApiError(404, "image_missing", "the stored image of this item cannot be decoded (the corpus file is damaged)") from exc

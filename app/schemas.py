@@ -1,65 +1,75 @@
 """Request and response bodies of the API (with the examples the OpenAPI docs show)."""
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, StringConstraints
 
 Target = Literal["image", "text", "both"]
 MAX_K = 100
 MAX_LABELS = 64
+# A text or label must hold a non-whitespace character. (Checked by pydantic's regex search for labels and by
+# str.strip() for texts, in the JSON schema as the same search pattern.)
+NOT_BLANK = r"\S"
 
+# Request models are strict: JSON's true, "5" and 2.0 are not a k, 0 is not a bool. Multipart form fields, which are
+# strings by nature, are parsed by FormInt instead of being coerced.
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+LabelName = Annotated[StrictStr, StringConstraints(min_length=1, pattern=NOT_BLANK)]
 _K = Field(10, ge=1, le=MAX_K, description="how many results (1-100)")
 _LABELS = Field(None, min_length=1, max_length=MAX_LABELS,
-                description="keep only results carrying at least one of these labels (see GET /labels)")
+                description="keep only results carrying at least one of these labels (exact names from GET /labels)")
 
 
-def _check_labels(labels: list[str] | None) -> list[str] | None:
-    if labels is None:
-        return None
-    cleaned = [lab.strip() for lab in labels]
-    if any(not lab for lab in cleaned):
-        raise ValueError("labels must be non-empty strings; omit `labels` to search everything")
-    return cleaned
+def _form_int(value: Any) -> Any:
+    """A form field's decimal digits as an int (anything else is left for strict validation to refuse)."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,12}", value.strip()):
+        return int(value)
+    return value
+
+
+FormInt = Annotated[StrictInt, BeforeValidator(_form_int)]
 
 
 class TextSearchRequest(BaseModel):
     """A sentence to search with."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [
         {"text": "a smiling face with sunglasses", "k": 10, "target": "image"},
         {"text": "red fruit", "k": 5, "target": "both", "labels": ["Food & Drink"]},
     ]})
 
-    text: str = Field(description="the query (not empty; at most DSCMR_MAX_TEXT_CHARS characters)", examples=["a cat"])
-    k: int = _K
+    text: StrictStr = Field(description="the query (not blank; at most DSCMR_MAX_TEXT_CHARS characters)", examples=["a cat"],
+                            json_schema_extra={"pattern": NOT_BLANK})
+    k: StrictInt = _K
     target: Target = Field("image", description="what to find: images, texts or both")
-    labels: list[str] | None = _LABELS
-
-    _labels = field_validator("labels")(_check_labels)
+    labels: list[LabelName] | None = _LABELS
 
 
-class ImageSearchOptions(BaseModel):
-    """The options of an image search (form fields of the multipart upload)."""
+class ImageSearchForm(BaseModel):
+    """The options of an image search as multipart form fields (k as decimal digits)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    k: int = _K
+    k: FormInt = _K
     target: Target = Field("text", description="what to find: texts, images or both")
-    labels: list[str] | None = _LABELS
-
-    _labels = field_validator("labels")(_check_labels)
+    labels: list[LabelName] | None = _LABELS
 
 
-class ImageSearchJSON(ImageSearchOptions):
+class ImageSearchJSON(BaseModel):
     """An image search with the picture inline, base64-encoded (a data: URL is accepted too)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [
         {"image_base64": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC",
          "k": 10, "target": "text"},
     ]})
 
-    image_base64: str = Field(description="the image file's bytes, base64-encoded (standard alphabet; data: URL allowed)")
+    image_base64: StrictStr = Field(description="the image file's bytes, base64-encoded (standard alphabet; data: URL allowed)")
+    k: StrictInt = _K
+    target: Target = Field("text", description="what to find: texts, images or both")
+    labels: list[LabelName] | None = _LABELS
 
 
 class SearchResult(BaseModel):
@@ -140,15 +150,16 @@ class ReadyResponse(BaseModel):
     index_version: str | None = None
     counts: dict[str, int] = Field(default_factory=dict, description="searchable vectors per modality")
     loaded_at: float | None = Field(None, description="unix time the served version was loaded")
-    detail: str | None = Field(None, description="why the service is not ready, or the last reload problem")
+    detail: str | None = Field(None, description="why the service is not ready, or the last reload problem (no server paths; "
+                                                 "the full reason with the admin X-API-Key header, and in the server log)")
 
 
 class ReloadRequest(BaseModel):
     """Options of an admin reload."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    force: bool = Field(False, description="reload even when CURRENT still names the served version")
+    force: StrictBool = Field(False, description="reload even when CURRENT still names the served version")
 
 
 class ReloadResponse(BaseModel):

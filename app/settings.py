@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from model.image_io import DEFAULT_MAX_ASPECT_RATIO, MAX_ASPECT_RATIO_LIMIT
+
 
 class ServiceSettings(BaseSettings):
     """Everything `python -m app` can be told, each as DSCMR_<NAME> (e.g. DSCMR_INDEX_ROOT, DSCMR_PORT)."""
@@ -26,6 +28,9 @@ class ServiceSettings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="largest accepted image upload (decoded bytes)")
     max_text_chars: int = Field(1000, ge=1, description="longest accepted text query, in characters")
     max_image_pixels: int = Field(40_000_000, ge=1, description="largest width x height an uploaded image may declare")
+    max_image_aspect_ratio: float = Field(DEFAULT_MAX_ASPECT_RATIO, ge=1, le=MAX_ASPECT_RATIO_LIMIT,
+                                          description="most elongated image accepted (long side / short side), checked "
+                                                      "from the header: the model scales the short side to ~256 px")
     admin_api_key: SecretStr | None = Field(None, description="key for POST /admin/reload (header X-API-Key); unset disables it")
     reload_poll_s: float = Field(2.0, ge=0, description="how often the CURRENT pointer is checked; 0 turns the watcher off")
     verify_files: bool = Field(True, description="check every index file's sha256 when a version is loaded")
@@ -35,6 +40,15 @@ class ServiceSettings(BaseSettings):
     torch_threads: int = Field(1, ge=1, description="intra-op threads of each encoding (1: parallelism comes from cpu_workers)")
     search_threads: int = Field(1, ge=1, description="FAISS OpenMP threads per search")
     thumbnail_cache_items: int = Field(1024, ge=0, description="thumbnails kept in memory")
+
+    # Slow clients (see app/server.py): each limit is answered with a 408 and the connection closed.
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's line and headers must arrive within this many "
+                                                            "seconds of the connection opening (or of their first byte)")
+    body_read_timeout_s: float = Field(10.0, gt=0, description="longest wait for the next part of a request body")
+    body_timeout_s: float = Field(120.0, gt=0, description="a whole request body must arrive within this many seconds "
+                                                           "(10 MB in 120 s is 0.7 Mbit/s)")
+    keep_alive_s: int = Field(75, ge=1, description="an idle kept-alive connection is closed after this many seconds: longer "
+                                                    "than client pools and proxies keep theirs (60 s), so they close first")
 
     @model_validator(mode="after")
     def _default_index_root(self) -> "ServiceSettings":

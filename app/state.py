@@ -88,6 +88,7 @@ def load_serving_state(settings: ServiceSettings, previous: ServingState | None 
             raise ModelArtefactError(f"index version {version_dir.name} was built by model {wanted_hash[:16]} but {model_dir} holds "
                                      f"model {found_hash[:16]}; serve the model that built the index or rebuild the index")
         encoder = load_encoder(model_dir, device=None if settings.device == "auto" else settings.device)
+        encoder.warm_up()  # before the state is served: the first Chinese query must not load a dictionary
     index = SearchIndex.load(version_dir, encoder=encoder, verify=settings.verify_files)
     label_counts = {m: index.metadata.label_counts(m) for m in index.modalities}
     return ServingState(index=index, encoder=encoder, model_dir=Path(model_dir), loaded_at=time.time(), label_counts=label_counts)
@@ -112,7 +113,8 @@ class ServingHolder:
     def __init__(self, settings: ServiceSettings, on_reload=None) -> None:
         self.settings = settings
         self.current: ServingState | None = None
-        self.last_error: str | None = None
+        self.last_error: str | None = None  # the full reason (server paths included): for the log and admin callers
+        self.last_error_public: str | None = None  # the same without paths or exception text: for anyone
         self._failed_pointer: str | None = None
         self._lock = asyncio.Lock()
         self._on_reload = on_reload or (lambda outcome, state: None)
@@ -122,8 +124,18 @@ class ServingHolder:
         """The state a request should use; raises ServiceNotReadyError when nothing is loaded."""
         state = self.current
         if state is None:
-            raise ServiceNotReadyError(self.last_error or "the model and index are still loading")
+            raise ServiceNotReadyError(self.last_error_public or "the model and index are still loading")
         return state
+
+    def _fail(self, exc: Exception, pointer: str | None, previous: ServingState | None) -> None:
+        """Record a failed load: the full reason goes to the log (once per distinct reason), a short one to the public."""
+        full, public = _describe_failure(exc, self.settings.index_root, pointer, previous)
+        if full != self.last_error:
+            log.error("index reload failed: %s", full)
+        self.last_error, self.last_error_public = full, public
+
+    def _clear_error(self) -> None:
+        self.last_error = self.last_error_public = None
 
     async def reload(self, force: bool = False) -> ReloadOutcome:
         """Load the CURRENT version if it differs from the served one (or always, with `force`) and swap it in."""
@@ -133,10 +145,11 @@ class ServingHolder:
             try:
                 pointer = read_current(self.settings.index_root)
             except OSError as exc:  # an unreadable CURRENT file (permissions, a broken mount) is a failed attempt
-                self.last_error = _describe_failure(exc, self.settings.index_root, previous)
+                self._fail(exc, None, previous)
                 return ReloadOutcome("failed", None, None, previous and previous.index_version, False, 0.0, self.last_error)
             if not force and previous is not None and pointer == previous.index_version:
-                self.last_error, self._failed_pointer = None, None  # CURRENT is back on the served version
+                self._clear_error()  # CURRENT is back on the served version
+                self._failed_pointer = None
                 return ReloadOutcome("unchanged", previous.index_version, previous.model_hash, previous.index_version, False, 0.0)
             if not force and pointer is not None and pointer == self._failed_pointer:
                 # This version already failed to load; retry only when the pointer moves or on a forced reload.
@@ -145,14 +158,13 @@ class ServingHolder:
                 state = await anyio.to_thread.run_sync(load_serving_state, self.settings, previous, limiter=self._load_limiter)
             except (IndexStoreError, ModelArtefactError, OSError, ValueError, KeyError) as exc:
                 self._failed_pointer = pointer
-                self.last_error = _describe_failure(exc, self.settings.index_root, previous)
+                self._fail(exc, pointer, previous)
                 outcome = ReloadOutcome("failed", None, None, previous and previous.index_version, False,
                                         _ms_since(started), self.last_error)
-                log.error("index reload failed: %s", self.last_error)
                 self._on_reload(outcome, previous)
                 return outcome
             self.current = state
-            self.last_error = None
+            self._clear_error()
             self._failed_pointer = None
             outcome = ReloadOutcome("loaded", state.index_version, state.model_hash, previous and previous.index_version,
                                     previous is None or previous.encoder is not state.encoder, _ms_since(started))
@@ -174,11 +186,17 @@ class ServingHolder:
             await asyncio.sleep(poll if poll > 0 else 1.0)
 
 
-def _describe_failure(exc: Exception, root: Path, previous: ServingState | None) -> str:
+def _describe_failure(exc: Exception, root: Path, pointer: str | None, previous: ServingState | None) -> tuple[str, str]:
+    """(full reason, public reason) of a failed load. The public one names no server path and quotes no exception text
+    (which names files): only the version, the kind of failure and where the details are."""
     kept = f"; still serving version {previous.index_version}" if previous is not None else ""
     if isinstance(exc, NoIndexVersionError):
-        return f"no index to serve yet: {exc}{kept}"
-    return f"cannot load the index at {root} ({type(exc).__name__}: {exc}){kept}"
+        return f"no index to serve yet: {exc}{kept}", f"no index version is published yet{kept}"
+    full = f"cannot load the index at {root} ({type(exc).__name__}: {exc}){kept}"
+    what = f"index version {pointer}" if pointer else "the index version CURRENT names"
+    if isinstance(exc, OSError) and pointer is None:
+        what = "the index's CURRENT pointer"
+    return full, f"{what} could not be loaded ({type(exc).__name__}){kept}; the server log has the details"
 
 
 def _ms_since(started: float) -> float:

@@ -183,6 +183,14 @@ class CrossModalEncoder:
             raise ModelArtefactError("this model was trained on precomputed image features and has no image backbone; it cannot encode pictures")
         return self._backbone.extract_images(list(images), self.device).float().to(self.device)
 
+    def warm_up(self) -> None:
+        """Load now what the first query would otherwise load: the Chinese segmenter's dictionary when the vocabulary
+        segments with jieba (seconds, on the first Chinese text otherwise)."""
+        if self._vocab is not None:
+            from model.text_tokenize import load_segmenter
+
+            load_segmenter(self._vocab.tokenizer)
+
     def unknown_words(self, text: str) -> list[str] | None:
         """Words of `text` that the model's vocabulary lacks, in order, once each (None for text encoders without one)."""
         if self._vocab is None:

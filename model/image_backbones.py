@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from model.image_io import to_rgb
+from model.image_io import MAX_ASPECT_RATIO_LIMIT, aspect_ratio_exceeds, to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,8 +53,12 @@ class ImagePreprocess:
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         """Scale the shorter side to `resize` (aspect kept) and cut the central crop x crop square."""
-        image = to_rgb(image)
         width, height = image.size
+        if aspect_ratio_exceeds((width, height), MAX_ASPECT_RATIO_LIMIT):
+            # the shorter side scaled to `resize` would make the longer one unbounded (gigabytes, or an OverflowError)
+            raise ValueError(f"a {width}x{height} px image is more elongated than {MAX_ASPECT_RATIO_LIMIT:g}:1 and cannot be "
+                             "resized for the backbone; crop it first (model.image_io.load_image refuses such files)")
+        image = to_rgb(image)
         # Same integer arithmetic as torchvision.transforms.Resize(int) / CenterCrop so features
         # match those computed with torchvision pipelines.
         if width <= height:

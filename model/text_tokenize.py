@@ -122,7 +122,7 @@ def _unit_bigrams(run: str) -> list[str]:
     return tokens
 
 
-def _jieba_words(run: str) -> list[str]:
+def _jieba():
     try:
         import jieba
     except ImportError as exc:
@@ -133,7 +133,22 @@ def _jieba_words(run: str) -> list[str]:
     if logging.getLogger("jieba").level <= logging.DEBUG:
         # jieba sets its own logger to DEBUG on import and reports dictionary loading in every process.
         jieba.setLogLevel(logging.WARNING)
-    return [w for w in jieba.lcut(run) if w.strip()]
+    return jieba
+
+
+def _jieba_words(run: str) -> list[str]:
+    return [w for w in _jieba().lcut(run) if w.strip()]
+
+
+def load_segmenter(config: TokenizerConfig) -> bool:
+    """Load the Chinese segmenter's dictionary now when `config` segments with jieba (True), else do nothing (False).
+
+    jieba loads it on first use, which makes the first Chinese text take seconds; a service calls this before it
+    says it is ready."""
+    if config.resolved().cjk != "jieba" or not jieba_available():
+        return False  # (without jieba, Vocabulary.from_dict has warned that Chinese text will raise)
+    _jieba().initialize()
+    return True
 
 
 def _is_visible(token: str) -> bool:

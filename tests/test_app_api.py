@@ -243,3 +243,22 @@ def test_text_search_names_the_words_the_model_does_not_know(api, app_artefacts)
     # The demo's vocabulary also holds GloVe's most frequent words, which no item text needs to use.
     assert not any("puppy" in it.text.lower() for it in corpus.items)
     assert api.post("/search/text", json={"text": "puppy", "k": 3}).json()["unknown_words"] == []
+
+
+def test_security_headers_on_the_page_the_api_and_errors(api, app_artefacts):
+    item = app_artefacts.items[0]
+    responses = [api.get("/"), api.get("/docs"), api.get("/static/app.js"), api.get("/docs/assets/swagger-ui.css"),
+                 api.get("/healthz"), api.get("/openapi.json"), api.get(f"/media/{item.id}"),
+                 api.get(f"/media/{item.id}", params={"size": 64}), api.post("/search/text", json={"text": "a cat"}),
+                 api.post("/search/text", json={"text": ""}), api.get("/no-such-page"),
+                 api.post("/search/image", files={"file": ("q.png", Path(item.image_path).read_bytes())})]
+    for response in responses:
+        where = f"{response.request.method} {response.request.url.path} ({response.status_code})"
+        headers = response.headers
+        policy = {d.split()[0]: d.split()[1:] for d in headers.get("content-security-policy", "").split("; ") if d}
+        assert policy.get("frame-ancestors") == ["'none'"] and policy.get("default-src") == ["'self'"], where
+        assert policy.get("script-src") == ["'self'"] and policy.get("object-src") == ["'none'"], where
+        assert headers.get("x-content-type-options") == "nosniff", where
+        assert headers.get("referrer-policy") == "no-referrer", where
+        assert headers.get("x-frame-options") == "DENY", where
+        assert len(headers.get_list("x-content-type-options")) == 1, where  # /media sets it itself: not twice

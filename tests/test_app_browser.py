@@ -2,6 +2,7 @@
 click a result to search with it, on a phone-sized screen too."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,10 @@ def browser():
 @pytest.fixture()
 def page(browser, app_server):
     """A fresh page on the search page of the session server (phone-sized by default: every test also checks that)."""
-    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    # bypass_csp: Playwright's wait_for_function polls with eval, which the page's policy forbids (as it should); the
+    # policy has tests of its own below, on pages that wait without it
+    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True,
+                                  bypass_csp=True)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
@@ -113,3 +117,101 @@ def test_words_the_model_does_not_know_are_named(page):
     sync_api.expect(page.locator("#results .result-image")).to_have_count(20)
     sync_api.expect(page.locator("#message")).to_contain_text("words the model does not know:")
     sync_api.expect(page.locator("#message")).to_contain_text("qzxv")
+
+
+@pytest.fixture()
+def offline_page(browser, app_server):
+    """A page whose requests may reach the session server only: anything else (a CDN) is refused and recorded."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    outside: list[str] = []
+
+    def only_the_server(route):
+        if route.request.url.startswith(app_server.url + "/"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_the_server)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page, outside, errors
+    context.close()
+
+
+def test_the_api_docs_render_offline(offline_page, app_server):
+    page, outside, errors = offline_page
+    page.goto(app_server.url + "/docs")
+    operations = page.locator(".swagger-ui .opblock")
+    sync_api.expect(operations).to_have_count(9, timeout=20_000)  # every operation of /openapi.json
+    sync_api.expect(page.locator(".swagger-ui .info .title")).to_contain_text("DSCMR cross-modal search")
+    # the page works, not just shows: open the text search and see its documented request body, with the labels enum
+    page.locator(".opblock-summary-path", has_text="/search/text").first.click()
+    sync_api.expect(page.locator(".opblock-body").first).to_contain_text("text")
+    page.locator(".opblock-body button.try-out__btn").first.click()
+    sync_api.expect(page.locator(".opblock-body textarea.body-param__text").first).to_contain_text("a smiling face")
+    assert not outside, f"/docs reached outside the server: {outside}"
+    assert not errors, f"JavaScript errors on /docs: {errors}"
+
+
+CSP_LISTENER = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (e) =>
+  window.__cspViolations.push(`${e.violatedDirective} blocked ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber}`));
+"""
+
+
+def wait_for_true(page, expression: str, timeout_s: float = TIMEOUT_MS / 1000) -> None:
+    """Poll a JavaScript expression until it is true (page.wait_for_function polls with eval, which the CSP forbids)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        time.sleep(0.1)
+
+
+def csp_violations(page) -> list[str]:
+    """What the Content-Security-Policy blocked on the page so far (the listener is installed before any script runs)."""
+    return page.evaluate("window.__cspViolations")
+
+
+def test_the_page_satisfies_its_content_security_policy(browser, app_server, app_artefacts):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.add_init_script(CSP_LISTENER)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    console_errors: list[str] = []
+    page.on("console", lambda message: message.type == "error" and console_errors.append(message.text))
+    response = page.goto(app_server.url + "/")
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    page.fill("#query", "a happy face")
+    page.press("#query", "Enter")
+    sync_api.expect(page.locator("#results .result-image")).to_have_count(20)
+    wait_for_true(page, "[...document.querySelectorAll('#results img')].slice(0, 2).every(i => i.complete && i.naturalWidth > 0)")
+    page.set_input_files("#file", app_artefacts.items[0].image_path)  # previewed through a blob: URL
+    sync_api.expect(page.locator("#results .result-text").first).to_be_visible()
+    sync_api.expect(page.locator("#preview")).to_be_visible()
+    page.locator("#results .result-text").first.click()
+    sync_api.expect(page.locator("#results .result-image").first).to_be_visible()
+    assert csp_violations(page) == [] and not [e for e in console_errors if "Content Security Policy" in e], \
+        (csp_violations(page), console_errors)
+    # the listener does see what the policy blocks: an inline script, which the page never uses
+    page.evaluate("() => { const s = document.createElement('script'); s.textContent = 'window.__ran = 1'; document.body.append(s); }")
+    wait_for_true(page, "window.__cspViolations.length > 0")
+    assert page.evaluate("window.__ran") is None and "script-src" in csp_violations(page)[0]
+    context.close()
+
+
+def test_the_api_docs_satisfy_the_content_security_policy(offline_page, app_server):
+    page, outside, errors = offline_page
+    page.context.add_init_script(CSP_LISTENER)
+    response = page.goto(app_server.url + "/docs")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    sync_api.expect(page.locator(".swagger-ui .opblock")).to_have_count(9, timeout=20_000)
+    page.locator(".opblock-summary-path", has_text="/search/text").first.click()
+    page.locator(".opblock-body button.try-out__btn").first.click()
+    page.locator(".opblock-body button.execute").first.click()  # a real request from the docs page
+    sync_api.expect(page.locator(".opblock-body .live-responses-table .response .response-col_status").first).to_contain_text("200")
+    assert csp_violations(page) == [], csp_violations(page)
+    assert not outside and not errors, (outside, errors)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.app_fixtures import MAX_TEXT_CHARS, MAX_UPLOAD_BYTES
+from tests.app_fixtures import ADMIN_KEY, MAX_TEXT_CHARS, MAX_UPLOAD_BYTES
 
 
 def assert_error(response, status: int, code: str, *needles: str) -> dict:
@@ -56,7 +56,8 @@ def test_empty_or_whitespace_text(api, text):
 
 
 def test_text_over_the_size_limit(api):
-    assert_error(api.post("/search/text", json={"text": "a" * (MAX_TEXT_CHARS + 1)}), 413, "text_too_long",
+    # a 422 like every other field outside its documented range (the schema gives maxLength); 413 is for the body
+    assert_error(api.post("/search/text", json={"text": "a" * (MAX_TEXT_CHARS + 1)}), 422, "text_too_long",
                  f"{MAX_TEXT_CHARS + 1}", f"limit is {MAX_TEXT_CHARS}")
     assert api.post("/search/text", json={"text": "a" * MAX_TEXT_CHARS}).status_code == 200
 
@@ -79,6 +80,58 @@ def test_k_out_of_range_image(api, image_bytes, k):
     assert_error(upload(api, image_bytes, k=k), 422, "invalid_request", "k")
     assert_error(api.post("/search/image", json={"image_base64": base64.b64encode(image_bytes).decode(), "k": int(k) if k.isdigit() else k}),
                  422, "invalid_request", "k")
+
+
+@pytest.mark.parametrize("k", [True, False, "5", 2.0, 1.0, "2.0", [5], {"value": 5}], ids=repr)
+def test_json_bodies_take_k_only_as_a_json_integer(api, image_bytes, k):
+    body = assert_error(api.post("/search/text", json={"text": "cat", "k": k}), 422, "invalid_request", "k")
+    assert body["errors"][0]["loc"] == ["body", "k"]
+    image = base64.b64encode(image_bytes).decode()
+    assert_error(api.post("/search/image", json={"image_base64": image, "k": k}), 422, "invalid_request", "k")
+
+
+@pytest.mark.parametrize("k", ["2.0", "true", "5x", "", " "])
+def test_form_fields_take_k_as_decimal_digits(api, image_bytes, k):
+    assert_error(upload(api, image_bytes, k=k), 422, "invalid_request", "k")
+
+
+def test_form_fields_are_strings_so_k_5_is_5(api, image_bytes):
+    response = upload(api, image_bytes, k="5")
+    assert response.status_code == 200 and len(response.json()["results"]) == 5
+
+
+@pytest.mark.parametrize("field, value", [("text", 5), ("text", None), ("target", 1), ("labels", "Flags"), ("labels", [1]),
+                                          ("labels", [""])])
+def test_json_bodies_take_no_coercible_look_alikes(api, field, value):
+    assert_error(api.post("/search/text", json={"text": "cat", field: value}), 422, "invalid_request", field)
+
+
+@pytest.mark.parametrize("force", [0, 1, "true", "yes", None])
+def test_admin_reload_force_is_a_json_boolean(api, force):
+    response = api.post("/admin/reload", headers={"X-API-Key": ADMIN_KEY}, json={"force": force})
+    assert_error(response, 422, "invalid_request", "force")
+
+
+def test_the_schema_says_what_is_refused(api, app_artefacts):
+    schema = api.get("/openapi.json").json()
+    text_body = schema["components"]["schemas"]["TextSearchRequest"]["properties"]
+    assert text_body["text"]["maxLength"] == MAX_TEXT_CHARS and text_body["text"]["pattern"] == r"\S"
+    image_body = schema["paths"]["/search/image"]["post"]["requestBody"]["content"]
+    known = sorted({label for item in app_artefacts.items for label in item.labels})
+    for labels in (text_body["labels"]["anyOf"][0], image_body["application/json"]["schema"]["properties"]["labels"]["anyOf"][0],
+                   image_body["multipart/form-data"]["schema"]["properties"]["labels"]):
+        items = labels["items"]
+        assert items["minLength"] == 1 and items["pattern"] == r"\S"  # "" was schema-valid and refused
+        assert sorted(items["enum"]) == known  # an unknown label is refused: the schema says which are known
+    assert image_body["multipart/form-data"]["schema"]["additionalProperties"] is False
+    assert schema["components"]["schemas"]["ReloadRequest"]["properties"]["force"]["type"] == "boolean"
+    # every status a JSON route answers with is documented (/admin/reload answered an undocumented 400)
+    for path in ("/search/text", "/search/image", "/admin/reload"):
+        documented = set(schema["paths"][path]["post"]["responses"])
+        assert {"200", "400", "408", "413", "415", "422", "500"} <= documented, (path, documented)
+    assert {"401", "403", "409"} <= set(schema["paths"]["/admin/reload"]["post"]["responses"])
+    item = schema["paths"]["/items/{item_id}"]["get"]["parameters"][0]
+    assert api.get(f"/items/{item['example']}").status_code == 200
 
 
 def test_unknown_target(api, image_bytes):
@@ -144,6 +197,25 @@ def test_malformed_json(api, path, body):
     assert_error(api.post(path, content=body, headers={"content-type": "application/json"}), 400, "malformed_json", "not valid JSON")
 
 
+JSON_ROUTES = ("/search/text", "/search/image", "/admin/reload")
+
+
+@pytest.mark.parametrize("body", [b"[" * 2000 + b"]" * 2000, b'{"text": ' * 2000 + b'"cat"' + b"}" * 2000,
+                                  b'{"labels": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"], ids=["array", "object", "labels"])
+def test_deeply_nested_json_is_the_same_400_on_every_json_route(api, body):
+    # /search/image parsed it itself and answered a 500 (RecursionError); the others said "error parsing the body"
+    answers = [assert_error(api.post(path, content=body, headers={"content-type": "application/json", "X-API-Key": ADMIN_KEY}),
+                            400, "malformed_json", "nested too deeply") for path in JSON_ROUTES]
+    assert answers[0] == answers[1] == answers[2]
+
+
+@pytest.mark.parametrize("body", [b'{"text": "cat"', b"\xff\xfe{}", b"nul", b'{"a": 1}}', b"\x00"])
+def test_malformed_json_is_the_same_400_on_every_json_route(api, body):
+    answers = [assert_error(api.post(path, content=body, headers={"content-type": "application/json", "X-API-Key": ADMIN_KEY}),
+                            400, "malformed_json", "not valid JSON") for path in JSON_ROUTES]
+    assert answers[0] == answers[1] == answers[2]
+
+
 def test_json_that_is_not_an_object(api):
     assert_error(api.post("/search/image", json=[1, 2]), 422, "invalid_request", "object")
     assert_error(api.post("/search/text", json="cat"), 422, "invalid_request")
@@ -198,6 +270,38 @@ def test_decompression_bomb(api):
     assert_error(upload(api, png_declaring(60_000, 60_000)), 422, "invalid_image", "pixels")
     payload = base64.b64encode(png_declaring(20_000, 20_000)).decode()
     assert_error(api.post("/search/image", json={"image_base64": payload}), 422, "invalid_image", "pixels")
+
+
+def thin_png(width: int, height: int) -> bytes:
+    """A real (fully decodable) grey PNG of width x height pixels: a few hundred bytes even when millions of pixels long."""
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), in MiB."""
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.parametrize("size", [(1, 8000), (8000, 1), (1, 40_000), (1, 8_400_000)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_extreme_aspect_ratio_is_refused_before_decoding(api, app_server, size):
+    # Scaling the short side to the backbone's 256 px would make a 1x8000 PNG 256 x 2,048,000 px (1.5 GB, 18 s), a
+    # 1x40000 one five times that, and a 1x8,400,000 one overflow Pillow's resize (a 500). The header alone says no.
+    data = thin_png(*size)
+    peak_before = peak_rss_mib(app_server.process.pid)
+    for response in (upload(api, data), api.post("/search/image", json={"image_base64": base64.b64encode(data).decode()})):
+        assert_error(response, 422, "image_aspect_ratio", f"{size[0]}x{size[1]} px", "the limit is 20:1",
+                     "DSCMR_MAX_IMAGE_ASPECT_RATIO", "crop")
+    assert peak_rss_mib(app_server.process.pid) - peak_before < 100
+
+
+def test_elongated_images_within_the_limit_are_searched(api):
+    for size in ((1, 20), (20, 1), (300, 6000)):
+        response = upload(api, thin_png(*size), k="3")
+        assert response.status_code == 200, response.text
+        assert len(response.json()["results"]) == 3
 
 
 # --------------------------------------------------------------------------------------------------- sizes

@@ -6,6 +6,7 @@ switches versions and checks what the server serves, while requests are in fligh
 """
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -36,6 +37,11 @@ def reload_env(app_artefacts, tmp_path_factory):
         stop_server(server)
 
 
+def assert_no_server_path(detail: str, root: Path) -> None:
+    """`detail` (a public message) names no absolute path of the server: neither the index root nor any /a/b path."""
+    assert str(root) not in detail and not re.search(r"/\w[^\s]*/", detail), detail
+
+
 def served_version(client: httpx.Client) -> str | None:
     """The index version /readyz reports (None while not ready)."""
     body = client.get("/readyz").json()
@@ -55,12 +61,19 @@ def test_not_ready_until_a_version_is_published(reload_env):
     # the process is alive at once but has nothing to serve
     wait_until(server, lambda c: c.get("/healthz").status_code == 200, "GET /healthz = 200")
     with server.client() as client:
+        wait_until(server, lambda c: "no index" in (c.get("/readyz").json()["detail"] or ""), "the first load attempt")
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["ready"] is False
         assert "no index" in ready.json()["detail"]
         search = client.post("/search/text", json={"text": "cat"})
         assert search.status_code == 503 and search.json()["error"] == "not_ready"
         assert search.headers["retry-after"]
+        # nobody learns where the server keeps its files; the admin key (and the log) have the full reason
+        for public in (ready.json()["detail"], search.json()["detail"]):
+            assert_no_server_path(public, root)
+        assert str(root) in client.get("/readyz", headers={"X-API-Key": ADMIN_KEY}).json()["detail"]
+        assert str(root) not in client.get("/readyz", headers={"X-API-Key": "wrong"}).json()["detail"]
+        assert str(root) in server.log()
     name = publish_copy_of(artefacts.index_root, root)
     assert wait_ready(server, timeout=60)["index_version"] == name
 
@@ -167,7 +180,14 @@ def test_a_broken_version_is_refused_and_the_old_one_kept(reload_env):
         assert good in failed.json()["detail"]
         time.sleep(0.6)  # a few watcher polls: it must not retry the same broken version in a loop, nor drop the good one
         ready = client.get("/readyz").json()
-        assert ready["ready"] and ready["index_version"] == good and "records.jsonl" in ready["detail"]
+        assert ready["ready"] and ready["index_version"] == good
+        # the public reason names the versions and the kind of failure, never a server path or file
+        assert broken.name in ready["detail"] and good in ready["detail"] and "server log" in ready["detail"]
+        assert_no_server_path(ready["detail"], root)
+        assert "records.jsonl" not in ready["detail"]
+        full = client.get("/readyz", headers={"X-API-Key": ADMIN_KEY}).json()["detail"]
+        assert "records.jsonl" in full and str(root) in full
+        assert "records.jsonl" in server.log()
         assert client.post("/search/text", json={"text": "cat"}).status_code == 200
         set_current(root, good)
         wait_until(server, lambda c: c.get("/readyz").json()["detail"] is None, "the error to clear", timeout=30)

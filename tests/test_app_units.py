@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -11,6 +14,7 @@ from app.main import decode_base64_image, decode_image
 from app.settings import ServiceSettings
 from app.state import find_model_dir
 from index.errors import IndexStoreError
+from tests.app_fixtures import REPO
 
 
 def test_settings_defaults_and_environment(monkeypatch):
@@ -122,3 +126,31 @@ def test_a_server_fault_is_a_json_500_and_the_connection_survives(tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def test_the_chinese_segmenter_is_loaded_before_the_service_is_ready(app_artefacts, tmp_path):
+    # jieba loads its dictionary on first use: the first Chinese query took about 5 s. The serving state (what /readyz
+    # waits for) now carries an encoder that has loaded it. Checked in a fresh process, where nothing loaded it before.
+    vocab = json.loads((app_artefacts.model_dir / "vocab.json").read_text())
+    if vocab["tokenizer"]["cjk"] != "jieba":
+        pytest.skip("the test model's vocabulary does not segment Chinese with jieba (jieba was not installed)")
+    code = (
+        "import json, sys\n"
+        "import jieba\n"
+        "from app.settings import ServiceSettings\n"
+        "from app.state import load_serving_state\n"
+        "before = jieba.dt.initialized\n"
+        "load_serving_state(ServiceSettings(index_root=sys.argv[1], device='cpu', verify_files=False))\n"
+        "print(json.dumps({'before': before, 'after': jieba.dt.initialized}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(app_artefacts.index_root)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"before": False, "after": True}
+
+
+def test_load_segmenter_loads_only_what_the_tokenizer_uses():
+    from model.text_tokenize import TokenizerConfig, jieba_available, load_segmenter
+
+    assert load_segmenter(TokenizerConfig(cjk="bigram")) is False
+    assert load_segmenter(TokenizerConfig(cjk="jieba")) is jieba_available()

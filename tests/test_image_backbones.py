@@ -97,6 +97,14 @@ def test_preprocess_crop_position_matches_torchvision_arithmetic():
     assert np.allclose(got, resized[80:304, 16:240], atol=1e-6)
 
 
+def test_preprocess_refuses_images_it_cannot_resize_within_bounds():
+    pre = ImagePreprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    # 1 x 8,400,000 px: the shorter side at 256 px would make the longer one 2.15e9 px (an OverflowError in Pillow)
+    with pytest.raises(ValueError, match=r"1x8400000 px image is more elongated than 100:1.*crop it"):
+        pre.resize_and_crop(Image.new("L", (1, 8_400_000)))
+    assert pre.resize_and_crop(Image.new("L", (1, 100))).size == (224, 224)  # 256 x 25,600 px on the way: allowed
+
+
 def test_preprocess_accepts_non_rgb_images():
     pre = ImagePreprocess(resize=32, crop=32, mean=(0.5,) * 3, std=(0.5,) * 3)
     gray = Image.new("L", (32, 32), 255)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from model.image_io import ImageDecodeError, load_image, to_rgb
+from model.image_io import ImageAspectRatioError, ImageDecodeError, load_image, to_rgb
 from tests.fixtures_data import IMAGENET_SAMPLE, needs_real_imagenet, write_imagenet_sample
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
@@ -34,6 +34,12 @@ def _png_header_only(width: int, height: int) -> bytes:
         + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
         + _png_chunk(b"IEND", b"")
     )
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _left_red_right_blue(width=40, height=20) -> Image.Image:
@@ -161,6 +167,54 @@ def test_32_bit_integer_and_float_tiff(tmp_path):
     assert red_channel(tmp_path / "float.tif") == [0, 128, 255]
 
 
+def _alpha_reference(image: Image.Image) -> Image.Image:
+    """The obvious whole-image composite on white (what to_rgb computes a band of rows at a time)."""
+    rgba = (image.convert("LA") if image.mode == "La" else image).convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (*WHITE, 255)), rgba).convert("RGB")
+
+
+def _high_bit_depth_reference(values: np.ndarray) -> np.ndarray:
+    """The obvious whole-array rescale (what to_rgb computes a band of rows at a time, in integers for 16-bit)."""
+    floats = values.astype(np.float64)
+    finite = floats[np.isfinite(floats)]
+    low, high = float(finite.min()), float(finite.max())
+    if values.dtype.kind in "iu" and low >= 0 and high <= 65535:
+        scaled = floats / 257.0
+    elif values.dtype.kind == "f" and low >= 0 and high <= 1.0:
+        scaled = floats * 255.0
+    elif values.dtype.kind == "f" and low >= 0 and high <= 255.0:
+        scaled = floats
+    else:
+        scaled = (floats - low) * (255.0 / (high - low))
+    return np.round(np.nan_to_num(np.clip(scaled, 0, 255))).astype(np.uint8)
+
+
+@pytest.mark.parametrize("band_pixels", [37, 1 << 20])
+def test_banded_conversions_match_the_whole_image_reference(monkeypatch, band_pixels):
+    import model.image_io as image_io
+
+    monkeypatch.setattr(image_io, "_BAND_PIXELS", band_pixels)  # 37: a band of one row (53 px wide), or several rows
+    rng = np.random.default_rng(7)
+    size = (53, 41)
+    rgba = Image.fromarray(rng.integers(0, 256, (41, 53, 4), dtype=np.uint8), "RGBA")
+    palette = Image.fromarray(rng.integers(0, 8, (41, 53), dtype=np.uint8), "L").convert("P")
+    palette.putpalette(list(rng.integers(0, 256, 768, dtype=np.uint8)))
+    palette.info["transparency"] = 3
+    keyed = Image.fromarray(rng.integers(0, 2, (41, 53, 3), dtype=np.uint8) * 255, "RGB")
+    keyed.info["transparency"] = (255, 0, 255)
+    for image in (rgba, rgba.convert("LA"), rgba.convert("La"), rgba.convert("PA"), palette, keyed):
+        assert image.size == size
+        assert np.array_equal(np.asarray(to_rgb(image)), np.asarray(_alpha_reference(image))), image.mode
+    every_16_bit = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    floats = rng.normal(0, 1000, (41, 53)).astype(np.float32)
+    floats[0, :3] = [np.nan, np.inf, -np.inf]
+    for values in (every_16_bit, rng.integers(0, 65536, (41, 53)).astype(np.int32),
+                   rng.integers(-5000, 5000, (41, 53)).astype(np.int32), rng.random((41, 53)).astype(np.float32),
+                   (rng.random((41, 53)) * 255).astype(np.float32), floats):
+        got = np.asarray(to_rgb(Image.fromarray(values)))[..., 0]
+        assert np.array_equal(got, _high_bit_depth_reference(values)), values.dtype
+
+
 def test_animated_gif_gives_first_frame(tmp_path):
     frames = [Image.new("RGB", (8, 8), colour) for colour in (RED, BLUE)]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
@@ -227,6 +281,25 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
         load_image(medium, max_pixels=100_000_000)  # allowed -> decoding starts -> the missing data shows
     with pytest.raises(ImageDecodeError, match="more than the limit of 1,000"):
         load_image(_png_header_only(40, 40), max_pixels=1_000)
+
+
+@pytest.mark.parametrize("size", [(1, 8000), (8000, 1), (1, 8_400_000), (21, 1), (100, 2001)])
+def test_extreme_aspect_ratios_are_refused_from_the_header(size):
+    # header-only files: a decode would report "truncated", so the refusal comes before any pixel is read
+    with pytest.raises(ImageAspectRatioError, match=r"aspect ratio of [\d,]+:1, more than the limit of 20:1.*Crop") as caught:
+        load_image(_png_header_only(*size))
+    assert caught.value.size == size and caught.value.limit == 20
+
+
+def test_aspect_ratio_limit_is_inclusive_and_configurable():
+    for size in ((1, 20), (20, 1), (100, 2000)):
+        assert load_image(_png_bytes(Image.new("RGB", size, RED))).size == size
+    assert load_image(_png_bytes(Image.new("RGB", (1, 50), RED)), max_aspect_ratio=50).size == (1, 50)
+    with pytest.raises(ImageAspectRatioError, match="limit of 49:1"):
+        load_image(_png_bytes(Image.new("RGB", (1, 50), RED)), max_aspect_ratio=49)
+    for bad in (0.5, 101):
+        with pytest.raises(ValueError, match="max_aspect_ratio"):
+            load_image(_png_bytes(Image.new("RGB", (2, 2), RED)), max_aspect_ratio=bad)
 
 
 def test_jpeg_draft_decodes_large_photo_at_reduced_size(tmp_path):

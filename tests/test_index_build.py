@@ -163,6 +163,23 @@ def test_corrupt_and_missing_images_are_skipped_and_counted(trained, tmp_path):
     assert set(reasons) == {"broken", "missing"} and "ImageDecodeError" in reasons["broken"]
 
 
+def test_too_elongated_images_are_skipped_and_counted(trained, tmp_path):
+    from PIL import Image
+
+    model_dir, _, corpus, encoder, _ = trained
+    sliver, strip = tmp_path / "sliver.png", tmp_path / "strip.png"
+    Image.new("L", (1, 8_400_000), 128).save(sliver)  # overflowed the backbone resize and stopped the build
+    Image.new("L", (30, 1), 128).save(strip)
+    extra = [Item("sliver", str(sliver), "a very tall picture", ("fish",), {}),
+             Item("strip", str(strip), "a very wide picture", ("fish",), {})]
+    corpus_dir = save_corpus(Corpus(items=corpus.items[:10] + extra, label_names=corpus.label_names, name="with-thin"), tmp_path / "c")
+    manifest = load_manifest(build_index(model_dir, corpus_dir, tmp_path / "index", CONFIG, encoder=encoder))
+    assert manifest["counts"] == {"image": 10, "text": 12}
+    reasons = {s["id"]: s["reason"] for s in manifest["skipped"]["items"]}
+    assert set(reasons) == {"sliver", "strip"}
+    assert all(r.startswith("ImageAspectRatioError") and "limit of 20:1" in r for r in reasons.values())
+
+
 def test_shards_merge_into_the_same_index(trained, built, tmp_path):
     model_dir, corpus_dir, corpus, encoder, _ = trained
     for i in range(2):

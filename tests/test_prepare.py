@@ -150,6 +150,19 @@ def test_corrupt_and_missing_images_are_reported_and_skipped(corpus_dir, tmp_pat
     assert "red1" not in manifest["splits"]["train"] and len(manifest["splits"]["train"]) == 22
 
 
+def test_too_elongated_images_are_reported_and_skipped(corpus_dir, tmp_path):
+    # A 1 x 8,400,000 px PNG overflowed the backbone resize (its shorter side scaled to 256 px) and stopped the run;
+    # a 30:1 one cost a 7,680 px long intermediate. Both are refused from their header now, like a corrupt file.
+    work = copy_corpus(corpus_dir, tmp_path / "corpus")
+    Image.new("L", (1, 8_400_000), 128).save(work / "images" / "red1.png")
+    Image.new("L", (30, 1), 128).save(work / "images" / "green2.png")
+    summary = prepare_corpus(work, tmp_path / "prepared", PrepareConfig(text=TEXT, batch_size=8, progress=False))
+    assert summary["items"] == 38 and summary["skipped"] == 2
+    reasons = {s["id"]: s["reason"] for s in load_prepared(tmp_path / "prepared").manifest["skipped"]}
+    assert set(reasons) == {"red1", "green2"}
+    assert "1x8400000 px, an aspect ratio of 8,400,000:1" in reasons["red1"] and "30x1 px" in reasons["green2"]
+
+
 def test_an_unprepared_or_incomplete_folder_is_refused_with_what_to_run(prepared, tmp_path):
     with pytest.raises(PreparedDataError, match="python -m training prepare"):
         load_prepared(tmp_path)

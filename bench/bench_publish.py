@@ -122,11 +122,11 @@ def _filesystem_of(path: Path) -> dict:
 def _git_commit(path: Path) -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no", "--", "index", "model"],
                                capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
-    return (out.stdout.strip() + ("+uncommitted changes" if dirty else "")) if out.returncode == 0 else None
+    return (out.stdout.strip() + ("+uncommitted changes to index/ or model/" if dirty else "")) if out.returncode == 0 else None
 
 
 # --------------------------------------------------------------------------------------------------------------- data

@@ -185,8 +185,9 @@ def publish_version(root: str | Path, source: EmbeddingSource, model_hash: str, 
 
 # The steps of publish_version, in order, as reported in its `timings` (plus total_s). source_s is the time spent waiting
 # for the source's batches (embedding files read, or vectors generated); train_s, normalise_s and add_s build the FAISS
-# index; the rest writes and publishes the version (metadata_insert_s and most of records_s during the fill). The background hash_s and fsync_s overlap the steps after the
-# index write; seal_wait_s is what publishing still waited for them.
+# index; the rest writes and publishes the version, metadata_insert_s and most of records_s during the fill. The
+# background hash_s and fsync_s overlap the steps after each file is written; seal_wait_s is what publishing still
+# waited for them.
 PUBLISH_STEPS = ("source_s", "train_s", "normalise_s", "add_s", "metadata_insert_s", "index_write_s", "records_s",
                  "seal_wait_s", "hash_s", "fsync_s", "manifest_s", "rename_s", "pointer_s")
 

@@ -2,7 +2,7 @@
 # `python -m index ...`); docker-compose.yml runs them and docs/docker.md explains the options.
 #
 #   docker build -t dscmr-search:cpu .                           CPU build of torch (default)
-#   docker build --build-arg VARIANT=gpu -t dscmr-search:gpu .   CUDA build of torch + faiss-gpu (NVIDIA hosts)
+#   docker build --build-arg VARIANT=gpu -t dscmr-search:gpu .   CUDA build of torch + the `gpu` extra (NVIDIA hosts)
 #
 # Layers go from least to most often changed: system packages, then the Python dependencies (read from pyproject.toml
 # alone), then the code. Editing the code reinstalls nothing; editing pyproject.toml reinstalls the dependencies.
@@ -33,14 +33,15 @@ RUN apt-get update \
 
 # Build arguments are declared here, after the system layer, so that their values (which differ between the CPU and
 # GPU images and between builders) never invalidate that layer.
-# cpu: torch's CPU build from TORCH_CPU_INDEX_URL + faiss-cpu. gpu: torch from PyPI (a CUDA build) + FAISS_GPU_PACKAGE.
+# cpu: torch's CPU build from TORCH_CPU_INDEX_URL + the package's `cpu` extra (faiss-cpu). gpu: torch from PyPI (a CUDA
+# build) + the `gpu` extra (faiss-gpu-cu12), the same extras as `pip install .[cpu]` / `.[gpu]` outside Docker.
 ARG VARIANT=cpu
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
 # Extra index for the GPU torch build; empty takes PyPI's (CUDA 13 for torch 2.13). The FAISS GPU wheels on PyPI are
 # CUDA 12 builds: both bring their own CUDA libraries (different sonames), so any driver for CUDA 13 serves both.
 ARG TORCH_GPU_INDEX_URL=
-ARG FAISS_GPU_PACKAGE=faiss-gpu-cu12
+# Runtime extras besides FAISS's, which VARIANT names.
 ARG EXTRAS=sentence,cjk
 # pip's own settings, unset by default. scripts/verify_docker.sh --offline points them at a local wheelhouse for
 # machines that cannot reach the package index from inside a build.
@@ -55,13 +56,11 @@ COPY pyproject.toml scripts/pyproject_requirements.py ./
 RUN set -eu; \
     python -m venv "$VIRTUAL_ENV"; \
     case "$VARIANT" in \
-      cpu) python pyproject_requirements.py pyproject.toml --extras "$EXTRAS" > requirements.txt; \
-           torch_index="$TORCH_CPU_INDEX_URL" ;; \
-      gpu) python pyproject_requirements.py pyproject.toml --extras "$EXTRAS" --drop faiss-cpu > requirements.txt; \
-           echo "$FAISS_GPU_PACKAGE" >> requirements.txt; \
-           torch_index="$TORCH_GPU_INDEX_URL" ;; \
+      cpu) torch_index="$TORCH_CPU_INDEX_URL" ;; \
+      gpu) torch_index="$TORCH_GPU_INDEX_URL" ;; \
       *) echo "VARIANT must be cpu or gpu, not '$VARIANT'" >&2; exit 1 ;; \
     esac; \
+    python pyproject_requirements.py pyproject.toml --extras "$EXTRAS,$VARIANT" > requirements.txt; \
     pip install ${torch_index:+--extra-index-url "$torch_index"} "torch==$TORCH_VERSION" "setuptools>=68" wheel \
         -r requirements.txt; \
     python -c "import sys, torch; cuda = torch.version.cuda; print('torch', torch.__version__, 'CUDA', cuda); \
@@ -77,7 +76,8 @@ COPY index /tmp/dscmr-src/index
 COPY app /tmp/dscmr-src/app
 RUN pip install --no-deps --no-build-isolation /tmp/dscmr-src \
     && rm -rf /tmp/dscmr-src \
-    && python -c "import app.main, index.build, training.demo, model.network"
+    && python -c "import app.main, index.build, training.demo, model.network" \
+    && dscmr-serve --help >/dev/null && dscmr-index --help >/dev/null && dscmr-train --help >/dev/null
 
 # Artefacts live on the /data volume; the service binds every interface inside the container.
 ENV DSCMR_ARTIFACTS=/data \

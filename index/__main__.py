@@ -73,9 +73,14 @@ def _config(args: argparse.Namespace) -> BuildConfig:
                        feature_cache=str(args.feature_cache) if args.feature_cache else None)
 
 
+def command_name(script: str, module_form: str) -> str:
+    """How this CLI was invoked, for its usage line: the console script `script` or `module_form` (python -m)."""
+    return script if Path(sys.argv[0]).name == script else module_form
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=command_name("dscmr-index", "python -m index"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build", help="embed a corpus and publish an index version (or embed one shard)")

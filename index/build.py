@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from index import faiss_index as fi
 from index.errors import ShardError
-from index.metadata import EntryRecord, MetadataStore
-from index.records import export_records
+from index.metadata import EntryRecord, MetadataStore, item_rows
+from index.records import RECORDS_FILE, RECORDS_INDEX_FILE, RecordsWriter
 from index.shards import (Chunk, EmbeddingSource, ShardSet, chunk_path, corpus_signature, read_chunk, shard_dir_name,
                           shard_range, write_chunk, write_shard_manifest)
 from index.store import (METADATA_FILE, MODALITIES, StagedVersion, cleanup_staging, index_file_name, library_versions,
@@ -120,35 +120,49 @@ class BuildConfig:
 # ------------------------------------------------------------------------------------------------- vector level
 def publish_version(root: str | Path, source: EmbeddingSource, model_hash: str, config: IndexConfig = IndexConfig(),
                     fields: dict[str, Any] | None = None, checkpoint: Checkpoint | None = None,
-                    show_progress: bool = False, make_current: bool = True) -> Path:
-    """Build one FAISS index per modality of `source` plus the metadata, publish them as a new version; return its path."""
+                    show_progress: bool = False, make_current: bool = True,
+                    timings: dict[str, float] | None = None) -> Path:
+    """Build one FAISS index per modality of `source` plus the metadata, publish them as a new version; return its path.
+
+    `timings`, when given, receives the seconds of each step (see PUBLISH_STEPS).
+    """
     root = Path(root)
     checkpoint = checkpoint or (lambda stage: None)
     if not source.modalities():
         raise ValueError("nothing to index: no item has an image or a text that could be embedded (see the skipped items in the log)")
     cleanup_staging(root)
     started = time.perf_counter()
+    steps = dict.fromkeys(PUBLISH_STEPS, 0.0)
     modalities_info: dict[str, Any] = {}
-    with StagedVersion(root) as stage:
+    with StagedVersion(root) as stage, RecordsWriter(stage.path) as records:
         metadata = MetadataStore.create(stage.path / METADATA_FILE)
         next_key = 0
         for modality in source.modalities():
             n = source.count(modality)
             spec = config.spec_for(n, source.dim)
-            index, timings = build_faiss_index(source, modality, spec, config, metadata, next_key, checkpoint, show_progress)
+            index, info_timings = build_faiss_index(source, modality, spec, config, metadata, next_key, checkpoint,
+                                                    show_progress, records)
             if index.ntotal != n:
                 raise ValueError(f"the {modality} source announced {n} vectors but delivered {index.ntotal}; the embeddings are inconsistent")
             next_key += n
+            for step in ("source_s", "train_s", "normalise_s", "add_s", "metadata_insert_s", "records_s"):
+                steps[step] += info_timings[step]
             path = stage.path / index_file_name(modality)
             t0 = time.perf_counter()
             fi.write_index(index, path)
-            timings["write_s"] = round(time.perf_counter() - t0, 3)
+            info_timings["write_s"] = round(time.perf_counter() - t0, 3)
+            steps["index_write_s"] += info_timings["write_s"]
+            stage.seal(path.name)  # hashed and fsynced in the background while the next steps run
             checkpoint(f"index:{modality}:written")
             modalities_info[modality] = {"count": int(index.ntotal), "file": path.name, "spec": spec.to_dict(),
-                                         "tombstones": 0, "timings": timings}
+                                         "tombstones": 0, "timings": {k: round(v, 3) for k, v in info_timings.items()}}
             del index
-        export_records(metadata, stage.path)
+        t0 = time.perf_counter()
+        records.finish(metadata.next_key())
         metadata.close()
+        for name in (METADATA_FILE, RECORDS_FILE, RECORDS_INDEX_FILE):
+            stage.seal(name)
+        steps["records_s"] += time.perf_counter() - t0
         manifest_fields = {
             "created_at": utc_now_iso(),
             "parent_version": None,
@@ -161,15 +175,30 @@ def publish_version(root: str | Path, source: EmbeddingSource, model_hash: str, 
             "build_seconds": round(time.perf_counter() - started, 3),
             **(fields or {}),
         }
-        return stage.publish(manifest_fields, make_current=make_current, checkpoint=checkpoint)
+        version = stage.publish(manifest_fields, make_current=make_current, checkpoint=checkpoint)
+        steps.update(stage.timings)
+    steps["total_s"] = time.perf_counter() - started
+    if timings is not None:
+        timings.update(steps)
+    return version
+
+
+# The steps of publish_version, in order, as reported in its `timings` (plus total_s). source_s is the time spent waiting
+# for the source's batches (embedding files read, or vectors generated); train_s, normalise_s and add_s build the FAISS
+# index; the rest writes and publishes the version, metadata_insert_s and most of records_s during the fill. The
+# background hash_s and fsync_s overlap the steps after each file is written; seal_wait_s is what publishing still
+# waited for them.
+PUBLISH_STEPS = ("source_s", "train_s", "normalise_s", "add_s", "metadata_insert_s", "index_write_s", "records_s",
+                 "seal_wait_s", "hash_s", "fsync_s", "manifest_s", "rename_s", "pointer_s")
 
 
 def build_faiss_index(source: EmbeddingSource, modality: str, spec: fi.IndexSpec, config: IndexConfig,
                       metadata: MetadataStore | None, first_key: int, checkpoint: Checkpoint | None = None,
-                      show_progress: bool = False):
+                      show_progress: bool = False, records: RecordsWriter | None = None):
     """Train (when needed) and fill the index of one modality, streaming `source`; return (index, timings).
 
-    Keys are first_key, first_key + 1, ... in source order; when `metadata` is given, each batch's rows go in with them.
+    Keys are first_key, first_key + 1, ... in source order; when `metadata` is given, each batch's rows go in with them
+    (and to `records`, when given).
     """
     checkpoint = checkpoint or (lambda stage: None)
     index = fi.create_index(spec, source.dim)
@@ -182,23 +211,38 @@ def build_faiss_index(source: EmbeddingSource, modality: str, spec: fi.IndexSpec
         del sample
         checkpoint(f"index:{modality}:trained")
     timings["train_s"] = round(time.perf_counter() - t0, 3)
-    t0 = time.perf_counter()
     key = first_key
     bar = tqdm(total=source.count(modality), desc=f"index {modality}", unit="vec", disable=not show_progress)
-    add_s = 0.0
+    add_s = insert_s = source_s = normalise_s = records_s = 0.0
+    t0 = waited = time.perf_counter()
     for vectors, items in source.batches(modality):
+        ta = time.perf_counter()
+        source_s += ta - waited
         vectors = fi.normalise_rows(vectors, f"{modality} embeddings")
         keys = np.arange(key, key + len(vectors), dtype=np.int64)
-        ta = time.perf_counter()
+        tb = time.perf_counter()
+        normalise_s += tb - ta
         fi.add_with_keys(index, vectors, keys)
-        add_s += time.perf_counter() - ta
+        add_s += time.perf_counter() - tb
         if metadata is not None:
-            metadata.insert(entry_records(items, keys, modality))
+            ta = time.perf_counter()
+            rows, label_rows = item_rows(items, keys, modality)
+            metadata.insert_rows(rows, label_rows)
+            tb = time.perf_counter()
+            insert_s += tb - ta
+            if records is not None:
+                records.add(rows)
+                records_s += time.perf_counter() - tb
         key += len(vectors)
         bar.update(len(vectors))
         checkpoint(f"index:{modality}:batch")
+        waited = time.perf_counter()
     bar.close()
     timings["add_s"] = round(add_s, 3)
+    timings["metadata_insert_s"] = round(insert_s, 3)
+    timings["records_s"] = round(records_s, 3)
+    timings["source_s"] = round(source_s, 3)
+    timings["normalise_s"] = round(normalise_s, 3)
     timings["fill_s"] = round(time.perf_counter() - t0, 3)
     return index, timings
 

@@ -14,8 +14,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import faiss
 import numpy as np
+
+try:
+    import faiss
+except ModuleNotFoundError as exc:  # the package's FAISS comes from an extra (pyproject.toml): say which
+    raise ModuleNotFoundError(
+        "FAISS is not installed. Install this package with one of its FAISS extras: pip install 'dscmr-search[cpu]' "
+        "(any machine), or pip install 'dscmr-search[gpu]' on a Linux host with an NVIDIA driver (see the README)",
+        name="faiss") from exc
 
 from index.errors import IndexCorruptError
 

@@ -50,6 +50,10 @@ CREATE TABLE info (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 # Stay well below SQLite's host-parameter limit (32766 since 3.32, 999 before).
 _PARAMS_PER_QUERY = 900
+# What json.dumps(..., ensure_ascii=False[, sort_keys=True]) returns, without building an encoder on every call (a
+# million rows cost seconds of that alone).
+_encode_labels = json.JSONEncoder(ensure_ascii=False).encode
+_encode_extra = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,25 @@ class EntryRecord:
     text: str | None
     labels: tuple[str, ...]
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def item_rows(items: Sequence[Any], keys: Sequence[int], modality: str) -> tuple[list[tuple], list[tuple[str, str, int]]]:
+    """The `entries` rows (key, item_id, modality, source_path, text, labels JSON, extra JSON) and `entry_labels` rows
+    of corpus items (model.corpus.Item) embedded in `modality` under `keys`, as the database stores them.
+
+    The same as EntryRecords through `insert`, without building them: a build writes a million of these.
+    """
+    keys = keys.tolist() if hasattr(keys, "tolist") else [int(k) for k in keys]
+    label_texts: dict[tuple[str, ...], str] = {}
+    rows, label_rows = [], []
+    for key, item in zip(keys, items):
+        label_set = tuple(item.labels)
+        labels = label_texts.get(label_set)
+        if labels is None:
+            labels = label_texts[label_set] = _encode_labels(list(label_set))
+        rows.append((key, item.id, modality, item.image_path, item.text, labels, _encode_extra(item.extra) if item.extra else "{}"))
+        label_rows.extend([(modality, label, key) for label in label_set])
+    return rows, label_rows
 
 
 class MetadataStore:
@@ -100,8 +123,12 @@ class MetadataStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             if self.writable:
+                # A writable database is always a staged copy (index.store.StagedVersion): it becomes durable when
+                # publish fsyncs it, and a crash before that discards the whole staging directory. So commits skip
+                # their own fsyncs and keep the rollback journal in memory (a failed insert still rolls back).
                 conn = sqlite3.connect(self.path)
-                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA synchronous = OFF")
+                conn.execute("PRAGMA journal_mode = MEMORY")
             else:
                 # Published versions never change, so readers skip locking altogether.
                 conn = sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
@@ -118,20 +145,30 @@ class MetadataStore:
     # ------------------------------------------------------------------------------------------------------- writes
     def insert(self, records: Iterable[EntryRecord]) -> int:
         """Insert records (their keys must be new); return how many were inserted. Commits."""
+        rows, label_rows = [], []
+        label_texts: dict[tuple[str, ...], str] = {}  # few distinct label sets: encode each once
+        for r in records:
+            key = int(r.key)
+            label_set = tuple(r.labels)  # the same object when it is a tuple already
+            labels = label_texts.get(label_set)
+            if labels is None:
+                labels = label_texts[label_set] = _encode_labels(list(label_set))
+            rows.append((key, r.item_id, r.modality, r.source_path, r.text, labels,
+                         _encode_extra(r.extra) if r.extra else "{}"))
+            label_rows.extend([(r.modality, lab, key) for lab in label_set])
+        return self.insert_rows(rows, label_rows)
+
+    def insert_rows(self, rows: Sequence[tuple], label_rows: Sequence[tuple[str, str, int]]) -> int:
+        """Insert rows as `item_rows` makes them (their keys must be new); return how many were inserted. Commits."""
         self._require_writable()
         conn = self._conn
-        rows, label_rows, top = [], [], -1
-        for r in records:
-            rows.append((int(r.key), r.item_id, r.modality, r.source_path, r.text,
-                         json.dumps(list(r.labels), ensure_ascii=False), json.dumps(r.extra, ensure_ascii=False, sort_keys=True)))
-            label_rows.extend((r.modality, lab, int(r.key)) for lab in r.labels)
-            top = max(top, int(r.key))
         try:
             conn.executemany("INSERT INTO entries (key, item_id, modality, source_path, text, labels, extra) VALUES (?,?,?,?,?,?,?)", rows)
         except sqlite3.IntegrityError as exc:
             conn.rollback()
             raise IndexStoreError(f"cannot add entries to {self.path}: {exc} (an item id is already indexed for that modality, or a key is reused)") from exc
         conn.executemany("INSERT OR IGNORE INTO entry_labels (modality, label, key) VALUES (?,?,?)", label_rows)
+        top = max((row[0] for row in rows), default=-1)
         if top >= self.next_key():
             conn.execute("UPDATE info SET value = ? WHERE name = 'next_key'", (str(top + 1),))
         conn.commit()

@@ -30,9 +30,12 @@ would only meet when a search returns the damaged key is reported at load.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import mmap
 import os
+import shutil
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ RECORDS_INDEX_FILE = "records.idx.npy"
 RECORDS_FORMAT = 2
 RECORD_MODALITIES = ("image", "text")
 _decode_json = json.JSONDecoder().raw_decode
+_EXPORT_BATCH = 65536  # entries encoded and written at a time by export_records
 # What the in-memory table costs, as an upper estimate from the file before decoding it: per entry its tuple, two list
 # slots and the headers of its strings and extra dict, plus twice the entry's JSON for their contents. Measured on the
 # benchmark's records (65-byte lines): 447 bytes per entry against 530 estimated (docs/index-benchmark.md).
@@ -67,29 +71,105 @@ def default_records_memory_budget() -> int:
 
 def export_records(metadata: MetadataStore, directory: Path) -> int:
     """Write records.jsonl (format 2) and records.idx.npy for every live entry of `metadata` into `directory`; return the count."""
-    next_key = metadata.next_key()
-    offsets = np.full(next_key, -1, dtype=np.int64)
-    dumps = json.dumps
     label_texts = metadata.distinct_label_lists()  # labels are stored as JSON text: index the texts, decode each once
-    label_index = {text: i for i, text in enumerate(label_texts)}
-    modality_index = {name: i for i, name in enumerate(RECORD_MODALITIES)}
-    header = {"records_format": RECORDS_FORMAT, "modalities": list(RECORD_MODALITIES),
-              "label_sets": [json.loads(text) for text in label_texts]}
-    count = 0
-    with (directory / RECORDS_FILE).open("wb") as out:
-        head = (dumps(header, ensure_ascii=False) + "\n").encode("utf-8")
-        out.write(head)
-        position = len(head)
-        for key, item_id, modality, source_path, text, labels, extra in metadata.iter_rows():
-            # extra is stored as JSON already: splice it in without decoding
-            line = f"[{dumps(item_id, ensure_ascii=False)},{modality_index[modality]},{dumps(source_path, ensure_ascii=False)}," \
-                   f"{dumps(text, ensure_ascii=False)},{label_index[labels]},{extra}]\n".encode("utf-8")
-            out.write(line)
-            offsets[key] = position
-            position += len(line)
-            count += 1
-    np.save(directory / RECORDS_INDEX_FILE, offsets)
-    return count
+    with RecordsWriter(directory, label_texts) as writer:
+        rows = iter(metadata.iter_rows())
+        while batch := list(itertools.islice(rows, _EXPORT_BATCH)):
+            writer.add(batch)
+        return writer.finish(metadata.next_key())
+
+
+class RecordsWriter:
+    """Writes a version's records.jsonl (format 2) and records.idx.npy from metadata rows given in ascending key order.
+
+    A build hands it each batch of rows as it inserts them into SQLite (`index.metadata.item_rows`), so the records
+    need no second pass over the database. The entries go to a hidden temporary file first, because the header line,
+    which lists every label set, can only be written once all rows are known; `finish` writes the header, appends the
+    entries (a kernel-side copy) and the offsets, and removes the temporary file.
+    """
+
+    def __init__(self, directory: Path, label_texts: list[str] | None = None) -> None:
+        """`label_texts`: the label sets' JSON texts in the order of the header (default: in order of appearance)."""
+        self.directory = Path(directory)
+        self._body_path = self.directory / f".{RECORDS_FILE}.entries.tmp"
+        self._body = self._body_path.open("wb")
+        self._label_index = {text: i for i, text in enumerate(label_texts or [])}
+        self._modality_index = {name: i for i, name in enumerate(RECORD_MODALITIES)}
+        self._keys: list[np.ndarray] = []
+        self._starts: list[np.ndarray] = []
+        self._position = 0
+        self._last_key = -1
+
+    def add(self, rows: list[tuple]) -> None:
+        """Append rows (key, item_id, modality, source_path, text, labels JSON, extra JSON), keys ascending."""
+        if not rows:
+            return
+        labels = self._label_index
+        for text in dict.fromkeys(row[5] for row in rows):  # new label sets numbered in order of appearance
+            if text not in labels:
+                labels[text] = len(labels)
+        modalities = self._modality_index
+        string = encode_basestring  # json.dumps(s, ensure_ascii=False) of a str, without building an encoder per call
+        # extra is stored as JSON already: spliced in without decoding
+        lines = [f"[{string(item_id)},{modalities[modality]},{'null' if source_path is None else string(source_path)},"
+                 f"{'null' if text is None else string(text)},{labels[label_text]},{extra}]\n".encode("utf-8")
+                 for _, item_id, modality, source_path, text, label_text, extra in rows]
+        keys = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+        if keys[0] <= self._last_key or (len(keys) > 1 and (np.diff(keys) <= 0).any()):
+            raise ValueError(f"records must be added in ascending key order (key {int(keys.min())} after {self._last_key})")
+        lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+        ends = np.cumsum(lengths) + self._position
+        self._keys.append(keys)
+        self._starts.append(ends - lengths)
+        self._body.write(b"".join(lines))
+        self._position = int(ends[-1])
+        self._last_key = int(keys[-1])
+
+    def finish(self, next_key: int) -> int:
+        """Write records.jsonl and records.idx.npy (offsets for keys 0..next_key-1); return the number of entries."""
+        if next_key <= self._last_key:
+            raise ValueError(f"next_key {next_key} is not past the last record's key {self._last_key}")
+        self._body.close()
+        header = {"records_format": RECORDS_FORMAT, "modalities": list(RECORD_MODALITIES),
+                  "label_sets": [json.loads(text) for text in self._label_index]}
+        head = (json.dumps(header, ensure_ascii=False) + "\n").encode("utf-8")
+        with (self.directory / RECORDS_FILE).open("wb") as out, self._body_path.open("rb") as body:
+            out.write(head)
+            out.flush()
+            _append(out, body, self._position)
+        offsets = np.full(next_key, -1, dtype=np.int64)
+        keys = np.concatenate(self._keys) if self._keys else np.zeros(0, dtype=np.int64)
+        if len(keys):
+            offsets[keys] = np.concatenate(self._starts) + len(head)
+        np.save(self.directory / RECORDS_INDEX_FILE, offsets)
+        self._body_path.unlink()
+        return len(keys)
+
+    def __enter__(self) -> "RecordsWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._body.close()
+        self._body_path.unlink(missing_ok=True)
+
+
+def _append(out, source, size: int) -> None:
+    """Copy `size` bytes of the open file `source` to the end of the open file `out` (in the kernel where it can)."""
+    copy_range = getattr(os, "copy_file_range", None)
+    copied = 0
+    if copy_range is not None:
+        try:
+            while copied < size:
+                n = copy_range(source.fileno(), out.fileno(), size - copied)
+                if n == 0:
+                    break
+                copied += n
+        except OSError:  # not supported between these files here: copy through user space instead
+            pass
+    if copied < size:
+        source.seek(copied)
+        out.seek(0, os.SEEK_END)
+        shutil.copyfileobj(source, out, 1 << 20)
 
 
 class RecordReader:

@@ -17,6 +17,11 @@ directory are fsynced, the directory is renamed into `versions/`, `versions/` is
 replaced atomically (temp file + fsync + rename + fsync of the root). A crash before the last rename leaves `CURRENT`
 naming the previous version, whose directory was never touched; a crash after it leaves the new, complete version.
 
+A writer hands each staged file to `StagedVersion.seal` as soon as it is complete: two background threads hash it
+(sha256 for the manifest) and fsync it while the writer goes on with the next file, so hashing and flushing a
+multi-gigabyte index overlap the metadata work instead of following it; `publish` waits for them before it writes the
+manifest. Files never sealed are hashed and fsynced by `publish` itself.
+
 `CURRENT` is a small file rather than a symlink so that it behaves the same on every filesystem (network shares,
 container volumes, Windows) and a watcher can detect a switch by its mtime or content.
 """
@@ -34,6 +39,8 @@ import secrets
 import shutil
 import socket
 import sqlite3
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -179,18 +186,57 @@ def manifest_checksum(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def write_manifest(directory: Path, fields: dict[str, Any]) -> dict[str, Any]:
-    """Write manifest.json for the files now in `directory`: `fields` plus size and sha256 of each file and a checksum."""
-    files = {}
+def file_size_and_sha256(path: Path) -> tuple[int, str]:
+    """(size in bytes, hex sha256) of a file, read once."""
+    with path.open("rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        return os.fstat(fh.fileno()).st_size, digest
+
+
+def version_files(directory: Path) -> list[Path]:
+    """The files a version's manifest lists: every entry but the manifest and hidden temp files (all plain files)."""
+    paths = []
     for path in sorted(directory.iterdir()):
         if path.name == MANIFEST_FILE or path.name.startswith("."):
             continue
         if not path.is_file():
             raise IndexStoreError(f"{path} is not a plain file; a version directory holds files only")
-        files[path.name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        paths.append(path)
+    return paths
+
+
+def build_manifest(directory: Path, fields: dict[str, Any], known: dict[str, tuple[int, str]] | None = None) -> dict[str, Any]:
+    """The manifest of the files now in `directory`: `fields`, size and sha256 of each file, and its own checksum.
+
+    `known` gives (size, sha256) of files already hashed (by `StagedVersion.seal`); a file whose size has changed
+    since is refused, and files not in it are hashed here.
+    """
+    known = known or {}
+    files = {}
+    for path in version_files(directory):
+        size = path.stat().st_size
+        if path.name in known:
+            hashed_size, digest = known[path.name]
+            if hashed_size != size:
+                raise IndexStoreError(f"{path} changed after it was sealed ({hashed_size} -> {size} bytes); "
+                                      "a staged file must be complete before it is sealed")
+        else:
+            size, digest = file_size_and_sha256(path)
+        files[path.name] = {"bytes": size, "sha256": digest}
     manifest = {"format_version": FORMAT_VERSION, **fields, "files": files}
     manifest["checksum"] = manifest_checksum(manifest)
-    atomic_write_text(directory / MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False))
+    return manifest
+
+
+def manifest_text(manifest: dict[str, Any]) -> str:
+    """manifest.json's content."""
+    return json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False)
+
+
+def write_manifest(directory: Path, fields: dict[str, Any]) -> dict[str, Any]:
+    """Write manifest.json for the files now in `directory` atomically: `fields`, size and sha256 of each file, checksum."""
+    manifest = build_manifest(directory, fields)
+    atomic_write_text(directory / MANIFEST_FILE, manifest_text(manifest))
     return manifest
 
 
@@ -238,7 +284,14 @@ def utc_now_iso() -> str:
 
 
 class StagedVersion:
-    """A version being written in `.staging/`; `publish` moves it into `versions/` and (optionally) switches `CURRENT`."""
+    """A version being written in `.staging/`; `publish` moves it into `versions/` and (optionally) switches `CURRENT`.
+
+    `seal(name)` marks a staged file complete and starts hashing and fsyncing it in the background. `timings` holds
+    the seconds of each publish step after `publish` (see `publish`).
+    """
+
+    # One thread hashes while the other fsyncs: hashing is CPU work, an fsync waits on the disk.
+    SEAL_THREADS = 2
 
     def __init__(self, root: str | Path, name: str | None = None) -> None:
         self.root = Path(root)
@@ -248,36 +301,85 @@ class StagedVersion:
         self.path = staging / f"{self.name}.{socket.gethostname()}.{os.getpid()}"
         self.path.mkdir()
         self.published: Path | None = None
+        self.timings: dict[str, float] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._hashes: dict[str, Future] = {}
+        self._fsyncs: dict[str, Future] = {}
+
+    def seal(self, name: str) -> None:
+        """The staged file `name` is complete: hash and fsync it in the background (`publish` waits for both)."""
+        path = self.path / name
+        if not path.is_file():
+            raise IndexStoreError(f"cannot seal {path}: no such staged file")
+        if name in self._hashes:
+            raise IndexStoreError(f"{path} was sealed already; a staged file is written once")
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.SEAL_THREADS, thread_name_prefix="seal")
+        self._hashes[name] = self._pool.submit(_timed, file_size_and_sha256, path)
+        self._fsyncs[name] = self._pool.submit(_timed, fsync_path, path)
+
+    def sealed(self, name: str) -> tuple[int, str]:
+        """(size, sha256) of the sealed file `name`, waiting for its background hash."""
+        return self._hashes[name].result()[0]
 
     def publish(self, fields: dict[str, Any], make_current: bool = True, lock_held: bool = False, checkpoint=None) -> Path:
         """Write the manifest, fsync, rename into `versions/` and switch `CURRENT`; return the version directory.
 
         `lock_held`: the caller already holds `store_lock(root)` (read-modify-publish updates hold it throughout).
-        `checkpoint(stage)` is called between the steps (progress / test hooks).
+        `checkpoint(stage)` is called between the steps (progress / test hooks). Afterwards `timings` holds:
+        seal_wait_s (waiting for the background hashes and fsyncs), hash_s / fsync_s (their own time, overlapped with
+        the writer's work), manifest_s, rename_s (with the fsyncs of the directories) and pointer_s.
         """
         checkpoint = checkpoint or (lambda stage: None)
         fields = {"version": self.name, **fields}
-        write_manifest(self.path, fields)
-        for path in self.path.iterdir():
-            fsync_path(path)
-        fsync_path(self.path)
+        try:
+            t0 = time.perf_counter()
+            for path in version_files(self.path):
+                if path.name not in self._hashes:
+                    self.seal(path.name)
+            known = {name: future.result()[0] for name, future in self._hashes.items()}
+            fsynced = {name: future.result()[1] for name, future in self._fsyncs.items()}
+            self.timings["seal_wait_s"] = time.perf_counter() - t0
+            self.timings["hash_s"] = sum(future.result()[1] for future in self._hashes.values())
+            self.timings["fsync_s"] = sum(fsynced.values())
+        finally:
+            self._stop_sealing()
+        t0 = time.perf_counter()
+        manifest = build_manifest(self.path, fields, known)
+        with (self.path / MANIFEST_FILE).open("w", encoding="utf-8") as fh:
+            fh.write(manifest_text(manifest))
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_path(self.path)  # once, for every entry: the files' names and the manifest's
+        self.timings["manifest_s"] = time.perf_counter() - t0
         checkpoint("before-rename")
+        t0 = time.perf_counter()
         versions = self.root / VERSIONS_DIR
         versions.mkdir(exist_ok=True)
         target = versions / self.name
         os.rename(self.path, target)
         fsync_path(versions)
         self.published = target
+        self.timings["rename_s"] = time.perf_counter() - t0
         checkpoint("before-pointer")
+        t0 = time.perf_counter()
         if make_current:
             with contextlib.nullcontext() if lock_held else store_lock(self.root):
                 set_current(self.root, self.name)
+        self.timings["pointer_s"] = time.perf_counter() - t0
         return target
 
     def abort(self) -> None:
         """Delete the staging directory (nothing was published)."""
+        self._stop_sealing()
         if self.published is None:
             shutil.rmtree(self.path, ignore_errors=True)
+
+    def _stop_sealing(self) -> None:
+        """Wait for the background threads (cancelling what has not started) and stop them."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def __enter__(self) -> "StagedVersion":
         return self
@@ -285,6 +387,15 @@ class StagedVersion:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             self.abort()
+        else:
+            self._stop_sealing()
+
+
+def _timed(function, *args):
+    """(function(*args), seconds it took)."""
+    t0 = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - t0
 
 
 def cleanup_staging(root: str | Path) -> list[str]:

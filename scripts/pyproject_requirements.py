@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pyproject", type=Path)
     parser.add_argument("--extras", default="", help="comma-separated extras to include, e.g. sentence,cjk")
-    parser.add_argument("--drop", default="", help="comma-separated distributions to leave out, e.g. faiss-cpu for the GPU image")
+    parser.add_argument("--drop", default="", help="comma-separated distributions to leave out, e.g. pyarrow")
     args = parser.parse_args(argv)
     for requirement in project_requirements(args.pyproject, comma_list(args.extras), comma_list(args.drop)):
         print(requirement)

@@ -185,3 +185,21 @@ def test_normalise_rows_refuses_broken_vectors():
         fi.normalise_rows(np.ones(3))
     x = fi.normalise_rows(np.array([[3.0, 4.0]]))
     assert x.dtype == np.float32 and np.allclose(x, [[0.6, 0.8]])
+
+
+def test_search_index_picks_the_gpu_when_faiss_has_one(tmp_path):
+    """SearchIndex.load's default (use_gpu=None) searches flat indexes on a GPU copy exactly when FAISS has GPU support
+    and sees a GPU (`pip install .[gpu]` on a CUDA host), and on the CPU otherwise; use_gpu=False always stays there."""
+    from index.search import SearchIndex
+    from tests.test_index_fixtures import publish_clustered
+
+    _, _, _, data = publish_clustered(tmp_path, n=3000)
+    queries = data.queries(20)[0]
+    default = SearchIndex.load(tmp_path)
+    on_cpu = SearchIndex.load(tmp_path, use_gpu=False)
+    assert all((mi.gpu is not None) == fi.gpu_available() for mi in default._indexes.values())
+    assert all(mi.gpu is None for mi in on_cpu._indexes.values())
+    got, expected = default.search_vectors(queries, k=10), on_cpu.search_vectors(queries, k=10)
+    assert sum(g.key == e.key for gr, er in zip(got, expected) for g, e in zip(gr, er)) >= 0.99 * 200
+    default.close()
+    on_cpu.close()

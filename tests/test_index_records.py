@@ -2,6 +2,7 @@
 in-memory table and from the memory map (checked against the SQLite metadata), and damage detected."""
 import gc
 import json
+import re
 import weakref
 
 import numpy as np
@@ -170,8 +171,8 @@ def hit_of_key(index, key: int):
     (lambda line: line.replace(b"[", b"{", 1), "not valid JSON", True),                       # not JSON
     (lambda line: line[:-1] + b"[1]\n", "2 records for 1|valid JSON", True),                   # two values on a line
     (lambda line: line.replace(b",null,", b",null,0,", 1), "do not fit", True),               # a field too many
-    (lambda line: line.replace(b",2,", b",29,", 1), "do not fit", True),                      # label set past the header
-    (lambda line: line.replace(b",2,", b",-1,", 1), "non-negative integer", False),           # negative label-set index
+    (lambda line: re.sub(rb",\d+,\{", b",29,{", line, count=1), "do not fit", True),           # label set past the header
+    (lambda line: re.sub(rb",\d+,\{", b",-1,{", line, count=1), "non-negative integer", False),  # negative label-set index
     (lambda line: line.replace(b'{"cluster": 32}', b'["cluster", 32]'), "not a JSON object", False),  # extra not an object
 ])
 def test_damaged_entries_are_detected_at_load_in_memory_and_at_search_when_mapped(version, change, problem, map_notices):

@@ -1,6 +1,7 @@
 """Versioned store: atomic publish, the CURRENT pointer, corruption detection, and crash safety under SIGKILL."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -13,11 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.errors import IndexCorruptError, NoIndexVersionError
+from index.build import IndexConfig, publish_version
+from index.errors import IndexCorruptError, IndexStoreError, NoIndexVersionError
+from index.metadata import MetadataStore
+from index.records import RecordReader, RecordsWriter, export_records
 from index.search import SearchIndex
-from index.shards import corpus_signature
-from index.store import (CURRENT_FILE, MANIFEST_FILE, STAGING_DIR, VERSIONS_DIR, list_versions, load_manifest, prune_versions,
-                         read_current, resolve_version, write_manifest)
+from index.shards import ArraySource, corpus_signature
+from index.store import (CURRENT_FILE, MANIFEST_FILE, METADATA_FILE, STAGING_DIR, VERSIONS_DIR, StagedVersion, list_versions,
+                         load_manifest, prune_versions, read_current, resolve_version, write_manifest)
 from tests.test_index_fixtures import (clustered_items, corpus_for, publish_clustered, single_thread_faiss,  # noqa: F401
                                        vector_model_dir, write_vector_shards)
 
@@ -228,3 +232,93 @@ def test_cli_info_delete_use_prune(tmp_path):
 
     broken = _cli("info", "--root", str(tmp_path / "nowhere"))
     assert broken.returncode == 2 and "python -m index build" in broken.stderr
+
+
+# ----------------------------------------------------------------------------------------- publishing: fast path checks
+def test_manifest_sha256_matches_the_published_bytes_and_the_steps_are_timed(tmp_path):
+    """The sha256 that publish computes in the background equal a plain hash of each published file's bytes."""
+    from index.build import PUBLISH_STEPS
+
+    vectors, items, _ = clustered_items(700)
+    timings: dict[str, float] = {}
+    version = publish_version(tmp_path, ArraySource({"image": (vectors, items), "text": (vectors[::-1].copy(), items)}, 32,
+                                                    batch_size=128), "m" * 64, IndexConfig(index_type="flat"), timings=timings)
+    manifest = load_manifest(version)  # verifies every file again
+    for name, info in manifest["files"].items():
+        data = (version / name).read_bytes()
+        assert info == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
+    assert set(manifest["files"]) == {"image.faiss", "text.faiss", "metadata.sqlite", "records.jsonl", "records.idx.npy"}
+    assert not [p.name for p in version.iterdir() if p.name.startswith(".")]  # no temporary file was published
+    assert set(PUBLISH_STEPS) <= set(timings) and all(v >= 0 for v in timings.values())
+    assert timings["total_s"] >= timings["add_s"] + timings["metadata_insert_s"] + timings["index_write_s"]
+
+
+def test_records_written_during_the_build_match_an_export_from_the_metadata(tmp_path):
+    """The records a build writes alongside the SQLite rows hold what export_records derives from SQLite afterwards."""
+    version, *_ = publish_clustered(tmp_path / "root", n=900)
+    store = MetadataStore(version / METADATA_FILE)
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    assert export_records(store, exported) == 1800
+    keys = np.arange(store.next_key())
+    store.close()
+    built, again = RecordReader(version), RecordReader(exported)
+    assert built.fetch(keys) == again.fetch(keys)
+    assert np.array_equal(built.offsets >= 0, again.offsets >= 0)
+    built.close()
+    again.close()
+
+
+def test_records_writer_refuses_keys_out_of_order(tmp_path):
+    row = (5, "a", "image", None, "t", '["x"]', "{}")
+    with RecordsWriter(tmp_path) as writer:
+        writer.add([row])
+        with pytest.raises(ValueError, match="ascending key order"):
+            writer.add([(4, *row[1:])])
+    assert not any(tmp_path.iterdir())  # the temporary entries file is gone
+
+
+def test_a_file_changed_after_sealing_is_refused(tmp_path):
+    stage = StagedVersion(tmp_path)
+    (stage.path / "image.faiss").write_bytes(b"x" * 1000)
+    stage.seal("image.faiss")
+    with pytest.raises(IndexStoreError, match="sealed already"):
+        stage.seal("image.faiss")
+    assert stage.sealed("image.faiss") == (1000, hashlib.sha256(b"x" * 1000).hexdigest())
+    with (stage.path / "image.faiss").open("ab") as fh:
+        fh.write(b"more")
+    with pytest.raises(IndexStoreError, match="changed after it was sealed"), stage:
+        stage.publish({"model": {}})
+    assert read_current(tmp_path) is None and not stage.path.exists() and not (tmp_path / VERSIONS_DIR).exists()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stage_name", ["index:image:batch", "index:image:written", "index:text:written", "before-rename",
+                                        "before-pointer"])
+def test_an_interrupted_publish_leaves_current_on_the_old_version(tmp_path, stage_name):
+    """An exception at any step (in process, unlike the SIGKILL tests above) leaves CURRENT and the old version as
+    they were, and takes the staging directory and the background threads with it."""
+    old, vectors, items, _ = publish_clustered(tmp_path, n=400)
+    expected = SearchIndex.load(tmp_path).search_vectors(vectors[:3], k=4)
+
+    def interrupt(stage: str) -> None:
+        if stage == stage_name:
+            raise _Interrupt(stage)
+
+    threads = threading.active_count()
+    source = ArraySource({"image": (vectors[::-1].copy(), items), "text": (vectors, items)}, 32, batch_size=100)
+    with pytest.raises(_Interrupt):
+        publish_version(tmp_path, source, "m" * 64, IndexConfig(index_type="flat"), checkpoint=interrupt)
+    assert read_current(tmp_path) == old.name
+    assert SearchIndex.load(tmp_path).search_vectors(vectors[:3], k=4) == expected  # sha256-verified load
+    assert not any((tmp_path / STAGING_DIR).iterdir())
+    assert threading.active_count() == threads  # the sealing threads were stopped
+    if stage_name == "before-pointer":  # renamed, complete, not current: loadable for `index use`
+        newest = list_versions(tmp_path)[-1]
+        assert newest != old.name and load_manifest(tmp_path / VERSIONS_DIR / newest)
+    else:
+        assert list_versions(tmp_path) == [old.name]
+

@@ -284,9 +284,14 @@ def add_figures_parser(sub) -> None:
 # --- end figures ---
 
 
+def command_name(script: str, module_form: str) -> str:
+    """How this CLI was invoked, for its usage line: the console script `script` or `module_form` (python -m)."""
+    return script if Path(sys.argv[0]).name == script else module_form
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m training`."""
-    parser = argparse.ArgumentParser(prog="python -m training", description="Train, evaluate and retrain DSCMR models.")
+    parser = argparse.ArgumentParser(prog=command_name("dscmr-train", "python -m training"), description="Train, evaluate and retrain DSCMR models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on features or a prepared dataset")

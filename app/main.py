@@ -369,17 +369,22 @@ def media_urls(request: Request, item_id: str) -> tuple[str, str]:
 
 
 def search_response(request: Request, state: ServingState, hits, k: int, target: Target, stages: dict[str, float],
-                    unknown_words: list[str] | None = None) -> SearchResponse:
+                    unknown_words: list[str] | None = None, query_modality: str | None = None) -> SearchResponse:
     """The response body of a search."""
     results = []
+    calibration = state.encoder.calibration if query_modality is not None else None
     for hit in hits:
+        relevance = None
+        if calibration is not None and calibration.covers(query_modality, (hit.modality,)):
+            relevance = round(float(calibration.relevance(query_modality, hit.modality, [hit.score])[0]), 6)
         if hit.modality == "image":
             image_url, thumb_url = media_urls(request, hit.id)
+            caption = (hit.extra or {}).get("name") or hit.text
             results.append(SearchResult(id=hit.id, score=round(hit.score, 6), modality="image", labels=list(hit.labels),
-                                        image_url=image_url, thumbnail_url=thumb_url))
+                                        image_url=image_url, thumbnail_url=thumb_url, caption=caption, relevance=relevance))
         else:
             results.append(SearchResult(id=hit.id, score=round(hit.score, 6), modality="text", labels=list(hit.labels),
-                                        text=hit.text))
+                                        text=hit.text, relevance=relevance))
     started = request.scope.get(STARTED_KEY, time.perf_counter())
     return SearchResponse(results=results, model_hash=state.model_hash, index_version=state.index_version,
                           took_ms=round((time.perf_counter() - started) * 1000, 2), k=k, target=target,
@@ -500,12 +505,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             vectors = state.encoder.encode_texts([text])
             unknown = state.encoder.unknown_words(text)
             t1 = time.perf_counter()
-            hits = state.index.search_vectors(vectors, body.k, body.target, body.labels)[0]
+            hits = state.index.search_vectors(vectors, body.k, body.target, body.labels, query_modality="text")[0]
             return (hits, unknown), {"encode": t1 - t0, "search": time.perf_counter() - t1}
 
         (hits, unknown), stages = await service.run_cpu(work)
         service.metrics.observe_stages("/search/text", stages)
-        return search_response(request, state, hits, body.k, body.target, stages, unknown_words=unknown)
+        return search_response(request, state, hits, body.k, body.target, stages, unknown_words=unknown, query_modality="text")
 
     @app.post("/search/image", response_model=SearchResponse, responses=ERROR_RESPONSES, tags=["search"],
               openapi_extra={"requestBody": IMAGE_REQUEST_BODY}, summary="Find texts (or images) matching a picture")
@@ -530,12 +535,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             t1 = time.perf_counter()
             vectors = state.encoder.encode_images([image])
             t2 = time.perf_counter()
-            hits = state.index.search_vectors(vectors, options.k, options.target, options.labels)[0]
+            hits = state.index.search_vectors(vectors, options.k, options.target, options.labels, query_modality="image")[0]
             return hits, {"decode": t1 - t0, "encode": t2 - t1, "search": time.perf_counter() - t2}
 
         hits, stages = await service.run_cpu(work)
         service.metrics.observe_stages("/search/image", stages)
-        return search_response(request, state, hits, options.k, options.target, stages)
+        return search_response(request, state, hits, options.k, options.target, stages, query_modality="image")
 
     # ------------------------------------------------------------------------------------------------- corpus
     @app.get("/items/{item_id:path}", response_model=ItemResponse, tags=["corpus"],

@@ -76,12 +76,18 @@ class SearchResult(BaseModel):
     """One hit."""
 
     id: str = Field(description="corpus item id (GET /items/{id})")
-    score: float = Field(description="cosine similarity in the common space, -1..1")
+    score: float = Field(description="cosine similarity in the common space, -1..1; comparable within one modality only "
+                                     "(a query's own modality scores higher), see relevance")
+    relevance: float | None = Field(None, description="calibrated probability (0..1) that the result shares a label with the "
+                                                      "query, fitted per search direction on the model's validation split; one "
+                                                      "scale for images and texts (target 'both' is ranked by it); null for a "
+                                                      "model saved without a calibration")
     modality: Literal["image", "text"] = Field(description="which side of the item matched")
     labels: list[str]
     text: str | None = Field(None, description="the item's text (text results)")
     image_url: str | None = Field(None, description="the item's image (image results)")
     thumbnail_url: str | None = Field(None, description="a small version of the image (image results)")
+    caption: str | None = Field(None, description="what to show under the picture: the item's name, else its text (image results)")
 
 
 class SearchResponse(BaseModel):

@@ -108,7 +108,57 @@ def test_clicking_results_searches_with_them(page):
 def test_errors_are_shown_to_the_user(page):
     page.set_input_files("#file", {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"not a picture"})
     sync_api.expect(page.locator("#message")).to_have_class("message error")
-    sync_api.expect(page.locator("#message")).to_contain_text("not an image")
+    sync_api.expect(page.locator("#message")).to_contain_text("That file is not a picture we can read")
+
+
+def test_an_error_clears_the_old_results_and_preview(page, app_artefacts):
+    page.set_input_files("#file", app_artefacts.items[0].image_path)
+    sync_api.expect(page.locator("#results .result-text").first).to_be_visible()
+    sync_api.expect(page.locator("#preview")).to_be_visible()
+    page.set_input_files("#file", {"name": "broken.png", "mimeType": "image/png", "buffer": b"\x89PNG\r\n\x1a\nbroken"})
+    sync_api.expect(page.locator("#message")).to_have_class("message error")
+    sync_api.expect(page.locator("#results .result")).to_have_count(0)
+    sync_api.expect(page.locator("#preview")).to_be_hidden()
+
+
+def test_image_results_carry_their_caption(page, app_artefacts):
+    page.fill("#query", "a happy face")
+    page.press("#query", "Enter")
+    cards = page.locator("#results .result-image")
+    sync_api.expect(cards).to_have_count(20)
+    by_id = {it.id: it for it in app_artefacts.items}
+    for i in range(3):
+        card = cards.nth(i)
+        item = by_id[card.get_attribute("data-id")]
+        expected = item.extra.get("name") or item.text
+        sync_api.expect(card.locator(".caption")).to_have_text(expected)
+        assert card.locator("img").get_attribute("alt") == expected
+
+
+def test_the_query_lives_in_the_address_for_back_and_sharing(page, app_server):
+    page.fill("#query", "a cat")
+    page.press("#query", "Enter")
+    sync_api.expect(page.locator("#results .result-image").first).to_be_visible()
+    page.select_option("#target", "text")
+    page.fill("#query", "a red car")
+    page.press("#query", "Enter")
+    sync_api.expect(page.locator("#results .result-text").first).to_be_visible()
+    assert page.url.endswith("/?q=a+red+car&target=text")
+    page.go_back()  # the earlier search comes back, with its own options
+    sync_api.expect(page.locator("#query")).to_have_value("a cat")
+    sync_api.expect(page.locator("#results .result-image").first).to_be_visible()
+    assert "q=a+cat" in page.url
+    # a shared link opens straight onto its results
+    shared = page.context.new_page()
+    shared.goto(app_server.url + "/?q=a+happy+face&k=10")
+    sync_api.expect(shared.locator("#results .result-image")).to_have_count(10)
+    sync_api.expect(shared.locator("#query")).to_have_value("a happy face")
+    # "more like this picture" is shareable too
+    first = shared.locator("#results .result-image").first
+    item_id = first.get_attribute("data-id")
+    first.click()
+    sync_api.expect(shared.locator("#results .result-text").first).to_be_visible()
+    assert f"item={item_id}" in shared.url.replace("%2D", "-")
 
 
 def test_words_the_model_does_not_know_are_named(page):

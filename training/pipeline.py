@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from model.artefact import load_model
@@ -82,9 +83,17 @@ def validation_calibration(model, data: FeatureSplits, seed: int = 0):
     from training.calibration import fit_score_calibration
 
     dev = next(model.parameters()).device
-    s = data.split("val")
-    u, v = encode_split(model, _to_tensor(s.image, dev), _to_tensor(s.text, dev, data.text_is_tokens))
-    return fit_score_calibration(u.cpu().numpy(), v.cpu().numpy(), s.labels, seed=seed)
+    encoded = {}
+    for split in ("val", "train"):
+        s = data.split(split)
+        u, v = encode_split(model, _to_tensor(s.image, dev), _to_tensor(s.text, dev, data.text_is_tokens))
+        encoded[split] = (u.cpu().numpy(), v.cpu().numpy(), s.labels)
+        calibration = fit_score_calibration(*(np.concatenate([part[i] for part in encoded.values()]) for i in range(3)), seed=seed)
+        if calibration is not None:
+            # a validation split too small to hold relevant pairs in every direction borrows the training items (whose
+            # scores run a little high: the fit says so in fitted_on)
+            return dataclasses.replace(calibration, fitted_on="+".join(encoded))
+    return None
 
 
 def evaluate_model_dir(model_dir: str | Path, data: FeatureSplits, split: str, device: str = "auto") -> dict[str, Any]:

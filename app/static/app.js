@@ -189,13 +189,12 @@ async function searchWithImageOf(id, imageUrl, record = true) {
 // Run the search the address describes (on load, and when Back / Forward move through earlier searches).
 function searchFromAddress() {
   const params = new URLSearchParams(window.location.search);
-  if (params.has("target")) els.target.value = params.get("target");
-  if (params.has("k")) els.k.value = params.get("k");
-  if (params.has("label")) {
-    const label = params.get("label");
-    if (![...els.label.options].some((o) => o.value === label)) els.label.append(new Option(label, label));
-    els.label.value = label;
-  }
+  // options the address leaves out are the defaults, so an earlier search comes back exactly as it ran
+  els.target.value = params.get("target") || "auto";
+  els.k.value = params.get("k") || "20";
+  const label = params.get("label") || "";
+  if (label && ![...els.label.options].some((o) => o.value === label)) els.label.append(new Option(label, label));
+  els.label.value = label;
   if (params.get("q")) {
     els.query.value = params.get("q");
     searchText(params.get("q"), false);

@@ -153,7 +153,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                              mean_vector=args.mean_vector)
     ctx, device = init_from_env(args.device)
     cfg = PrepareConfig(backbone=args.backbone, weights_path=str(args.weights) if args.weights else None, text=text,
-                        batch_size=args.batch_size, device=str(device), seed=args.seed, progress=not args.no_progress)
+                        batch_size=args.batch_size, device=str(device), seed=args.seed, progress=not args.no_progress,
+                        text_views=args.text_views)
     shard = None
     if args.shard:
         from index.shards import parse_shard
@@ -180,7 +181,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from training.demo import DemoConfig, build_demo
 
     options = {k: v for k, v in {"text": args.text, "labels": args.labels, "instance_weight": args.instance_weight,
-                                 "select_on": args.select_on}.items() if v is not None}
+                                 "select_on": args.select_on, "text_views": args.text_views}.items() if v is not None}
     report = build_demo(args.root, DemoConfig(limit=args.limit, epochs=args.epochs, progress=not args.no_progress,
                                               refit=not args.no_refit, **options))
     print(json.dumps(report, indent=2))
@@ -329,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="blank each token with probability P while training the sentence CNN (default 0)")
     p.add_argument("--mean-vector", action="store_true",
                    help="append each text's mean word vector to the sentence CNN's pooled features")
+    p.add_argument("--text-views", type=int, default=1, metavar="N",
+                   help="training views per text: the whole text plus N-1 random subsets of its segments (names, keywords, "
+                        "clauses), so short queries still find their item (default 1: the whole text only)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -348,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select-on", choices=["map", "r10", "mean"], help="validation criterion of the kept epoch (default mean)")
     p.add_argument("--no-refit", action="store_true", help="serve the model trained on the train split instead of its refit on "
                    "every item")
+    p.add_argument("--text-views", type=int, metavar="N", help="training views per text (see prepare --text-views)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 

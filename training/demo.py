@@ -39,6 +39,7 @@ class DemoConfig:
     instance_temperature: float = 0.05
     select_on: Literal["map", "r10", "mean"] = "mean"
     refit: bool = True  # serve a refit on every item (see training.pipeline.refit_and_save)
+    text_views: int = 1  # training views per text (training/text_views.py)
 
 
 DEMO_EPOCHS = 60
@@ -140,7 +141,8 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
 
     t = time.perf_counter()
     if not (paths["prepared"] / PREPARED_FILE).is_file():
-        prepare_corpus(paths["corpus"], paths["prepared"], PrepareConfig(text=demo_text_config(cfg), seed=cfg.seed, progress=cfg.progress))
+        prepare_corpus(paths["corpus"], paths["prepared"], PrepareConfig(text=demo_text_config(cfg), seed=cfg.seed, progress=cfg.progress,
+                                                                         text_views=cfg.text_views))
     timings["prepare_s"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()

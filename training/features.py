@@ -19,6 +19,9 @@ class SplitArrays:
     text: np.ndarray
     labels: np.ndarray
     ids: list[str] = field(default_factory=list)
+    # Optional training views of each text (n x V x d_txt floats, or n x V x L token ids; view 0 is the whole text):
+    # training draws one view per item and batch (training/text_views.py); evaluation always uses `text`.
+    text_views: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -43,8 +46,9 @@ class FeatureSplits:
         """A copy whose train split holds every item (train, val and test, in that order); val and test stay as they are,
         for logging only, since a model trained on this has seen them."""
         parts = (self.train, self.val, self.test)
+        views = np.concatenate([p.text_views for p in parts]) if all(p.text_views is not None for p in parts) else None
         everything = SplitArrays(np.concatenate([p.image for p in parts]), np.concatenate([p.text for p in parts]),
-                                 np.concatenate([p.labels for p in parts]), [i for p in parts for i in p.ids])
+                                 np.concatenate([p.labels for p in parts]), [i for p in parts for i in p.ids], text_views=views)
         return FeatureSplits(everything, self.val, self.test, list(self.label_names), name=self.name, text_is_tokens=self.text_is_tokens)
 
     def validate(self) -> None:
@@ -63,6 +67,9 @@ class FeatureSplits:
                 if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
                     bad = np.argwhere(~np.isfinite(arr))[0]
                     raise DataValidationError(f"{name} split: {what} contain NaN or infinite values (first at row {bad[0]}, column {bad[1]}); clean or impute them")
+            if s.text_views is not None and (len(s.text_views) != n or s.text_views.shape[2:] != s.text.shape[1:]):
+                raise DataValidationError(f"{name} split: text views have shape {s.text_views.shape}; expected ({n}, views, "
+                                          f"{', '.join(map(str, s.text.shape[1:]))}) like the text input")
             if s.labels.ndim != 2 or s.labels.shape[1] != c:
                 raise DataValidationError(f"{name} split: labels have shape {s.labels.shape}, expected (n, {c}) for classes {self.label_names}")
             if not np.isin(s.labels, (0, 1)).all():

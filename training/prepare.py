@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 PREPARED_FILE = "prepared.json"
 FEATURES_FILE = "image_features.npy"
 TEXT_FILE = "text_input.npy"
+TEXT_VIEWS_FILE = "text_views.npy"
 EMBEDDINGS_FILE = "word_embeddings.npy"
 VOCAB_FILE = "vocab.json"
 PREPARED_FORMAT = 1
@@ -54,6 +55,9 @@ class PrepareConfig:
     device: str = "auto"
     seed: int = 0
     progress: bool = True
+    # Training views per text (1: the whole text only; N > 1 adds N - 1 random subsets of its segments, see
+    # training/text_views.py); stored as text_views.npy, used by training only.
+    text_views: int = 1
 
 
 class PreparedDataError(ValueError):
@@ -205,7 +209,7 @@ def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConf
                   "fingerprint": backbone_fingerprint(backbone)},
         "text": text_summary,
         "config": {"backbone": cfg.backbone, "batch_size": cfg.batch_size, "seed": cfg.seed,
-                   "text": dataclasses.asdict(cfg.text)},
+                   "text": dataclasses.asdict(cfg.text), "text_views": cfg.text_views},
         "skipped": extraction["skipped"] + dropped,
         "extraction": {k: v for k, v in extraction.items() if k != "skipped"},
     }
@@ -219,7 +223,7 @@ def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConf
 
 def _content_hash(out_dir: Path, manifest: dict[str, Any]) -> str:
     digest = hashlib.sha256()
-    for name in (FEATURES_FILE, TEXT_FILE, "labels.npy", VOCAB_FILE, EMBEDDINGS_FILE):
+    for name in (FEATURES_FILE, TEXT_FILE, TEXT_VIEWS_FILE, "labels.npy", VOCAB_FILE, EMBEDDINGS_FILE):
         if (out_dir / name).is_file():
             digest.update(name.encode() + sha256_file(out_dir / name).encode())
     stable = {k: manifest[k] for k in ("ids", "splits", "label_names", "image", "text")}
@@ -230,8 +234,16 @@ def _content_hash(out_dir: Path, manifest: dict[str, Any]) -> str:
 def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
     """Token ids + vocabulary + word-vector matrix (sentence CNN), or frozen sentence vectors (MiniLM)."""
     text_cfg = cfg.text
-    for stale in (VOCAB_FILE, EMBEDDINGS_FILE):
+    for stale in (VOCAB_FILE, EMBEDDINGS_FILE, TEXT_VIEWS_FILE):
         (out_dir / stale).unlink(missing_ok=True)
+    if cfg.text_views < 1:
+        raise ValueError(f"text_views must be >= 1, got {cfg.text_views}")
+    views: list[str] = []
+    if cfg.text_views > 1:
+        from training.text_views import text_views
+
+        rng = np.random.default_rng(cfg.seed)
+        views = [view for it in items for view in text_views(it.text, cfg.text_views, rng)]
     if text_cfg.kind == "sentence_cnn":
         from model.text import build_sentence_cnn
 
@@ -239,6 +251,11 @@ def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: 
         bundle = build_sentence_cnn(text_cfg, train_texts, seed=cfg.seed)
         token_ids = bundle.vocab.encode([it.text for it in items], max_len=text_cfg.max_len).numpy().astype(np.int64)
         np.save(out_dir / TEXT_FILE, token_ids)
+        if views:
+            view_ids = bundle.vocab.encode(views, max_len=text_cfg.max_len).numpy().astype(np.int64)
+            width = max(view_ids.shape[1], token_ids.shape[1])
+            view_ids = np.pad(view_ids, ((0, 0), (0, width - view_ids.shape[1])), constant_values=PAD_ID)[:, :token_ids.shape[1]]
+            np.save(out_dir / TEXT_VIEWS_FILE, view_ids.reshape(len(items), cfg.text_views, -1))
         np.save(out_dir / EMBEDDINGS_FILE, bundle.encoder.embedding.weight.detach().cpu().numpy())
         _atomic_write_text(out_dir / VOCAB_FILE, json.dumps(bundle.vocab.to_dict(), ensure_ascii=False))
         real_tokens = int((token_ids > PAD_ID).sum())
@@ -248,8 +265,12 @@ def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: 
     if text_cfg.kind == "minilm":
         from model.text import MiniLMSentenceEncoder
 
-        vectors = MiniLMSentenceEncoder(device=str(_device(cfg.device))).encode([it.text for it in items], show_progress=cfg.progress)
+        encoder = MiniLMSentenceEncoder(device=str(_device(cfg.device)))
+        vectors = encoder.encode([it.text for it in items], show_progress=cfg.progress)
         np.save(out_dir / TEXT_FILE, np.asarray(vectors, dtype=np.float32))
+        if views:
+            view_vectors = encoder.encode(views, show_progress=cfg.progress).astype(np.float32)
+            np.save(out_dir / TEXT_VIEWS_FILE, view_vectors.reshape(len(items), cfg.text_views, -1))
         return {"kind": "minilm", "dim": int(vectors.shape[1])}
     raise ValueError(f"prepare needs a text encoder that reads raw text ('sentence_cnn' or 'minilm'), got {text_cfg.kind!r}")
 
@@ -275,13 +296,15 @@ class PreparedData:
         """Train / val / test arrays in the saved split, ready for `train_dscmr`."""
         features = np.load(self.directory / FEATURES_FILE, mmap_mode="r")
         text = np.load(self.directory / TEXT_FILE)
+        views = np.load(self.directory / TEXT_VIEWS_FILE) if (self.directory / TEXT_VIEWS_FILE).is_file() else None
         labels = np.load(self.directory / "labels.npy")
         row = {item_id: i for i, item_id in enumerate(self.manifest["ids"])}
         parts = {}
         for split in SPLITS:
             ids = self.manifest["splits"][split]
             rows = np.asarray([row[i] for i in ids], dtype=np.int64)
-            parts[split] = SplitArrays(np.ascontiguousarray(features[rows], dtype=np.float32), text[rows], labels[rows], ids)
+            parts[split] = SplitArrays(np.ascontiguousarray(features[rows], dtype=np.float32), text[rows], labels[rows], ids,
+                                       text_views=views[rows] if views is not None else None)
         return FeatureSplits(**parts, label_names=list(self.manifest["label_names"]), name=self.manifest["corpus_name"],
                              text_is_tokens=self.manifest["text"]["kind"] == "sentence_cnn")
 

@@ -186,7 +186,7 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
         prepare_corpus(paths["corpus"], paths["prepared"],
                        PrepareConfig(backbone=before.manifest["config"]["backbone"], text=serving_text_config(serving_model, before),
                                      batch_size=before.manifest["config"]["batch_size"], seed=before.manifest["config"]["seed"],
-                                     progress=cfg.progress))
+                                     text_views=before.manifest["config"].get("text_views", 1), progress=cfg.progress))
     prepared = load_prepared(paths["prepared"])
     train_cfg, refit = serving_recipe(serving_model, prepared, cfg)
     criterion = train_cfg.train.select_on

@@ -201,6 +201,9 @@ def train_dscmr(
     shuffle_gen = torch.Generator(device="cpu").manual_seed(tc.seed)
 
     tr_img, tr_txt = _to_tensor(data.train.image, device), _to_tensor(data.train.text, device, data.text_is_tokens)
+    # With text views, each batch reads one view per item (drawn from its own generator, so resuming reproduces them).
+    tr_views = _to_tensor(data.train.text_views, device, data.text_is_tokens) if data.train.text_views is not None else None
+    view_gen = torch.Generator(device="cpu").manual_seed(tc.seed + 1)
     tr_lab = _to_tensor(data.train.labels, device)
     va_img, va_txt = _to_tensor(data.val.image, device), _to_tensor(data.val.text, device, data.text_is_tokens)
     va_lab = _to_tensor(data.val.labels, device)
@@ -230,6 +233,8 @@ def train_dscmr(
             if scaler is not None and ckpt.get("scaler"):
                 scaler.load_state_dict(ckpt["scaler"])
             shuffle_gen.set_state(ckpt["shuffle_rng"])
+            if ckpt.get("view_rng") is not None:
+                view_gen.set_state(ckpt["view_rng"])
             torch.set_rng_state(ckpt["torch_rng"])
             if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
@@ -255,7 +260,12 @@ def train_dscmr(
                     continue
                 # Each process takes an interleaved share of the same global batch.
                 idx = idx[ctx.rank :: ctx.world_size]
-            img, txt, lab = tr_img[idx], tr_txt[idx], tr_lab[idx]
+            img, lab = tr_img[idx], tr_lab[idx]
+            if tr_views is None:
+                txt = tr_txt[idx]
+            else:
+                pick = torch.randint(tr_views.shape[1], (len(idx),), generator=view_gen).to(device)
+                txt = tr_views[idx, pick]
             with autocast():
                 if ridge:
                     u, v = model.encode_image(img), model.encode_text(txt)
@@ -296,7 +306,7 @@ def train_dscmr(
                 {"config": to_dict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler is not None else None,
                  "scaler": scaler.state_dict() if scaler is not None else None,
-                 "shuffle_rng": shuffle_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                 "shuffle_rng": shuffle_gen.get_state(), "view_rng": view_gen.get_state(), "torch_rng": torch.get_rng_state(),
                  "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None, "state": state},
                 run_path / CHECKPOINT_FILE,
             )

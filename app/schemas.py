@@ -9,9 +9,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 Target = Literal["image", "text", "both"]
 MAX_K = 100
 MAX_LABELS = 64
-# A text or label must hold a non-whitespace character. (Checked by pydantic's regex search for labels and by
-# str.strip() for texts, in the JSON schema as the same search pattern.)
-NOT_BLANK = r"\S"
+# A text or label must hold a character that is not whitespace. Whitespace is Python's (str.isspace, what str.strip()
+# removes), spelled out because regex dialects disagree: JSON schema's \s (ECMA-262) misses U+001C-U+001F and U+0085
+# and adds U+FEFF, so a schema-valid "\u001d" would be refused. Pydantic checks labels by this pattern, check_text
+# texts by str.strip(); the JSON schema shows the same pattern for both.
+NOT_BLANK = r"[^\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 # Request models are strict: JSON's true, "5" and 2.0 are not a k, 0 is not a bool. Multipart form fields, which are
 # strings by nature, are parsed by FormInt instead of being coerced.

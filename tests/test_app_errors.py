@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 import struct
+import sys
 import zlib
 from pathlib import Path
 
@@ -53,6 +55,17 @@ def upload(api, data: bytes, name: str = "q.png", **fields):
 @pytest.mark.parametrize("text", ["", "   ", "\n\t \u00a0"])
 def test_empty_or_whitespace_text(api, text):
     assert_error(api.post("/search/text", json={"text": text}), 422, "empty_text", "empty or only whitespace")
+
+
+def test_blank_pattern_in_the_schema_is_exactly_the_servers_whitespace(api):
+    # schemathesis found "\u001d": blank to str.strip(), yet valid by an ECMA "\S" pattern. The schema's pattern must
+    # refuse exactly the strings the server answers with empty_text.
+    pattern = api.get("/openapi.json").json()["components"]["schemas"]["TextSearchRequest"]["properties"]["text"]["pattern"]
+    whitespace = [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()]
+    assert not any(re.search(pattern, ch) for ch in whitespace)
+    assert all(re.search(pattern, ch) for ch in ["a", "\ufeff", "\u200b", "\x00", "\u4e2d"])
+    for blank in ["\u001d", "\x1c\x85 \u3000"]:
+        assert_error(api.post("/search/text", json={"text": blank}), 422, "empty_text", "empty or only whitespace")
 
 
 def test_text_over_the_size_limit(api):

@@ -33,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.machine import code_fingerprint, describe, detect_machine  # noqa: E402
+from bench.machine import code_fingerprint, describe, detect_machine, git_commit  # noqa: E402
 from training.datasets.emoji_demo import build_emoji_corpus  # noqa: E402
 from training.demo import DEMO_TEXT, DEMO_TEXT_MINILM, DemoConfig, demo_train_config  # noqa: E402
 from training.evaluation import cross_modal_map, cross_modal_recall, instance_groups, selection_score  # noqa: E402
@@ -44,7 +44,8 @@ from training.train import _to_tensor, encode_split, train_dscmr  # noqa: E402
 CRITERION = "mean"
 MAP_BUDGET = 0.02
 REFERENCE = "previous demo: glove, group, paper objective, epoch by mAP"
-# (name, text, labels, instance weight, temperature, training views per text); the reference alone keeps its epoch by mAP
+# (name, text, labels, instance weight, temperature, training views per text[, instance form]); the reference alone keeps
+# its epoch by mAP
 CANDIDATES = [
     (REFERENCE, "glove", "group", 0.0, 0.05, 1),
     ("glove, group+subgroup, instance 0.3", "glove", "both", 0.3, 0.05, 1),
@@ -53,10 +54,15 @@ CANDIDATES = [
     ("minilm, group, instance 0.3", "minilm", "group", 0.3, 0.05, 1),
     ("minilm, group+subgroup, instance 0.3", "minilm", "both", 0.3, 0.05, 1),
     ("minilm, group+subgroup, instance 0.3, 5 views", "minilm", "both", 0.3, 0.05, 5),
+    ("minilm, group, instance 0.5", "minilm", "group", 0.5, 0.05, 1),
+    ("minilm, group, instance 1", "minilm", "group", 1.0, 0.05, 1),
     ("minilm, group, instance 0.5, 5 views", "minilm", "group", 0.5, 0.05, 5),
     ("minilm, group+subgroup, instance 0.5, 5 views", "minilm", "both", 0.5, 0.05, 5),
     ("minilm, group+subgroup, instance 1, 5 views", "minilm", "both", 1.0, 0.05, 5),
     ("minilm, group+subgroup, instance 0.5, T 0.1, 5 views", "minilm", "both", 0.5, 0.1, 5),
+    # the other form of the instance term: J2's logistic likelihood with "same pair" as the relation (logits cos / 2T)
+    ("minilm, group+subgroup, pair likelihood 0.5, T 0.1, 5 views", "minilm", "both", 0.5, 0.1, 5, "pair_likelihood"),
+    ("minilm, group+subgroup, pair likelihood 3, T 0.1, 5 views", "minilm", "both", 3.0, 0.1, 5, "pair_likelihood"),
 ]
 
 
@@ -106,14 +112,16 @@ def evaluate(model, data: FeatureSplits, group_labels: dict[str, np.ndarray], sp
             "score": selection_score(scores, recall, CRITERION)}
 
 
-def run_candidate(name, text, labels, weight, temperature, views, built, cache_dir: Path, code: str | None) -> dict[str, Any]:
+def run_candidate(name, text, labels, weight, temperature, views, built, cache_dir: Path, code: str | None,
+                  form: str = "infonce") -> dict[str, Any]:
     """Train one candidate (or read its cached result) and evaluate it on validation and test."""
     prepared = built["prepared"][(text, views)]
     data, group_labels = feature_splits(prepared, built["corpora"][labels])
     demo = DemoConfig(text=text, labels=labels, instance_weight=weight, instance_temperature=temperature, progress=False,
                       select_on="map" if name == REFERENCE else CRITERION, text_views=views)
     cfg = demo_train_config(prepared, demo)
-    cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, num_classes=len(data.label_names)))
+    cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, num_classes=len(data.label_names)),
+                              loss=dataclasses.replace(cfg.loss, instance_form=form))
     setting = {"text": text, "labels": labels, "instance_weight": weight, "instance_temperature": temperature,
                "text_views": views, "config": dataclasses.asdict(cfg)}
     key = hashlib.sha256(json.dumps([setting, prepared.content_hash, code], sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -125,7 +133,7 @@ def run_candidate(name, text, labels, weight, temperature, views, built, cache_d
     row = {"name": name, "setting": {k: v for k, v in setting.items() if k != "config"}, "best_epoch": result.best_epoch,
            "epochs_run": result.epochs_run, "wall_s": round(time.perf_counter() - started, 1),
            "val": evaluate(result.model, data, group_labels, "val"), "test": evaluate(result.model, data, group_labels, "test"),
-           "classes": len(data.label_names), "cache_key": key}
+           "classes": len(data.label_names), "cache_key": key, "instance_form": form}
     if code is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(row, indent=1))
@@ -158,7 +166,9 @@ def render_page(report: dict[str, Any]) -> str:
     change = chosen["test"]["avg"] - reference["test"]["avg"]
     lines += ["", f"Chosen: **{report['chosen']}** (validation mAP {chosen['val']['avg']:.4f}, R@10 "
               f"{chosen['val']['recall']['avg']['r10']:.3f}). `training/demo.py` DemoConfig defaults "
-              f"{'match' if report['defaults_match'] else 'DO NOT match'} it.",
+              f"{'match' if report['defaults_match'] else 'DO NOT match'} it"
+              + (f" (checked by `{report['defaults_checked']['command']}` on {report['defaults_checked']['date']} at commit "
+                 f"{report['defaults_checked']['commit']})." if "defaults_checked" in report else "."),
               f"On test, against the previous demo: category mAP {reference['test']['avg']:.4f} -> {chosen['test']['avg']:.4f} "
               f"({change:+.4f}; the budget is -{MAP_BUDGET}: {'kept' if change >= -MAP_BUDGET else 'EXCEEDED'}), R@10 of the own pair "
               f"{reference['test']['recall']['avg']['r10']:.3f} -> {chosen['test']['recall']['avg']['r10']:.3f}, R@1 "
@@ -169,6 +179,32 @@ def render_page(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def defaults_match(chosen: dict[str, Any]) -> bool:
+    """Whether DemoConfig's defaults (what `dscmr-train demo` builds) are the chosen row's setting."""
+    defaults = DemoConfig()
+    setting = chosen["setting"]
+    return (setting["text"], setting["labels"], setting["instance_weight"], setting["instance_temperature"],
+            setting["text_views"], chosen.get("instance_form", "infonce")) == (
+        defaults.text, defaults.labels, defaults.instance_weight, defaults.instance_temperature, defaults.text_views,
+        "infonce") and defaults.select_on == CRITERION
+
+
+def check_defaults(out: Path, page: Path) -> int:
+    """Re-check a finished report against DemoConfig's current defaults (no training) and rewrite its page.
+
+    The runs are keyed by the code of training/, so setting the defaults to the chosen row after a run would otherwise
+    retrain every candidate; this step records when and at which commit the defaults were checked."""
+    report = json.loads(out.read_text())
+    chosen = next(r for r in report["candidates"] if r["name"] == report["chosen"])
+    report["defaults_match"] = defaults_match(chosen)
+    report["defaults_checked"] = {"command": "python bench/demo_setting.py --check-defaults", "date": time.strftime("%Y-%m-%d"),
+                                  "commit": git_commit()}
+    out.write_text(json.dumps(report, indent=1))
+    page.write_text(render_page(report))
+    print(f"defaults {'match' if report['defaults_match'] else 'DO NOT match'} {report['chosen']!r}; wrote {out} and {page}")
+    return 0 if report["defaults_match"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the grid, choose on validation, write the JSON and the page."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -177,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "demo-setting.json")
     parser.add_argument("--page", type=Path, default=REPO / "docs" / "results-demo-setting.md")
     parser.add_argument("--only", help="comma-separated candidate names (exploration; writes nothing under docs/)")
+    parser.add_argument("--check-defaults", action="store_true",
+                        help="re-check the written report against DemoConfig's defaults and rewrite the page (no training)")
     args = parser.parse_args(argv)
+    if args.check_defaults:
+        return check_defaults(args.out, args.page)
     if args.threads:
         torch.set_num_threads(args.threads)
     machine_before = detect_machine()
@@ -187,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for candidate in candidates:
         print(f"[demo_setting] {candidate[0]} ...", file=sys.stderr, flush=True)
-        rows.append(run_candidate(*candidate, built, args.root / "runs", code))
+        name, text, labels, weight, temperature, views, *form = candidate
+        rows.append(run_candidate(name, text, labels, weight, temperature, views, built, args.root / "runs", code, *form))
         v = rows[-1]["val"]
         print(f"  val mAP {v['avg']:.4f} R@1 {v['recall']['avg']['r1']:.3f} R@10 {v['recall']['avg']['r10']:.3f} score {v['score']:.4f}",
               file=sys.stderr, flush=True)
@@ -195,11 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     floor = reference["val"]["avg"] - MAP_BUDGET
     within = [r for r in rows if r["val"]["avg"] >= floor]
     chosen = max(within, key=lambda r: (r["val"]["recall"]["avg"]["r10"], r["val"]["avg"]))
-    defaults = DemoConfig()
-    match = (chosen["setting"]["text"], chosen["setting"]["labels"], chosen["setting"]["instance_weight"],
-             chosen["setting"]["instance_temperature"], chosen["setting"]["text_views"]) == (
-                 defaults.text, defaults.labels, defaults.instance_weight, defaults.instance_temperature,
-                 defaults.text_views) and defaults.select_on == CRITERION
+    match = defaults_match(chosen)
     report = {"command": "python bench/demo_setting.py" + (f" --threads {args.threads}" if args.threads else ""),
               "date": time.strftime("%Y-%m-%d"), "criterion": CRITERION, "candidates": rows, "chosen": chosen["name"],
               "rule": f"best validation R@10 with validation mAP >= the reference's - {MAP_BUDGET}", "reference": REFERENCE,

@@ -347,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, help="training epochs (default: the demo's)")
     p.add_argument("--text", choices=["minilm", "glove"], help="text setting (default minilm: MiniLM sentence vectors; glove: "
                    "the GloVe sentence CNN)")
-    p.add_argument("--labels", choices=["group", "subgroup", "both"], help="emoji labels: Unicode group, subgroup or both (default both)")
-    p.add_argument("--instance-weight", type=float, metavar="W", help="weight of the instance term (default 1; 0 = the paper's objective)")
+    p.add_argument("--labels", choices=["group", "subgroup", "both"], help="emoji labels: Unicode group, subgroup or both (default group)")
+    p.add_argument("--instance-weight", type=float, metavar="W", help="weight of the instance term (default 0.5; 0 = the paper's objective)")
     p.add_argument("--select-on", choices=["map", "r10", "mean"], help="validation criterion of the kept epoch (default mean)")
     p.add_argument("--no-refit", action="store_true", help="serve the model trained on the train split instead of its refit on "
                    "every item")

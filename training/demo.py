@@ -34,8 +34,8 @@ class DemoConfig:
     index_type: str = "flat"
     progress: bool = True
     text: Literal["minilm", "glove"] = "minilm"
-    labels: EmojiLabels = "both"
-    instance_weight: float = 1.0
+    labels: EmojiLabels = "group"
+    instance_weight: float = 0.5
     instance_temperature: float = 0.05
     select_on: Literal["map", "r10", "mean"] = "mean"
     refit: bool = True  # serve a refit on every item (see training.pipeline.refit_and_save)

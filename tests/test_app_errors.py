@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from app.schemas import NOT_BLANK
 from tests.app_fixtures import ADMIN_KEY, MAX_TEXT_CHARS, MAX_UPLOAD_BYTES
 
 
@@ -128,13 +129,13 @@ def test_admin_reload_force_is_a_json_boolean(api, force):
 def test_the_schema_says_what_is_refused(api, app_artefacts):
     schema = api.get("/openapi.json").json()
     text_body = schema["components"]["schemas"]["TextSearchRequest"]["properties"]
-    assert text_body["text"]["maxLength"] == MAX_TEXT_CHARS and text_body["text"]["pattern"] == r"\S"
+    assert text_body["text"]["maxLength"] == MAX_TEXT_CHARS and text_body["text"]["pattern"] == NOT_BLANK
     image_body = schema["paths"]["/search/image"]["post"]["requestBody"]["content"]
     known = sorted({label for item in app_artefacts.items for label in item.labels})
     for labels in (text_body["labels"]["anyOf"][0], image_body["application/json"]["schema"]["properties"]["labels"]["anyOf"][0],
                    image_body["multipart/form-data"]["schema"]["properties"]["labels"]):
         items = labels["items"]
-        assert items["minLength"] == 1 and items["pattern"] == r"\S"  # "" was schema-valid and refused
+        assert items["minLength"] == 1 and items["pattern"] == NOT_BLANK  # "" was schema-valid and refused
         assert sorted(items["enum"]) == known  # an unknown label is refused: the schema says which are known
     assert image_body["multipart/form-data"]["schema"]["additionalProperties"] is False
     assert schema["components"]["schemas"]["ReloadRequest"]["properties"]["force"]["type"] == "boolean"

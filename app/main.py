@@ -15,6 +15,7 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -606,10 +607,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         detail = holder.last_error if is_admin(request.headers.get("x-api-key")) else holder.last_error_public
         state = holder.current
         if state is None:
-            body = ReadyResponse(ready=False, detail=detail or "the model and index are still loading")
+            body = ReadyResponse(ready=False, detail=detail or "the model and index are still loading", worker_pid=os.getpid())
             return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "2"})
         return ReadyResponse(ready=True, model_hash=state.model_hash, index_version=state.index_version, counts=state.counts,
-                             loaded_at=state.loaded_at, detail=detail)
+                             loaded_at=state.loaded_at, detail=detail, worker_pid=os.getpid())
 
     @app.get("/metrics", tags=["operations"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})

@@ -33,8 +33,12 @@ class ServiceSettings(BaseSettings):
                                                       "from the header: the model scales the short side to ~256 px")
     admin_api_key: SecretStr | None = Field(None, description="key for POST /admin/reload (header X-API-Key); unset disables it")
     reload_poll_s: float = Field(2.0, ge=0, description="how often the CURRENT pointer is checked; 0 turns the watcher off")
+    mmap_index: bool = Field(True, description="map the index vectors from the version's files instead of reading a copy "
+                                               "into each process: worker processes share one copy (same results)")
     verify_files: bool = Field(True, description="check every index file's sha256 when a version is loaded")
 
+    workers: int = Field(1, ge=1, description="server processes sharing the port, each with its own model and the index "
+                                              "vectors mapped (DSCMR_MMAP_INDEX); each watches CURRENT and hot-reloads")
     cpu_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
                              description="requests decoding / encoding / searching at the same time (others queue)")
     torch_threads: int = Field(1, ge=1, description="intra-op threads of each encoding (1: parallelism comes from cpu_workers)")

@@ -21,7 +21,7 @@ import secrets
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 from urllib.parse import quote
 
 import anyio
@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.batching import MicroBatcher, group_by
 from app.errors import (ApiError, BodyTooLargeError, ErrorResponse, InternalErrorMiddleware, RequestTimeoutError, error_body,
                         install_error_handlers, json_syntax_error, unparsable_json_error, validation_error)
 from app.media import THUMBNAIL_MAX, THUMBNAIL_MIN, ThumbnailCache, item_image_file
@@ -75,6 +76,12 @@ class Service:
         self.holder = ServingHolder(settings, on_reload=self._record_reload)
         self.cpu = anyio.CapacityLimiter(settings.cpu_workers)
         self.thumbnails = ThumbnailCache(settings.thumbnail_cache_items, settings.max_image_pixels)
+        self.batching = batching_enabled(settings)
+        wait_s = settings.batch_wait_ms / 1000
+        self.text_batcher = MicroBatcher(self._text_batch, self.cpu, settings.batch_max_size, wait_s,
+                                         on_batch=self.metrics.batch_size.labels("/search/text").observe)
+        self.image_batcher = MicroBatcher(self._image_batch, self.cpu, settings.batch_max_size, wait_s,
+                                          on_batch=self.metrics.batch_size.labels("/search/image").observe)
 
     def _record_reload(self, outcome: ReloadOutcome, state: ServingState | None) -> None:
         self.metrics.reloads.labels("success" if outcome.status == "loaded" else "failure").inc()
@@ -94,6 +101,109 @@ class Service:
             return result, {"queue": queued, **stages}
 
         return await anyio.to_thread.run_sync(timed, limiter=self.cpu)
+
+    def _text_batch(self, queries: Sequence["TextQuery"]) -> list[Any]:
+        """The text queries of one batch (in a worker thread): one encoder forward per served model, then each query's
+        own search; per query ((hits, unknown words), stage seconds) or the exception it raised."""
+        faiss.omp_set_num_threads(self.settings.search_threads)
+        results: list[Any] = [None] * len(queries)
+        for positions in group_by([q.state.encoder for q in queries]).values():
+            encoder = queries[positions[0]].state.encoder
+            started = time.perf_counter()
+            try:
+                vectors = encoder.encode_texts([queries[i].text for i in positions])
+            except Exception as exc:  # noqa: BLE001 -- raised by each request of the group
+                for i in positions:
+                    results[i] = exc
+                continue
+            encoded = time.perf_counter() - started
+            for row, i in enumerate(positions):
+                try:
+                    results[i] = search_text_vectors(queries[i], vectors[row:row + 1], encoded)
+                except Exception as exc:  # noqa: BLE001 -- raised by this query's request only
+                    results[i] = exc
+        return results
+
+    def _image_batch(self, queries: Sequence["ImageQuery"]) -> list[Any]:
+        """The image queries of one batch (in a worker thread): each decoded on its own (a broken upload fails only its
+        request), one encoder forward per served model, then each query's own search; per query (hits, stage seconds)
+        or the exception it raised."""
+        faiss.omp_set_num_threads(self.settings.search_threads)
+        settings = self.settings
+        results: list[Any] = [None] * len(queries)
+        decoded: dict[int, tuple[Any, float]] = {}
+        for i, query in enumerate(queries):
+            started = time.perf_counter()
+            try:
+                image = decode_image(query.data, settings.max_image_pixels, query.state.encoder.image_decode_size,
+                                     settings.max_image_aspect_ratio)
+            except Exception as exc:  # noqa: BLE001 -- raised by this query's request only
+                results[i] = exc
+                continue
+            decoded[i] = (image, time.perf_counter() - started)
+        order = list(decoded)
+        for positions in group_by([queries[i].state.encoder for i in order]).values():
+            members = [order[p] for p in positions]
+            encoder = queries[members[0]].state.encoder
+            started = time.perf_counter()
+            try:
+                vectors = encoder.encode_images([decoded[i][0] for i in members])
+            except Exception as exc:  # noqa: BLE001 -- raised by each request of the group
+                for i in members:
+                    results[i] = exc
+                continue
+            encoded = time.perf_counter() - started
+            for row, i in enumerate(members):
+                query = queries[i]
+                try:
+                    searched = time.perf_counter()
+                    hits = query.state.index.search_vectors(vectors[row:row + 1], query.k, query.target, query.labels,
+                                                            query_modality="image")[0]
+                    results[i] = (hits, {"decode": decoded[i][1], "encode": encoded, "search": time.perf_counter() - searched})
+                except Exception as exc:  # noqa: BLE001
+                    results[i] = exc
+        return results
+
+
+class TextQuery(NamedTuple):
+    """One text search as the batcher carries it (the state it started with, the stripped text, its options)."""
+
+    state: ServingState
+    text: str
+    k: int
+    target: Target
+    labels: list[str] | None
+
+
+class ImageQuery(NamedTuple):
+    """One image search as the batcher carries it (the state it started with, the uploaded bytes, its options)."""
+
+    state: ServingState
+    data: bytes
+    k: int
+    target: Target
+    labels: list[str] | None
+
+
+def batching_enabled(settings: ServiceSettings) -> bool:
+    """Whether searches are micro-batched: DSCMR_BATCHING on / off, or auto: on when the model encodes on CUDA."""
+    if settings.batching != "auto":
+        return settings.batching == "on"
+    if settings.device != "auto":
+        return settings.device.startswith("cuda")
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def search_text_vectors(query: TextQuery, vectors, encoded_s: float) -> tuple[tuple[list, list[str] | None], dict[str, float]]:
+    """The rest of a text search once its text is encoded: the unknown words (timed with the encoding) and the search."""
+    started = time.perf_counter()
+    state = query.state
+    unknown = state.encoder.unknown_words(query.text)
+    searched = time.perf_counter()
+    hits = state.index.search_vectors(vectors, query.k, query.target, query.labels, query_modality="text")[0]
+    return (hits, unknown), {"encode": encoded_s + searched - started, "search": time.perf_counter() - searched}
 
 
 # ---------------------------------------------------------------------------------------------------- middleware
@@ -501,15 +611,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         text = check_text(body.text, settings)
         check_query(state, body.target, body.labels, "text")
 
-        def work():
-            t0 = time.perf_counter()
-            vectors = state.encoder.encode_texts([text])
-            unknown = state.encoder.unknown_words(text)
-            t1 = time.perf_counter()
-            hits = state.index.search_vectors(vectors, body.k, body.target, body.labels, query_modality="text")[0]
-            return (hits, unknown), {"encode": t1 - t0, "search": time.perf_counter() - t1}
+        query = TextQuery(state, text, body.k, body.target, body.labels)
+        if service.batching:
+            ((hits, unknown), stages), waited = await service.text_batcher.submit(query)
+            stages = {"queue": waited, **stages}
+        else:
+            def work():
+                started = time.perf_counter()
+                return search_text_vectors(query, state.encoder.encode_texts([text]), time.perf_counter() - started)
 
-        (hits, unknown), stages = await service.run_cpu(work)
+            (hits, unknown), stages = await service.run_cpu(work)
         service.metrics.observe_stages("/search/text", stages)
         return search_response(request, state, hits, body.k, body.target, stages, unknown_words=unknown, query_modality="text")
 
@@ -530,16 +641,22 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         state = service.holder.require()
         check_query(state, options.target, options.labels, "image")
 
-        def work():
-            t0 = time.perf_counter()
-            image = decode_image(data, settings.max_image_pixels, state.encoder.image_decode_size, settings.max_image_aspect_ratio)
-            t1 = time.perf_counter()
-            vectors = state.encoder.encode_images([image])
-            t2 = time.perf_counter()
-            hits = state.index.search_vectors(vectors, options.k, options.target, options.labels, query_modality="image")[0]
-            return hits, {"decode": t1 - t0, "encode": t2 - t1, "search": time.perf_counter() - t2}
+        if service.batching:
+            (hits, stages), waited = await service.image_batcher.submit(
+                ImageQuery(state, data, options.k, options.target, options.labels))
+            stages = {"queue": waited, **stages}
+        else:
+            def work():
+                t0 = time.perf_counter()
+                image = decode_image(data, settings.max_image_pixels, state.encoder.image_decode_size,
+                                     settings.max_image_aspect_ratio)
+                t1 = time.perf_counter()
+                vectors = state.encoder.encode_images([image])
+                t2 = time.perf_counter()
+                hits = state.index.search_vectors(vectors, options.k, options.target, options.labels, query_modality="image")[0]
+                return hits, {"decode": t1 - t0, "encode": t2 - t1, "search": time.perf_counter() - t2}
 
-        hits, stages = await service.run_cpu(work)
+            hits, stages = await service.run_cpu(work)
         service.metrics.observe_stages("/search/image", stages)
         return search_response(request, state, hits, options.k, options.target, stages, query_modality="image")
 

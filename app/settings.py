@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,12 @@ class ServiceSettings(BaseSettings):
                              description="requests decoding / encoding / searching at the same time (others queue)")
     torch_threads: int = Field(1, ge=1, description="intra-op threads of each encoding (1: parallelism comes from cpu_workers)")
     search_threads: int = Field(1, ge=1, description="FAISS OpenMP threads per search")
+    batching: Literal["auto", "on", "off"] = Field(
+        "auto", description="micro-batch concurrent queries of one modality into one encoder forward pass: on, off, or "
+                            "auto (on when the model encodes on CUDA, off on the CPU)")
+    batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="longest wait of a query for others to join its batch "
+                                                                 "(a batch also grows while it waits for a CPU slot)")
+    batch_max_size: int = Field(32, ge=1, le=1024, description="most queries in one batch")
     thumbnail_cache_items: int = Field(1024, ge=0, description="thumbnails kept in memory")
 
     # Slow clients (see app/server.py): each limit is answered with a 408 and the connection closed.

@@ -24,7 +24,8 @@ SCORE_TOLERANCE = 2e-6
 def batched_server(app_artefacts, tmp_path_factory):
     # a long wait, so that the concurrent requests below surely share batches on a busy machine
     server = start_server(app_artefacts.index_root, tmp_path_factory.mktemp("batched") / "server.log", reload_poll_s="0",
-                          batching="on", batch_wait_ms="200", batch_max_size="8")
+                          batching="on", batch_wait_ms="200", batch_max_size="8",
+                          inline_idle_text="false")  # every text query through the batcher
     try:
         wait_ready(server)
         yield server
@@ -124,3 +125,37 @@ def test_batching_is_off_on_the_cpu_and_on_with_cuda_by_default():
     import torch
 
     assert batching_enabled(ServiceSettings(device="auto")) is torch.cuda.is_available()
+
+
+def test_micro_batcher_groups_waits_and_fails_per_query():
+    """The batcher alone: submissions within the wait share a batch, a full batch leaves at once, a per-query
+    exception reaches only its submitter, an exception of the whole batch reaches every one of them."""
+    import asyncio
+
+    import anyio
+
+    from app.batching import MicroBatcher
+
+    batches: list[list[int]] = []
+
+    def process(payloads):
+        batches.append(list(payloads))
+        if -1 in payloads:
+            raise RuntimeError("the whole batch failed")
+        return [ValueError(f"bad {p}") if p == 13 else p * 10 for p in payloads]
+
+    async def scenario():
+        batcher = MicroBatcher(process, anyio.CapacityLimiter(1), max_size=4, wait_s=0.05)
+        results = await asyncio.gather(*(batcher.submit(p) for p in (1, 2, 13)), return_exceptions=True)
+        assert [r[0] if isinstance(r, tuple) else str(r) for r in results] == [10, 20, "bad 13"]
+        assert all(r[1] >= 0 for r in results if isinstance(r, tuple))
+        full = await asyncio.gather(*(batcher.submit(p) for p in range(4, 9)))
+        assert [r[0] for r in full] == [40, 50, 60, 70, 80]
+        failed = await asyncio.gather(batcher.submit(5), batcher.submit(-1), return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) for r in failed)
+        assert batcher.pending() == 0
+
+    asyncio.run(scenario())
+    assert batches[0] == [1, 2, 13]  # one batch: all three arrived within the wait
+    assert batches[1] == [4, 5, 6, 7] and batches[2] == [8]  # a full batch left at once, the fifth went next
+    assert batches[3] == [5, -1]

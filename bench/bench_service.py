@@ -304,8 +304,8 @@ def run_hey(url: str, concurrency: int, requests: int, body: Path, content_type:
 
 
 def requests_for(seconds: float, rate: float, concurrency: int) -> int:
-    """How many requests make a level last about `seconds` at `rate` req/s (at least 3 per client, and 12)."""
-    return max(12, 3 * concurrency, int(round(seconds * rate / concurrency)) * concurrency)
+    """How many requests make a level last about `seconds` at `rate` req/s (at least 2 per client, and 12)."""
+    return max(12, 2 * concurrency, int(round(seconds * rate / concurrency)) * concurrency)
 
 
 def load_levels(servers: list[Server], payloads: dict[str, tuple[str, Path, str]], levels: tuple[int, ...], seconds: float,

@@ -6,7 +6,7 @@ Request flow of a search: validate the input (4xx JSON on any problem) -> take t
 decode / encode / search in a worker thread, at most `cpu_workers` at a time, or micro-batched with other queries
 (DSCMR_BATCHING) -> answer with the results, the model hash and index version that produced them, and the time taken.
 The event loop does no CPU work while other requests are in progress; a lone text search (a few ms) runs on it directly
-(DSCMR_INLINE_IDLE_TEXT), which saves two thread wake-ups.
+when text searches are cheap (DSCMR_INLINE_TEXT_MAX_MS), which saves two thread wake-ups.
 """
 from __future__ import annotations
 
@@ -80,6 +80,7 @@ class Service:
         self.thumbnails = ThumbnailCache(settings.thumbnail_cache_items, settings.max_image_pixels)
         self.batching = batching_enabled(settings)
         self.searches_in_flight = 0  # read and changed on the event loop only
+        self.text_work_s: float | None = None  # running mean of a text search's encode + search time
         wait_s = settings.batch_wait_ms / 1000
         self.text_batcher = MicroBatcher(self._text_batch, self.cpu, settings.batch_max_size, wait_s,
                                          on_batch=self.metrics.batch_size.labels("/search/text").observe)
@@ -109,6 +110,17 @@ class Service:
         """No search but the caller's is in progress and no CPU slot is taken (no thread is decoding, encoding,
         searching or making a thumbnail): work run on the event loop now delays nobody already waiting."""
         return self.searches_in_flight <= 1 and self.cpu.borrowed_tokens == 0
+
+    def text_inline(self) -> bool:
+        """Whether this text search runs on the event loop: the service is idle and text searches are known to take
+        at most DSCMR_INLINE_TEXT_MAX_MS (a sentence CNN: ~2 ms; MiniLM on a CPU core: ~40 ms, always in a thread)."""
+        limit = self.settings.inline_text_max_ms / 1000
+        return limit > 0 and self.text_work_s is not None and self.text_work_s <= limit and self.idle()
+
+    def record_text_work(self, stages: dict[str, float]) -> None:
+        """Update the running mean of a text search's work (the last ~10 searches weigh most)."""
+        seconds = stages.get("encode", 0.0) + stages.get("search", 0.0)
+        self.text_work_s = seconds if self.text_work_s is None else 0.9 * self.text_work_s + 0.1 * seconds
 
     def _text_batch(self, queries: Sequence["TextQuery"]) -> list[Any]:
         """The text queries of one batch (in a worker thread): one encoder forward per served model, then each query's
@@ -642,7 +654,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
         service.searches_in_flight += 1
         try:
-            if settings.inline_idle_text and service.idle():
+            if service.text_inline():
                 # on the event loop, whose thread has the service's torch and FAISS thread counts (configure_threads)
                 (hits, unknown), stages = work()
                 stages = {"queue": 0.0, **stages}
@@ -653,6 +665,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
                 (hits, unknown), stages = await service.run_cpu(work)
         finally:
             service.searches_in_flight -= 1
+        service.record_text_work(stages)
         service.metrics.observe_stages("/search/text", stages)
         return search_response(request, state, hits, body.k, body.target, stages, unknown_words=unknown, query_modality="text")
 

@@ -44,10 +44,12 @@ class ServiceSettings(BaseSettings):
                              description="requests decoding / encoding / searching at the same time (others queue)")
     torch_threads: int = Field(1, ge=1, description="intra-op threads of each encoding (1: parallelism comes from cpu_workers)")
     search_threads: int = Field(1, ge=1, description="FAISS OpenMP threads per search")
-    inline_idle_text: bool = Field(True, description="run a text search on the event loop itself when no other search "
-                                                     "or CPU work is in progress: saves the hand-off to a worker thread and "
-                                                     "back (two thread wake-ups, several ms on a busy machine); a request "
-                                                     "arriving meanwhile waits at most that one text's encoding")
+    inline_text_max_ms: float = Field(10.0, ge=0, description="run a text search on the event loop itself when no other "
+                                                              "search or CPU work is in progress and text searches take "
+                                                              "at most this long (a running mean): saves the hand-off to a "
+                                                              "worker thread and back (two thread wake-ups, ms on a busy "
+                                                              "machine); a request arriving meanwhile waits at most that "
+                                                              "long. 0 turns it off")
     batching: Literal["auto", "on", "off"] = Field(
         "auto", description="micro-batch concurrent queries of one modality into one encoder forward pass: on, off, or "
                             "auto (on when the model encodes on CUDA, off on the CPU)")

@@ -25,7 +25,7 @@ def batched_server(app_artefacts, tmp_path_factory):
     # a long wait, so that the concurrent requests below surely share batches on a busy machine
     server = start_server(app_artefacts.index_root, tmp_path_factory.mktemp("batched") / "server.log", reload_poll_s="0",
                           batching="on", batch_wait_ms="200", batch_max_size="8",
-                          inline_idle_text="false")  # every text query through the batcher
+                          inline_text_max_ms="0")  # every text query through the batcher
     try:
         wait_ready(server)
         yield server
@@ -159,3 +159,23 @@ def test_micro_batcher_groups_waits_and_fails_per_query():
     assert batches[0] == [1, 2, 13]  # one batch: all three arrived within the wait
     assert batches[1] == [4, 5, 6, 7] and batches[2] == [8]  # a full batch left at once, the fifth went next
     assert batches[3] == [5, -1]
+
+
+def test_a_lone_text_search_runs_on_the_event_loop_with_the_same_answer(app_artefacts, app_server, tmp_path):
+    """DSCMR_INLINE_TEXT_MAX_MS: once the mean text search is known to fit the limit (here: any), a search arriving
+    while nothing else runs skips the worker thread (its queue stage is 0) and answers exactly as the thread does."""
+    server = start_server(app_artefacts.index_root, tmp_path / "server.log", reload_poll_s="0", inline_text_max_ms="1000000")
+    try:
+        wait_ready(server)
+        item = app_artefacts.items[3]
+        with server.client() as client:
+            answers = [client.post("/search/text", json={"text": item.text, "k": 6, "target": "both"}).json() for _ in range(4)]
+        with app_server.client() as client:
+            threaded = client.post("/search/text", json={"text": item.text, "k": 6, "target": "both"}).json()
+    finally:
+        stop_server(server)
+    assert answers[0]["stages_ms"]["queue"] > 0  # nothing measured yet: the first one goes to a thread
+    assert [a["stages_ms"]["queue"] for a in answers[1:]] == [0.0, 0.0, 0.0]
+    for answer in answers:
+        assert [(h["id"], h["score"], h["relevance"]) for h in answer["results"]] == \
+               [(h["id"], h["score"], h["relevance"]) for h in threaded["results"]]

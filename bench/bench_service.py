@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -393,12 +394,16 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     baseline_commit = None
     servers: dict[str, Server] = {}
+    cleanup: list[Path] = []
     try:
         for name, (settings, _) in SERVERS.items():
             servers[name] = Server(name, REPO, index_root, settings, work / f"server-{name}.log")
         if args.baseline_commit:
-            baseline_commit = export_commit(args.baseline_commit, work / "baseline-tree")
-            servers["baseline"] = Server("baseline", work / "baseline-tree", index_root, {}, work / "server-baseline.log")
+            # outside the repository: a second copy of the code under it would be seen by linters and build contexts
+            baseline_tree = Path(tempfile.mkdtemp(prefix="dscmr-bench-baseline-"))
+            cleanup.append(baseline_tree)
+            baseline_commit = export_commit(args.baseline_commit, baseline_tree)
+            servers["baseline"] = Server("baseline", baseline_tree, index_root, {}, work / "server-baseline.log")
         ready = {name: server.wait_ready() for name, server in servers.items()}
         raw = RawWork(index_root)
         compared = [servers["off"]] + ([servers["baseline"]] if "baseline" in servers else [])
@@ -415,6 +420,8 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         for server in servers.values():
             server.stop()
+        for tree in cleanup:
+            shutil.rmtree(tree, ignore_errors=True)
     after = detect_machine()
     first = ready["off"]
     results = {

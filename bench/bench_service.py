@@ -345,7 +345,7 @@ def medians(runs: list[dict]) -> list[dict]:
         groups.setdefault((row["part"], row["server"], row["payload"], row["clients"]), []).append(row)
     out = []
     for (part, server, payload, clients), group in groups.items():
-        def median(key: str) -> float | None:
+        def median(key: str, group: list[dict] = group) -> float | None:
             values = [r[key] for r in group if r[key] is not None]
             return round(float(np.median(values)), 2) if values else None
 

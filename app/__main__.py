@@ -28,14 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    import uvicorn
+    from app.server import serve
 
-    from app.main import create_app
-    from app.server import uvicorn_config
-
-    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
-    server.run()
-    return 0 if server.started else 3  # as uvicorn.run: 3 when it could not start (port taken, ...)
+    return serve(settings, overrides)
 
 
 if __name__ == "__main__":

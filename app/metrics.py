@@ -3,6 +3,7 @@
     dscmr_http_requests_total{endpoint, method, status}        requests answered
     dscmr_http_request_duration_seconds{endpoint, method}      whole-request latency (histogram)
     dscmr_stage_duration_seconds{endpoint, stage}              queue (waiting for a CPU slot), decode, encode, search
+    dscmr_batch_size{endpoint}                                 queries per encoder forward pass (DSCMR_BATCHING)
     dscmr_index_info{index_version, model_hash}                1 for the served version
     dscmr_ready                                                1 once a model and index are loaded
     dscmr_reloads_total{result}                                reload attempts that loaded a version or failed
@@ -32,6 +33,8 @@ class ServiceMetrics:
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.stage = Histogram("dscmr_stage_duration_seconds", "time per search stage (queue = waiting for a CPU slot)",
                                ["endpoint", "stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("dscmr_batch_size", "queries per encoder forward pass (micro-batching)", ["endpoint"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=self.registry)
         self.index_info = Gauge("dscmr_index_info", "the served index version and model (value 1)",
                                 ["index_version", "model_hash"], registry=self.registry)
         self.ready = Gauge("dscmr_ready", "1 when a model and index are loaded", registry=self.registry)

@@ -160,6 +160,8 @@ class ReadyResponse(BaseModel):
     loaded_at: float | None = Field(None, description="unix time the served version was loaded")
     detail: str | None = Field(None, description="why the service is not ready, or the last reload problem (no server paths; "
                                                  "the full reason with the admin X-API-Key header, and in the server log)")
+    worker_pid: int | None = Field(None, description="process id of the server process that answered (one of "
+                                                     "DSCMR_WORKERS; each loads and reloads on its own)")
 
 
 class ReloadRequest(BaseModel):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,12 +34,28 @@ class ServiceSettings(BaseSettings):
                                                       "from the header: the model scales the short side to ~256 px")
     admin_api_key: SecretStr | None = Field(None, description="key for POST /admin/reload (header X-API-Key); unset disables it")
     reload_poll_s: float = Field(2.0, ge=0, description="how often the CURRENT pointer is checked; 0 turns the watcher off")
+    mmap_index: bool = Field(True, description="map the index vectors from the version's files instead of reading a copy "
+                                               "into each process: worker processes share one copy (same results)")
     verify_files: bool = Field(True, description="check every index file's sha256 when a version is loaded")
 
+    workers: int = Field(1, ge=1, description="server processes sharing the port, each with its own model and the index "
+                                              "vectors mapped (DSCMR_MMAP_INDEX); each watches CURRENT and hot-reloads")
     cpu_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
                              description="requests decoding / encoding / searching at the same time (others queue)")
     torch_threads: int = Field(1, ge=1, description="intra-op threads of each encoding (1: parallelism comes from cpu_workers)")
     search_threads: int = Field(1, ge=1, description="FAISS OpenMP threads per search")
+    inline_text_max_ms: float = Field(10.0, ge=0, description="run a text search on the event loop itself when no other "
+                                                              "search or CPU work is in progress and text searches take "
+                                                              "at most this long (a running mean): saves the hand-off to a "
+                                                              "worker thread and back (two thread wake-ups, ms on a busy "
+                                                              "machine); a request arriving meanwhile waits at most that "
+                                                              "long. 0 turns it off")
+    batching: Literal["auto", "on", "off"] = Field(
+        "auto", description="micro-batch concurrent queries of one modality into one encoder forward pass: on, off, or "
+                            "auto (on when the model encodes on CUDA, off on the CPU)")
+    batch_wait_ms: float = Field(2.0, ge=0, le=1000, description="longest wait of a query for others to join its batch "
+                                                                 "(a batch also grows while it waits for a CPU slot)")
+    batch_max_size: int = Field(32, ge=1, le=1024, description="most queries in one batch")
     thumbnail_cache_items: int = Field(1024, ge=0, description="thumbnails kept in memory")
 
     # Slow clients (see app/server.py): each limit is answered with a 408 and the connection closed.

@@ -89,7 +89,7 @@ def load_serving_state(settings: ServiceSettings, previous: ServingState | None 
                                      f"model {found_hash[:16]}; serve the model that built the index or rebuild the index")
         encoder = load_encoder(model_dir, device=None if settings.device == "auto" else settings.device)
         encoder.warm_up()  # before the state is served: the first Chinese query must not load a dictionary
-    index = SearchIndex.load(version_dir, encoder=encoder, verify=settings.verify_files)
+    index = SearchIndex.load(version_dir, encoder=encoder, verify=settings.verify_files, mmap_vectors=settings.mmap_index)
     label_counts = {m: index.metadata.label_counts(m) for m in index.modalities}
     return ServingState(index=index, encoder=encoder, model_dir=Path(model_dir), loaded_at=time.time(), label_counts=label_counts)
 

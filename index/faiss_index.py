@@ -318,10 +318,16 @@ def write_index(index: faiss.Index, path: Path) -> None:
     faiss.write_index(index, str(path))
 
 
-def read_index(path: Path) -> faiss.Index:
-    """Load an index file, turning FAISS's errors on damaged files into IndexCorruptError."""
+def read_index(path: Path, mmap: bool = False) -> faiss.Index:
+    """Load an index file, turning FAISS's errors on damaged files into IndexCorruptError.
+
+    `mmap`: map the stored vectors (the codes of flat, SQ and PQ indexes, an HNSW graph's vector storage) from the file
+    instead of copying them into memory (FAISS's IO_FLAG_MMAP_IFC). Processes that map the same file share one copy in
+    the page cache; searching gives the same results. A mapped index is read-only: adding or removing vectors aborts
+    the process (a FAISS assertion), so only searching code may ask for it.
+    """
     try:
-        return faiss.read_index(str(path))
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
     except RuntimeError as exc:
         raise IndexCorruptError(f"{path} cannot be read as a FAISS index ({str(exc).splitlines()[0]}); rebuild the index version") from exc
 

@@ -113,7 +113,7 @@ class SearchIndex:
     def load(cls, root_or_version: str | Path, expected_model_hash: str | None = None, expected_dim: int | None = None,
              encoder: Any = None, verify: bool = True, use_gpu: bool | None = None,
              exact_subset_max: int = DEFAULT_EXACT_SUBSET_MAX, records_in_memory: bool | None = None,
-             records_memory_budget: int | None = None) -> "SearchIndex":
+             records_memory_budget: int | None = None, mmap_vectors: bool = False) -> "SearchIndex":
         """Load the CURRENT version of an index root (or a version directory), checking integrity and the model.
 
         `verify` checks every file's sha256 against the manifest (size is always checked). An `encoder` (or
@@ -124,6 +124,9 @@ class SearchIndex:
         building one query's hits costs ~25 us instead of 60-100 us (docs/index-benchmark.md), at ~450 bytes per
         entry (~90 MB for 200,000; 448 MB for 1M) and more load time: 1-2 s for 200,000 entries, 10-28 s for 1M on
         this loaded 2-core machine.
+        `mmap_vectors`: map the stored vectors from the index files instead of reading a private copy (fi.read_index):
+        worker processes serving the same version then share one copy in the page cache, and each worker's own memory
+        holds only the metadata. The results are identical; the index is read-only either way.
         """
         version = resolve_version(root_or_version)
         manifest = load_manifest(version, verify_files=verify)
@@ -133,7 +136,7 @@ class SearchIndex:
         for modality, info in manifest.get("modalities", {}).items():
             if modality not in MODALITIES:
                 raise IndexCorruptError(f"{version}/manifest.json lists unknown modality {modality!r}")
-            index = fi.read_index(version / info["file"])
+            index = fi.read_index(version / info["file"], mmap=mmap_vectors)
             spec = fi.IndexSpec.from_dict(info["spec"])
             fi.apply_search_defaults(index, spec)
             if index.d != manifest["model"]["dim"]:

@@ -291,3 +291,22 @@ def test_image_hits_carry_a_caption(api, app_artefacts):
     for hit in hits:
         item = by_id[hit["id"]]
         assert hit["caption"] == (item.extra.get("name") or item.text)
+
+
+def test_search_answers_have_exactly_the_documented_shape(api, app_artefacts):
+    """Search answers are built as plain JSON (app.main.search_response): every one is a SearchResponse, field for
+    field, with nothing more and nothing less, for text and image queries and every target."""
+    from app.schemas import SearchResponse
+
+    item = next(it for it in app_artefacts.items if it.image_path)
+    image = Path(item.image_path).read_bytes()
+    answers = [api.post("/search/text", json={"text": item.text, "k": 7, "target": target}) for target in ("image", "text", "both")]
+    answers += [api.post("/search/image", files={"file": ("q.png", image)}, data={"k": "7", "target": target})
+                for target in ("image", "text", "both")]
+    for response in answers:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert SearchResponse.model_validate(body).model_dump(mode="json") == body
+        assert response.headers["content-type"] == "application/json"
+    modalities = {hit["modality"] for response in answers for hit in response.json()["results"]}
+    assert modalities == {"image", "text"}

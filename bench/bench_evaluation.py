@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1000,20000", help="comma-separated n (image and text vectors each)")
     p.add_argument("--labels", default="single,multi", help="label kinds: single, multi")
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads (1 on a machine shared with other jobs)")
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads (1 leaves the other cores to other work and times the work itself)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check-max", type=int, default=2000, help="check cases up to this n against the unchunked reference")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "evaluation.json")

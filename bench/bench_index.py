@@ -382,7 +382,7 @@ def render(report: dict) -> str:
                      f"| {r['index_file_bytes'] / 2**20:,.0f} MiB | {peak} | {r['recall_at_10']:.3f} | {r['raw_faiss_qps']:,.1f} "
                      f"| {r['library_qps']:,.1f} | {r['filtered_label03_qps']:,.1f} |")
     timing = report.get("timing", {})
-    lines += ["", f"q/s: batches of {timing.get('batch', 100)} queries, k = {data['k']}, median over timing rounds (flat: "
+    lines += ["", f"q/s (wall clock): batches of {timing.get('batch', 100)} queries, k = {data['k']}, median over timing rounds (flat: "
               f"{timing.get('flat_queries', 100)} queries, exact scans being slow). \"publish total\" is `publish_version` "
               "end to end (synthetic vectors generated on the fly, FAISS build, SQLite metadata, records copy, index file, "
               "hashes, fsyncs, publish); peak RSS includes the Python process and the streamed generation buffers. "
@@ -401,7 +401,8 @@ def render(report: dict) -> str:
         if max(recalls) - min(recalls) < 0.005:
             why = (": on this data the first probes already reach every true neighbour's list, so recall is bounded by the "
                    "PQ codes, not by nprobe" if r["kind"] == "ivfpq" and recalls[0] < 0.99 else "")
-            lines += ["", f"{NAMES[r['kind']]} recall@10 stays at {recalls[0]:.3f} from {knob} {r['sweep'][0][knob]} to "
+            level = f"{min(recalls):.3f}" if f"{min(recalls):.3f}" == f"{max(recalls):.3f}" else f"{min(recalls):.3f}-{max(recalls):.3f}"
+            lines += ["", f"{NAMES[r['kind']]} recall@10 stays at {level} from {knob} {r['sweep'][0][knob]} to "
                       f"{r['sweep'][-1][knob]}{why}; q/s goes from {r['sweep'][0]['qps']:,.0f} to {r['sweep'][-1]['qps']:,.0f}."]
         else:
             lines += ["", f"{NAMES[r['kind']]} recall@10 goes from {recalls[0]:.3f} at {knob} {r['sweep'][0][knob]} to "
@@ -430,8 +431,7 @@ def render(report: dict) -> str:
               if r[key] >= OVERHEAD_TARGET_PCT]
     lines += ["", f"Against a target of under {OVERHEAD_TARGET_PCT:g} % for full results (hits, CPU time): "
               + (f"met for {', '.join(met)}" if met else "met for none")
-              + (f"; not met for {', '.join(missed)}." if missed else ".")
-              + " The spread between runs on a shared machine is a point or two."]
+              + (f"; not met for {', '.join(missed)}." if missed else ".")]
     lines += ["", "| type | records in memory | records.jsonl | table: Python allocations (per entry) | RSS growth | estimate "
               "| decode at load | memory map alone |", "|---|---|---|---|---|---|---|---|"]
     for r in results:

@@ -9,18 +9,18 @@
              index when this FAISS build has GPU support, else an exact torch matmul + top-k on the GPU (marked so)
 
 Prints a table and writes JSON (default bench/out/gpu_check.json). Without a GPU it runs the CPU side only and says so.
-`--quick` shrinks every size (for the test suite); the full run finishes in under 5 minutes on a GPU host.
+`--quick` shrinks every size (for the test suite). `--doc PAGE` renders the page section from the JSON.
 
     bench/gpu_check.sh                 # full run
     bench/gpu_check.sh --quick --out /tmp/gpu_check.json
+    bench/gpu_check.sh --out docs/results/gpu_check.json --doc docs/gpu-check.md          # the recorded run and its page
+    bench/gpu_check.sh --out docs/results/gpu_check.json --doc docs/gpu-check.md --from-json   # re-render only
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,6 +32,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from bench.machine import describe  # noqa: E402
+from bench.provenance import finish_record, load_note, provenance_line, run_record, write_section  # noqa: E402
 
 SIZES = {
     # train: items / epochs; extract: images / batch; search: database vectors / queries
@@ -55,27 +58,18 @@ def _timed(fn: Callable[[], Any], device: str) -> tuple[float, float, Any]:
     return time.perf_counter() - start, time.process_time() - cpu_start, out
 
 
-def machine_info() -> dict[str, Any]:
-    """What ran the check: CPU, memory, torch/CUDA/FAISS versions and the GPU, if any."""
+def libraries() -> dict[str, Any]:
+    """The torch / CUDA / FAISS builds that ran the check (the machine itself is bench.machine.detect_machine's)."""
     import faiss
 
     from index.faiss_index import gpu_available
 
-    info: dict[str, Any] = {
-        "platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "torch_cuda_build": torch.version.cuda,
-        "faiss": getattr(faiss, "__version__", "?"), "faiss_gpu": gpu_available(), "cuda_available": torch.cuda.is_available(),
-    }
-    if hasattr(os, "getloadavg"):  # on a shared machine the figures depend on what else runs
-        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
-    try:
-        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        info["memory_gib"] = None
+    info: dict[str, Any] = {"torch": torch.__version__, "torch_cuda_build": torch.version.cuda,
+                            "cuda_available": torch.cuda.is_available(), "faiss": getattr(faiss, "__version__", "?"),
+                            "faiss_gpu": gpu_available()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info["gpu"] = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-                       "compute_capability": f"{props.major}.{props.minor}", "count": torch.cuda.device_count()}
+        info["compute_capability"] = f"{props.major}.{props.minor}"
     return info
 
 
@@ -171,13 +165,14 @@ def bench_search(db: np.ndarray, queries: np.ndarray, use_gpu: bool) -> tuple[di
                  "top1_agreement_with_cpu": agree}, note
 
 
-def run_check(quick: bool = False, cpu_only: bool = False) -> dict[str, Any]:
-    """Run the three measurements on the CPU and (when there is one and not cpu_only) the GPU; return the report."""
+def run_check(quick: bool = False, cpu_only: bool = False, argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the three measurements on the CPU and (when there is one and not cpu_only) the GPU; return the report, with
+    the command, date, commit and the machine as detected before and after."""
     mode = "quick" if quick else "full"
     sizes = SIZES[mode]
     use_gpu = torch.cuda.is_available() and not cpu_only
+    record = run_record("gpu_check.py", argv)
     started = time.perf_counter()
-    machine = machine_info()
     results: dict[str, Any] = {}
     work = {
         "train": {"unit": "epochs/s", "work": f"DSCMR {sizes['epochs']} epoch(s), {sizes['n_train']} train + {sizes['n_val']} val items, "
@@ -204,8 +199,9 @@ def run_check(quick: bool = False, cpu_only: bool = False) -> dict[str, Any]:
         status = "CPU only: --cpu-only was given"
     else:
         status = "CPU only: no CUDA device (torch.cuda.is_available() is False); GPU columns are empty"
-    return {"mode": mode, "gpu_measured": use_gpu, "status": status, "machine": machine, "results": results,
-            "wall_s": round(time.perf_counter() - started, 2)}
+    record.update({"mode": mode, "gpu_measured": use_gpu, "status": status, "libraries": libraries(), "results": results,
+                   "wall_s": round(time.perf_counter() - started, 2)})
+    return finish_record(record)
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -218,26 +214,61 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"{name:<9}{entry['unit']:<11}{entry['cpu']['rate']:>12.2f}{gpu}{speed}  {entry['work']}")
         if entry.get("note"):
             lines.append(f"{'':<9}note: {entry['note']}")
-    machine = report["machine"]
-    gpu = machine.get("gpu", {}).get("name", "none")
-    lines.append(f"machine: {machine['cpu_count']} CPUs, {machine['memory_gib']} GiB, GPU: {gpu}, torch {machine['torch']}, "
-                 f"faiss {machine['faiss']} (GPU support: {machine['faiss_gpu']}), load average {machine.get('load_average')}; "
-                 f"total {report['wall_s']} s")
+    libs = report["libraries"]
+    lines.append(f"machine: {describe(report['machine_before'], report.get('machine_after'))}; faiss {libs['faiss']} "
+                 f"(GPU support: {libs['faiss_gpu']}); total {report['wall_s']} s")
+    return "\n".join(lines)
+
+
+PAGE_SECTION = "gpu-check"
+
+
+def render(report: dict[str, Any]) -> str:
+    """The recorded-run section of docs/gpu-check.md, from the JSON alone (figures and conclusions)."""
+    lines = [provenance_line(report), "", load_note(report), "", "```", format_table(report), "```", ""]
+    cpu_share = []
+    for name, entry in report["results"].items():
+        cpu = entry["cpu"]
+        cpu_share.append(f"{name} {cpu['process_cpu_s']:.1f} CPU-s in {cpu['seconds']:.1f} s wall")
+    cores = report["machine_before"].get("cores") or 1
+    lines.append(f"CPU time of the process against wall time on the CPU side: {'; '.join(cpu_share)} ({cores} cores).")
+    if report["gpu_measured"]:
+        speedups = {name: entry["speedup"] for name, entry in report["results"].items() if entry["speedup"]}
+        lines.append("GPU speed-up over this machine's CPU: "
+                     + ", ".join(f"{name} {value:.1f}x" for name, value in speedups.items()) + ".")
+        search = report["results"]["search"]["gpu"]
+        lines.append(f"GPU search engine: {search['engine']}; top-1 ids agreeing with the CPU's: "
+                     f"{search['top1_agreement_with_cpu']:.1%}.")
+    else:
+        lines.append(f"No GPU figure: {report['status']}.")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the check, print the table, write the JSON."""
+    """Entry point: run the check, print the table, write the JSON (and, with --doc, the page's section)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds; for tests), not representative")
     parser.add_argument("--cpu-only", action="store_true", help="skip the GPU even when one is present")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "gpu_check.json")
+    parser.add_argument("--doc", type=Path, default=None,
+                        help=f"write the '{PAGE_SECTION}' section of this page (docs/gpu-check.md) from the JSON")
+    parser.add_argument("--from-json", action="store_true",
+                        help="with --doc: render from --out (e.g. a JSON brought back from a GPU host) without running")
     args = parser.parse_args(argv)
-    report = run_check(quick=args.quick, cpu_only=args.cpu_only)
+    if args.from_json:
+        if args.doc is None:
+            parser.error("--from-json needs --doc")
+        write_section(args.doc, PAGE_SECTION, "gpu_check.py", render(json.loads(args.out.read_text())))
+        print(f"wrote {args.doc} from {args.out}")
+        return 0
+    report = run_check(quick=args.quick, cpu_only=args.cpu_only, argv=argv)
     print(format_table(report))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
+    if args.doc is not None:
+        write_section(args.doc, PAGE_SECTION, "gpu_check.py", render(report))
+        print(f"wrote {args.doc}")
     return 0
 
 

@@ -227,8 +227,16 @@ def _content_hash(out_dir: Path, manifest: dict[str, Any]) -> str:
         if (out_dir / name).is_file():
             digest.update(name.encode() + sha256_file(out_dir / name).encode())
     stable = {k: manifest[k] for k in ("ids", "splits", "label_names", "image", "text")}
+    # The whole preparation config except what cannot change the outputs (the extraction batch size): the text
+    # encoder's settings (word dropout, mean vector, maps, ...) reach training through the prepared data without
+    # always changing a stored file, and a model's recorded prepared_hash must tell them apart.
+    stable["config"] = {k: v for k, v in manifest["config"].items() if k not in _UNHASHED_CONFIG}
     digest.update(json.dumps(stable, sort_keys=True, ensure_ascii=False).encode())
     return digest.hexdigest()
+
+
+# Config fields that do not change the prepared data or the training input, so they stay out of the content hash.
+_UNHASHED_CONFIG = frozenset({"batch_size"})
 
 
 def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:

@@ -369,7 +369,8 @@ def media_urls(request: Request, item_id: str) -> tuple[str, str]:
 
 
 def search_response(request: Request, state: ServingState, hits, k: int, target: Target, stages: dict[str, float],
-                    unknown_words: list[str] | None = None, query_modality: str | None = None) -> SearchResponse:
+                    unknown_words: list[str] | None = None, query_modality: str | None = None,
+                    query_problem: str | None = None) -> SearchResponse:
     """The response body of a search."""
     results = []
     calibration = state.encoder.calibration if query_modality is not None else None
@@ -388,7 +389,8 @@ def search_response(request: Request, state: ServingState, hits, k: int, target:
     started = request.scope.get(STARTED_KEY, time.perf_counter())
     return SearchResponse(results=results, model_hash=state.model_hash, index_version=state.index_version,
                           took_ms=round((time.perf_counter() - started) * 1000, 2), k=k, target=target,
-                          stages_ms={name: round(s * 1000, 3) for name, s in stages.items()}, unknown_words=unknown_words)
+                          stages_ms={name: round(s * 1000, 3) for name, s in stages.items()}, unknown_words=unknown_words,
+                          query_problem=query_problem)
 
 
 IMAGE_REQUEST_BODY = {
@@ -502,15 +504,17 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
         def work():
             t0 = time.perf_counter()
-            vectors = state.encoder.encode_texts([text])
+            vectors, problems = state.encoder.encode_text_queries([text])
             unknown = state.encoder.unknown_words(text)
             t1 = time.perf_counter()
-            hits = state.index.search_vectors(vectors, body.k, body.target, body.labels, query_modality="text")[0]
-            return (hits, unknown), {"encode": t1 - t0, "search": time.perf_counter() - t1}
+            # A query the model cannot represent gets no ranking rather than arbitrary items with equal scores.
+            hits = [] if problems[0] else state.index.search_vectors(vectors, body.k, body.target, body.labels, query_modality="text")[0]
+            return (hits, unknown, problems[0]), {"encode": t1 - t0, "search": time.perf_counter() - t1}
 
-        (hits, unknown), stages = await service.run_cpu(work)
+        (hits, unknown, problem), stages = await service.run_cpu(work)
         service.metrics.observe_stages("/search/text", stages)
-        return search_response(request, state, hits, body.k, body.target, stages, unknown_words=unknown, query_modality="text")
+        return search_response(request, state, hits, body.k, body.target, stages, unknown_words=unknown, query_modality="text",
+                               query_problem=problem)
 
     @app.post("/search/image", response_model=SearchResponse, responses=ERROR_RESPONSES, tags=["search"],
               openapi_extra={"requestBody": IMAGE_REQUEST_BODY}, summary="Find texts (or images) matching a picture")

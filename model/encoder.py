@@ -200,6 +200,31 @@ class CrossModalEncoder:
                                   if token not in self._vocab and any(ch.isalnum() for ch in token)))
 
     @torch.inference_mode()
+    def encode_text_queries(self, texts: Sequence[str]) -> tuple[np.ndarray, list[str | None]]:
+        """Common-space vectors of raw texts, each with what makes it unfit to rank by (None when nothing does).
+
+        "no_known_words": the vocabulary knows no token of the text, so the model sees only the unknown-word token (or
+        nothing) and its vector says nothing about the text. "degenerate_vector": the text encoder's feature is all
+        zero (no sentence-CNN map fires on it), a vector every such text shares, which would rank items by nothing
+        the text says, all with the same score. The vectors are returned either way.
+        """
+        texts = list(texts)
+        if self._tokenize is None:
+            return self.encode_texts(texts), [None] * len(texts)
+        from model.text_tokenize import OOV_ID
+
+        ids = self._tokenize(texts).to(self.device)
+        vectors, problems = [], []
+        for i in range(0, len(ids), 1024):
+            chunk = ids[i : i + 1024]
+            h = self.network.text_feature(chunk)
+            vectors.append(_unit(self.network.encode_text_feature(h)))
+            known = (chunk > OOV_ID).any(1).tolist()
+            silent = (h == 0).all(1).tolist()
+            problems += [None if k and not z else ("no_known_words" if not k else "degenerate_vector") for k, z in zip(known, silent)]
+        return np.concatenate(vectors) if vectors else np.zeros((0, self.dim), np.float32), problems
+
+    @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Common-space vectors of raw texts."""
         texts = list(texts)

@@ -150,7 +150,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                              embed_dim=args.embed_dim or (50 if args.word_vectors == "glove-6b-50d" else 300),
                              min_count=args.min_count, freeze_embeddings=args.freeze_embeddings, max_len=args.max_len,
                              pretrained_vocab=args.pretrained_vocab, word_dropout=args.word_dropout,
-                             mean_vector=args.mean_vector)
+                             mean_vector=args.mean_vector, activation=args.map_activation, pool_norm=args.pool_norm)
     ctx, device = init_from_env(args.device)
     cfg = PrepareConfig(backbone=args.backbone, weights_path=str(args.weights) if args.weights else None, text=text,
                         batch_size=args.batch_size, device=str(device), seed=args.seed, progress=not args.no_progress,
@@ -330,6 +330,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="blank each token with probability P while training the sentence CNN (default 0)")
     p.add_argument("--mean-vector", action="store_true",
                    help="append each text's mean word vector to the sentence CNN's pooled features")
+    p.add_argument("--map-activation", default="relu", choices=["relu", "leaky_relu"],
+                   help="activation after the sentence CNN's max-over-time pooling: relu (Kim 2014, the paper) or leaky_relu "
+                        "(keeps feature maps from dying on small corpora; see the training log's text_live_maps)")
+    p.add_argument("--pool-norm", action="store_true",
+                   help="batch-normalise the sentence CNN's pooled feature maps before the activation")
     p.add_argument("--text-views", type=int, default=1, metavar="N",
                    help="training views per text: the whole text plus N-1 random subsets of its segments (names, keywords, "
                         "clauses), so short queries still find their item (default 1: the whole text only)")

@@ -10,8 +10,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from model.text_tokenize import PAD_ID, TokenizerConfig
+from model.tfidf import TfidfConfig
 
-TextEncoderKind = Literal["features", "sentence_cnn", "minilm"]
+TextEncoderKind = Literal["features", "sentence_cnn", "minilm", "tfidf"]
 MapActivation = Literal["relu", "leaky_relu"]
 LEAKY_SLOPE = 0.01
 # Vector sources that are not a file path.
@@ -25,7 +26,9 @@ class TextEncoderConfig:
     """Which text encoder a model uses and how to rebuild it.
 
     kind: "features" (precomputed text vectors go straight into the text branch), "sentence_cnn" (token ids
-    through `SentenceCNN`, trained end to end), "minilm" (frozen all-MiniLM-L6-v2 sentence vectors, 384-d).
+    through `SentenceCNN`, trained end to end), "minilm" (frozen all-MiniLM-L6-v2 sentence vectors, 384-d), "tfidf"
+    (TF-IDF over word and/or character n-grams reduced by SVD, fitted on the training texts: any language; see
+    `tfidf` and model/tfidf.py).
     word_vectors: "word2vec" (trained on the training texts), "glove-6b-50d" (pretrained primary, with
     corpus word2vec for the words GloVe lacks), "random" (Kim's CNN-rand), or a path to a vector file
     (word2vec .bin/.txt, GloVe text, gensim KeyedVectors) used as primary with corpus word2vec as fallback.
@@ -60,10 +63,11 @@ class TextEncoderConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     activation: MapActivation = "relu"
     pool_norm: bool = False
+    tfidf: TfidfConfig = field(default_factory=TfidfConfig)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("features", "sentence_cnn", "minilm"):
-            raise ValueError(f"TextEncoderConfig.kind must be 'features', 'sentence_cnn' or 'minilm', got {self.kind!r}")
+        if self.kind not in ("features", "sentence_cnn", "minilm", "tfidf"):
+            raise ValueError(f"TextEncoderConfig.kind must be 'features', 'sentence_cnn', 'minilm' or 'tfidf', got {self.kind!r}")
         if not self.widths or any(w < 1 for w in self.widths):
             raise ValueError(f"widths must be positive kernel widths, got {self.widths}")
         if self.embed_dim < 1 or self.maps < 1 or self.max_len < 1 or self.min_count < 1:
@@ -87,7 +91,7 @@ class TextEncoderConfig:
 
     @property
     def output_dim(self) -> int | None:
-        """Size of the text feature this encoder produces (None for 'features': the data decides)."""
+        """Size of the text feature this encoder produces (None for 'features' and 'tfidf': the data decides)."""
         if self.kind == "sentence_cnn":
             return self.maps * len(self.widths) + (self.embed_dim if self.mean_vector else 0)
         if self.kind == "minilm":

@@ -81,10 +81,10 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=800)
-    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--embed-dim", type=int, default=100)
     parser.add_argument("--maps", type=int, default=100, help="maps per kernel width (3 widths)")
-    parser.add_argument("--noise", type=float, default=3.0, help="image-feature noise around the class prototype")
+    parser.add_argument("--noise", type=float, default=2.0, help="image-feature noise around the class prototype")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--threads", type=int, default=1, help="torch threads per case")

@@ -137,11 +137,19 @@ def test_prepare_train_and_serve_a_tfidf_model_end_to_end(tmp_path):
     from training.pipeline import train_and_save
     from training.prepare import PrepareConfig, load_prepared, prepare_corpus
 
+    from training.__main__ import main
+
     corpus_dir = make_corpus(tmp_path / "corpus", n_per_class=5)
-    text = TextEncoderConfig(kind="tfidf", tfidf=TfidfConfig(analyzer="char+word", min_df=1, dim=8))
-    summary = prepare_corpus(corpus_dir, tmp_path / "prepared", PrepareConfig(text=text, batch_size=10, progress=False))
+    assert main(["prepare", "--corpus", str(corpus_dir), "--out", str(tmp_path / "prepared"), "--text", "tfidf",
+                 "--tfidf-analyzer", "char+word", "--tfidf-char-ngrams", "2", "4", "--tfidf-min-df", "1", "--tfidf-dim", "8",
+                 "--batch-size", "10", "--no-progress"]) == 0
     prepared = load_prepared(tmp_path / "prepared")
-    assert prepared.manifest["text"]["kind"] == "tfidf" and prepared.manifest["text"]["dim"] == 8 and summary["items"] == 20
+    assert prepared.manifest["text"]["kind"] == "tfidf" and prepared.manifest["text"]["dim"] == 8 and len(prepared.manifest["ids"]) == 20
+    assert prepared.text_config.tfidf == TfidfConfig(analyzer="char+word", char_ngrams=(2, 4), min_df=1, dim=8)
+    # the same settings through the API give the same prepared data
+    text = TextEncoderConfig(kind="tfidf", tfidf=TfidfConfig(analyzer="char+word", char_ngrams=(2, 4), min_df=1, dim=8))
+    again = prepare_corpus(corpus_dir, tmp_path / "prepared", PrepareConfig(text=text, batch_size=10, progress=False))
+    assert again["content_hash"] == prepared.content_hash and again["extracted"] == 0
     data = prepared.feature_splits()
     assert not data.text_is_tokens and data.train.text.shape[1] == 8
     cfg = with_dims(preset("wiki-tuned", epochs=2, progress=False, device="cpu"), data.train.image.shape[1], 8, 4)

@@ -124,14 +124,14 @@ class Service:
 
     def _text_batch(self, queries: Sequence["TextQuery"]) -> list[Any]:
         """The text queries of one batch (in a worker thread): one encoder forward per served model, then each query's
-        own search; per query ((hits, unknown words), stage seconds) or the exception it raised."""
+        own search; per query ((hits, unknown words, query problem), stage seconds) or the exception it raised."""
         faiss.omp_set_num_threads(self.settings.search_threads)
         results: list[Any] = [None] * len(queries)
         for positions in group_by([q.state.encoder for q in queries]).values():
             encoder = queries[positions[0]].state.encoder
             started = time.perf_counter()
             try:
-                vectors = encoder.encode_texts([queries[i].text for i in positions])
+                vectors, problems = encoder.encode_text_queries([queries[i].text for i in positions])
             except Exception as exc:  # noqa: BLE001 -- raised by each request of the group
                 for i in positions:
                     results[i] = exc
@@ -139,7 +139,7 @@ class Service:
             encoded = time.perf_counter() - started
             for row, i in enumerate(positions):
                 try:
-                    results[i] = search_text_vectors(queries[i], vectors[row:row + 1], encoded)
+                    results[i] = search_text_vectors(queries[i], vectors[row:row + 1], problems[row], encoded)
                 except Exception as exc:  # noqa: BLE001 -- raised by this query's request only
                     results[i] = exc
         return results
@@ -216,14 +216,18 @@ def batching_enabled(settings: ServiceSettings) -> bool:
     return torch.cuda.is_available()
 
 
-def search_text_vectors(query: TextQuery, vectors, encoded_s: float) -> tuple[tuple[list, list[str] | None], dict[str, float]]:
-    """The rest of a text search once its text is encoded: the unknown words (timed with the encoding) and the search."""
+def search_text_vectors(query: TextQuery, vectors, problem: str | None,
+                        encoded_s: float) -> tuple[tuple[list, list[str] | None, str | None], dict[str, float]]:
+    """The rest of a text search once its text is encoded: the unknown words (timed with the encoding) and the search.
+
+    A query the model cannot represent (`problem`, see CrossModalEncoder.encode_text_queries) gets no ranking rather
+    than arbitrary items with equal scores."""
     started = time.perf_counter()
     state = query.state
     unknown = state.encoder.unknown_words(query.text)
     searched = time.perf_counter()
-    hits = state.index.search_vectors(vectors, query.k, query.target, query.labels, query_modality="text")[0]
-    return (hits, unknown), {"encode": encoded_s + searched - started, "search": time.perf_counter() - searched}
+    hits = [] if problem else state.index.search_vectors(vectors, query.k, query.target, query.labels, query_modality="text")[0]
+    return (hits, unknown, problem), {"encode": encoded_s + searched - started, "search": time.perf_counter() - searched}
 
 
 # ---------------------------------------------------------------------------------------------------- middleware
@@ -500,7 +504,8 @@ def media_urls(request: Request, item_id: str) -> tuple[str, str]:
 
 
 def search_response(request: Request, state: ServingState, hits, k: int, target: Target, stages: dict[str, float],
-                    unknown_words: list[str] | None = None, query_modality: str | None = None) -> JSONResponse:
+                    unknown_words: list[str] | None = None, query_modality: str | None = None,
+                    query_problem: str | None = None) -> JSONResponse:
     """The response of a search: a SearchResponse's JSON, built from plain dicts.
 
     Built by hand because it is on every query's path: a SearchResult model per hit, FastAPI's validation of the
@@ -533,7 +538,7 @@ def search_response(request: Request, state: ServingState, hits, k: int, target:
     started = request.scope.get(STARTED_KEY, time.perf_counter())
     return JSONResponse({"results": results, "model_hash": state.model_hash, "index_version": state.index_version,
                          "took_ms": round((time.perf_counter() - started) * 1000, 2),
-                         "unknown_words": unknown_words, "k": k, "target": target,
+                         "unknown_words": unknown_words, "query_problem": query_problem, "k": k, "target": target,
                          "stages_ms": {name: round(s * 1000, 3) for name, s in stages.items()}})
 
 
@@ -650,24 +655,26 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
         def work():
             started = time.perf_counter()
-            return search_text_vectors(query, state.encoder.encode_texts([text]), time.perf_counter() - started)
+            vectors, problems = state.encoder.encode_text_queries([text])
+            return search_text_vectors(query, vectors, problems[0], time.perf_counter() - started)
 
         service.searches_in_flight += 1
         try:
             if service.text_inline():
                 # on the event loop, whose thread has the service's torch and FAISS thread counts (configure_threads)
-                (hits, unknown), stages = work()
+                (hits, unknown, problem), stages = work()
                 stages = {"queue": 0.0, **stages}
             elif service.batching:
-                ((hits, unknown), stages), waited = await service.text_batcher.submit(query)
+                ((hits, unknown, problem), stages), waited = await service.text_batcher.submit(query)
                 stages = {"queue": waited, **stages}
             else:
-                (hits, unknown), stages = await service.run_cpu(work)
+                (hits, unknown, problem), stages = await service.run_cpu(work)
         finally:
             service.searches_in_flight -= 1
         service.record_text_work(stages)
         service.metrics.observe_stages("/search/text", stages)
-        return search_response(request, state, hits, body.k, body.target, stages, unknown_words=unknown, query_modality="text")
+        return search_response(request, state, hits, body.k, body.target, stages, unknown_words=unknown, query_modality="text",
+                               query_problem=problem)
 
     @app.post("/search/image", response_model=SearchResponse, responses=ERROR_RESPONSES, tags=["search"],
               openapi_extra={"requestBody": IMAGE_REQUEST_BODY}, summary="Find texts (or images) matching a picture")

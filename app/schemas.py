@@ -108,7 +108,13 @@ class SearchResponse(BaseModel):
     unknown_words: list[str] | None = Field(
         None, description="text searches with a word-vector model: the query's words (character n-grams for scripts written "
                           "without spaces) that the model's vocabulary lacks; each reaches the model as the one unknown-word "
-                          "token, so a query made only of them finds nothing in particular")
+                          "token, so a query made only of them finds nothing in particular (see query_problem). With a tf-idf "
+                          "model: the words none of whose longest character n-grams (or the word itself) the model knows")
+    query_problem: Literal["no_known_words", "degenerate_vector"] | None = Field(
+        None, description="text searches: why the query cannot be ranked by, in which case `results` is empty instead of "
+                          "a list of arbitrary items: 'no_known_words' (the model knows none of its words, see "
+                          "unknown_words) or 'degenerate_vector' (the model's text encoder gives it an all-zero feature, one "
+                          "that many texts share, so every item would score the same); null when the query was searched")
     k: int
     target: Target
     stages_ms: dict[str, float] = Field(default_factory=dict, description="time per stage: queue, decode, encode, search")

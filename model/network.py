@@ -70,7 +70,14 @@ class DSCMRNet(nn.Module):
 
     def encode_text(self, text_input: torch.Tensor) -> torch.Tensor:
         """Common-space representation v of a text feature (or token ids when a text encoder is set)."""
-        h = self.text_encoder(text_input) if self.text_encoder is not None else text_input
+        return self.encode_text_feature(self.text_feature(text_input))
+
+    def text_feature(self, text_input: torch.Tensor) -> torch.Tensor:
+        """h_txt: the text encoder's output for token ids, or the text feature itself when there is no text encoder."""
+        return self.text_encoder(text_input) if self.text_encoder is not None else text_input
+
+    def encode_text_feature(self, h: torch.Tensor) -> torch.Tensor:
+        """Common-space representation v of a text feature h_txt."""
         return self.shared(self.text_branch(self.text_norm(h)))
 
     def forward(self, image_features: torch.Tensor, text_input: torch.Tensor):

@@ -266,3 +266,29 @@ def write_wiki_features(root: Path, train_per_class: tuple[int, ...] = (14, 27, 
                                         "T_te": out.text["te"]})
     (root / "categories.list").write_text("\n".join(WIKI_CATEGORIES) + "\n", encoding="utf-8")
     return out
+
+
+# ------------------------------------------------------------------------------------------ a topic text corpus
+def topic_corpus(n: int, classes: int = 10, seed: int = 0, noise: float = 1.0, img_dim: int = 256, vocab: int = 3000,
+                 topic_share: float = 0.2, short_share: float = 0.05):
+    """(texts, labels 0..classes-1, image features n x img_dim float32): n pairs in `classes` classes, item i in class
+    i % classes. Each text draws its words from a Zipf-distributed common vocabulary (w0, w1, ...) and, with probability
+    `topic_share` per word, from its class's 60 topic words (c3t17, ...); a `short_share` of the texts are 1-3 words long,
+    the rest 8-39. Each image feature is its class's random prototype plus Gaussian noise of scale `noise`. On this corpus
+    a sentence CNN trained with DSCMR loses feature maps for good (bench/sentence_cnn_maps.py)."""
+    rng = np.random.default_rng(seed)
+    common = [f"w{i}" for i in range(vocab)]
+    zipf = 1 / np.arange(1, vocab + 1)
+    zipf /= zipf.sum()
+    topics = [[f"c{c}t{j}" for j in range(60)] for c in range(classes)]
+    prototypes = rng.standard_normal((classes, img_dim))
+    texts, labels, images = [], [], []
+    for i in range(n):
+        c = i % classes
+        length = int(rng.integers(1, 4) if rng.random() < short_share else rng.integers(8, 40))
+        words = [topics[c][rng.integers(60)] if rng.random() < topic_share else common[rng.choice(vocab, p=zipf)]
+                 for _ in range(length)]
+        texts.append(" ".join(words))
+        labels.append(c)
+        images.append(prototypes[c] + noise * rng.standard_normal(img_dim))
+    return texts, np.asarray(labels), np.asarray(images, dtype=np.float32)

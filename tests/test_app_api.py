@@ -245,6 +245,15 @@ def test_text_search_names_the_words_the_model_does_not_know(api, app_artefacts)
     assert api.post("/search/text", json={"text": "puppy", "k": 3}).json()["unknown_words"] == []
 
 
+def test_a_text_query_without_known_words_gets_a_flag_instead_of_a_ranking(api, app_artefacts):
+    body = api.post("/search/text", json={"text": "qzxv blorptangle", "k": 5, "target": "both"}).json()
+    assert body["query_problem"] == "no_known_words" and body["results"] == []
+    assert body["unknown_words"] == ["qzxv", "blorptangle"]
+    corpus = load_corpus(app_artefacts.corpus_dir)
+    known = api.post("/search/text", json={"text": corpus.items[0].text, "k": 5}).json()
+    assert known["query_problem"] is None and len(known["results"]) == 5
+
+
 def test_security_headers_on_the_page_the_api_and_errors(api, app_artefacts):
     item = app_artefacts.items[0]
     responses = [api.get("/"), api.get("/docs"), api.get("/static/app.js"), api.get("/docs/assets/swagger-ui.css"),

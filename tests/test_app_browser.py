@@ -67,6 +67,17 @@ def test_typing_a_query_shows_image_results(page, app_server):
     assert fits_the_screen(page)
 
 
+def test_a_query_of_unknown_words_says_so_instead_of_showing_results(page):
+    page.fill("#query", "a happy face")
+    page.press("#query", "Enter")
+    sync_api.expect(page.locator("#results .result-image")).to_have_count(20)
+    page.fill("#query", "qzxv blorptangle")
+    page.press("#query", "Enter")
+    sync_api.expect(page.locator("#message")).to_contain_text("the model knows none of these words")
+    sync_api.expect(page.locator("#message")).to_contain_text("qzxv, blorptangle")
+    sync_api.expect(page.locator("#results .result")).to_have_count(0)
+
+
 def test_uploading_an_image_shows_text_results(page, app_artefacts):
     page.set_input_files("#file", app_artefacts.items[0].image_path)
     texts = page.locator("#results .result-text")

@@ -131,7 +131,7 @@ def _wikipedia_tree(tmp_path: Path) -> Path:
     for c, cat in enumerate(categories, 1):
         for i in range(14):
             txt, img = f"t{cat}{i}", f"i{cat}{i}"
-            write_image(root / "images" / cat / f"{img}.jpg")
+            write_image(root / "images" / cat / f"{img}.jpg", (60 * c, 15 * i, 100))  # each image different
             (root / "texts" / f"{txt}.xml").write_text(_XML.format(title=txt, body=f"About {cat} number {i}.\n  Second paragraph."), encoding="utf-8")
             lines["train" if i < 10 else "test"].append(f"{txt}\t{img}\t{c}")
     # the mess: malformed XML (bare '&'), a plain .txt text, a missing image, a corrupt image, an empty text,
@@ -169,6 +169,41 @@ def test_wikipedia_raw_layout(tmp_path):
     assert item("tart5").extra == {"img_id": "iart5", "official_split": "train"}
     assert Path(item("thistory3").image_path).parent.name == "history"
     assert set(report.skipped_items("missing image")) == {"trainset_txt_img_cat.list:11 (tbiology0)"}
+
+
+def test_wikipedia_reports_stray_file_names_and_identical_images_without_changing_the_splits(tmp_path):
+    root = _wikipedia_tree(tmp_path) / "wikipedia_dataset"
+    clean, clean_report, _ = loaded_quietly(load_wikipedia, root.parent, val_fraction=0.25, seed=0)
+    assert clean_report.duplicates == [] and "byte-identical" not in clean_report.summary()
+    images = root / "images"
+    # files whose names carry a space (the real dataset has three): matched by the stripped stem, and reported
+    (images / "art" / "iart3.jpg").rename(images / "art" / "iart3 .jpg")
+    (images / "history" / "ihistory4.jpg").rename(images / "history" / "ihistory4.jpg ")
+    (root / "texts" / "tart2.xml").rename(root / "texts" / "tart2 .xml")
+    # byte-identical images: a pair inside train, a pair across train/test, a triple with two pairs across
+    for source, copies in (("art/iart6", ["art/iart7"]), ("art/iart2", ["biology/ibiology12"]),
+                           ("history/ihistory5", ["history/ihistory6", "history/ihistory11"])):
+        for copy in copies:
+            (images / f"{copy}.jpg").write_bytes((images / f"{source}.jpg").read_bytes())
+    corpus, report, caught = loaded_quietly(load_wikipedia, root.parent, val_fraction=0.25, seed=0)
+
+    assert len(caught) == 1 and "3 across official splits" in str(caught[0].message)
+    assert corpus.splits == clean.splits and [it.id for it in corpus.items] == [it.id for it in clean.items]
+    assert Path(corpus.items[corpus.position("tart3")].image_path).name == "iart3 .jpg"
+    assert report.note_counts() == {"malformed XML": 1, "stray whitespace in name": 1,
+                                    "image file name with stray whitespace": 2, "text file name with stray whitespace": 1}
+    assert {i.item for i in report.issues if i.reason == "image file name with stray whitespace"} == {
+        "trainset_txt_img_cat.list:4 (tart3)", "trainset_txt_img_cat.list:25 (thistory4)"}
+    assert report.duplicates == [
+        {"ids": ["tart2", "tbiology12"], "splits": ["train", "test"], "across_splits": True},
+        {"ids": ["tart6", "tart7"], "splits": ["train", "train"], "across_splits": False},
+        {"ids": ["thistory5", "thistory6", "thistory11"], "splits": ["train", "train", "test"], "across_splits": True}]
+    across = [("tart2", "tbiology12"), ("thistory5", "thistory11"), ("thistory6", "thistory11")]
+    assert report.duplicate_pairs(across_splits=True) == across and len(report.duplicate_pairs()) == 5
+    assert "; 5 byte-identical image pairs, 3 across official splits: tart2=tbiology12, thistory5=thistory11, " \
+           "thistory6=thistory11" in report.summary()
+    record = json.loads(json.dumps(report.as_dict()))
+    assert record["duplicate_image_pairs"] == 5 and record["duplicate_image_pairs_across_splits"] == [list(p) for p in across]
 
 
 def test_wikipedia_reports_what_is_missing(tmp_path):

@@ -114,6 +114,33 @@ def test_rerun_is_a_cache_hit_and_a_changed_image_is_the_only_recomputation(prep
     np.testing.assert_array_equal(np.delete(old, row, 0), np.delete(new, row, 0))
 
 
+def test_content_hash_covers_the_text_configuration(prepared, corpus_dir, tmp_path):
+    """Settings that reach training through the prepared data change its hash even where no stored file changes;
+    the same config (and a different extraction batch size, which cannot change the data) keeps it."""
+    out, first = prepared
+    work_out = tmp_path / "prepared"
+    shutil.copytree(out, work_out)
+
+    def hash_with(text: TextEncoderConfig, **extra) -> str:
+        summary = prepare_corpus(corpus_dir, work_out, PrepareConfig(text=text, progress=False, **{"batch_size": 8, **extra}))
+        assert summary["extracted"] == 0
+        return summary["content_hash"]
+
+    base = first["content_hash"]
+    assert hash_with(TEXT) == base and hash_with(TEXT, batch_size=5) == base
+    variants = {"word_dropout 0.3": dataclasses.replace(TEXT, word_dropout=0.3),
+                "mean_vector": dataclasses.replace(TEXT, mean_vector=True),
+                "maps 12": dataclasses.replace(TEXT, maps=12),
+                "dropout 0.2": dataclasses.replace(TEXT, dropout=0.2),
+                "frozen embeddings": dataclasses.replace(TEXT, freeze_embeddings=True)}
+    hashes = {name: hash_with(text) for name, text in variants.items()}
+    # word dropout alone leaves every stored file byte-identical: the hash is all that tells the runs apart
+    assert (work_out / "text_input.npy").read_bytes() == (out / "text_input.npy").read_bytes()
+    assert base not in hashes.values() and len(set(hashes.values())) == len(hashes), hashes
+    assert hash_with(dataclasses.replace(TEXT, word_dropout=0.3)) == hashes["word_dropout 0.3"]
+    assert hash_with(TEXT) == base
+
+
 def test_interrupted_extraction_resumes_from_stored_chunks(prepared, corpus_dir, tmp_path):
     out, _ = prepared
     work_out = tmp_path / "prepared"

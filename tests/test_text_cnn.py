@@ -271,3 +271,56 @@ def test_mean_vector_appends_the_mean_word_vector_whatever_the_padding():
         kept = [t for t, b in zip(ids, row_blank[:len(ids)].tolist()) if not b]
         expected = cnn.embedding.weight[torch.tensor(kept)].mean(0) if kept else torch.zeros(6)
         torch.testing.assert_close(row[8:], expected)
+
+
+def test_map_activity_counts_maps_that_fire_and_texts_on_which_none_fires():
+    torch.manual_seed(4)
+    cnn = SentenceCNN(vocab_size=40, embed_dim=6, widths=(2, 3), maps=4, dropout=0.5)
+    with torch.no_grad():
+        for conv in cnn.convs:
+            conv.bias.fill_(-100.0)  # every map dead ...
+        cnn.convs[0].bias[1] = 100.0  # ... but map 1 of width 2, which fires on every text
+        cnn.convs[1].bias[3] = 0.0  # map 3 of width 3 fires on some texts only
+    ids = torch.randint(2, 40, (50, 7))
+    activity = cnn.map_activity(ids)
+    assert activity.maps == 8 and activity.texts == 50 and activity.silent_texts == 0
+    pre = cnn.convs[1](cnn.embedding(ids).transpose(1, 2)).amax(2)[:, 3]
+    assert activity.live == 1 + int((pre > 0).any()) and cnn.training  # restored to training mode
+    with torch.no_grad():
+        cnn.convs[0].bias[1] = -100.0
+        cnn.convs[1].bias[3] = -100.0
+    dead = cnn.map_activity(ids)
+    assert dead.live == 0 and dead.silent_text_fraction == 1.0
+    cnn.eval()
+    with torch.no_grad():
+        assert (cnn(ids) == 0).all()  # with ReLU, dead maps leave an all-zero feature: the same for every text
+
+
+def test_leaky_activation_and_pool_norm_keep_a_gradient_and_an_informative_feature_for_dead_maps():
+    cfg = TextEncoderConfig(kind="sentence_cnn", embed_dim=6, widths=(2, 3), maps=4, activation="leaky_relu")
+    assert text_encoder_config_from_dict(json.loads(json.dumps(text_encoder_config_to_dict(cfg)))) == cfg
+    with pytest.raises(ValueError, match="activation"):
+        TextEncoderConfig(activation="gelu")  # type: ignore[arg-type]
+    ids = torch.randint(2, 40, (20, 7))
+    for kind, norm in (("relu", False), ("leaky_relu", False), ("relu", True)):
+        torch.manual_seed(5)
+        cnn = SentenceCNN.from_config(dataclasses.replace(cfg, activation=kind, pool_norm=norm), vocab_size=40)
+        with torch.no_grad():
+            for conv in cnn.convs:
+                conv.bias.fill_(-100.0)
+        cnn.train()
+        cnn(ids).sum().backward()
+        grad = cnn.convs[0].weight.grad
+        if kind == "relu" and not norm:
+            assert grad is None or (grad == 0).all()  # a dead map never learns again
+        else:
+            assert grad.abs().sum() > 0
+            with torch.no_grad():
+                for _ in range(100):  # batch norm's running statistics settle on these texts
+                    cnn(ids)
+            cnn.eval()
+            with torch.no_grad():
+                out = cnn(ids)
+            assert not (out == 0).all(1).any() and len({tuple(r) for r in out.round(decimals=5).tolist()}) == 20
+    assert "pool_norm.running_mean" in SentenceCNN.from_config(dataclasses.replace(cfg, pool_norm=True), 40).state_dict()
+    assert not any("pool_norm" in k for k in SentenceCNN.from_config(cfg, 40).state_dict())  # old models load as before

@@ -133,6 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Turn a corpus (or a dataset, made into a corpus first) into prepared data: cached features + text input."""
     from model.sentence_cnn import TextEncoderConfig
+    from model.tfidf import TfidfConfig
     from training.distributed import init_from_env
     from training.prepare import PrepareConfig, prepare_corpus
 
@@ -150,7 +151,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                              embed_dim=args.embed_dim or (50 if args.word_vectors == "glove-6b-50d" else 300),
                              min_count=args.min_count, freeze_embeddings=args.freeze_embeddings, max_len=args.max_len,
                              pretrained_vocab=args.pretrained_vocab, word_dropout=args.word_dropout,
-                             mean_vector=args.mean_vector)
+                             mean_vector=args.mean_vector, activation=args.map_activation, pool_norm=args.pool_norm,
+                             tfidf=TfidfConfig(analyzer=args.tfidf_analyzer, char_ngrams=tuple(args.tfidf_char_ngrams),
+                                               word_ngrams=tuple(args.tfidf_word_ngrams), sublinear_tf=not args.tfidf_raw_tf,
+                                               min_df=args.tfidf_min_df, max_df=args.tfidf_max_df,
+                                               max_features=args.tfidf_max_features or None, dim=args.tfidf_dim))
     ctx, device = init_from_env(args.device)
     cfg = PrepareConfig(backbone=args.backbone, weights_path=str(args.weights) if args.weights else None, text=text,
                         batch_size=args.batch_size, device=str(device), seed=args.seed, progress=not args.no_progress,
@@ -317,7 +322,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="prepared-data folder (rerun to resume or to update)")
     p.add_argument("--backbone", default="efficientnet-lite0", help="efficientnet-lite0 (default), efficientnet-lite2 or vgg19")
     p.add_argument("--weights", type=Path, help="backbone weights file (VGG19: a torchvision-format checkpoint)")
-    p.add_argument("--text", default="sentence_cnn", choices=["sentence_cnn", "minilm"])
+    p.add_argument("--text", default="sentence_cnn", choices=["sentence_cnn", "minilm", "tfidf"],
+                   help="sentence_cnn (word vectors + Kim CNN, the paper), minilm (English sentence vectors) or tfidf "
+                        "(TF-IDF over character and/or word n-grams reduced by SVD, fitted on the training texts: any "
+                        "language, scripts without spaces included; options --tfidf-*)")
+    p.add_argument("--tfidf-analyzer", default="char", choices=["char", "word", "char+word"],
+                   help="tfidf n-grams: of characters (no segmenter needed), of words (jieba for Chinese when installed), or both")
+    p.add_argument("--tfidf-char-ngrams", type=int, nargs=2, default=[1, 3], metavar=("MIN", "MAX"))
+    p.add_argument("--tfidf-word-ngrams", type=int, nargs=2, default=[1, 2], metavar=("MIN", "MAX"))
+    p.add_argument("--tfidf-raw-tf", action="store_true", help="raw term counts instead of sublinear 1 + log(tf)")
+    p.add_argument("--tfidf-min-df", type=int, default=2, help="keep n-grams in at least this many training texts")
+    p.add_argument("--tfidf-max-df", type=float, default=1.0, help="and in at most this fraction of them")
+    p.add_argument("--tfidf-max-features", type=int, default=20_000, help="keep the most frequent n-grams (0: all)")
+    p.add_argument("--tfidf-dim", type=int, default=256, help="SVD size of the tfidf text feature")
     p.add_argument("--word-vectors", default="word2vec", help="word2vec (trained on the corpus), glove-6b-50d, random, or a vector file")
     p.add_argument("--embed-dim", type=int, help="word-vector size (default 300; 50 for glove-6b-50d)")
     p.add_argument("--min-count", type=int, default=2)
@@ -330,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="blank each token with probability P while training the sentence CNN (default 0)")
     p.add_argument("--mean-vector", action="store_true",
                    help="append each text's mean word vector to the sentence CNN's pooled features")
+    p.add_argument("--map-activation", default="relu", choices=["relu", "leaky_relu"],
+                   help="activation after the sentence CNN's max-over-time pooling: relu (Kim 2014, the paper) or leaky_relu "
+                        "(keeps feature maps from dying on small corpora; see the training log's text_live_maps)")
+    p.add_argument("--pool-norm", action="store_true",
+                   help="batch-normalise the sentence CNN's pooled feature maps before the activation")
     p.add_argument("--text-views", type=int, default=1, metavar="N",
                    help="training views per text: the whole text plus N-1 random subsets of its segments (names, keywords, "
                         "clauses), so short queries still find their item (default 1: the whole text only)")

@@ -42,7 +42,8 @@ from training.config import DSCMRConfig, preset, with_dims
 from training.evaluation import CrossModalScores, cross_modal_map_torch
 from training.prepare import PreparedData, load_prepared
 from training.train import (_amp_context, _atomic_torch_save, _to_tensor, amp_mode, backward_and_step, build_model, check_device,
-                            METRICS_LOG, record_epoch, resolve_device, seed_everything)
+                            MAP_ACTIVITY_TEXTS, METRICS_LOG, record_epoch, resolve_device, seed_everything,
+                            text_map_fields)
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,8 @@ def finetune(prepared_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), r
                          _EpochOrder(len(data.val), tc.seed, shuffle=False), cfg.eval_batch_size, cfg.workers, device)
     tr_txt, tr_lab = _to_tensor(data.train.text, device, data.text_is_tokens), _to_tensor(data.train.labels, device)
     va_txt, va_lab = _to_tensor(data.val.text, device, data.text_is_tokens), _to_tensor(data.val.labels, device)
+    activity_sample = tr_txt[torch.linspace(0, len(tr_txt) - 1, min(len(tr_txt), MAP_ACTIVITY_TEXTS), device=device).long()] \
+        if data.text_is_tokens and len(tr_txt) else None
 
     config_record = {"finetune": to_dict(cfg), "dscmr": to_dict(dscmr_cfg), "prepared_hash": prepared.content_hash}
     state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "best_val": None, "best_model": None,
@@ -276,7 +279,7 @@ def finetune(prepared_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), r
         loss, j1, j2, j3 = (sums / max(seen, 1)).tolist()
         val = _split_scores(model, backbone, val_loader, va_txt, va_lab, device)
         record = {"epoch": epoch + 1, "loss": loss, "j1": j1, "j2": j2, "j3": j3, "val_i2t": val.i2t, "val_t2i": val.t2i,
-                  "val_avg": val.avg, "lr": optimizer.param_groups[0]["lr"], "images": seen}
+                  "val_avg": val.avg, "lr": optimizer.param_groups[0]["lr"], "images": seen, **text_map_fields(model, activity_sample)}
         stop = record_epoch(state, record, val, lambda: {
             "best_model": {k: t.detach().clone() for k, t in model.state_dict().items()},
             "best_backbone": {k: t.clone() for k, t in backbone.finetuned_state().items()}},

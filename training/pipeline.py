@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,28 @@ from training.features import FeatureSplits
 from training.train import encode_split, evaluate_split, features_spec, resolve_device, save_trained_model, train_dscmr, _to_tensor
 
 
+log = logging.getLogger(__name__)
+# Below this fraction of live sentence-CNN maps the trained model's metrics come with a warning.
+LIVE_MAPS_WARNING = 0.5
+
+
+def selected_map_activity(model, data: FeatureSplits) -> dict[str, Any] | None:
+    """The selected model's sentence-CNN feature maps on the training texts (None without token input or maps), with a
+    warning when most maps never fire: their texts' features then rest on a few maps, and texts on which none fires
+    share one all-zero feature."""
+    encoder = model.text_encoder
+    if not data.text_is_tokens or encoder is None or not hasattr(encoder, "map_activity"):
+        return None
+    device = next(model.parameters()).device
+    activity = encoder.map_activity(_to_tensor(data.train.text, device, True))
+    record = {"split": "train", "maps": activity.maps, "live": activity.live, "live_fraction": round(activity.live_fraction, 4),
+              "texts": activity.texts, "silent_texts": activity.silent_texts}
+    if activity.live_fraction < LIVE_MAPS_WARNING:
+        log.warning("only %d of %d text feature maps fire on any training text (%d texts get no firing map): consider "
+                    "--map-activation leaky_relu", activity.live, activity.maps, activity.silent_texts)
+    return record
+
+
 def train_and_save(data: FeatureSplits, cfg: DSCMRConfig, out_dir: str | Path, run_dir: str | Path | None = None, prepared=None) -> dict[str, Any]:
     """Train on `data` (validation-selected), evaluate on val and test, and write the model directory."""
     text_encoder = prepared.build_text_encoder() if prepared is not None else None
@@ -29,6 +52,9 @@ def train_and_save(data: FeatureSplits, cfg: DSCMRConfig, out_dir: str | Path, r
     metrics = {"test": {"i2t": test.i2t, "t2i": test.t2i, "avg": test.avg, "recall": test_recall.as_dict(), "split": "test",
                         "selected_on": "val"},
                "dataset": data.name, "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)}
+    maps = selected_map_activity(result.model, data)
+    if maps is not None:
+        metrics["text_maps"] = maps
     calibration = validation_calibration(result.model, data, cfg.train.seed)
     if calibration is not None:
         metrics[CALIBRATION_KEY] = calibration.to_dict()

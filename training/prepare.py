@@ -227,12 +227,21 @@ def _content_hash(out_dir: Path, manifest: dict[str, Any]) -> str:
         if (out_dir / name).is_file():
             digest.update(name.encode() + sha256_file(out_dir / name).encode())
     stable = {k: manifest[k] for k in ("ids", "splits", "label_names", "image", "text")}
+    # The whole preparation config except what cannot change the outputs (the extraction batch size): the text
+    # encoder's settings (word dropout, mean vector, maps, ...) reach training through the prepared data without
+    # always changing a stored file, and a model's recorded prepared_hash must tell them apart.
+    stable["config"] = {k: v for k, v in manifest["config"].items() if k not in _UNHASHED_CONFIG}
     digest.update(json.dumps(stable, sort_keys=True, ensure_ascii=False).encode())
     return digest.hexdigest()
 
 
+# Config fields that do not change the prepared data or the training input, so they stay out of the content hash.
+_UNHASHED_CONFIG = frozenset({"batch_size"})
+
+
 def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
-    """Token ids + vocabulary + word-vector matrix (sentence CNN), or frozen sentence vectors (MiniLM)."""
+    """Token ids + vocabulary + word-vector matrix (sentence CNN), frozen sentence vectors (MiniLM), or TF-IDF -> SVD
+    vectors with the fitted model (tfidf, fitted on the training texts only)."""
     text_cfg = cfg.text
     for stale in (VOCAB_FILE, EMBEDDINGS_FILE, TEXT_VIEWS_FILE):
         (out_dir / stale).unlink(missing_ok=True)
@@ -272,7 +281,23 @@ def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: 
             view_vectors = encoder.encode(views, show_progress=cfg.progress).astype(np.float32)
             np.save(out_dir / TEXT_VIEWS_FILE, view_vectors.reshape(len(items), cfg.text_views, -1))
         return {"kind": "minilm", "dim": int(vectors.shape[1])}
-    raise ValueError(f"prepare needs a text encoder that reads raw text ('sentence_cnn' or 'minilm'), got {text_cfg.kind!r}")
+    if text_cfg.kind == "tfidf":
+        from model.tfidf import TfidfTextModel
+
+        train_texts = [corpus.items[corpus.position(i)].text for i in train_ids]
+        tfidf = TfidfTextModel.fit(train_texts, text_cfg.tfidf, seed=cfg.seed)
+        texts = [it.text for it in items]
+        vectors = tfidf.transform(texts)
+        np.save(out_dir / TEXT_FILE, vectors)
+        if views:
+            np.save(out_dir / TEXT_VIEWS_FILE, tfidf.transform(views).reshape(len(items), cfg.text_views, -1))
+        _atomic_write_text(out_dir / VOCAB_FILE, json.dumps(tfidf.to_dict(), ensure_ascii=False))
+        empty = [it.id for it, known in zip(items, tfidf.known_features(texts)) if not known]
+        if empty:
+            log.warning("%d texts have no n-gram the tf-idf model kept (zero vectors), e.g. %s", len(empty), empty[:5])
+        return {"kind": "tfidf", "dim": tfidf.dim, "ngrams": len(tfidf.features), "analyzer": tfidf.cfg.analyzer,
+                "texts_without_known_ngrams": len(empty)}
+    raise ValueError(f"prepare needs a text encoder that reads raw text ('sentence_cnn', 'minilm' or 'tfidf'), got {text_cfg.kind!r}")
 
 
 @dataclass
@@ -325,14 +350,17 @@ class PreparedData:
         text_kind = self.manifest["text"]["kind"]
         if text_kind == "sentence_cnn":
             text = {"kind": "sentence_cnn", "config": json.loads(json.dumps(self.manifest["config"]["text"]))}
+        elif text_kind == "tfidf":
+            text = {"kind": "tfidf", "dim": self.manifest["text"]["dim"],
+                    "config": json.loads(json.dumps(self.manifest["config"]["text"]["tfidf"]))}
         else:
             text = {"kind": "minilm", "dim": self.manifest["text"]["dim"]}
         return {"image": image, "text": text}
 
     def vocab_dict(self) -> dict[str, Any] | None:
-        """The vocabulary a sentence-CNN model saves with itself (None for sentence-vector text)."""
+        """The vocabulary a sentence-CNN model saves with itself, or the fitted tf-idf model (None for MiniLM vectors)."""
         path = self.directory / VOCAB_FILE
-        return json.loads(path.read_text(encoding="utf-8")) if self.manifest["text"]["kind"] == "sentence_cnn" else None
+        return json.loads(path.read_text(encoding="utf-8")) if self.manifest["text"]["kind"] in ("sentence_cnn", "tfidf") else None
 
 
 def prepared_feature_cache(prepared_dir: str | Path) -> str | None:
@@ -350,7 +378,8 @@ def load_prepared(directory: str | Path) -> PreparedData:
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != PREPARED_FORMAT:
         raise PreparedDataError(f"{path} has format {manifest.get('format')!r}; this version reads {PREPARED_FORMAT}: prepare the corpus again")
-    needed = [FEATURES_FILE, TEXT_FILE, "labels.npy"] + ([VOCAB_FILE, EMBEDDINGS_FILE] if manifest["text"]["kind"] == "sentence_cnn" else [])
+    needed = [FEATURES_FILE, TEXT_FILE, "labels.npy"] + {"sentence_cnn": [VOCAB_FILE, EMBEDDINGS_FILE], "tfidf": [VOCAB_FILE]}.get(
+        manifest["text"]["kind"], [])
     missing = [n for n in needed if not (directory / n).is_file()]
     if missing:
         raise PreparedDataError(f"{directory} lacks {missing}; the preparation did not finish: run prepare again (it resumes)")

@@ -119,6 +119,10 @@ def serving_text_config(serving_model: Path, prepared: PreparedData):
         return from_dict(TextEncoderConfig, spec["config"])
     if spec.get("kind") == "minilm":
         return TextEncoderConfig(kind="minilm")
+    if spec.get("kind") == "tfidf":
+        from model.tfidf import TfidfConfig
+
+        return TextEncoderConfig(kind="tfidf", tfidf=from_dict(TfidfConfig, spec["config"]))
     return prepared.text_config
 
 

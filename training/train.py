@@ -27,6 +27,7 @@ from training.features import FeatureSplits
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
+MAP_ACTIVITY_TEXTS = 4096
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -133,6 +134,16 @@ def build_model(cfg: DSCMRConfig, text_encoder: nn.Module | None = None) -> DSCM
     return model
 
 
+def text_map_fields(model: DSCMRNet, token_ids: torch.Tensor | None) -> dict[str, float]:
+    """Metrics-log fields of the text encoder's feature maps on `token_ids`: the fraction of maps that fire on at least one
+    text (`text_live_maps`) and of texts on which none fires (`text_silent`); empty for encoders without maps."""
+    encoder = model.text_encoder
+    if token_ids is None or encoder is None or not hasattr(encoder, "map_activity"):
+        return {}
+    activity = encoder.map_activity(token_ids)
+    return {"text_live_maps": round(activity.live_fraction, 4), "text_silent": round(activity.silent_text_fraction, 4)}
+
+
 def validation_record(u_val: torch.Tensor, v_val: torch.Tensor, labels: torch.Tensor, groups: np.ndarray, criterion: str
                       ) -> tuple[CrossModalScores, CrossModalRecall, float, dict[str, float]]:
     """Validation mAP, instance recall, the selection score and the metrics-log fields of one epoch."""
@@ -157,7 +168,8 @@ def record_epoch(state: dict[str, Any], record: dict[str, Any], val: Any, best_s
                      **best_snapshot())
     else:
         state["stale"] += 1
-    bar.set_postfix(loss=f"{record['loss']:.4f}", val=f"{score:.4f}", best=f"{state['best_score']:.4f}@{state['best_epoch']}")
+    live = {"live_maps": f"{record['text_live_maps']:.2f}"} if "text_live_maps" in record else {}
+    bar.set_postfix(loss=f"{record['loss']:.4f}", val=f"{score:.4f}", best=f"{state['best_score']:.4f}@{state['best_epoch']}", **live)
     if run_path is not None:
         with (run_path / METRICS_LOG).open("a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -213,6 +225,8 @@ def train_dscmr(
     use_instance = cfg.loss.instance_weight > 0
     tr_groups = torch.from_numpy(instance_groups(data.train.text)).to(device) if use_instance else None
     va_groups = instance_groups(data.val.text)
+    # The training texts (evenly spaced, at most MAP_ACTIVITY_TEXTS) on which each epoch counts the live feature maps.
+    activity_sample = tr_txt[torch.linspace(0, n - 1, min(n, MAP_ACTIVITY_TEXTS), device=device).long()] if data.text_is_tokens else None
 
     state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "best_val": None, "best_recall": None, "best_state": None,
                              "history": [], "stale": 0, "wall_s": 0.0}
@@ -295,7 +309,7 @@ def train_dscmr(
             u_val, v_val = encode_split(model, va_img, va_txt)
             val, recall, score, val_fields = validation_record(u_val, v_val, va_lab, va_groups, tc.select_on)
             record = {"epoch": epoch + 1, "loss": loss, "j1": j1, "j2": j2, "j3": j3, "inst": inst, **val_fields,
-                      "lr": optimizer.param_groups[0]["lr"]}
+                      "lr": optimizer.param_groups[0]["lr"], **text_map_fields(model, activity_sample)}
             stop = record_epoch(state, record, val, lambda: {"best_state": {k: t.detach().clone() for k, t in model.state_dict().items()}},
                                 bar, run_path, on_epoch_end, tc.early_stopping_patience, score=score, recall=recall)
         stop = broadcast_flag(stop, device)

@@ -9,7 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from model.corpus import Corpus, Item
-from training.datasets.files import image_problem, index_files, read_text
+from training.datasets.files import identical_files, image_problem, index_files, read_text, stray_whitespace
 from training.datasets.report import LoadReport
 from training.datasets.splits import carve_validation
 
@@ -71,6 +71,9 @@ def load_wikipedia(
         if image_path is None:
             report.skip("missing image", item, f"no image {img_id}.* under {root / 'images'}")
             continue
+        if stray_whitespace(image_path):
+            report.note("image file name with stray whitespace", item,
+                        f"list names {img_id!r}, matched file {image_path.name!r} in {image_path.parent}")
         if verify_images and (problem := image_problem(image_path)):
             report.skip("corrupt image", item, f"{image_path}: {problem}")
             continue
@@ -80,6 +83,8 @@ def load_wikipedia(
             continue
         text = article_text(read_text(text_path, report, item), report, item) if text_path.suffix.lower() == ".xml" \
             else read_text(text_path, report, item).strip()
+        if stray_whitespace(text_path):
+            report.note("text file name with stray whitespace", item, f"list names {txt_id!r}, matched file {text_path.name!r}")
         if not text:
             report.skip("empty text", item, str(text_path))
             continue
@@ -94,6 +99,8 @@ def load_wikipedia(
     else:
         val = []
     corpus.splits = {"train": train, "val": val, "test": [it.id for it in items if official[it.id] == "test"]}
+    # Byte-identical images are reported, not removed: the official lists define the benchmark.
+    report.duplicate_images(identical_files({it.id: Path(it.image_path) for it in items}), official)
     return corpus, report.finish(len(items))
 
 

@@ -31,6 +31,9 @@ class LoadReport:
     loaded: int = 0
     issues: list[LoadIssue] = field(default_factory=list)
     log_limit: int = 10
+    # Facts about the loaded items worth a line of their own, e.g. {"with labels": 30, "without labels": 10}; the
+    # summary shows them in brackets after the loaded count.
+    counts: dict[str, int] = field(default_factory=dict)
 
     def skip(self, reason: str, item: str, detail: str = "") -> None:
         """Record (and log) an item that was left out of the corpus."""
@@ -72,7 +75,10 @@ class LoadReport:
 
     def summary(self) -> str:
         """One line, e.g. '2,198 loaded, 2 skipped: 1 missing image, 1 empty text; notes: 3 stray whitespace in name'."""
-        text = f"{self.loaded:,} loaded, {self.skipped:,} skipped"
+        text = f"{self.loaded:,} loaded"
+        if self.counts:
+            text += " (" + ", ".join(f"{n:,} {what}" for what, n in self.counts.items()) + ")"
+        text += f", {self.skipped:,} skipped"
         if self.skipped:
             text += ": " + ", ".join(f"{n:,} {reason}" for reason, n in self.skip_counts().items())
         notes = self.note_counts()
@@ -84,7 +90,7 @@ class LoadReport:
         """JSON-ready form: counts, summary line and every issue."""
         return {"dataset": self.dataset, "loaded": self.loaded, "skipped": self.skipped, "summary": self.summary(),
                 "skip_counts": self.skip_counts(), "note_counts": self.note_counts(),
-                "issues": [{"reason": i.reason, "item": i.item, "detail": i.detail, "skipped": i.skipped} for i in self.issues]}
+                "counts": dict(self.counts), "issues": [{"reason": i.reason, "item": i.item, "detail": i.detail, "skipped": i.skipped} for i in self.issues]}
 
     def finish(self, loaded: int) -> LoadReport:
         """Set the loaded count, log the summary and warn (LoadWarning) when items were skipped."""

@@ -102,8 +102,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train and save a model directory."""
     from training.pipeline import train_and_save
 
+    from training.config import fit_to_labels
+
     data, prepared = load_data(args)
     cfg = build_config(args, data, prepared)
+    # which loss terms the data supports (J1/J2 need labels), said before the run; the saved config and report repeat it
+    print(f"loss: {fit_to_labels(cfg, data.has_labels)[1]}", file=sys.stderr)
     report = train_and_save(data, cfg, args.out, run_dir=args.run_dir, prepared=prepared)
     print(json.dumps(report, indent=2))
     return 0
@@ -115,9 +119,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     data, _ = load_data(args)
     result = evaluate_model_dir(args.model, data, args.split)
-    print(f"{'split':<8}{'n_queries':>10}{'I->T':>9}{'T->I':>9}{'avg':>9}")
-    print(f"{result['split']:<8}{result['n_queries']:>10}{result['i2t']:>9.4f}{result['t2i']:>9.4f}{result['avg']:>9.4f}   (mAP over labels)")
-    print("precision@k:", ", ".join(f"P@{k}={v:.4f}" for k, v in result["precision_at_k"].items()))
+    if result["avg"] is None:
+        print(f"{result['split']}: {result['n_queries']} queries; {result['map_note']}")
+    else:
+        print(f"{'split':<8}{'n_queries':>10}{'I->T':>9}{'T->I':>9}{'avg':>9}")
+        print(f"{result['split']:<8}{result['n_queries']:>10}{result['i2t']:>9.4f}{result['t2i']:>9.4f}{result['avg']:>9.4f}   (mAP over labels)")
+        print("precision@k:", ", ".join(f"P@{k}={v:.4f}" for k, v in result["precision_at_k"].items()))
     print(f"instance recall (each query's own pair; {result['instances']} distinct texts, items sharing a text count as one):")
     print(f"{'':<8}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'medR':>8}{'MRR':>8}")
     for direction in ("i2t", "t2i", "avg"):

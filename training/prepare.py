@@ -30,6 +30,7 @@ from model.feature_cache import CACHE_DIR, FeatureCache, backbone_fingerprint, i
 from model.image_io import ImageDecodeError, load_image
 from model.sentence_cnn import TextEncoderConfig
 from model.text_tokenize import OOV_ID, PAD_ID
+from training.datasets.checks import check_trainable
 from training.features import FeatureSplits, SplitArrays
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,28 @@ def _splits_for(corpus: Corpus, seed: int) -> dict[str, list[str]]:
     return stratified_split(corpus.items, corpus.label_names, seed=seed)
 
 
+def usable_items(corpus: Corpus) -> tuple[list[Item], list[dict[str, str]]]:
+    """The items prepare keeps (an image and a text; a label too when the corpus has labels) and why the others go.
+
+    A corpus without labels (no label names) keeps every item with an image and a text: it trains without labels (the
+    instance term, training/train.py). A corpus with labels keeps its labelled items only: items without a label there
+    are dropped and listed.
+    """
+    labelled = bool(corpus.label_names)
+    usable, dropped = [], []
+    for it in corpus.items:
+        if not it.image_path or not (it.text or "").strip():
+            dropped.append({"id": it.id, "reason": "no image or no text"})
+        elif labelled and not it.labels:
+            dropped.append({"id": it.id, "reason": "no label (other items of this corpus have labels: it trains on those)"})
+        else:
+            usable.append(it)
+    if labelled and any(d["reason"].startswith("no label") for d in dropped):
+        log.warning("corpus %s: %d item(s) without a label are left out (the corpus has labels on %d others)", corpus.name,
+                    sum(1 for d in dropped if d["reason"].startswith("no label")), len(usable))
+    return usable, dropped
+
+
 def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig = PrepareConfig(),
                    shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """Turn a corpus folder into a prepared-data folder (see the module docstring); returns a summary."""
@@ -176,12 +199,12 @@ def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConf
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     corpus = load_corpus(corpus_dir)
     rank, world = _rank_and_world(shard)
+    usable, dropped = usable_items(corpus)
+    # refused before anything is written: no text at all, one text for every item, too few items
+    check_trainable(usable, str(corpus_dir), empty_texts=sum(1 for it in corpus.items if not (it.text or "").strip()))
     out_dir.mkdir(parents=True, exist_ok=True)
     backbone = build_image_backbone(cfg.backbone, weights_path=cfg.weights_path)
     cache = FeatureCache(out_dir / CACHE_DIR / backbone_fingerprint(backbone))
-    usable = [it for it in corpus.items if it.image_path and it.text and it.text.strip() and it.labels]
-    usable_ids = {it.id for it in usable}
-    dropped = [{"id": it.id, "reason": "no image, no text or no label"} for it in corpus.items if it.id not in usable_ids]
     keys = image_keys(usable, cfg.decode_workers)
     extraction = extract_missing_features(usable, keys, cache, backbone, cfg, (rank, world))
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -126,3 +126,55 @@ def test_labelled_loaders_are_unchanged(tmp_path):
 
     corpus, report = load_imagenet_sample(write_imagenet_sample(tmp_path, per_class=2))
     assert report.counts == {} and "(" not in report.summary() and corpus.label_names
+
+
+def _corpus_with_texts(directory, texts, labels=None):
+    from model.corpus import Corpus, Item, save_corpus
+    from tests.fixtures_data import synthetic_photo
+
+    (directory / "images").mkdir(parents=True)
+    items = []
+    for i, text in enumerate(texts):
+        path = directory / "images" / f"{i}.png"
+        synthetic_photo(i % 12, i, (48, 40)).save(path)
+        items.append(Item(f"item{i}", str(path), text, tuple(labels[i]) if labels else ()))
+    names = sorted({lab for labs in (labels or []) for lab in labs})
+    save_corpus(Corpus(items=items, label_names=names, name="t"), directory)
+    return directory
+
+
+@pytest.mark.parametrize("texts, message", [
+    (["   "] * 6, "every text is empty (6 item(s) with an empty text)"),
+    (["same caption"] * 6, "all 6 texts are identical"),
+    (["one", "two"], "only 2 usable item(s)"),
+])
+def test_prepare_refuses_an_untrainable_corpus_before_writing(tmp_path, texts, message):
+    from training.prepare import PrepareConfig, prepare_corpus
+
+    corpus_dir = _corpus_with_texts(tmp_path / "corpus", texts)
+    with pytest.raises(CorpusInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        prepare_corpus(corpus_dir, tmp_path / "prepared", PrepareConfig(progress=False))
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_training_prepare_from_a_bad_manifest_exits_2_and_writes_nothing(tmp_path):
+    path = write_caption_manifest(tmp_path / "data", per_class=2, labels="none", classes=3)
+    _rewrite_texts(path, ["the same"] * 6)
+    done = subprocess.run([sys.executable, "-m", "training", "prepare", "--dataset", "manifest", str(path), "--out",
+                           str(tmp_path / "prepared")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "all 6 texts are identical" in done.stderr and not (tmp_path / "prepared").exists()
+
+
+def test_prepare_keeps_unlabelled_items_only_in_a_corpus_without_labels(tmp_path):
+    from model.corpus import Corpus, Item
+    from training.prepare import usable_items
+
+    items = [Item("a", "/x/a.png", "a red thing", ("red",)), Item("b", "/x/b.png", "a blue thing", ()),
+             Item("c", None, "no image", ()), Item("d", "/x/d.png", "  ", ("red",))]
+    usable, dropped = usable_items(Corpus(items=items, label_names=["red"]))
+    assert [it.id for it in usable] == ["a"]
+    assert {d["id"]: d["reason"].split(" (")[0] for d in dropped} == {"b": "no label", "c": "no image or no text",
+                                                                      "d": "no image or no text"}
+    unlabelled = [Item(it.id, it.image_path, it.text, ()) for it in items]
+    usable, dropped = usable_items(Corpus(items=unlabelled, label_names=[]))
+    assert [it.id for it in usable] == ["a", "b"] and [d["id"] for d in dropped] == ["c", "d"]

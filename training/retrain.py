@@ -186,7 +186,10 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
         prepare_corpus(paths["corpus"], paths["prepared"],
                        PrepareConfig(backbone=before.manifest["config"]["backbone"], text=serving_text_config(serving_model, before),
                                      batch_size=before.manifest["config"]["batch_size"], seed=before.manifest["config"]["seed"],
-                                     text_views=before.manifest["config"].get("text_views", 1), progress=cfg.progress))
+                                     text_views=before.manifest["config"].get("text_views", 1), progress=cfg.progress,
+                                     # derived labels are derived again, with the k chosen the first time
+                                     derive_labels=before.manifest["config"].get("derive_labels", "none"),
+                                     clusters=(before.manifest.get("derived_labels") or {}).get("k")))
     prepared = load_prepared(paths["prepared"])
     train_cfg, refit = serving_recipe(serving_model, prepared, cfg)
     criterion = train_cfg.train.select_on

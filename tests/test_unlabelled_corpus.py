@@ -165,16 +165,12 @@ def test_training_prepare_from_a_bad_manifest_exits_2_and_writes_nothing(tmp_pat
     assert done.returncode == 2 and "all 6 texts are identical" in done.stderr and not (tmp_path / "prepared").exists()
 
 
-def test_prepare_keeps_unlabelled_items_only_in_a_corpus_without_labels(tmp_path):
+def test_prepare_keeps_every_item_with_an_image_and_a_text(tmp_path):
     from model.corpus import Corpus, Item
     from training.prepare import usable_items
 
     items = [Item("a", "/x/a.png", "a red thing", ("red",)), Item("b", "/x/b.png", "a blue thing", ()),
              Item("c", None, "no image", ()), Item("d", "/x/d.png", "  ", ("red",))]
     usable, dropped = usable_items(Corpus(items=items, label_names=["red"]))
-    assert [it.id for it in usable] == ["a"]
-    assert {d["id"]: d["reason"].split(" (")[0] for d in dropped} == {"b": "no label", "c": "no image or no text",
-                                                                      "d": "no image or no text"}
-    unlabelled = [Item(it.id, it.image_path, it.text, ()) for it in items]
-    usable, dropped = usable_items(Corpus(items=unlabelled, label_names=[]))
-    assert [it.id for it in usable] == ["a", "b"] and [d["id"] for d in dropped] == ["c", "d"]
+    assert [it.id for it in usable] == ["a", "b"]
+    assert dropped == [{"id": "c", "reason": "no image or no text"}, {"id": "d", "reason": "no image or no text"}]

@@ -115,3 +115,57 @@ def test_a_real_server_answers_text_and_image_queries_with_empty_label_lists(lab
             assert client.get(f"/items/{item.id}").json()["labels"] == []
     finally:
         stop_server(server)
+
+
+# ------------------------------------------------------------------------------------------ labels on some items only
+def test_masked_terms_equal_the_plain_terms_on_the_labelled_rows():
+    import torch
+
+    from model.config import LossConfig
+    from model.losses import dscmr_loss, j1_label_space, j2_common_space
+
+    torch.manual_seed(0)
+    u, v = torch.randn(10, 6), torch.randn(10, 6)
+    pu, pv = torch.randn(10, 3), torch.randn(10, 3)
+    labels = torch.nn.functional.one_hot(torch.arange(10) % 3, 3).float()
+    for form in ("released", "paper"):
+        cfg = LossConfig(norm_form=form)
+        plain = dscmr_loss(u, v, pu, pv, labels, cfg)
+        masked = dscmr_loss(u, v, pu, pv, labels, cfg, partial_labels=True)
+        for term in ("j1", "j2", "j3", "total"):
+            torch.testing.assert_close(getattr(masked, term), getattr(plain, term))
+        partial = labels.clone()
+        partial[[1, 4, 7]] = 0  # three items without a label
+        known = partial.sum(1) > 0
+        masked = dscmr_loss(u, v, pu, pv, partial, cfg, partial_labels=True)
+        torch.testing.assert_close(masked.j1, j1_label_space(pu[known], pv[known], partial[known], form))
+        torch.testing.assert_close(masked.j2, j2_common_space(u[known], v[known], partial[known]))
+
+
+def test_a_mixed_corpus_trains_j1_j2_on_its_labelled_items_and_the_pairs_on_all(tmp_path):
+    from model.corpus import save_corpus
+    from model.sentence_cnn import TextEncoderConfig
+    from training.config import preset, with_dims
+    from training.datasets import load_manifest
+    from training.pipeline import evaluate_model_dir, train_and_save
+    from training.prepare import PrepareConfig, load_prepared, prepare_corpus
+
+    corpus, report = load_manifest(write_caption_manifest(tmp_path / "data", per_class=4, labels="mixed", classes=6))
+    assert report.counts == {"with labels": 12, "without labels": 12}
+    save_corpus(corpus, tmp_path / "corpus")
+    text = TextEncoderConfig(kind="sentence_cnn", word_vectors="word2vec", embed_dim=16, maps=8, min_count=1, max_len=32,
+                             word2vec_epochs=3)
+    summary = prepare_corpus(tmp_path / "corpus", tmp_path / "prepared", PrepareConfig(text=text, progress=False))
+    assert summary["items"] == 24  # the unlabelled items are kept
+    prepared = load_prepared(tmp_path / "prepared")
+    data = prepared.feature_splits()
+    assert data.has_labels and data.partially_labelled
+    cfg = with_dims(preset("wiki-tuned", epochs=5, progress=False, device="cpu"), 1280, text.output_dim, len(data.label_names))
+    report = train_and_save(data, cfg, tmp_path / "model", prepared=prepared)
+    terms = report["loss_terms"]
+    assert terms["j1"] and terms["j2"] and terms["j3"] and terms["instance_weight"] == 1.0 and terms["select_on"] == "map"
+    assert terms["note"].startswith("data with labels on some items: loss terms J1 + J2 over the labelled items")
+    assert report["val"]["avg"] is not None and 0 < report["test"]["avg"] <= 1  # mAP over the labelled items
+    result = evaluate_model_dir(tmp_path / "model", data, "test")
+    n_known = int((data.test.labels.sum(1) > 0).sum())
+    assert result["map_over"] == f"{n_known} labelled items of {len(data.test)}" and result["n_queries"] == len(data.test)

@@ -86,7 +86,7 @@ def loss_terms(cfg: DSCMRConfig) -> dict[str, object]:
             "instance": loss.instance_weight > 0, "instance_weight": loss.instance_weight, "select_on": cfg.train.select_on}
 
 
-def fit_to_labels(cfg: DSCMRConfig, has_labels: bool) -> tuple[DSCMRConfig, str]:
+def fit_to_labels(cfg: DSCMRConfig, has_labels: bool, partial: bool = False) -> tuple[DSCMRConfig, str]:
     """`cfg` with the loss terms and the selection criterion the data supports, and one line saying which.
 
     With labels nothing changes. Without labels J1 (label space) and J2 (label relevance) have nothing to learn from, so
@@ -94,7 +94,19 @@ def fit_to_labels(cfg: DSCMRConfig, has_labels: bool) -> tuple[DSCMRConfig, str]
     on the pairs alone, the instance term at LABEL_FREE_INSTANCE_WEIGHT when the configuration sets no weight; and the
     kept epoch is chosen on validation R@10 of each query's own pair (ties broken by its mean reciprocal rank), since mAP
     over labels is undefined.
+
+    With labels on some items only (`partial`), J1 and J2 count the labelled items, J3 and the instance term (at
+    LABEL_FREE_INSTANCE_WEIGHT when none is set) train every pair, and mAP is measured over the labelled items.
     """
+    if has_labels and partial:
+        weight = cfg.loss.instance_weight if cfg.loss.instance_weight > 0 else LABEL_FREE_INSTANCE_WEIGHT
+        fitted = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, instance_weight=weight))
+        t = loss_terms(fitted)
+        on = [name for name, key in (("J1", "j1"), ("J2", "j2")) if t[key]]
+        rest = (["J3"] if t["j3"] else []) + [f"instance term (weight {weight:g})"]
+        return fitted, (f"data with labels on some items: loss terms {' + '.join(on) or 'none'} over the labelled items, "
+                        f"{' + '.join(rest)} over every pair; kept epoch chosen on validation {cfg.train.select_on} (mAP over "
+                        "the labelled items)" + ("" if cfg.loss.instance_weight > 0 else f" [instance weight {weight:g} (none was set)]"))
     if has_labels:
         t = loss_terms(cfg)
         on = [name for name, key in (("J1", "j1"), ("J2", "j2"), ("J3", "j3"), ("instance term", "instance")) if t[key]]

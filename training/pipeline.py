@@ -100,7 +100,8 @@ def validation_calibration(model, data: FeatureSplits, seed: int = 0):
     for split in ("val", "train"):
         s = data.split(split)
         u, v = encode_split(model, _to_tensor(s.image, dev), _to_tensor(s.text, dev, data.text_is_tokens))
-        encoded[split] = (u.cpu().numpy(), v.cpu().numpy(), s.labels)
+        known = s.labels.sum(1) > 0  # with labels on some items only, relevance is known among those
+        encoded[split] = (u.cpu().numpy()[known], v.cpu().numpy()[known], s.labels[known])
         calibration = fit_score_calibration(*(np.concatenate([part[i] for part in encoded.values()]) for i in range(3)), seed=seed)
         if calibration is not None:
             # a validation split too small to hold relevant pairs in every direction borrows the training items (whose
@@ -127,10 +128,14 @@ def evaluate_model_dir(model_dir: str | Path, data: FeatureSplits, split: str, d
         # nothing is relevant to anything by label: mAP, precision@k and the PR curve are undefined, recall is the measure
         return {"i2t": None, "t2i": None, "avg": None, "map_note": MAP_UNDEFINED_NOTE, **common, "precision_at_k": None,
                 "precision_at_k_t2i": None, "pr_curve_i2t": None, "pr_curve_t2i": None}
-    p_i2t = precision_at_k(u, v, s.labels, s.labels)
-    return {"i2t": scores.i2t, "t2i": scores.t2i, "avg": scores.avg, "split": split, "n_queries": len(s),
-            "recall": recall.as_dict(), "instances": int(len(set(instance_groups(s.text).tolist()))),
-            "model_hash": artefact.content_hash, "precision_at_k": {str(k): val for k, val in p_i2t.items()},
-            "precision_at_k_t2i": {str(k): val for k, val in precision_at_k(v, u, s.labels, s.labels).items()},
-            "pr_curve_i2t": precision_recall_curve(u, v, s.labels, s.labels),
-            "pr_curve_t2i": precision_recall_curve(v, u, s.labels, s.labels)}
+    labels = s.labels
+    if not (labels.sum(1) > 0).all():
+        known = labels.sum(1) > 0  # precision and the PR curve over the items that have a label, like mAP
+        u, v, labels = u[known], v[known], labels[known]
+        common["map_over"] = f"{int(known.sum())} labelled items of {len(known)}"
+    p_i2t = precision_at_k(u, v, labels, labels)
+    return {"i2t": scores.i2t, "t2i": scores.t2i, "avg": scores.avg, **common,
+            "precision_at_k": {str(k): val for k, val in p_i2t.items()},
+            "precision_at_k_t2i": {str(k): val for k, val in precision_at_k(v, u, labels, labels).items()},
+            "pr_curve_i2t": precision_recall_curve(u, v, labels, labels),
+            "pr_curve_t2i": precision_recall_curve(v, u, labels, labels)}

@@ -174,24 +174,21 @@ def _splits_for(corpus: Corpus, seed: int) -> dict[str, list[str]]:
 
 
 def usable_items(corpus: Corpus) -> tuple[list[Item], list[dict[str, str]]]:
-    """The items prepare keeps (an image and a text; a label too when the corpus has labels) and why the others go.
+    """The items prepare keeps -- every item with an image and a text, labelled or not -- and why the others go.
 
-    A corpus without labels (no label names) keeps every item with an image and a text: it trains without labels (the
-    instance term, training/train.py). A corpus with labels keeps its labelled items only: items without a label there
-    are dropped and listed.
+    Items without a label train on their pair alone (J3 and the instance term, training/train.py): all of them in a corpus
+    without labels; in a corpus where only some items have labels, J1 and J2 count the labelled ones.
     """
-    labelled = bool(corpus.label_names)
     usable, dropped = [], []
     for it in corpus.items:
         if not it.image_path or not (it.text or "").strip():
             dropped.append({"id": it.id, "reason": "no image or no text"})
-        elif labelled and not it.labels:
-            dropped.append({"id": it.id, "reason": "no label (other items of this corpus have labels: it trains on those)"})
         else:
             usable.append(it)
-    if labelled and any(d["reason"].startswith("no label") for d in dropped):
-        log.warning("corpus %s: %d item(s) without a label are left out (the corpus has labels on %d others)", corpus.name,
-                    sum(1 for d in dropped if d["reason"].startswith("no label")), len(usable))
+    unlabelled = sum(1 for it in usable if not it.labels)
+    if corpus.label_names and unlabelled:
+        log.info("corpus %s: %d of %d items have no label; they train on their pairs (J3 + instance term)", corpus.name,
+                 unlabelled, len(usable))
     return usable, dropped
 
 

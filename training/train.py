@@ -145,8 +145,13 @@ def finite_or_none(value: float | None) -> float | None:
 
 
 def labelled_map_torch(u: torch.Tensor, v: torch.Tensor, labels: torch.Tensor) -> CrossModalScores:
-    """mAP both ways over labels; undefined (NaN) for data without labels (no classes)."""
-    return cross_modal_map_torch(u, v, labels) if labels.shape[1] else UNDEFINED_MAP
+    """mAP both ways over labels, among the items that have a label; undefined (NaN) for data without labels."""
+    if not labels.shape[1]:
+        return UNDEFINED_MAP
+    known = labels.sum(1) > 0
+    if bool(known.all()):
+        return cross_modal_map_torch(u, v, labels)
+    return cross_modal_map_torch(u[known], v[known], labels[known]) if bool(known.any()) else UNDEFINED_MAP
 
 
 def validation_record(u_val: torch.Tensor, v_val: torch.Tensor, labels: torch.Tensor, groups: np.ndarray, criterion: str
@@ -200,7 +205,8 @@ def train_dscmr(
     """
     data.validate()
     # Data without labels trains J3 and the instance term and selects on R@10 (training/config.py: fit_to_labels).
-    cfg, terms_note = fit_to_labels(cfg, data.has_labels)
+    partial = data.partially_labelled
+    cfg, terms_note = fit_to_labels(cfg, data.has_labels, partial=partial)
     log.info("%s", terms_note)
     tc = cfg.train
     ctx, device = init_from_env(tc.device)
@@ -292,7 +298,9 @@ def train_dscmr(
             with autocast():
                 if ridge:
                     u, v = model.encode_image(img), model.encode_text(txt)
-                    model.classifier.weight.data.copy_(ridge_classifier(u.detach().float(), v.detach().float(), lab, cfg.loss.ridge))
+                    known = lab.sum(1) > 0 if partial else slice(None)  # the closed form fits the labelled rows
+                    model.classifier.weight.data.copy_(ridge_classifier(u.detach().float()[known], v.detach().float()[known],
+                                                                        lab[known], cfg.loss.ridge))
                     pu, pv = model.classifier(u), model.classifier(v)
                 else:
                     u, v, pu, pv = step_module(img, txt)
@@ -306,7 +314,8 @@ def train_dscmr(
             ids = tr_groups[idx] if use_instance else None
             # The instance term, like global J2, compares this process's pairs with the whole all-gathered batch.
             inst_columns = (u_all, v_all, all_gather_with_grad(ids)) if global_instance else None
-            terms = dscmr_loss(u, v, pu, pv, lab, cfg.loss, j2_columns=columns, instance_ids=ids, instance_columns=inst_columns)
+            terms = dscmr_loss(u, v, pu, pv, lab, cfg.loss, j2_columns=columns, instance_ids=ids, instance_columns=inst_columns,
+                               partial_labels=partial)
             backward_and_step(terms.total, optimizer, scaler)
             sums += torch.stack([terms.total.detach(), terms.j1.detach(), terms.j2.detach(), terms.j3.detach(),
                                  terms.inst.detach()]).float() * len(idx)

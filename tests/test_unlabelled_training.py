@@ -169,3 +169,31 @@ def test_a_mixed_corpus_trains_j1_j2_on_its_labelled_items_and_the_pairs_on_all(
     result = evaluate_model_dir(tmp_path / "model", data, "test")
     n_known = int((data.test.labels.sum(1) > 0).sum())
     assert result["map_over"] == f"{n_known} labelled items of {len(data.test)}" and result["n_queries"] == len(data.test)
+
+
+def test_the_retrain_job_accepts_a_corpus_without_labels(tmp_path):
+    from index.build import BuildConfig, build_index
+    from index.store import read_current
+    from model.corpus import save_corpus
+    from tests.test_prepare import TEXT
+    from training.config import preset, with_dims
+    from training.datasets import load_manifest
+    from training.demo import artefact_paths, train_into_models
+    from training.prepare import PrepareConfig, prepare_corpus
+    from training.retrain import RetrainConfig, retrain
+
+    paths = artefact_paths(tmp_path)
+    corpus, _ = load_manifest(write_caption_manifest(tmp_path / "data", per_class=3, labels="none", classes=8))
+    save_corpus(corpus, paths["corpus"])
+    prepare_corpus(paths["corpus"], paths["prepared"], PrepareConfig(text=TEXT, batch_size=8, progress=False))
+    cfg = with_dims(preset("wiki-tuned", epochs=1, progress=False, seed=0), 1280, TEXT.output_dim, 0)
+    weak = train_into_models(paths["prepared"], paths["models"], cfg)
+    build_index(weak["model_dir"], paths["corpus"], paths["index"], BuildConfig(show_progress=False))
+    before = read_current(paths["index"])
+    report = retrain(tmp_path, RetrainConfig(epochs=20, early_stopping=None, progress=False))
+    assert report["decision"] in ("promoted", "rejected"), report
+    assert report["criterion"] == "r10" and report["training_config"]["loss"]["use_j1"] is False
+    for name in ("serving", "candidate"):
+        scores = report["scores"][name]["val"]
+        assert scores["avg"] is None and scores["score"] == scores["recall"]["avg"]["r10"]
+    assert (read_current(paths["index"]) != before) == (report["decision"] == "promoted")

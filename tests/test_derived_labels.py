@@ -89,6 +89,26 @@ def test_prepare_derives_and_stores_cluster_labels_and_train_uses_j1_j2(tmp_path
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "loss: data with labels: loss terms J1 + J2 + J3" in trained.stderr
     assert json.loads((tmp_path / "model" / "labels.json").read_text()) == derived["names"]
+    # the derived corpus carries the labels to the index: label names and filters by them
+    from index.build import BuildConfig, build_index
+    from index.search import SearchIndex
+    from model.corpus import load_corpus
+    from model.encoder import load_encoder
+
+    assert derived["corpus"] == "corpus-derived"
+    relabelled = load_corpus(prepared / "corpus-derived")
+    assert relabelled.label_names == derived["names"] and relabelled.splits == meta["splits"]
+    by_row = {i: derived["names"][int(np.argmax(labels[r]))] for r, i in enumerate(meta["ids"])}
+    assert all(it.labels == (by_row[it.id],) for it in relabelled.items)
+    version = build_index(tmp_path / "model", prepared / "corpus-derived", tmp_path / "index",
+                          BuildConfig(show_progress=False, feature_cache=str(prepared / "feature_cache")))
+    index = SearchIndex.load(version)
+    index.attach_encoder(load_encoder(tmp_path / "model", device="cpu"))
+    assert index.label_names == sorted(derived["names"])
+    name = derived["names"][0]
+    hits = index.search_text(relabelled.items[0].text, k=48, target="image", labels=[name])
+    assert hits and all(h.labels == (name,) or list(h.labels) == [name] for h in hits)
+    assert len(hits) == sum(1 for it in relabelled.items if it.labels == (name,))
 
 
 def test_more_clusters_than_train_items_fails_before_anything_is_written(tmp_path):

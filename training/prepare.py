@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from model.artefact import sha256_file
 from model.config import from_dict
-from model.corpus import SPLITS, Corpus, Item, load_corpus
+from model.corpus import SPLITS, Corpus, Item, load_corpus, save_corpus
 from model.feature_cache import CACHE_DIR, FeatureCache, backbone_fingerprint, image_file_key
 from model.image_io import ImageDecodeError, load_image
 from model.sentence_cnn import TextEncoderConfig
@@ -42,6 +42,8 @@ TEXT_VIEWS_FILE = "text_views.npy"
 EMBEDDINGS_FILE = "word_embeddings.npy"
 VOCAB_FILE = "vocab.json"
 PREPARED_FORMAT = 1
+# A copy of the corpus labelled with the derived labels (prepare --derive-labels), inside the prepared folder.
+DERIVED_CORPUS_DIR = "corpus-derived"
 
 
 @dataclass(frozen=True)
@@ -293,7 +295,11 @@ def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConf
         "extraction": {k: v for k, v in extraction.items() if k != "skipped"},
     }
     if derived is not None:
-        manifest["derived_labels"] = derived.to_dict()
+        manifest["derived_labels"] = {**derived.to_dict(), "corpus": DERIVED_CORPUS_DIR}
+        # the kept items with their derived label, for the index build: the service then shows the names as label chips
+        # and filters by them (python -m index build --corpus PREPARED/corpus-derived)
+        save_corpus(Corpus(items=[dataclasses.replace(it, labels=(derived.names[a],)) for it, a in zip(kept, derived.assignment)],
+                           label_names=list(derived.names), splits=splits, name=f"{corpus.name}-derived"), out_dir / DERIVED_CORPUS_DIR)
     manifest["content_hash"] = _content_hash(out_dir, manifest)
     _atomic_write_text(out_dir / PREPARED_FILE, json.dumps(manifest, ensure_ascii=False, indent=1))
     sizes = {s: len(v) for s, v in splits.items()}

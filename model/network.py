@@ -1,6 +1,8 @@
 """The DSCMR network: two modality branches, one shared common-space layer and a linear classifier."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -62,7 +64,9 @@ class DSCMRNet(nn.Module):
         self.image_branch = _branch(cfg.image_input_dim, cfg)
         self.text_branch = _branch(cfg.text_input_dim, cfg)
         self.shared = nn.Linear(cfg.hidden_dim, cfg.common_dim)
-        self.classifier = nn.Linear(cfg.common_dim, cfg.num_classes)
+        with warnings.catch_warnings():  # a corpus without labels has no classes: an empty classifier, never used
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+            self.classifier = nn.Linear(cfg.common_dim, cfg.num_classes)
 
     def encode_image(self, image_features: torch.Tensor) -> torch.Tensor:
         """Common-space representation u of backbone image features."""

@@ -292,3 +292,44 @@ def topic_corpus(n: int, classes: int = 10, seed: int = 0, noise: float = 1.0, i
         labels.append(c)
         images.append(prototypes[c] + noise * rng.standard_normal(img_dim))
     return texts, np.asarray(labels), np.asarray(images, dtype=np.float32)
+
+
+# ------------------------------------------------------------------------------------- caption manifest (BYO corpus)
+def write_caption_manifest(root: Path, per_class: int = 4, *, labels: str = "none", fmt: str = "jsonl",
+                           image_size: tuple[int, int] = (64, 48), classes: int | None = None) -> Path:
+    """A bring-your-own manifest of Pillow-drawn photos with WordNet-style captions under `root`; returns the manifest path.
+
+    Items come class by class (the coarse classes of SYNSETS, `classes` of them), `per_class` each; every caption is
+    distinct. `labels`: "none" (no labels column), "empty" (the column is there and empty), "all" (each item's coarse
+    class) or "mixed" (every second item labelled). `fmt`: "jsonl" or "csv".
+    """
+    import csv
+
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c, coarse in enumerate(COARSE_CLASSES[: classes or len(COARSE_CLASSES)]):
+        for k in range(per_class):
+            base = SYNSETS[coarse][k % len(SYNSETS[coarse])]
+            text = f"{base.words[0]}: {base.gloss}" + (f" (photo {k})" if k >= len(SYNSETS[coarse]) else "")
+            file = f"images/{coarse}_{k}.png"
+            synthetic_photo(c, k, image_size).save(root / file)
+            row = {"image": file, "text": text}
+            if labels == "empty":
+                row["labels"] = [] if fmt == "jsonl" else ""
+            elif labels == "all" or (labels == "mixed" and len(rows) % 2 == 0):
+                row["labels"] = [coarse] if fmt == "jsonl" else coarse
+            elif labels == "mixed":
+                row["labels"] = [] if fmt == "jsonl" else ""
+            rows.append(row)
+    if fmt == "jsonl":
+        path = root / "manifest.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    else:
+        path = root / "manifest.csv"
+        columns = ["image", "text"] + (["labels"] if labels != "none" else [])
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    return path

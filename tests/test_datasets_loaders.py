@@ -103,7 +103,7 @@ def test_manifest_csv_with_official_train_test_split(tmp_path):
 
 def test_manifest_missing_columns_is_a_clear_error(tmp_path):
     (tmp_path / "m.csv").write_text("image,caption\na.jpg,hello\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['text', 'labels'\]; found \['caption', 'image'\]"):
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['text'\]; found \['caption', 'image'\]"):
         load_manifest(tmp_path / "m.csv")
     (tmp_path / "empty-folder").mkdir()
     with pytest.raises(FileNotFoundError, match="no manifest"):

@@ -102,8 +102,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train and save a model directory."""
     from training.pipeline import train_and_save
 
+    from training.config import fit_to_labels
+
     data, prepared = load_data(args)
     cfg = build_config(args, data, prepared)
+    # which loss terms the data supports (J1/J2 need labels), said before the run; the saved config and report repeat it
+    print(f"loss: {fit_to_labels(cfg, data.has_labels)[1]}", file=sys.stderr)
     report = train_and_save(data, cfg, args.out, run_dir=args.run_dir, prepared=prepared)
     print(json.dumps(report, indent=2))
     return 0
@@ -115,9 +119,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     data, _ = load_data(args)
     result = evaluate_model_dir(args.model, data, args.split)
-    print(f"{'split':<8}{'n_queries':>10}{'I->T':>9}{'T->I':>9}{'avg':>9}")
-    print(f"{result['split']:<8}{result['n_queries']:>10}{result['i2t']:>9.4f}{result['t2i']:>9.4f}{result['avg']:>9.4f}   (mAP over labels)")
-    print("precision@k:", ", ".join(f"P@{k}={v:.4f}" for k, v in result["precision_at_k"].items()))
+    if result["avg"] is None:
+        print(f"{result['split']}: {result['n_queries']} queries; {result['map_note']}")
+    else:
+        print(f"{'split':<8}{'n_queries':>10}{'I->T':>9}{'T->I':>9}{'avg':>9}")
+        print(f"{result['split']:<8}{result['n_queries']:>10}{result['i2t']:>9.4f}{result['t2i']:>9.4f}{result['avg']:>9.4f}   (mAP over labels)")
+        print("precision@k:", ", ".join(f"P@{k}={v:.4f}" for k, v in result["precision_at_k"].items()))
     print(f"instance recall (each query's own pair; {result['instances']} distinct texts, items sharing a text count as one):")
     print(f"{'':<8}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'medR':>8}{'MRR':>8}")
     for direction in ("i2t", "t2i", "avg"):
@@ -137,16 +144,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from training.distributed import init_from_env
     from training.prepare import PrepareConfig, prepare_corpus
 
-    corpus_dir = args.corpus
-    if args.dataset:
-        from model.corpus import save_corpus
-        from training.datasets.registry import load_dataset
-
-        kind, root = args.dataset
-        corpus_dir = args.out / "corpus"
-        corpus, report = load_dataset(kind, Path(root))
-        save_corpus(corpus, corpus_dir)
-        print(report)
     text = TextEncoderConfig(kind=args.text, word_vectors=args.word_vectors,
                              embed_dim=args.embed_dim or (50 if args.word_vectors == "glove-6b-50d" else 300),
                              min_count=args.min_count, freeze_embeddings=args.freeze_embeddings, max_len=args.max_len,
@@ -159,7 +156,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     ctx, device = init_from_env(args.device)
     cfg = PrepareConfig(backbone=args.backbone, weights_path=str(args.weights) if args.weights else None, text=text,
                         batch_size=args.batch_size, device=str(device), seed=args.seed, progress=not args.no_progress,
-                        text_views=args.text_views)
+                        text_views=args.text_views, derive_labels=args.derive_labels, clusters=args.clusters)
+    corpus_dir = args.corpus
+    if args.dataset:
+        from model.corpus import save_corpus
+        from training.datasets.registry import load_dataset
+        from training.prepare import check_preparable
+
+        kind, root = args.dataset
+        corpus_dir = args.out / "corpus"
+        corpus, report = load_dataset(kind, Path(root))
+        check_preparable(corpus, cfg, str(root))  # bad input is refused before OUT/corpus is written
+        save_corpus(corpus, corpus_dir)
+        print(report)
     shard = None
     if args.shard:
         from index.shards import parse_shard
@@ -355,6 +364,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text-views", type=int, default=1, metavar="N",
                    help="training views per text: the whole text plus N-1 random subsets of its segments (names, keywords, "
                         "clauses), so short queries still find their item (default 1: the whole text only)")
+    p.add_argument("--derive-labels", choices=["none", "clusters"], default="none",
+                   help="labels made from the texts for a corpus without labels, so that J1/J2 apply: clusters = k-means over "
+                        "the text features, each cluster named by its top terms (default none: train on the pairs alone)")
+    p.add_argument("--clusters", type=int, metavar="K", help="number of clusters (default: chosen on validation from 4, 8, 16, 32, 64)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

@@ -51,8 +51,22 @@ class FeatureSplits:
                                  np.concatenate([p.labels for p in parts]), [i for p in parts for i in p.ids], text_views=views)
         return FeatureSplits(everything, self.val, self.test, list(self.label_names), name=self.name, text_is_tokens=self.text_is_tokens)
 
+    @property
+    def has_labels(self) -> bool:
+        """False for a corpus without labels (no classes): it trains on the pairs alone (see training/train.py)."""
+        return bool(self.label_names)
+
+    @property
+    def partially_labelled(self) -> bool:
+        """True when the data has classes but some training items have no label (all-zero label rows): J1 and J2 then
+        count the labelled items only, and mAP is measured over them."""
+        return self.has_labels and bool((self.train.labels.sum(1) == 0).any())
+
     def validate(self) -> None:
-        """Refuse data that would train silently wrong: shape mismatches, NaN/inf, empty splits or classes."""
+        """Refuse data that would train silently wrong: shape mismatches, NaN/inf, empty splits or classes.
+
+        Data without labels (no class names, labels of shape (n, 0)) is valid: every item is then unlabelled; so are items
+        without a label (all-zero rows) next to labelled ones, as long as the train split has labelled items."""
         c = len(self.label_names)
         for name in ("train", "val", "test"):
             s = self.split(name)
@@ -74,9 +88,9 @@ class FeatureSplits:
                 raise DataValidationError(f"{name} split: labels have shape {s.labels.shape}, expected (n, {c}) for classes {self.label_names}")
             if not np.isin(s.labels, (0, 1)).all():
                 raise DataValidationError(f"{name} split: labels must be 0/1 indicator vectors")
-            if (s.labels.sum(1) == 0).any():
-                row = int(np.argmax(s.labels.sum(1) == 0))
-                raise DataValidationError(f"{name} split: item at row {row} has no label; every item needs at least one class")
+        if c and not (self.train.labels.sum(1) > 0).any():
+            raise DataValidationError(f"no training item has a label (classes {self.label_names}); give some items labels, or "
+                                      "pass data without classes to train on the pairs alone")
         empty = [self.label_names[j] for j in np.flatnonzero(self.train.labels.sum(0) == 0)]
         if empty:
             raise DataValidationError(f"classes {empty} have no training items; drop them from the class list or add training data")

@@ -25,11 +25,12 @@ from tqdm import tqdm
 
 from model.artefact import sha256_file
 from model.config import from_dict
-from model.corpus import SPLITS, Corpus, Item, load_corpus
+from model.corpus import SPLITS, Corpus, Item, load_corpus, save_corpus
 from model.feature_cache import CACHE_DIR, FeatureCache, backbone_fingerprint, image_file_key
 from model.image_io import ImageDecodeError, load_image
 from model.sentence_cnn import TextEncoderConfig
 from model.text_tokenize import OOV_ID, PAD_ID
+from training.datasets.checks import CorpusInputError, check_trainable
 from training.features import FeatureSplits, SplitArrays
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ TEXT_VIEWS_FILE = "text_views.npy"
 EMBEDDINGS_FILE = "word_embeddings.npy"
 VOCAB_FILE = "vocab.json"
 PREPARED_FORMAT = 1
+# A copy of the corpus labelled with the derived labels (prepare --derive-labels), inside the prepared folder.
+DERIVED_CORPUS_DIR = "corpus-derived"
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,10 @@ class PrepareConfig:
     # Training views per text (1: the whole text only; N > 1 adds N - 1 random subsets of its segments, see
     # training/text_views.py); stored as text_views.npy, used by training only.
     text_views: int = 1
+    # Labels derived from the texts (training/derived_labels.py): "none", or "clusters" (k-means over the text features;
+    # `clusters` = k, or None to choose k on validation from a small grid). They replace the corpus's labels for training.
+    derive_labels: str = "none"
+    clusters: int | None = None
 
 
 class PreparedDataError(ValueError):
@@ -168,6 +175,78 @@ def _splits_for(corpus: Corpus, seed: int) -> dict[str, list[str]]:
     return stratified_split(corpus.items, corpus.label_names, seed=seed)
 
 
+def usable_items(corpus: Corpus) -> tuple[list[Item], list[dict[str, str]]]:
+    """The items prepare keeps -- every item with an image and a text, labelled or not -- and why the others go.
+
+    Items without a label train on their pair alone (J3 and the instance term, training/train.py): all of them in a corpus
+    without labels; in a corpus where only some items have labels, J1 and J2 count the labelled ones.
+    """
+    usable, dropped = [], []
+    for it in corpus.items:
+        if not it.image_path or not (it.text or "").strip():
+            dropped.append({"id": it.id, "reason": "no image or no text"})
+        else:
+            usable.append(it)
+    unlabelled = sum(1 for it in usable if not it.labels)
+    if corpus.label_names and unlabelled:
+        log.info("corpus %s: %d of %d items have no label; they train on their pairs (J3 + instance term)", corpus.name,
+                 unlabelled, len(usable))
+    return usable, dropped
+
+
+def check_preparable(corpus: Corpus, cfg: PrepareConfig, source: str) -> tuple[list[Item], list[dict[str, str]]]:
+    """The items prepare keeps and why the others go (`usable_items`), refusing (CorpusInputError) what cannot be
+    prepared before anything is written: no text at all, one text for every item, too few items, fewer train items
+    than the clusters asked for."""
+    usable, dropped = usable_items(corpus)
+    check_trainable(usable, source, empty_texts=sum(1 for it in corpus.items if not (it.text or "").strip()))
+    _check_derive_request(corpus, usable, cfg, source)
+    return usable, dropped
+
+
+def _check_derive_request(corpus: Corpus, usable: list[Item], cfg: PrepareConfig, source: str) -> None:
+    """Refuse, before anything is written, a label derivation that cannot run: unknown method, or fewer train items than
+    the clusters asked for (or than the smallest k of the grid)."""
+    from training.derived_labels import CLUSTER_GRID, DERIVE_METHODS
+
+    if cfg.derive_labels not in DERIVE_METHODS:
+        raise ValueError(f"derive_labels must be one of {DERIVE_METHODS}, got {cfg.derive_labels!r}")
+    if cfg.derive_labels == "none":
+        if cfg.clusters is not None:
+            raise ValueError("--clusters needs --derive-labels clusters")
+        return
+    if cfg.clusters is not None and cfg.clusters < 2:
+        raise CorpusInputError(f"--clusters must be at least 2, got {cfg.clusters}")
+    ids = {it.id for it in usable}
+    n_train = sum(1 for i in _splits_for(corpus, cfg.seed)["train"] if i in ids)
+    smallest = cfg.clusters if cfg.clusters is not None else min(CLUSTER_GRID)
+    if n_train < smallest:
+        what = f"{smallest} clusters" if cfg.clusters is not None else f"the smallest k of the grid ({smallest})"
+        raise CorpusInputError(f"{source}: the train split has {n_train} item(s), fewer than {what}: bring more items or "
+                               "set a smaller --clusters")
+    if corpus.label_names:
+        log.warning("corpus %s has labels; --derive-labels %s replaces them for training (the corpus keeps them)",
+                    corpus.name, cfg.derive_labels)
+
+
+def _derive_labels(kept: list[Item], ids: list[str], splits: dict[str, list[str]], cfg: PrepareConfig, out_dir: Path):
+    """Labels derived from the prepared text features of `kept` (training/derived_labels.py)."""
+    from training.derived_labels import derive_cluster_labels, mean_word_vectors
+
+    text = np.load(out_dir / TEXT_FILE)
+    if cfg.text.kind == "sentence_cnn":
+        features, kind = mean_word_vectors(text, np.load(out_dir / EMBEDDINGS_FILE), (PAD_ID, OOV_ID)), "mean word vectors"
+    else:
+        features, kind = text, f"{cfg.text.kind} sentence vectors"
+    row = {item_id: i for i, item_id in enumerate(ids)}
+    derived = derive_cluster_labels(features, [it.text for it in kept], np.asarray([row[i] for i in splits["train"]], dtype=np.int64),
+                                    np.asarray([row[i] for i in splits["val"]], dtype=np.int64), k=cfg.clusters, seed=cfg.seed,
+                                    feature_kind=kind)
+    log.info("derived %d labels by %s (k %s, seed %d): %s", derived.k, derived.method, derived.chosen, derived.seed,
+             "; ".join(derived.names))
+    return derived
+
+
 def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig = PrepareConfig(),
                    shard: tuple[int, int] | None = None) -> dict[str, Any]:
     """Turn a corpus folder into a prepared-data folder (see the module docstring); returns a summary."""
@@ -176,12 +255,10 @@ def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConf
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     corpus = load_corpus(corpus_dir)
     rank, world = _rank_and_world(shard)
+    usable, dropped = check_preparable(corpus, cfg, str(corpus_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     backbone = build_image_backbone(cfg.backbone, weights_path=cfg.weights_path)
     cache = FeatureCache(out_dir / CACHE_DIR / backbone_fingerprint(backbone))
-    usable = [it for it in corpus.items if it.image_path and it.text and it.text.strip() and it.labels]
-    usable_ids = {it.id for it in usable}
-    dropped = [{"id": it.id, "reason": "no image, no text or no label"} for it in corpus.items if it.id not in usable_ids]
     keys = image_keys(usable, cfg.decode_workers)
     extraction = extract_missing_features(usable, keys, cache, backbone, cfg, (rank, world))
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -198,21 +275,31 @@ def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConf
     present = set(ids)
     splits = {s: [i for i in v if i in present] for s, v in splits.items()}
     text_summary = _prepare_text(kept, splits["train"], corpus, cfg, out_dir)
-    labels = corpus.label_matrix(kept)
+    labels, label_names, multilabel = corpus.label_matrix(kept), list(corpus.label_names), bool(corpus.multilabel)
+    derived = _derive_labels(kept, ids, splits, cfg, out_dir) if cfg.derive_labels != "none" else None
+    if derived is not None:
+        labels, label_names, multilabel = derived.one_hot(), list(derived.names), False
     np.save(out_dir / "labels.npy", labels)
     manifest = {
         "format": PREPARED_FORMAT, "corpus_dir": str(corpus_dir.resolve()), "corpus_name": corpus.name,
-        "label_names": list(corpus.label_names), "multilabel": bool(corpus.multilabel),
+        "label_names": label_names, "multilabel": multilabel,
         "ids": ids, "image_sha256": kept_keys, "splits": splits,
         "image": {"kind": "backbone", "name": backbone.name, "weights_path": cfg.weights_path,
                   "weights_sha256": backbone.weights_sha256, "dim": int(backbone.output_dim),
                   "fingerprint": backbone_fingerprint(backbone)},
         "text": text_summary,
         "config": {"backbone": cfg.backbone, "batch_size": cfg.batch_size, "seed": cfg.seed,
-                   "text": dataclasses.asdict(cfg.text), "text_views": cfg.text_views},
+                   "text": dataclasses.asdict(cfg.text), "text_views": cfg.text_views,
+                   **({"derive_labels": cfg.derive_labels, "clusters": cfg.clusters} if derived is not None else {})},
         "skipped": extraction["skipped"] + dropped,
         "extraction": {k: v for k, v in extraction.items() if k != "skipped"},
     }
+    if derived is not None:
+        manifest["derived_labels"] = {**derived.to_dict(), "corpus": DERIVED_CORPUS_DIR}
+        # the kept items with their derived label, for the index build: the service then shows the names as label chips
+        # and filters by them (python -m index build --corpus PREPARED/corpus-derived)
+        save_corpus(Corpus(items=[dataclasses.replace(it, labels=(derived.names[a],)) for it, a in zip(kept, derived.assignment)],
+                           label_names=list(derived.names), splits=splits, name=f"{corpus.name}-derived"), out_dir / DERIVED_CORPUS_DIR)
     manifest["content_hash"] = _content_hash(out_dir, manifest)
     _atomic_write_text(out_dir / PREPARED_FILE, json.dumps(manifest, ensure_ascii=False, indent=1))
     sizes = {s: len(v) for s, v in splits.items()}

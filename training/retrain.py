@@ -30,6 +30,7 @@ from model.corpus import load_corpus
 from model.encoder import CrossModalEncoder, load_encoder
 from training.demo import artefact_paths, train_into_models
 from training.evaluation import cross_modal_map, cross_modal_recall, instance_groups, selection_score
+from training.train import UNDEFINED_MAP, finite_or_none
 from training.prepare import PREPARED_FILE, PrepareConfig, PreparedData, load_prepared, prepare_corpus, prepared_feature_cache
 
 log = logging.getLogger(__name__)
@@ -146,10 +147,12 @@ def score_model(encoder: CrossModalEncoder, prepared: PreparedData, split: str, 
         image_vectors = encoder.encode_images([load_image(corpus.items[corpus.position(i)].image_path) for i in ids])
     split_texts = [texts[i] for i in ids]
     text_vectors = encoder.encode_texts(split_texts)
-    result = cross_modal_map(image_vectors, text_vectors, labels)
+    # mAP over the items that have a label (undefined, None, for a corpus without labels: its criterion is R@10)
+    known = labels.sum(1) > 0 if labels.shape[1] else np.zeros(len(ids), dtype=bool)
+    result = cross_modal_map(image_vectors[known], text_vectors[known], labels[known]) if known.any() else UNDEFINED_MAP
     recall = cross_modal_recall(image_vectors, text_vectors, instance_groups(split_texts))
-    return {"i2t": result.i2t, "t2i": result.t2i, "avg": result.avg, "recall": recall.as_dict(), "n": len(ids),
-            "criterion": criterion, "score": selection_score(result, recall, criterion)}
+    return {"i2t": finite_or_none(result.i2t), "t2i": finite_or_none(result.t2i), "avg": finite_or_none(result.avg),
+            "recall": recall.as_dict(), "n": len(ids), "criterion": criterion, "score": selection_score(result, recall, criterion)}
 
 
 def promotion_decision(candidate: float, serving: float | None, lineage_best: float | None, tolerance: float) -> tuple[bool, str]:
@@ -190,7 +193,10 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
         prepare_corpus(paths["corpus"], paths["prepared"],
                        PrepareConfig(backbone=before.manifest["config"]["backbone"], text=serving_text_config(serving_model, before),
                                      batch_size=before.manifest["config"]["batch_size"], seed=before.manifest["config"]["seed"],
-                                     text_views=before.manifest["config"].get("text_views", 1), progress=cfg.progress))
+                                     text_views=before.manifest["config"].get("text_views", 1), progress=cfg.progress,
+                                     # derived labels are derived again, with the k chosen the first time
+                                     derive_labels=before.manifest["config"].get("derive_labels", "none"),
+                                     clusters=(before.manifest.get("derived_labels") or {}).get("k")))
     prepared = load_prepared(paths["prepared"])
     train_cfg, refit = serving_recipe(serving_model, prepared, cfg)
     criterion = train_cfg.train.select_on

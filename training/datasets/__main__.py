@@ -42,11 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     if args.command == "prepare":
-        corpus, report = load_dataset(args.kind, args.root, **dict(args.option))
+        try:
+            corpus, report = load_dataset(args.kind, args.root, **dict(args.option))
+        except (ValueError, FileNotFoundError) as exc:  # refused before anything is written
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         out = save_corpus(corpus, args.out)
         (out / "load_report.json").write_text(json.dumps(report.as_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
         sizes = ", ".join(f"{k} {len(v):,}" for k, v in corpus.splits.items())
-        print(f"{report}\nwrote {out} ({len(corpus.label_names)} classes; {sizes})")
+        classes = f"{len(corpus.label_names)} classes" if corpus.label_names else "no labels"
+        print(f"{report}\nwrote {out} ({classes}; {sizes})")
         return 0
     options = {"base_url": args.base_url} if args.base_url else {}
     if args.name == "wikipedia":

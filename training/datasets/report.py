@@ -34,6 +34,9 @@ class LoadReport:
     log_limit: int = 10
     # Groups of loaded items whose image files are byte-identical (see `duplicate_images`); the items stay loaded.
     duplicates: list[dict] = field(default_factory=list)
+    # Facts about the loaded items worth a line of their own, e.g. {"with labels": 30, "without labels": 10}; the
+    # summary shows them in brackets after the loaded count.
+    counts: dict[str, int] = field(default_factory=dict)
 
     def skip(self, reason: str, item: str, detail: str = "") -> None:
         """Record (and log) an item that was left out of the corpus."""
@@ -97,9 +100,13 @@ class LoadReport:
         return pairs
 
     def summary(self) -> str:
-        """One line, e.g. '2,198 loaded, 2 skipped: 1 missing image, 1 empty text; notes: 3 stray whitespace in name;
-        49 byte-identical image pairs, 1 across official splits: 3a=7b' (the pairs across splits named by item id)."""
-        text = f"{self.loaded:,} loaded, {self.skipped:,} skipped"
+        """One line, e.g. '2,198 loaded (2,000 with labels, 198 without labels), 2 skipped: 1 missing image, 1 empty text;
+        notes: 3 stray whitespace in name; 49 byte-identical image pairs, 1 across official splits: 3a=7b' (the pairs
+        across splits named by item id)."""
+        text = f"{self.loaded:,} loaded"
+        if self.counts:
+            text += " (" + ", ".join(f"{n:,} {what}" for what, n in self.counts.items()) + ")"
+        text += f", {self.skipped:,} skipped"
         if self.skipped:
             text += ": " + ", ".join(f"{n:,} {reason}" for reason, n in self.skip_counts().items())
         notes = self.note_counts()
@@ -118,7 +125,7 @@ class LoadReport:
                 "skip_counts": self.skip_counts(), "note_counts": self.note_counts(),
                 "duplicate_image_pairs": len(self.duplicate_pairs()),
                 "duplicate_image_pairs_across_splits": [list(p) for p in self.duplicate_pairs(across_splits=True)],
-                "duplicate_images": self.duplicates,
+                "duplicate_images": self.duplicates, "counts": dict(self.counts),
                 "issues": [{"reason": i.reason, "item": i.item, "detail": i.detail, "skipped": i.skipped} for i in self.issues]}
 
     def finish(self, loaded: int) -> LoadReport:

@@ -78,16 +78,9 @@ def probe(features: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
 
 
 def render(report: dict[str, Any]) -> str:
-    """docs/results-imagenet-image-features.md from the JSON alone. A file written before the script recorded its
-    machine and commit (its provenance under "_meta") is rendered with that said."""
-    if "_meta" in report:  # the first version of this script: command and date only
-        meta = report["_meta"]
-        rows = {name: r for name, r in report.items() if not name.startswith("_")}
-        origin = (f"Produced by `{meta['command']}` on {meta['date']}; that version of the script did not record the "
-                  "machine or the git commit.")
-    else:
-        meta, rows = report, report["results"]
-        origin = provenance_line(report)
+    """docs/results-imagenet-image-features.md from the JSON alone."""
+    meta, rows = report, report["results"]
+    origin = provenance_line(report)
     lines = ["# Image features on imagenet-sample-wordnet: linear-probe accuracy", "",
              f"{meta['probe']} on {meta['items']} items ({meta['split']}). {origin} The probe table in "
              "results-imagenet-sample.md scores differently (standardised features, C chosen on each fold's validation "

@@ -75,9 +75,6 @@ from bench import provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = sorted((REPO / "docs" / "results").glob("*.json"))
-# Written whole by its script, which recorded its command and date but not yet the machine; its page says so. A rerun
-# of bench/imagenet_image_features.py (feature extraction of 900 photos with four variants on the CPU) replaces it.
-NO_MACHINE_RECORDED = {"imagenet-image-features.json"}
 # Results files whose scripts record through bench.provenance, and the page section each one renders.
 RENDERED = {
     "evaluation.json": ("bench_evaluation.py", "docs/evaluation-benchmark.md", ["--doc", "{page}", "--from-json", "--out", "{json}"]),
@@ -98,19 +95,22 @@ def test_every_results_file_names_the_bench_command_that_wrote_it(path):
     script = re.search(r"bench/[\w.]+\.(?:py|sh)", record["command"])
     assert script and (REPO / script.group(0)).is_file(), f"{path.name}: {record['command']!r} names no bench/ script"
     assert record.get("date") or record.get("generated_at") or record.get("created_at"), f"{path.name}: no date"
-    if path.name in NO_MACHINE_RECORDED:
-        return
     machine = record.get("machine_before") or record.get("machine")
     assert isinstance(machine, dict), f"{path.name}: no machine recorded"
     assert "gpu" in machine and any(k in machine for k in ("cores", "cpus", "cpu_count")), path.name
 
 
-@pytest.mark.parametrize("name", sorted(RENDERED))
+# Every results file whose script records through bench.provenance, and that script.
+RECORDED = {**{name: script for name, (script, _, _) in RENDERED.items()},
+            "imagenet-image-features.json": "imagenet_image_features.py", "image-budget.json": "bench_image_budget.py"}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
 def test_provenance_scripts_record_every_key(name):
     record = json.loads((REPO / "docs" / "results" / name).read_text())
     for key in provenance.RECORD_KEYS:
         assert key in record, f"{name}: {key} missing"
-    assert record["command"].startswith(f"python bench/{RENDERED[name][0]}")
+    assert record["command"].startswith(f"python bench/{RECORDED[name]}")
     for key in ("machine_before", "machine_after"):
         machine = record[key]
         assert machine["cores"] >= 1 and "gpu" in machine and len(machine["load_average"]) == 3

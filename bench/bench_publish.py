@@ -420,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "publish_version of a flat index vs a raw write of the same files (faiss.write_index + SQLite)",
         "command": " ".join(["bench/bench_publish.py", *(argv if argv is not None else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "out": str(args.out.resolve().relative_to(REPO)) if args.out.resolve().is_relative_to(REPO) else str(args.out),
         "library": {"path": "repository" if library == REPO else str(library), "git": commit,
                     "timings_api": rounds[0]["publish"]["timings_api"]},

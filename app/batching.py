@@ -10,6 +10,7 @@ query pays at most `wait_s`. `process` runs in a worker thread over the batch's 
 payload, in order: a value, or an exception instance that only that query's request raises (one undecodable image
 fails its own request, not the batch). An exception raised by `process` itself fails every query of the batch.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,14 @@ class _Waiting(Generic[P]):
 class MicroBatcher(Generic[P, R]):
     """Collects concurrent submissions into batches processed by `process` in a worker thread (see the module doc)."""
 
-    def __init__(self, process: Callable[[Sequence[P]], Sequence[R | BaseException]], cpu: anyio.CapacityLimiter,
-                 max_size: int, wait_s: float, on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        process: Callable[[Sequence[P]], Sequence[R | BaseException]],
+        cpu: anyio.CapacityLimiter,
+        max_size: int,
+        wait_s: float,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         if max_size < 1 or wait_s < 0:
             raise ValueError(f"max_size must be >= 1 and wait_s >= 0, got {max_size} and {wait_s}")
         self.process = process

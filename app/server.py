@@ -18,6 +18,7 @@ DSCMR_WORKERS=N (N > 1) runs N worker processes on one listening socket (uvicorn
 its app from the same DSCMR_* environment (`worker_app`), maps the index vectors from the version's files (shared in the
 page cache, DSCMR_MMAP_INDEX) and watches the CURRENT pointer itself, so every worker hot-reloads a new version.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,8 +45,10 @@ WORKER_HEALTHCHECK_S = 60  # how long a refused connection still reads (and drop
 def _raw_error(status: int, reason: str, code: str, detail: str) -> bytes:
     """A complete HTTP/1.1 error response with a JSON body that closes the connection (written below the ASGI app)."""
     body = json.dumps(error_body(code, detail)).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode() + body
 
 
 class RequestHeadLimits:
@@ -85,8 +88,12 @@ class RequestHeadLimits:
         if reading_head:
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD_BYTES:
-                self._refuse(431, "Request Header Fields Too Large", "headers_too_large",
-                             f"the request line and headers are over {MAX_HEAD_BYTES:,} bytes; send fewer or shorter headers")
+                self._refuse(
+                    431,
+                    "Request Header Fields Too Large",
+                    "headers_too_large",
+                    f"the request line and headers are over {MAX_HEAD_BYTES:,} bytes; send fewer or shorter headers",
+                )
                 return
         if self._idle() and self._head_timer is None:
             self._arm_head_timer()  # the first bytes of a new request on a kept-alive connection
@@ -119,9 +126,13 @@ class RequestHeadLimits:
         if self._head_bytes == 0:  # a connection opened (or kept alive) and never used: close it quietly
             transport.close()
             return
-        self._refuse(408, "Request Timeout", "request_timeout",
-                     f"the request line and headers did not arrive within {self.head_timeout_s:g} s "
-                     "(DSCMR_HEADER_TIMEOUT_S); send the whole request at once")
+        self._refuse(
+            408,
+            "Request Timeout",
+            "request_timeout",
+            f"the request line and headers did not arrive within {self.head_timeout_s:g} s "
+            "(DSCMR_HEADER_TIMEOUT_S); send the whole request at once",
+        )
 
     def _refuse(self, status: int, reason: str, code: str, detail: str) -> None:
         """Answer with an error and close, lingering: a socket closed while the client is still sending resets the
@@ -153,10 +164,19 @@ class ServiceConfig(uvicorn.Config):
 
 def uvicorn_config(app: Any, settings: ServiceSettings, **kwargs: Any) -> ServiceConfig:
     """The uvicorn configuration `python -m app` serves `app` with (an app, or an import string with factory=True)."""
-    return ServiceConfig(app, head_timeout_s=settings.header_timeout_s, host=settings.host, port=settings.port,
-                         log_level=settings.log_level.lower(), access_log=settings.access_log, timeout_graceful_shutdown=10,
-                         http=HeadLimitedHTTPProtocol, timeout_keep_alive=settings.keep_alive_s,
-                         h11_max_incomplete_event_size=MAX_HEAD_BYTES, **kwargs)
+    return ServiceConfig(
+        app,
+        head_timeout_s=settings.header_timeout_s,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=settings.access_log,
+        timeout_graceful_shutdown=10,
+        http=HeadLimitedHTTPProtocol,
+        timeout_keep_alive=settings.keep_alive_s,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        **kwargs,
+    )
 
 
 def worker_app() -> Any:
@@ -179,8 +199,9 @@ def serve(settings: ServiceSettings, overrides: dict[str, Any] | None = None) ->
         return 0 if server.started else 3  # as uvicorn.run: 3 when it could not start (port taken, ...)
     for name, value in (overrides or {}).items():
         os.environ[f"DSCMR_{name.upper()}"] = str(value)
-    config = uvicorn_config("app.server:worker_app", settings, factory=True, workers=settings.workers,
-                            timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
+    config = uvicorn_config(
+        "app.server:worker_app", settings, factory=True, workers=settings.workers, timeout_worker_healthcheck=WORKER_HEALTHCHECK_S
+    )
     sock = config.bind_socket()
     try:
         Multiprocess(config, sockets=[sock]).run()

@@ -10,6 +10,7 @@ side to 256 px, centre crop 224). The backbone's forward pass that follows costs
 and writes docs/results/image-budget.json (`--out PATH` elsewhere) with the command, date, git commit and the machine
 as detected before and after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,13 @@ def measure_one(path: Path) -> dict:
         outcome = f"{exc.status} {exc.code}"
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    return {"file_bytes": len(data), "outcome": outcome, "seconds": round(seconds, 3),
-            "cpu_seconds": round(cpu_seconds, 3), "peak_memory_growth_mib": round(grown / 1024, 1)}
+    return {
+        "file_bytes": len(data),
+        "outcome": outcome,
+        "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),
+        "peak_memory_growth_mib": round(grown / 1024, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,23 +103,38 @@ def main(argv: list[str] | None = None) -> int:
         for name, (mode, size, fmt) in cases(settings.max_image_pixels).items():
             path = Path(scratch) / "image"
             path.write_bytes(image_file(mode, size, fmt))
-            done = subprocess.run([sys.executable, __file__, "--one", str(path)], capture_output=True, text=True,
-                                  check=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+            done = subprocess.run(
+                [sys.executable, __file__, "--one", str(path)],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+            )
             rows.append({"case": name, "pixels": size[0] * size[1], **json.loads(done.stdout.strip().splitlines()[-1])})
     print(f"{'case':<44} {'file bytes':>11} {'outcome':>26} {'seconds':>8} {'CPU s':>7} {'peak MiB':>9}")
     for row in rows:
-        print(f"{row['case']:<44} {row['file_bytes']:>11,} {row['outcome']:>26} {row['seconds']:>8.2f} "
-              f"{row['cpu_seconds']:>7.2f} {row['peak_memory_growth_mib']:>9.0f}")
-    result = finish_record({**record, "limits": {"max_image_pixels": settings.max_image_pixels,
-                                                 "max_image_aspect_ratio": settings.max_image_aspect_ratio},
-                            "cases": rows,
-                            "worst": {"seconds": max(r["seconds"] for r in rows),
-                                      "cpu_seconds": max(r["cpu_seconds"] for r in rows),
-                                      "peak_memory_growth_mib": max(r["peak_memory_growth_mib"] for r in rows)}})
+        print(
+            f"{row['case']:<44} {row['file_bytes']:>11,} {row['outcome']:>26} {row['seconds']:>8.2f} "
+            f"{row['cpu_seconds']:>7.2f} {row['peak_memory_growth_mib']:>9.0f}"
+        )
+    result = finish_record(
+        {
+            **record,
+            "limits": {"max_image_pixels": settings.max_image_pixels, "max_image_aspect_ratio": settings.max_image_aspect_ratio},
+            "cases": rows,
+            "worst": {
+                "seconds": max(r["seconds"] for r in rows),
+                "cpu_seconds": max(r["cpu_seconds"] for r in rows),
+                "peak_memory_growth_mib": max(r["peak_memory_growth_mib"] for r in rows),
+            },
+        }
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"worst: {result['worst']['peak_memory_growth_mib']:.0f} MiB, {result['worst']['seconds']:.2f} s wall, "
-          f"{result['worst']['cpu_seconds']:.2f} s CPU -> {args.out}")
+    print(
+        f"worst: {result['worst']['peak_memory_growth_mib']:.0f} MiB, {result['worst']['seconds']:.2f} s wall, "
+        f"{result['worst']['cpu_seconds']:.2f} s CPU -> {args.out}"
+    )
     return 0
 
 

@@ -16,6 +16,7 @@ One command, three parts, each interleaved so that the compared paths share the 
 With --baseline-commit, the service of that commit (exported with `git archive`, same index and model) runs too, in
 parts 1 and 2, for a before/after table. Prints tables, writes docs/results/service.json and docs/service-benchmark.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,13 @@ IMAGE_K = 10
 BOUNDARY = "dscmrbenchboundary7d1e"
 RATIO_TARGET = 1.3
 # what every server of the run gets (the bench sets the load, nothing may poll or log per request)
-BASE_ENV = {"DSCMR_ACCESS_LOG": "false", "DSCMR_LOG_LEVEL": "warning", "DSCMR_RELOAD_POLL_S": "0", "DSCMR_DEVICE": "cpu",
-            "OMP_WAIT_POLICY": "PASSIVE"}
+BASE_ENV = {
+    "DSCMR_ACCESS_LOG": "false",
+    "DSCMR_LOG_LEVEL": "warning",
+    "DSCMR_RELOAD_POLL_S": "0",
+    "DSCMR_DEVICE": "cpu",
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
 SERVERS = {  # name -> (extra settings, what it is)
     "off": ({"DSCMR_BATCHING": "off"}, "1 process, batching off (the CPU default)"),
     "on": ({"DSCMR_BATCHING": "on"}, "1 process, batching on (DSCMR_BATCHING=on, default wait and size)"),
@@ -69,9 +75,15 @@ def machine() -> dict:
 # ------------------------------------------------------------------------------------------------------ payloads
 def multipart_body(image_bytes: bytes, filename: str, k: int = IMAGE_K) -> bytes:
     """A multipart/form-data body with the image as `file` and k."""
-    return (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n{k}\r\n"
-            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + image_bytes + f"\r\n--{BOUNDARY}--\r\n".encode()
+    return (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="k"\r\n\r\n{k}\r\n'
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + image_bytes
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
 
 
 class RawHTTP:
@@ -87,8 +99,9 @@ class RawHTTP:
 
     def request(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
         """POST `body`; (status, response body)."""
-        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
         self.sock.sendall(head + body)
         while b"\r\n\r\n" not in self.buffer:
             self._read()
@@ -131,18 +144,28 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DSCMR_")}
         env.update(BASE_ENV)
-        env.update({"DSCMR_INDEX_ROOT": str(index_root), "DSCMR_PORT": str(self.port), "DSCMR_HOST": "127.0.0.1",
-                    "PYTHONPATH": str(code), **settings})
+        env.update(
+            {
+                "DSCMR_INDEX_ROOT": str(index_root),
+                "DSCMR_PORT": str(self.port),
+                "DSCMR_HOST": "127.0.0.1",
+                "PYTHONPATH": str(code),
+                **settings,
+            }
+        )
         self.log_path = log_path
         with log_path.open("wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "app"], cwd=code, env=env, stdout=log,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app"], cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
 
     def wait_ready(self, timeout: float = 600) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server {self.name} exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"server {self.name} exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}"
+                )
             try:
                 response = httpx.get(self.url + "/readyz", timeout=5)
                 if response.status_code == 200:
@@ -182,9 +205,13 @@ def memory_of(pid: int) -> dict[str, float]:
             fields[name.strip()] = int(parts[0]) / 1024
     private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
     shared = fields.get("Shared_Clean", 0) + fields.get("Shared_Dirty", 0)
-    return {"rss_mib": round(fields.get("Rss", 0), 1), "pss_mib": round(fields.get("Pss", 0), 1),
-            "private_mib": round(private, 1), "shared_mib": round(shared, 1),
-            "anonymous_mib": round(fields.get("Anonymous", 0), 1)}
+    return {
+        "rss_mib": round(fields.get("Rss", 0), 1),
+        "pss_mib": round(fields.get("Pss", 0), 1),
+        "private_mib": round(private, 1),
+        "shared_mib": round(shared, 1),
+        "anonymous_mib": round(fields.get("Anonymous", 0), 1),
+    }
 
 
 # ------------------------------------------------------------------------------------------------- part 1: overhead
@@ -228,8 +255,13 @@ def overhead(raw: RawWork, servers: list[Server], text_pairs: int, image_pairs: 
     image_body = multipart_body(image, "query.png")
     kinds = {
         "text": ("/search/text", text_body, "application/json", lambda: raw.text(TEXT_QUERY), text_pairs),
-        "image": ("/search/image", image_body, f"multipart/form-data; boundary={BOUNDARY}", lambda: raw.image(image, IMAGE_K),
-                  image_pairs),
+        "image": (
+            "/search/image",
+            image_body,
+            f"multipart/form-data; boundary={BOUNDARY}",
+            lambda: raw.image(image, IMAGE_K),
+            image_pairs,
+        ),
     }
     clients = {s.name: RawHTTP(s.url) for s in servers}
     out: dict[str, Any] = {}
@@ -260,16 +292,25 @@ def overhead(raw: RawWork, servers: list[Server], text_pairs: int, image_pairs: 
                     for stage, ms in parsed.get("stages_ms", {}).items():
                         stages[name].setdefault(stage, []).append(ms)
             raw_ms = statistics.median(times["raw"]) * 1000
-            out[kind] = {"pairs": pairs, "raw_ms": round(raw_ms, 3), "servers": {
-                name: {"http_ms": round(statistics.median(times[name]) * 1000, 3),
-                       "ratio": round(statistics.median(times[name]) * 1000 / raw_ms, 3),
-                       "server_took_ms": round(statistics.median(took[name]), 3),
-                       "server_stages_ms": {stage: round(statistics.median(v), 3) for stage, v in stages[name].items()}}
-                for name in clients}}
+            out[kind] = {
+                "pairs": pairs,
+                "raw_ms": round(raw_ms, 3),
+                "servers": {
+                    name: {
+                        "http_ms": round(statistics.median(times[name]) * 1000, 3),
+                        "ratio": round(statistics.median(times[name]) * 1000 / raw_ms, 3),
+                        "server_took_ms": round(statistics.median(took[name]), 3),
+                        "server_stages_ms": {stage: round(statistics.median(v), 3) for stage, v in stages[name].items()},
+                    }
+                    for name in clients
+                },
+            }
             for name, row in out[kind]["servers"].items():
-                print(f"overhead {kind:<6} {name:<9} raw {raw_ms:7.2f} ms  HTTP {row['http_ms']:7.2f} ms  "
-                      f"ratio {row['ratio']:.2f}  server took {row['server_took_ms']:.2f} ms  {row['server_stages_ms']}",
-                      flush=True)
+                print(
+                    f"overhead {kind:<6} {name:<9} raw {raw_ms:7.2f} ms  HTTP {row['http_ms']:7.2f} ms  "
+                    f"ratio {row['ratio']:.2f}  server took {row['server_took_ms']:.2f} ms  {row['server_stages_ms']}",
+                    flush=True,
+                )
     finally:
         for client in clients.values():
             client.close()
@@ -289,15 +330,37 @@ def summarise(csv_text: str, sent: int) -> dict:
     def pct(q: float) -> float | None:
         return round(float(np.percentile(latencies, q)), 2) if len(latencies) else None
 
-    return {"requests": sent, "requests_per_s": round(len(rows) / span, 2) if span else None, "p50_ms": pct(50),
-            "p99_ms": pct(99), "status_codes": dict(statuses), "errors": unanswered + sum(n for c, n in statuses.items() if c != "200"),
-            "wall_s": round(span, 2)}
+    return {
+        "requests": sent,
+        "requests_per_s": round(len(rows) / span, 2) if span else None,
+        "p50_ms": pct(50),
+        "p99_ms": pct(99),
+        "status_codes": dict(statuses),
+        "errors": unanswered + sum(n for c, n in statuses.items() if c != "200"),
+        "wall_s": round(span, 2),
+    }
 
 
 def run_hey(url: str, concurrency: int, requests: int, body: Path, content_type: str) -> dict:
     """One load level: `requests` POSTs from `concurrency` keep-alive clients."""
-    cmd = [shutil.which("hey") or "hey", "-n", str(requests), "-c", str(concurrency), "-m", "POST", "-T", content_type,
-           "-D", str(body), "-t", "120", "-o", "csv", url]
+    cmd = [
+        shutil.which("hey") or "hey",
+        "-n",
+        str(requests),
+        "-c",
+        str(concurrency),
+        "-m",
+        "POST",
+        "-T",
+        content_type,
+        "-D",
+        str(body),
+        "-t",
+        "120",
+        "-o",
+        "csv",
+        url,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
         raise RuntimeError(f"hey failed ({result.returncode}): {result.stderr[-2000:]}")
@@ -309,8 +372,14 @@ def requests_for(seconds: float, rate: float, concurrency: int) -> int:
     return max(12, 2 * concurrency, int(round(seconds * rate / concurrency)) * concurrency)
 
 
-def load_levels(servers: list[Server], payloads: dict[str, tuple[str, Path, str]], levels: tuple[int, ...], seconds: float,
-                repeats: int, part: str) -> list[dict]:
+def load_levels(
+    servers: list[Server],
+    payloads: dict[str, tuple[str, Path, str]],
+    levels: tuple[int, ...],
+    seconds: float,
+    repeats: int,
+    part: str,
+) -> list[dict]:
     """Every (payload, clients) level against every server, the servers alternating within each level."""
     rates: dict[tuple[str, str], float] = {}
     runs = []
@@ -324,17 +393,26 @@ def load_levels(servers: list[Server], payloads: dict[str, tuple[str, Path, str]
                         started = time.perf_counter()
                         with httpx.Client(timeout=120) as client:
                             for _ in range(3):
-                                client.post(server.url + path, content=body.read_bytes(),
-                                            headers={"content-type": content_type}).raise_for_status()
+                                client.post(
+                                    server.url + path, content=body.read_bytes(), headers={"content-type": content_type}
+                                ).raise_for_status()
                         rate = 3 / (time.perf_counter() - started)
                     result = run_hey(server.url + path, clients, requests_for(seconds, rate, clients), body, content_type)
                     rates[(server.name, payload)] = result["requests_per_s"] or rate
-                    row = {"part": part, "server": server.name, "payload": payload, "clients": clients, "repeat": repeat,
-                           **result}
+                    row = {
+                        "part": part,
+                        "server": server.name,
+                        "payload": payload,
+                        "clients": clients,
+                        "repeat": repeat,
+                        **result,
+                    }
                     runs.append(row)
-                    print(f"{part:<8} {server.name:<9} {payload:<6} {clients:>3} clients  {result['requests_per_s'] or 0:7.1f} req/s  "
-                          f"p50 {result['p50_ms'] or 0:8.1f} ms  p99 {result['p99_ms'] or 0:8.1f} ms  errors {result['errors']}",
-                          flush=True)
+                    print(
+                        f"{part:<8} {server.name:<9} {payload:<6} {clients:>3} clients  {result['requests_per_s'] or 0:7.1f} req/s  "
+                        f"p50 {result['p50_ms'] or 0:8.1f} ms  p99 {result['p99_ms'] or 0:8.1f} ms  errors {result['errors']}",
+                        flush=True,
+                    )
     return runs
 
 
@@ -345,13 +423,25 @@ def medians(runs: list[dict]) -> list[dict]:
         groups.setdefault((row["part"], row["server"], row["payload"], row["clients"]), []).append(row)
     out = []
     for (part, server, payload, clients), group in groups.items():
+
         def median(key: str, group: list[dict] = group) -> float | None:
             values = [r[key] for r in group if r[key] is not None]
             return round(float(np.median(values)), 2) if values else None
 
-        out.append({"part": part, "server": server, "payload": payload, "clients": clients, "repeats": len(group),
-                    "requests": sum(r["requests"] for r in group), "requests_per_s": median("requests_per_s"),
-                    "p50_ms": median("p50_ms"), "p99_ms": median("p99_ms"), "errors": sum(r["errors"] for r in group)})
+        out.append(
+            {
+                "part": part,
+                "server": server,
+                "payload": payload,
+                "clients": clients,
+                "repeats": len(group),
+                "requests": sum(r["requests"] for r in group),
+                "requests_per_s": median("requests_per_s"),
+                "p50_ms": median("p50_ms"),
+                "p99_ms": median("p99_ms"),
+                "errors": sum(r["errors"] for r in group),
+            }
+        )
     return out
 
 
@@ -387,8 +477,10 @@ def run(args: argparse.Namespace) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     (work / "text.json").write_text(json.dumps(TEXT_QUERY))
     (work / "image.multipart").write_bytes(multipart_body(image, Path(sample.image_path).name))
-    payloads = {"text": ("/search/text", work / "text.json", "application/json"),
-                "image": ("/search/image", work / "image.multipart", f"multipart/form-data; boundary={BOUNDARY}")}
+    payloads = {
+        "text": ("/search/text", work / "text.json", "application/json"),
+        "image": ("/search/image", work / "image.multipart", f"multipart/form-data; boundary={BOUNDARY}"),
+    }
 
     before = detect_machine()
     started = time.perf_counter()
@@ -409,11 +501,18 @@ def run(args: argparse.Namespace) -> dict:
         compared = [servers["off"]] + ([servers["baseline"]] if "baseline" in servers else [])
         part1 = overhead(raw, compared, args.text_pairs, args.image_pairs, image)
         del raw
-        part2 = load_levels([servers["off"], servers["on"]] + ([servers["baseline"]] if "baseline" in servers else []),
-                            payloads, tuple(args.concurrency), args.seconds, args.repeats, "batching")
+        part2 = load_levels(
+            [servers["off"], servers["on"]] + ([servers["baseline"]] if "baseline" in servers else []),
+            payloads,
+            tuple(args.concurrency),
+            args.seconds,
+            args.repeats,
+            "batching",
+        )
         pids = {"off": servers["off"].worker_pids(1), "workers2": servers["workers2"].worker_pids(2)}
-        part3 = load_levels([servers["off"], servers["workers2"]], payloads, WORKER_CONCURRENCY, args.seconds, args.repeats,
-                            "workers")
+        part3 = load_levels(
+            [servers["off"], servers["workers2"]], payloads, WORKER_CONCURRENCY, args.seconds, args.repeats, "workers"
+        )
         # after the load: every worker has searched, so the index pages it maps are in its RSS
         memory = {name: {str(pid): memory_of(pid) for pid in pid_list} for name, pid_list in pids.items()}
         memory["workers2_supervisor"] = {str(servers["workers2"].process.pid): memory_of(servers["workers2"].process.pid)}
@@ -429,18 +528,30 @@ def run(args: argparse.Namespace) -> dict:
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", "bench/bench_service.py", *sys.argv[1:]]),
         "git_commit": git_commit(),
-        "machine": before, "machine_after": after, "wall_s": round(time.perf_counter() - started, 1),
-        "seconds_per_level": args.seconds, "repeats": args.repeats,
-        "index": {"artefact_root": str(args.root), "index_version": first["index_version"], "model_hash": first["model_hash"],
-                  "counts": first["counts"], "index_type": {m: i["spec"].get("kind") for m, i in manifest["modalities"].items()},
-                  "text_encoder": _text_kind(manifest),
-                  "corpus_items": len(corpus.items)},
+        "machine": before,
+        "machine_after": after,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "seconds_per_level": args.seconds,
+        "repeats": args.repeats,
+        "index": {
+            "artefact_root": str(args.root),
+            "index_version": first["index_version"],
+            "model_hash": first["model_hash"],
+            "counts": first["counts"],
+            "index_type": {m: i["spec"].get("kind") for m, i in manifest["modalities"].items()},
+            "text_encoder": _text_kind(manifest),
+            "corpus_items": len(corpus.items),
+        },
         "servers": {name: {"settings": {**BASE_ENV, **settings}, "what": what} for name, (settings, what) in SERVERS.items()},
         "baseline_commit": baseline_commit,
-        "payloads": {"text": f"JSON {json.dumps(TEXT_QUERY)}",
-                     "image": f"multipart upload of a corpus image ({len(image):,} B, k={IMAGE_K}, target text)"},
+        "payloads": {
+            "text": f"JSON {json.dumps(TEXT_QUERY)}",
+            "image": f"multipart upload of a corpus image ({len(image):,} B, k={IMAGE_K}, target text)",
+        },
         "overhead": part1,
-        "load": medians(part2), "workers": medians(part3), "memory": memory,
+        "load": medians(part2),
+        "workers": medians(part3),
+        "memory": memory,
         "runs": part2 + part3,
         "targets": targets(part1),
     }
@@ -461,9 +572,14 @@ def _text_kind(manifest: dict) -> str | None:
 
 def targets(part1: dict) -> dict:
     """The issue's targets: HTTP / raw at 1 client <= RATIO_TARGET for text and image (the current code, server 'off')."""
-    return {f"{kind}_http_over_raw": {"target": RATIO_TARGET, "measured": part1[kind]["servers"]["off"]["ratio"],
-                                      "met": part1[kind]["servers"]["off"]["ratio"] <= RATIO_TARGET}
-            for kind in part1}
+    return {
+        f"{kind}_http_over_raw": {
+            "target": RATIO_TARGET,
+            "measured": part1[kind]["servers"]["off"]["ratio"],
+            "met": part1[kind]["servers"]["off"]["ratio"] <= RATIO_TARGET,
+        }
+        for kind in part1
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------- markdown
@@ -483,12 +599,14 @@ def markdown(results: dict) -> str:
         "",
         f"- **Machine:** {describe(m, after)}. Load averages (1, 5, 15 min) before: {m['load_average']}, after: "
         f"{after['load_average']}.",
-        f"- **Index:** version `{ix['index_version']}`: " + " + ".join(f"{n} {mod} vectors ({ix['index_type'][mod]})"
-                                                                      for mod, n in ix["counts"].items())
+        f"- **Index:** version `{ix['index_version']}`: "
+        + " + ".join(f"{n} {mod} vectors ({ix['index_type'][mod]})" for mod, n in ix["counts"].items())
         + f" of {ix['corpus_items']} corpus items; model `{ix['model_hash'][:12]}`, text encoder {ix['text_encoder']}.",
-        "- **Servers:** " + "; ".join(f"`{name}`: {s['what']}" for name, s in results["servers"].items())
+        "- **Servers:** "
+        + "; ".join(f"`{name}`: {s['what']}" for name, s in results["servers"].items())
         + (f"; `baseline`: the service at commit `{baseline[:12]}` (same index, defaults)" if baseline else "")
-        + ". All with " + ", ".join(f"{k}={v}" for k, v in results["servers"]["off"]["settings"].items() if k != "DSCMR_BATCHING")
+        + ". All with "
+        + ", ".join(f"{k}={v}" for k, v in results["servers"]["off"]["settings"].items() if k != "DSCMR_BATCHING")
         + " and the other settings at their defaults (DSCMR_CPU_WORKERS = cores, one torch and one FAISS thread per query).",
         f"- **Payloads:** text: {results['payloads']['text']}; image: {results['payloads']['image']}.",
         "",
@@ -503,11 +621,19 @@ def markdown(results: dict) -> str:
     for kind, row in results["overhead"].items():
         for name, s in row["servers"].items():
             stages = ", ".join(f"{k} {v:.2f}" for k, v in s["server_stages_ms"].items())
-            lines.append(f"| `/search/{kind}` | {name} | {row['pairs']} | {row['raw_ms']:.2f} | {s['http_ms']:.2f} | "
-                         f"**{s['ratio']:.2f}** | {s['server_took_ms']:.2f} | {stages} |")
-    lines += ["", "Targets (server `off`, the current code): " + "; ".join(
-        f"{k.replace('_', ' ')} {v['measured']:.2f} (target <= {v['target']:g}: {'met' if v['met'] else 'NOT met'})"
-        for k, v in results["targets"].items()) + ".", "",
+            lines.append(
+                f"| `/search/{kind}` | {name} | {row['pairs']} | {row['raw_ms']:.2f} | {s['http_ms']:.2f} | "
+                f"**{s['ratio']:.2f}** | {s['server_took_ms']:.2f} | {stages} |"
+            )
+    lines += [
+        "",
+        "Targets (server `off`, the current code): "
+        + "; ".join(
+            f"{k.replace('_', ' ')} {v['measured']:.2f} (target <= {v['target']:g}: {'met' if v['met'] else 'NOT met'})"
+            for k, v in results["targets"].items()
+        )
+        + ".",
+        "",
         "## 2. Throughput and latency, batching off and on",
         "",
         f"`hey` with keep-alive clients, a fixed request count per level (sized for about {results['seconds_per_level']:g} s "
@@ -515,23 +641,40 @@ def markdown(results: dict) -> str:
         "repeats. hey runs on the same cores as the server. `dscmr_batch_size` in /metrics has the batch sizes.",
         "",
         "| endpoint | clients | server | req/s | p50 ms | p99 ms | errors |",
-        "|---|---:|---|---:|---:|---:|---:|"]
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
     for row in sorted(results["load"], key=lambda r: (r["payload"] != "text", r["clients"], r["server"])):
-        lines.append(f"| `/search/{row['payload']}` | {row['clients']} | {row['server']} | {_cell(row['requests_per_s'])} | "
-                     f"{_cell(row['p50_ms'])} | {_cell(row['p99_ms'])} | {row['errors']} |")
-    lines += ["", "## 3. One worker and two", "",
-              "| endpoint | clients | server | req/s | p50 ms | p99 ms | errors |", "|---|---:|---|---:|---:|---:|---:|"]
+        lines.append(
+            f"| `/search/{row['payload']}` | {row['clients']} | {row['server']} | {_cell(row['requests_per_s'])} | "
+            f"{_cell(row['p50_ms'])} | {_cell(row['p99_ms'])} | {row['errors']} |"
+        )
+    lines += [
+        "",
+        "## 3. One worker and two",
+        "",
+        "| endpoint | clients | server | req/s | p50 ms | p99 ms | errors |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
     for row in sorted(results["workers"], key=lambda r: (r["payload"] != "text", r["clients"], r["server"])):
-        lines.append(f"| `/search/{row['payload']}` | {row['clients']} | {row['server']} | {_cell(row['requests_per_s'])} | "
-                     f"{_cell(row['p50_ms'])} | {_cell(row['p99_ms'])} | {row['errors']} |")
-    lines += ["", "Memory per process after the load (MiB, /proc/PID/smaps_rollup; *shared* pages are also mapped by "
-              "another process: libraries, and with DSCMR_MMAP_INDEX the index vectors in the page cache; *PSS* splits "
-              "them between their users):", "",
-              "| server | process | RSS | PSS | private | shared | anonymous |", "|---|---|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| `/search/{row['payload']}` | {row['clients']} | {row['server']} | {_cell(row['requests_per_s'])} | "
+            f"{_cell(row['p50_ms'])} | {_cell(row['p99_ms'])} | {row['errors']} |"
+        )
+    lines += [
+        "",
+        "Memory per process after the load (MiB, /proc/PID/smaps_rollup; *shared* pages are also mapped by "
+        "another process: libraries, and with DSCMR_MMAP_INDEX the index vectors in the page cache; *PSS* splits "
+        "them between their users):",
+        "",
+        "| server | process | RSS | PSS | private | shared | anonymous |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for name, processes in results["memory"].items():
         for pid, mem in processes.items():
-            lines.append(f"| {name} | {pid} | {mem['rss_mib']:.0f} | {mem['pss_mib']:.0f} | {mem['private_mib']:.0f} | "
-                         f"{mem['shared_mib']:.0f} | {mem['anonymous_mib']:.0f} |")
+            lines.append(
+                f"| {name} | {pid} | {mem['rss_mib']:.0f} | {mem['pss_mib']:.0f} | {mem['private_mib']:.0f} | "
+                f"{mem['shared_mib']:.0f} | {mem['anonymous_mib']:.0f} |"
+            )
     lines.append("")
     return "\n".join(lines)
 
@@ -539,8 +682,12 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """CLI of the service benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", type=Path, default=Path(os.environ.get("DSCMR_ARTIFACTS", "artifacts")),
-                        help="artefact root holding index/ and corpus/ (default $DSCMR_ARTIFACTS or artifacts)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path(os.environ.get("DSCMR_ARTIFACTS", "artifacts")),
+        help="artefact root holding index/ and corpus/ (default $DSCMR_ARTIFACTS or artifacts)",
+    )
     parser.add_argument("--baseline-commit", help="also run the service of this commit (git archive), for before/after")
     parser.add_argument("--seconds", type=float, default=4.0, help="about how long each load level lasts")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))

@@ -6,6 +6,7 @@ Every bench/ script that writes a file under docs/results records `run_record(..
 section between `<!-- NAME:start ... -->` and `<!-- NAME:end -->`) from the JSON alone, so that a page can be rebuilt
 without rerunning the benchmark (`--from-json`), and never says anything the JSON does not hold.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -29,8 +30,12 @@ def command_line(script: str, argv: list[str] | None) -> str:
 
 def run_record(script: str, argv: list[str] | None) -> dict[str, Any]:
     """The start of a results record: command, date and time (UTC), git commit, the machine as detected now."""
-    return {"command": command_line(script, argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": git_commit(), "machine_before": detect_machine()}
+    return {
+        "command": command_line(script, argv),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": git_commit(),
+        "machine_before": detect_machine(),
+    }
 
 
 def finish_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -41,20 +46,21 @@ def finish_record(record: dict[str, Any]) -> dict[str, Any]:
 
 def provenance_line(record: dict[str, Any]) -> str:
     """One paragraph for a page: the producing command, its date and commit, and the machine it ran on."""
-    return (f"Written by `{record['command']}` on {record['date'][:10]}. Machine as detected: {describe(record['machine_before'], record.get('machine_after'))}.")
+    return f"Written by `{record['command']}` on {record['date'][:10]}. Machine as detected: {describe(record['machine_before'], record.get('machine_after'))}."
 
 
 def load_note(record: dict[str, Any]) -> str:
     """A sentence on the machine's load during the run, computed from the recorded load averages and cores."""
     cores = record["machine_before"].get("cores") or 1
-    loads = [m["load_average"][0] for m in (record["machine_before"], record.get("machine_after") or {})
-             if m.get("load_average")]
+    loads = [m["load_average"][0] for m in (record["machine_before"], record.get("machine_after") or {}) if m.get("load_average")]
     if not loads:
         return "The load on the machine was not recorded."
     worst = max(loads)
     if worst > cores:
-        return (f"The 1-minute load average reached {worst:.1f} on {cores} cores: other work shared the machine, so "
-                "wall-clock figures are slower than on an idle one.")
+        return (
+            f"The 1-minute load average reached {worst:.1f} on {cores} cores: other work shared the machine, so "
+            "wall-clock figures are slower than on an idle one."
+        )
     return f"The 1-minute load average stayed at or below {worst:.1f} on {cores} cores."
 
 

@@ -16,10 +16,10 @@ pooled maps before ReLU). Per variant and seed: live maps (a positive pooled val
 initialisation, at the selected epoch and at the last epoch; texts of all splits on which no map fires (all-zero
 features with ReLU); validation and test average mAP of the selected model.
 """
+
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -39,20 +39,20 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, 
 
     from model.sentence_cnn import TextEncoderConfig
     from model.text import build_sentence_cnn
+    from tests.fixtures_data import topic_corpus
     from training.config import preset, with_dims
     from training.features import FeatureSplits, SplitArrays
     from training.train import evaluate_model, train_dscmr
-
-    from tests.fixtures_data import topic_corpus
 
     torch.set_num_threads(args.threads)
     texts, labels, images = topic_corpus(args.items, seed=seed, noise=args.noise)
     y = np.eye(labels.max() + 1, dtype=np.float32)[labels]
     n = len(texts)
     rows = np.arange(n)
-    parts = {"train": rows[: int(0.7 * n)], "val": rows[int(0.7 * n): int(0.85 * n)], "test": rows[int(0.85 * n):]}
-    text_cfg = TextEncoderConfig(kind="sentence_cnn", embed_dim=args.embed_dim, maps=args.maps, min_count=2, max_len=64,
-                                 **VARIANTS[variant])
+    parts = {"train": rows[: int(0.7 * n)], "val": rows[int(0.7 * n) : int(0.85 * n)], "test": rows[int(0.85 * n) :]}
+    text_cfg = TextEncoderConfig(
+        kind="sentence_cnn", embed_dim=args.embed_dim, maps=args.maps, min_count=2, max_len=64, **VARIANTS[variant]
+    )
     torch.manual_seed(seed)
     bundle = build_sentence_cnn(text_cfg, [texts[i] for i in parts["train"]], seed=seed)
     ids = bundle.vocab.encode(texts, max_len=text_cfg.max_len).numpy().astype(np.int64)
@@ -70,12 +70,22 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, 
     everything = selected.map_activity(torch.from_numpy(ids))
     test = evaluate_model(result.model, data, "test")
     last = result.history[-1]
-    return {"variant": variant, "seed": seed, "maps": init.maps, "live_init": init.live_fraction,
-            "live_selected": at_best.live_fraction, "live_last": last.get("text_live_maps"),
-            "silent_texts_selected": everything.silent_texts, "texts": everything.texts,
-            "silent_last": last.get("text_silent"), "best_epoch": result.best_epoch, "val_map": result.best_val.avg,
-            "test_map": test.avg, "train_wall_s": round(wall, 1),
-            "live_per_epoch": [h.get("text_live_maps") for h in result.history]}
+    return {
+        "variant": variant,
+        "seed": seed,
+        "maps": init.maps,
+        "live_init": init.live_fraction,
+        "live_selected": at_best.live_fraction,
+        "live_last": last.get("text_live_maps"),
+        "silent_texts_selected": everything.silent_texts,
+        "texts": everything.texts,
+        "silent_last": last.get("text_silent"),
+        "best_epoch": result.best_epoch,
+        "val_map": result.best_val.avg,
+        "test_map": test.avg,
+        "train_wall_s": round(wall, 1),
+        "live_per_epoch": [h.get("text_live_maps") for h in result.history],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,15 +114,28 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rows = [run_variant(v, s, args) for v, s in cases]
     after = detect_machine()
-    print(f"{'variant':<12}{'seed':>5}{'live init':>10}{'live sel':>10}{'live last':>10}{'silent':>8}{'best ep':>8}"
-          f"{'val mAP':>9}{'test mAP':>9}")
+    print(
+        f"{'variant':<12}{'seed':>5}{'live init':>10}{'live sel':>10}{'live last':>10}{'silent':>8}{'best ep':>8}"
+        f"{'val mAP':>9}{'test mAP':>9}"
+    )
     for r in rows:
-        print(f"{r['variant']:<12}{r['seed']:>5}{r['live_init']:>10.3f}{r['live_selected']:>10.3f}{r['live_last']:>10.3f}"
-              f"{r['silent_texts_selected']:>8}{r['best_epoch']:>8}{r['val_map']:>9.4f}{r['test_map']:>9.4f}")
+        print(
+            f"{r['variant']:<12}{r['seed']:>5}{r['live_init']:>10.3f}{r['live_selected']:>10.3f}{r['live_last']:>10.3f}"
+            f"{r['silent_texts_selected']:>8}{r['best_epoch']:>8}{r['val_map']:>9.4f}{r['test_map']:>9.4f}"
+        )
     print(describe(before, after))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                                    "machine_before": before, "machine_after": after, "rows": rows}, indent=1))
+    args.out.write_text(
+        json.dumps(
+            {
+                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "machine_before": before,
+                "machine_after": after,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {args.out}")
     return 0
 

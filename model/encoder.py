@@ -1,4 +1,5 @@
 """A trained model as serving and indexing use it: raw images / texts (or features) in, unit common-space vectors out."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,7 +46,9 @@ def build_network(artefact: ModelArtefact) -> DSCMRNet:
     state = {k: v for k, v in artefact.state_dict.items() if not (prefix and k.startswith(prefix))}
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ModelArtefactError(f"model weights do not fit the configured network: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ModelArtefactError(
+            f"model weights do not fit the configured network: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return net.eval()
 
 
@@ -72,10 +75,13 @@ def build_image_backbone_of(artefact: ModelArtefact):
     if expected and backbone.weights_sha256 != expected:
         raise ModelArtefactError(
             f"the model fine-tuned {image_spec['name']} weights with sha256 {expected[:12]}..., but the weights found here have "
-            f"{backbone.weights_sha256[:12]}...; install the same backbone weights (or set weights_path) or retrain the model")
-    tuned = {k[len(prefix):]: v for k, v in artefact.state_dict.items() if k.startswith(prefix)}
+            f"{backbone.weights_sha256[:12]}...; install the same backbone weights (or set weights_path) or retrain the model"
+        )
+    tuned = {k[len(prefix) :]: v for k, v in artefact.state_dict.items() if k.startswith(prefix)}
     if not tuned:
-        raise ModelArtefactError(f"the model says its backbone is fine-tuned but its weights hold no '{prefix}*' tensors; retrain it")
+        raise ModelArtefactError(
+            f"the model says its backbone is fine-tuned but its weights hold no '{prefix}*' tensors; retrain it"
+        )
     try:
         backbone.load_finetuned_state(tuned, "the model's weights file")
     except ValueError as exc:
@@ -123,7 +129,9 @@ class CrossModalEncoder:
             from model.tfidf import TfidfTextModel
 
             if artefact.vocab is None:
-                raise ModelArtefactError("the model uses tf-idf text features but its directory has no vocab.json (the fitted model)")
+                raise ModelArtefactError(
+                    "the model uses tf-idf text features but its directory has no vocab.json (the fitted model)"
+                )
             self._tfidf = TfidfTextModel.from_dict(artefact.vocab)
 
     @property
@@ -173,7 +181,9 @@ class CrossModalEncoder:
     def image_backbone_features(self, images: Sequence[Any]) -> np.ndarray:
         """Backbone features of decoded RGB images (what `training prepare` caches)."""
         if self._backbone is None:
-            raise ModelArtefactError("this model was trained on precomputed image features and has no image backbone; it cannot encode pictures")
+            raise ModelArtefactError(
+                "this model was trained on precomputed image features and has no image backbone; it cannot encode pictures"
+            )
         return self._backbone.extract_images(list(images), self.device).float().to(self.device).cpu().numpy()
 
     @torch.inference_mode()
@@ -187,7 +197,9 @@ class CrossModalEncoder:
 
     def _backbone_tensor(self, images: Sequence[Any]) -> torch.Tensor:
         if self._backbone is None:
-            raise ModelArtefactError("this model was trained on precomputed image features and has no image backbone; it cannot encode pictures")
+            raise ModelArtefactError(
+                "this model was trained on precomputed image features and has no image backbone; it cannot encode pictures"
+            )
         return self._backbone.extract_images(list(images), self.device).float().to(self.device)
 
     def warm_up(self) -> None:
@@ -205,8 +217,11 @@ class CrossModalEncoder:
         if self._vocab is None:
             return None
         # Punctuation tokens are left out: a user reads this list as "words the model did not understand".
-        return list(dict.fromkeys(token for token in self._vocab.tokenize(text)
-                                  if token not in self._vocab and any(ch.isalnum() for ch in token)))
+        return list(
+            dict.fromkeys(
+                token for token in self._vocab.tokenize(text) if token not in self._vocab and any(ch.isalnum() for ch in token)
+            )
+        )
 
     @torch.inference_mode()
     def encode_text_queries(self, texts: Sequence[str]) -> tuple[np.ndarray, list[str | None]]:
@@ -233,7 +248,9 @@ class CrossModalEncoder:
             vectors.append(_unit(self.network.encode_text_feature(h)))
             known = (chunk > OOV_ID).any(1).tolist()
             silent = (h == 0).all(1).tolist()
-            problems += [None if k and not z else ("no_known_words" if not k else "degenerate_vector") for k, z in zip(known, silent)]
+            problems += [
+                None if k and not z else ("no_known_words" if not k else "degenerate_vector") for k, z in zip(known, silent)
+            ]
         return np.concatenate(vectors) if vectors else np.zeros((0, self.dim), np.float32), problems
 
     @torch.inference_mode()
@@ -249,7 +266,9 @@ class CrossModalEncoder:
             return self.encode_text_features(self._sentence_encoder.encode(texts))
         if self._tfidf is not None:
             return self.encode_text_features(self._tfidf.transform(texts))
-        raise ModelArtefactError("this model was trained on precomputed text features and has no text encoder; it cannot encode sentences")
+        raise ModelArtefactError(
+            "this model was trained on precomputed text features and has no text encoder; it cannot encode sentences"
+        )
 
 
 def load_encoder(model_dir: str | Path, device: str | None = None) -> CrossModalEncoder:

@@ -1,4 +1,5 @@
 """The DSCMR objective J = J1 + lambda*J2 + eta*J3 (+ an optional instance term) and the ridge closed form of the classifier."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,8 +60,11 @@ def j2_common_space(u, v, labels, columns: tuple | None = None) -> torch.Tensor:
     """
     u_cols, v_cols, labels_cols = columns if columns is not None else (u, v, labels)
     s = relevance(labels, labels_cols).to(u.dtype)
-    return (_logistic_nll(_half_cosine(u, v_cols), s) + _logistic_nll(_half_cosine(u, u_cols), s)
-            + _logistic_nll(_half_cosine(v, v_cols), s))
+    return (
+        _logistic_nll(_half_cosine(u, v_cols), s)
+        + _logistic_nll(_half_cosine(u, u_cols), s)
+        + _logistic_nll(_half_cosine(v, v_cols), s)
+    )
 
 
 def j1_labelled_rows(pred_img, pred_txt, labels, form: str = "released") -> torch.Tensor:
@@ -127,9 +131,18 @@ def instance_term(u, v, instance_ids, temperature: float, form: str = "infonce",
     return (nll(i2t) + nll(t2i)) / 2.0
 
 
-def dscmr_loss(u, v, pred_img, pred_txt, labels, cfg: LossConfig, j2_columns: tuple | None = None,
-               instance_ids: torch.Tensor | None = None, instance_columns: tuple | None = None,
-               partial_labels: bool = False) -> LossTerms:
+def dscmr_loss(
+    u,
+    v,
+    pred_img,
+    pred_txt,
+    labels,
+    cfg: LossConfig,
+    j2_columns: tuple | None = None,
+    instance_ids: torch.Tensor | None = None,
+    instance_columns: tuple | None = None,
+    partial_labels: bool = False,
+) -> LossTerms:
     """Compute J and its parts. `j2_columns` = (u_all, v_all, labels_all) widens J2's pairs (see `j2_common_space`);
     `instance_ids` (default: every pair its own instance) and `instance_columns` feed the instance term (`instance_term`).
     `partial_labels`: some rows have no label (all-zero label rows); J1 and J2 then count only the labelled rows / pairs."""

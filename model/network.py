@@ -1,4 +1,5 @@
 """The DSCMR network: two modality branches, one shared common-space layer and a linear classifier."""
+
 from __future__ import annotations
 
 import warnings

@@ -1,4 +1,5 @@
 """Kim (2014) sentence CNN as used by DSCMR for text, and the typed config that rebuilds a text encoder."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -75,8 +76,10 @@ class TextEncoderConfig:
         if self.pretrained_vocab < 0:
             raise ValueError(f"pretrained_vocab must be >= 0 (0 = training words only), got {self.pretrained_vocab}")
         if self.pretrained_vocab and self.word_vectors in ("word2vec", "random"):
-            raise ValueError(f"pretrained_vocab needs pretrained word vectors, but word_vectors={self.word_vectors!r} has none: "
-                             "use glove-6b-50d or a vector file, or leave pretrained_vocab at 0")
+            raise ValueError(
+                f"pretrained_vocab needs pretrained word vectors, but word_vectors={self.word_vectors!r} has none: "
+                "use glove-6b-50d or a vector file, or leave pretrained_vocab at 0"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.word_dropout < 1.0:
@@ -86,8 +89,7 @@ class TextEncoderConfig:
         if self.activation not in ("relu", "leaky_relu"):
             raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {self.activation!r}")
         if self.word_vectors == "glove-6b-50d" and self.embed_dim != GLOVE_6B_50D_DIM:
-            raise ValueError(f"word_vectors='glove-6b-50d' gives 50-d vectors but embed_dim={self.embed_dim}; "
-                             "set embed_dim=50")
+            raise ValueError(f"word_vectors='glove-6b-50d' gives 50-d vectors but embed_dim={self.embed_dim}; set embed_dim=50")
 
     @property
     def output_dim(self) -> int | None:
@@ -126,10 +128,20 @@ class SentenceCNN(nn.Module):
     is padded (with the zero PAD vector) up to the kernel width and uses that single window.
     """
 
-    def __init__(self, vocab_size: int, embed_dim: int = 300, widths: tuple[int, ...] = (3, 4, 5), maps: int = 100,
-                 dropout: float = 0.5, pretrained: np.ndarray | None = None, freeze_embeddings: bool = False,
-                 word_dropout: float = 0.0, mean_vector: bool = False, activation: MapActivation = "relu",
-                 pool_norm: bool = False) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int = 300,
+        widths: tuple[int, ...] = (3, 4, 5),
+        maps: int = 100,
+        dropout: float = 0.5,
+        pretrained: np.ndarray | None = None,
+        freeze_embeddings: bool = False,
+        word_dropout: float = 0.0,
+        mean_vector: bool = False,
+        activation: MapActivation = "relu",
+        pool_norm: bool = False,
+    ) -> None:
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2 (PAD and OOV), got {vocab_size}")
@@ -142,8 +154,10 @@ class SentenceCNN(nn.Module):
         if pretrained is not None:
             pretrained = np.asarray(pretrained)
             if pretrained.shape != (vocab_size, embed_dim):
-                raise ValueError(f"pretrained embeddings have shape {pretrained.shape}, expected "
-                                 f"({vocab_size}, {embed_dim}) = (vocab size, embed_dim)")
+                raise ValueError(
+                    f"pretrained embeddings have shape {pretrained.shape}, expected "
+                    f"({vocab_size}, {embed_dim}) = (vocab size, embed_dim)"
+                )
             if not np.isfinite(pretrained).all():
                 raise ValueError("pretrained embeddings contain NaN or inf")
             with torch.no_grad():
@@ -161,13 +175,23 @@ class SentenceCNN(nn.Module):
         self.pool_norm = nn.BatchNorm1d(maps * len(self.widths), affine=False) if pool_norm else None
 
     @classmethod
-    def from_config(cls, cfg: TextEncoderConfig, vocab_size: int, pretrained: np.ndarray | None = None
-                    ) -> SentenceCNN:
+    def from_config(cls, cfg: TextEncoderConfig, vocab_size: int, pretrained: np.ndarray | None = None) -> SentenceCNN:
         """The SentenceCNN `cfg` describes (weights random or `pretrained`; load a state dict to restore one)."""
         if cfg.kind != "sentence_cnn":
             raise ValueError(f"TextEncoderConfig.kind is {cfg.kind!r}; only 'sentence_cnn' builds a SentenceCNN")
-        return cls(vocab_size, cfg.embed_dim, cfg.widths, cfg.maps, cfg.dropout, pretrained, cfg.freeze_embeddings,
-                   cfg.word_dropout, cfg.mean_vector, cfg.activation, cfg.pool_norm)
+        return cls(
+            vocab_size,
+            cfg.embed_dim,
+            cfg.widths,
+            cfg.maps,
+            cfg.dropout,
+            pretrained,
+            cfg.freeze_embeddings,
+            cfg.word_dropout,
+            cfg.mean_vector,
+            cfg.activation,
+            cfg.pool_norm,
+        )
 
     @property
     def freeze_embeddings(self) -> bool:
@@ -204,13 +228,16 @@ class SentenceCNN(nn.Module):
     def _pooled(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(max-over-time pooled maps before the activation, N x maps*widths; mean word vector or None)."""
         if token_ids.dim() != 2 or token_ids.dtype not in (torch.long, torch.int32, torch.int64):
-            raise ValueError(f"SentenceCNN expects an integer tensor N x L of token ids, got "
-                             f"{tuple(token_ids.shape)} {token_ids.dtype}")
+            raise ValueError(
+                f"SentenceCNN expects an integer tensor N x L of token ids, got {tuple(token_ids.shape)} {token_ids.dtype}"
+            )
         # Checked here because an out-of-range id on CUDA surfaces only as an opaque device-side assert.
         if token_ids.numel() and (int(token_ids.min()) < 0 or int(token_ids.max()) >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size}); got range "
-                             f"[{int(token_ids.min())}, {int(token_ids.max())}] — was the text encoded with this "
-                             "model's vocabulary?")
+            raise ValueError(
+                f"token ids must lie in [0, {self.vocab_size}); got range "
+                f"[{int(token_ids.min())}, {int(token_ids.max())}] — was the text encoded with this "
+                "model's vocabulary?"
+            )
         positions = torch.arange(1, token_ids.shape[1] + 1, device=token_ids.device)
         # Length = last non-pad position, so a stray inner pad is just a zero vector, not the end of the text.
         lengths = torch.where(token_ids != PAD_ID, positions, torch.zeros_like(positions)).amax(1)
@@ -242,7 +269,6 @@ class SentenceCNN(nn.Module):
         return torch.cat(pooled, 1), mean
 
 
-def sentence_cnn_from_config(cfg: TextEncoderConfig, vocab_size: int, pretrained: np.ndarray | None = None
-                             ) -> SentenceCNN:
+def sentence_cnn_from_config(cfg: TextEncoderConfig, vocab_size: int, pretrained: np.ndarray | None = None) -> SentenceCNN:
     """Function form of `SentenceCNN.from_config`."""
     return SentenceCNN.from_config(cfg, vocab_size, pretrained)

@@ -10,6 +10,7 @@ vector, and `known_features` says so (the service answers "no_known_words").
 The fitted model is a JSON-ready dict (n-grams, idf weights, SVD components as base64 float32) that a model directory
 stores as its vocab.json.
 """
+
 from __future__ import annotations
 
 import base64
@@ -108,8 +109,14 @@ class TfidfTextModel:
             raise ValueError(f"tfidf needs at least 3 training texts, got {len(texts)}")
         cfg = dataclasses.replace(cfg, tokenizer=cfg.tokenizer.resolved())
         min_df = min(cfg.min_df, len(texts))
-        vectorizer = TfidfVectorizer(analyzer=lambda t: analyze(t, cfg), sublinear_tf=cfg.sublinear_tf, min_df=min_df,
-                                     max_df=cfg.max_df, max_features=cfg.max_features, dtype=np.float64)
+        vectorizer = TfidfVectorizer(
+            analyzer=lambda t: analyze(t, cfg),
+            sublinear_tf=cfg.sublinear_tf,
+            min_df=min_df,
+            max_df=cfg.max_df,
+            max_features=cfg.max_features,
+            dtype=np.float64,
+        )
         try:
             matrix = vectorizer.fit_transform(texts)
         except ValueError as exc:  # every n-gram pruned by the document-frequency bounds
@@ -155,8 +162,11 @@ class TfidfTextModel:
         """The words of `text` (project tokenizer, alphanumeric tokens) the model does not know: neither the word itself
         (word n-grams) nor any of its longest character n-grams (the word's length, capped at the largest n); single
         characters alone do not make a word known."""
-        return list(dict.fromkeys(t for t in tokenize(text, self.cfg.tokenizer)
-                                  if any(ch.isalnum() for ch in t) and not self._word_known(t)))
+        return list(
+            dict.fromkeys(
+                t for t in tokenize(text, self.cfg.tokenizer) if any(ch.isalnum() for ch in t) and not self._word_known(t)
+            )
+        )
 
     def _word_known(self, token: str) -> bool:
         if self.cfg.analyzer in ("word", "char+word") and "w:" + token in self.index:
@@ -168,9 +178,15 @@ class TfidfTextModel:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored as a model directory's vocab.json)."""
-        return {"kind": "tfidf", "format": TFIDF_FORMAT, "config": dataclasses.asdict(self.cfg), "features": self.features,
-                "idf": self.idf.tolist(), "components_shape": list(self.components.shape),
-                "components_float32_b64": base64.b64encode(np.ascontiguousarray(self.components, "<f4").tobytes()).decode()}
+        return {
+            "kind": "tfidf",
+            "format": TFIDF_FORMAT,
+            "config": dataclasses.asdict(self.cfg),
+            "features": self.features,
+            "idf": self.idf.tolist(),
+            "components_shape": list(self.components.shape),
+            "components_float32_b64": base64.b64encode(np.ascontiguousarray(self.components, "<f4").tobytes()).decode(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TfidfTextModel:
@@ -178,8 +194,13 @@ class TfidfTextModel:
         from model.config import from_dict
 
         if data.get("kind") != "tfidf" or data.get("format") != TFIDF_FORMAT:
-            raise ValueError(f"not a tfidf text model of format {TFIDF_FORMAT} (kind {data.get('kind')!r}, format "
-                             f"{data.get('format')!r})")
+            raise ValueError(
+                f"not a tfidf text model of format {TFIDF_FORMAT} (kind {data.get('kind')!r}, format {data.get('format')!r})"
+            )
         components = np.frombuffer(base64.b64decode(data["components_float32_b64"]), dtype="<f4")
-        return cls(from_dict(TfidfConfig, data["config"]), data["features"], np.asarray(data["idf"]),
-                   components.reshape(data["components_shape"]).astype(np.float32))
+        return cls(
+            from_dict(TfidfConfig, data["config"]),
+            data["features"],
+            np.asarray(data["idf"]),
+            components.reshape(data["components_shape"]).astype(np.float32),
+        )

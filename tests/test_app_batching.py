@@ -1,6 +1,7 @@
 """Micro-batching (DSCMR_BATCHING=on) against real servers: concurrent queries share encoder forwards, and every
 request gets the answer the unbatched session server gives it (same ids in the same order, same scores up to the
 float32 rounding of a batched forward), broken uploads fail alone, and batching is off on the CPU by default."""
+
 from __future__ import annotations
 
 import io
@@ -23,9 +24,15 @@ SCORE_TOLERANCE = 2e-6
 @pytest.fixture(scope="module")
 def batched_server(app_artefacts, tmp_path_factory):
     # a long wait, so that the concurrent requests below surely share batches on a busy machine
-    server = start_server(app_artefacts.index_root, tmp_path_factory.mktemp("batched") / "server.log", reload_poll_s="0",
-                          batching="on", batch_wait_ms="200", batch_max_size="8",
-                          inline_text_max_ms="0")  # every text query through the batcher
+    server = start_server(
+        app_artefacts.index_root,
+        tmp_path_factory.mktemp("batched") / "server.log",
+        reload_poll_s="0",
+        batching="on",
+        batch_wait_ms="200",
+        batch_max_size="8",
+        inline_text_max_ms="0",
+    )  # every text query through the batcher
     try:
         wait_ready(server)
         yield server
@@ -76,8 +83,9 @@ def _same_answer(batched: dict, unbatched: dict) -> None:
         assert mine["score"] == pytest.approx(theirs["score"], abs=SCORE_TOLERANCE)
         if theirs["relevance"] is not None:
             assert mine["relevance"] == pytest.approx(theirs["relevance"], abs=SCORE_TOLERANCE)
-        assert {k: v for k, v in mine.items() if k not in ("score", "relevance")} == \
-               {k: v for k, v in theirs.items() if k not in ("score", "relevance")}
+        assert {k: v for k, v in mine.items() if k not in ("score", "relevance")} == {
+            k: v for k, v in theirs.items() if k not in ("score", "relevance")
+        }
     for key in ("index_version", "model_hash", "k", "target", "unknown_words"):
         assert batched[key] == unbatched[key]
 
@@ -177,5 +185,6 @@ def test_a_lone_text_search_runs_on_the_event_loop_with_the_same_answer(app_arte
     assert answers[0]["stages_ms"]["queue"] > 0  # nothing measured yet: the first one goes to a thread
     assert [a["stages_ms"]["queue"] for a in answers[1:]] == [0.0, 0.0, 0.0]
     for answer in answers:
-        assert [(h["id"], h["score"], h["relevance"]) for h in answer["results"]] == \
-               [(h["id"], h["score"], h["relevance"]) for h in threaded["results"]]
+        assert [(h["id"], h["score"], h["relevance"]) for h in answer["results"]] == [
+            (h["id"], h["score"], h["relevance"]) for h in threaded["results"]
+        ]

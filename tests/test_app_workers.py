@@ -1,5 +1,6 @@
 """DSCMR_WORKERS=2 against a real server: both worker processes serve, share the index vectors through one mapping of
 the version's files, and each takes up a newly published version (hot reload in every worker)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Pieces of bench/bench_service.py against the session's real server: the minimal HTTP client and the memory reading."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ def test_memory_of_reads_this_process():
 
 
 def test_summarise_counts_missing_and_failed_requests():
-    csv_text = "response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset\n" \
-               "0.010,0,0,0,0,0,200,0.0\n0.020,0,0,0,0,0,200,0.01\n0.030,0,0,0,0,0,503,0.02\n"
+    csv_text = (
+        "response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset\n"
+        "0.010,0,0,0,0,0,200,0.0\n0.020,0,0,0,0,0,200,0.01\n0.030,0,0,0,0,0,503,0.02\n"
+    )
     result = summarise(csv_text, sent=4)
     assert result["errors"] == 2 and result["status_codes"] == {"200": 2, "503": 1}
     assert result["p50_ms"] == 20.0

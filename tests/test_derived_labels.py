@@ -1,5 +1,6 @@
 """Labels derived from the texts of a corpus without labels (issue 16, item 2b, clusters): k-means over the prepared text
 features, seeded, k chosen on validation or given, stored with the prepared data and named by their top terms."""
+
 from __future__ import annotations
 
 import json
@@ -71,21 +72,61 @@ def test_top_terms_and_names():
 def test_prepare_derives_and_stores_cluster_labels_and_train_uses_j1_j2(tmp_path):
     manifest = write_caption_manifest(tmp_path / "data", per_class=4, labels="none")
     prepared = tmp_path / "prepared"
-    done = subprocess.run([sys.executable, "-m", "training", "prepare", "--dataset", "manifest", str(manifest), "--out",
-                           str(prepared), "--derive-labels", "clusters", "--clusters", "6", *TEXT_OPTIONS],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "prepare",
+            "--dataset",
+            "manifest",
+            str(manifest),
+            "--out",
+            str(prepared),
+            "--derive-labels",
+            "clusters",
+            "--clusters",
+            "6",
+            *TEXT_OPTIONS,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     meta = json.loads((prepared / "prepared.json").read_text())
     derived = meta["derived_labels"]
     assert (derived["method"], derived["k"], derived["seed"], derived["chosen"]) == ("clusters", 6, 0, "given")
-    assert derived["features"] == "mean word vectors" and meta["label_names"] == derived["names"] and len(set(derived["names"])) == 6
+    assert (
+        derived["features"] == "mean word vectors" and meta["label_names"] == derived["names"] and len(set(derived["names"])) == 6
+    )
     assert meta["config"]["derive_labels"] == "clusters" and meta["config"]["clusters"] == 6
     labels = np.load(prepared / "labels.npy")
     assert labels.shape == (48, 6) and (labels.sum(1) == 1).all()
     train_rows = [meta["ids"].index(i) for i in meta["splits"]["train"]]
     assert (labels[train_rows].sum(0) > 0).all()  # every derived label has training items
-    trained = subprocess.run([sys.executable, "-m", "training", "train", "--prepared", str(prepared), "--out", str(tmp_path / "model"),
-                              "--epochs", "3", "--device", "cpu", "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    trained = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "train",
+            "--prepared",
+            str(prepared),
+            "--out",
+            str(tmp_path / "model"),
+            "--epochs",
+            "3",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "loss: data with labels: loss terms J1 + J2 + J3" in trained.stderr
     assert json.loads((tmp_path / "model" / "labels.json").read_text()) == derived["names"]
@@ -100,8 +141,12 @@ def test_prepare_derives_and_stores_cluster_labels_and_train_uses_j1_j2(tmp_path
     assert relabelled.label_names == derived["names"] and relabelled.splits == meta["splits"]
     by_row = {i: derived["names"][int(np.argmax(labels[r]))] for r, i in enumerate(meta["ids"])}
     assert all(it.labels == (by_row[it.id],) for it in relabelled.items)
-    version = build_index(tmp_path / "model", prepared / "corpus-derived", tmp_path / "index",
-                          BuildConfig(show_progress=False, feature_cache=str(prepared / "feature_cache")))
+    version = build_index(
+        tmp_path / "model",
+        prepared / "corpus-derived",
+        tmp_path / "index",
+        BuildConfig(show_progress=False, feature_cache=str(prepared / "feature_cache")),
+    )
     index = SearchIndex.load(version)
     index.attach_encoder(load_encoder(tmp_path / "model", device="cpu"))
     assert index.label_names == sorted(derived["names"])
@@ -115,8 +160,26 @@ def test_more_clusters_than_train_items_fails_before_anything_is_written(tmp_pat
     manifest = write_caption_manifest(tmp_path / "data", per_class=1, labels="none", classes=4)  # 4 items: 2 to train
     for extra in (["--clusters", "20"], []):
         out = tmp_path / f"prepared{len(extra)}"
-        done = subprocess.run([sys.executable, "-m", "training", "prepare", "--dataset", "manifest", str(manifest), "--out",
-                               str(out), "--derive-labels", "clusters", *extra, *TEXT_OPTIONS],
-                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "training",
+                "prepare",
+                "--dataset",
+                "manifest",
+                str(manifest),
+                "--out",
+                str(out),
+                "--derive-labels",
+                "clusters",
+                *extra,
+                *TEXT_OPTIONS,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 2 and not out.exists(), done.stderr[-2000:]
         assert ("fewer than 20 clusters" if extra else "fewer than the smallest k of the grid (4)") in done.stderr

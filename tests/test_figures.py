@@ -1,4 +1,5 @@
 """`python -m training figures`: the loss curve and the t-SNE of a tiny real run come out as valid PNG files."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,12 @@ def tiny_splits(seed: int = 0) -> FeatureSplits:
 
     def part(n: int, tag: str) -> SplitArrays:
         cls = np.arange(n) % 3
-        return SplitArrays((centres_img[cls] + rng.normal(size=(n, 12))).astype(np.float32),
-                           (centres_txt[cls] + rng.normal(size=(n, 6))).astype(np.float32), one_hot(cls, 3), [f"{tag}{i}" for i in range(n)])
+        return SplitArrays(
+            (centres_img[cls] + rng.normal(size=(n, 12))).astype(np.float32),
+            (centres_txt[cls] + rng.normal(size=(n, 6))).astype(np.float32),
+            one_hot(cls, 3),
+            [f"{tag}{i}" for i in range(n)],
+        )
 
     return FeatureSplits(part(30, "tr"), part(9, "va"), part(12, "te"), ["a", "b", "c"], name="tiny")
 
@@ -33,8 +38,24 @@ def test_figures_command_writes_a_loss_curve_and_a_tsne_png(tmp_path):
     train_and_save(data, cfg, tmp_path / "model", run_dir=tmp_path / "run")
     features = save_feature_splits(data, tmp_path / "features.npz")
     out = tmp_path / "figures"
-    assert main(["figures", "--features", str(features), "--run-dir", str(tmp_path / "run"), "--model", str(tmp_path / "model"),
-                 "--out", str(out), "--prefix", "tiny-"]) == 0
+    assert (
+        main(
+            [
+                "figures",
+                "--features",
+                str(features),
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--model",
+                str(tmp_path / "model"),
+                "--out",
+                str(out),
+                "--prefix",
+                "tiny-",
+            ]
+        )
+        == 0
+    )
     written = sorted(p.name for p in out.iterdir())
     assert written == ["tiny-loss_curve.png", "tiny-tsne_common_space.png"]
     for name in written:
@@ -53,8 +74,19 @@ def test_figures_command_writes_a_loss_curve_and_a_tsne_png(tmp_path):
 def test_figures_command_explains_a_run_dir_without_metrics(tmp_path, capsys):
     data = tiny_splits()
     features = save_feature_splits(data, tmp_path / "features.npz")
-    code = main(["figures", "--features", str(features), "--run-dir", str(tmp_path / "nothing"), "--model", str(tmp_path / "m"),
-                 "--out", str(tmp_path / "f")])
+    code = main(
+        [
+            "figures",
+            "--features",
+            str(features),
+            "--run-dir",
+            str(tmp_path / "nothing"),
+            "--model",
+            str(tmp_path / "m"),
+            "--out",
+            str(tmp_path / "f"),
+        ]
+    )
     assert code == 2 and "metrics.jsonl" in capsys.readouterr().err
 
 
@@ -77,7 +109,11 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = sorted((REPO / "docs" / "results").glob("*.json"))
 # Results files whose scripts record through bench.provenance, and the page section each one renders.
 RENDERED = {
-    "evaluation.json": ("bench_evaluation.py", "docs/evaluation-benchmark.md", ["--doc", "{page}", "--from-json", "--out", "{json}"]),
+    "evaluation.json": (
+        "bench_evaluation.py",
+        "docs/evaluation-benchmark.md",
+        ["--doc", "{page}", "--from-json", "--out", "{json}"],
+    ),
     "index.json": ("bench_index.py", "docs/index-benchmark.md", ["--doc", "{page}", "--from-json", "--out", "{json}"]),
     "gpu_check.json": ("gpu_check.py", "docs/gpu-check.md", ["--doc", "{page}", "--from-json", "--out", "{json}"]),
 }
@@ -101,8 +137,11 @@ def test_every_results_file_names_the_bench_command_that_wrote_it(path):
 
 
 # Every results file whose script records through bench.provenance, and that script.
-RECORDED = {**{name: script for name, (script, _, _) in RENDERED.items()},
-            "imagenet-image-features.json": "imagenet_image_features.py", "image-budget.json": "bench_image_budget.py"}
+RECORDED = {
+    **{name: script for name, (script, _, _) in RENDERED.items()},
+    "imagenet-image-features.json": "imagenet_image_features.py",
+    "image-budget.json": "bench_image_budget.py",
+}
 
 
 @pytest.mark.parametrize("name", sorted(RECORDED))
@@ -123,7 +162,11 @@ def test_committed_page_sections_are_what_the_scripts_render_from_the_committed_
     copy = tmp_path / Path(page).name
     shutil.copy(REPO / page, copy)
     argv = [a.format(page=copy, json=REPO / "docs" / "results" / name) for a in args]
-    runner = ["bash", str(REPO / "bench" / "gpu_check.sh")] if script == "gpu_check.py" else [sys.executable, str(REPO / "bench" / script)]
+    runner = (
+        ["bash", str(REPO / "bench" / "gpu_check.sh")]
+        if script == "gpu_check.py"
+        else [sys.executable, str(REPO / "bench" / script)]
+    )
     env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
     done = subprocess.run([*runner, *argv], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -134,11 +177,17 @@ def test_image_feature_page_is_what_the_script_renders(tmp_path):
     (tmp_path / "results").mkdir()
     shutil.copy(REPO / "docs" / "results" / "imagenet-image-features.json", tmp_path / "results")
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "imagenet_image_features.py"), "--from-json", "--out", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "imagenet_image_features.py"), "--from-json", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (tmp_path / "results-imagenet-image-features.md").read_text() == \
-        (REPO / "docs" / "results-imagenet-image-features.md").read_text()
+    assert (tmp_path / "results-imagenet-image-features.md").read_text() == (
+        REPO / "docs" / "results-imagenet-image-features.md"
+    ).read_text()
 
 
 def test_bench_scripts_hold_no_hard_coded_machine_facts():
@@ -154,8 +203,24 @@ def _evaluation_report(tmp_path: Path) -> tuple[Path, Path]:
     page.write_text(f"# title\n\nprose 1.5 s\n\n{start}\nstale 9.9 s\n{end}\n\nafter\n")
     out = tmp_path / "eval.json"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "bench_evaluation.py"), "--sizes", "60,120", "--labels", "single",
-                           "--out", str(out), "--doc", str(page)], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "bench_evaluation.py"),
+            "--sizes",
+            "60,120",
+            "--labels",
+            "single",
+            "--out",
+            str(out),
+            "--doc",
+            str(page),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return out, page
 
@@ -173,9 +238,13 @@ def test_evaluation_bench_writes_its_json_whole_and_renders_its_section(tmp_path
     assert f"(2 times the items, 4 times the pairs, single labels) the peak traced memory grew {grown:.1f} times" in text
     # re-rendering from the JSON alone gives the same page
     before = page.read_text()
-    done = subprocess.run([sys.executable, str(REPO / "bench" / "bench_evaluation.py"), "--out", str(out), "--doc", str(page),
-                           "--from-json"], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_evaluation.py"), "--out", str(out), "--doc", str(page), "--from-json"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
     assert done.returncode == 0 and page.read_text() == before
 
 

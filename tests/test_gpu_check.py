@@ -1,4 +1,5 @@
 """bench/gpu_check.sh runs end to end (reduced sizes), prints the table and writes the JSON; CPU-only hosts say so."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,14 @@ def test_gpu_check_quick_writes_the_report(tmp_path):
     # The interpreter running the tests, not the script's fallback (.venv/bin/python, else python3), which a checkout
     # tested with another environment's Python lacks.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--quick", "--out", str(out)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), "--quick", "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["mode"] == "quick"

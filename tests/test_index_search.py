@@ -1,4 +1,5 @@
 """Search library on real FAISS indexes of generated vectors, checked against exact brute force."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -197,12 +198,13 @@ def test_both_merges_by_calibrated_relevance_when_the_query_modality_is_known(fl
     for row_raw, row, img, txt in zip(raw, merged, images, texts):
         rel = [calibration.relevance("text", h.modality, [h.score])[0] for h in row]
         assert rel == sorted(rel, reverse=True)  # ordered by calibrated relevance
-        assert [h.key for h in row if h.modality == "image"] == [h.key for h in img][:sum(h.modality == "image" for h in row)]
-        assert [h.key for h in row if h.modality == "text"] == [h.key for h in txt][:sum(h.modality == "text" for h in row)]
+        assert [h.key for h in row if h.modality == "image"] == [h.key for h in img][: sum(h.modality == "image" for h in row)]
+        assert [h.key for h in row if h.modality == "text"] == [h.key for h in txt][: sum(h.modality == "text" for h in row)]
         assert sum(h.modality == "text" for h in row) > sum(h.modality == "text" for h in row_raw)
     # no query modality (or no calibration): the raw-score merge as before
-    assert [[h.key for h in r] for r in index.search_vectors(queries, k=20, target="both", calibration=calibration)] == \
-        [[h.key for h in r] for r in raw]
+    assert [[h.key for h in r] for r in index.search_vectors(queries, k=20, target="both", calibration=calibration)] == [
+        [h.key for h in r] for r in raw
+    ]
 
 
 def _mapped_bytes(path) -> int:
@@ -228,7 +230,13 @@ def test_mmap_vectors_gives_the_same_hits_as_a_loaded_copy(tmp_path, kind):
     # the vectors are mapped, not read: at least the image vectors' bytes of the file are in this process's maps
     assert _mapped_bytes(image_file.resolve()) >= vectors.nbytes
     queries, _ = data.queries(12, stream=2)
-    for target, labels in [("image", None), ("text", None), ("both", None), ("image", ["label02"]), ("both", ["label04", "label07"])]:
+    for target, labels in [
+        ("image", None),
+        ("text", None),
+        ("both", None),
+        ("image", ["label02"]),
+        ("both", ["label04", "label07"]),
+    ]:
         expected = copied.search_keys(queries, 10, target, labels)
         got = mapped.search_keys(queries, 10, target, labels)
         np.testing.assert_array_equal(got[1], expected[1])

@@ -1,5 +1,6 @@
 """Dying sentence-CNN maps (issue 19, item 7): the training log counts the live maps per epoch, and a query the model
 cannot represent (no known word, or an all-zero text feature) is flagged instead of ranked."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,12 +14,11 @@ from model.artefact import load_model, save_model
 from model.encoder import CrossModalEncoder, load_encoder
 from model.sentence_cnn import TextEncoderConfig
 from model.text import build_sentence_cnn
+from tests.fixtures_data import topic_corpus
 from training.config import preset, with_dims
 from training.features import FeatureSplits, SplitArrays
 from training.pipeline import selected_map_activity
 from training.train import METRICS_LOG, features_spec, save_trained_model, train_dscmr
-
-from tests.fixtures_data import topic_corpus
 
 TEXT = TextEncoderConfig(kind="sentence_cnn", embed_dim=100, maps=100, min_count=1, max_len=48, word2vec_epochs=2)
 
@@ -31,10 +31,15 @@ def _train(tmp_path, text_cfg: TextEncoderConfig, epochs: int = 3):
     torch.manual_seed(0)
     bundle = build_sentence_cnn(text_cfg, [texts[i] for i in parts["train"]], seed=0)
     ids = bundle.vocab.encode(texts, max_len=text_cfg.max_len).numpy().astype(np.int64)
-    data = FeatureSplits(**{k: SplitArrays(images[r], ids[r], y[r], [str(i) for i in r]) for k, r in parts.items()},
-                         label_names=[f"c{c}" for c in range(10)], name="topics", text_is_tokens=True)
-    cfg = with_dims(preset("wiki-tuned", epochs=epochs, progress=False, device="cpu", batch_size=50), 32,
-                    bundle.encoder.output_dim, 10)
+    data = FeatureSplits(
+        **{k: SplitArrays(images[r], ids[r], y[r], [str(i) for i in r]) for k, r in parts.items()},
+        label_names=[f"c{c}" for c in range(10)],
+        name="topics",
+        text_is_tokens=True,
+    )
+    cfg = with_dims(
+        preset("wiki-tuned", epochs=epochs, progress=False, device="cpu", batch_size=50), 32, bundle.encoder.output_dim, 10
+    )
     result = train_dscmr(data, cfg, run_dir=tmp_path / "run", text_encoder=bundle.encoder)
     return result, data, bundle, texts
 
@@ -45,8 +50,14 @@ def trained(tmp_path_factory):
     result, data, bundle, texts = _train(tmp, TEXT)
     spec = {"image": features_spec(32, 1)["image"], "text": {"kind": "sentence_cnn", "config": dataclasses.asdict(TEXT)}}
     model_dir = tmp / "model"
-    save_trained_model(result, model_dir, data.label_names, spec, vocab=bundle.vocab.to_dict(),
-                       metrics={"text_maps": selected_map_activity(result.model, data)})
+    save_trained_model(
+        result,
+        model_dir,
+        data.label_names,
+        spec,
+        vocab=bundle.vocab.to_dict(),
+        metrics={"text_maps": selected_map_activity(result.model, data)},
+    )
     return tmp, result, data, texts, model_dir
 
 

@@ -1,6 +1,7 @@
 """`--text tfidf` (issue 19, item 1): TF-IDF over character / word n-grams -> SVD, fitted on the training texts, saved
 with the model and applied identically at query time; generated texts in Latin, CJK (no spaces), Arabic and mixed
 scripts; a query of unseen n-grams is a clear "no known words", never NaN."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,11 @@ def _words(alphabet: str, rng: np.random.Generator, count: int, length: tuple[in
 def script_texts(script: str, n: int = 80, seed: int = 0) -> tuple[list[str], list[int]]:
     """n texts in CLASSES classes: each mixes its class's topic words with words common to all classes."""
     rng = np.random.default_rng(seed)
-    alphabets = {"latin": "abcdefghijklmnopqrstuvwxyz", "cjk": "".join(chr(c) for c in range(0x4E00, 0x4E00 + 400)),
-                 "arabic": "".join(chr(c) for c in range(0x0621, 0x064B))}
+    alphabets = {
+        "latin": "abcdefghijklmnopqrstuvwxyz",
+        "cjk": "".join(chr(c) for c in range(0x4E00, 0x4E00 + 400)),
+        "arabic": "".join(chr(c) for c in range(0x0621, 0x064B)),
+    }
     lengths = {"latin": (3, 9), "cjk": (1, 3), "arabic": (3, 7)}
     if script == "mixed":
         parts = [script_texts(s, n, seed) for s in ("latin", "cjk", "arabic")]
@@ -36,7 +40,9 @@ def script_texts(script: str, n: int = 80, seed: int = 0) -> tuple[list[str], li
     texts, labels = [], []
     for i in range(n):
         c = i % CLASSES
-        words = [topics[c][rng.integers(15)] if rng.random() < 0.4 else common[rng.integers(60)] for _ in range(rng.integers(6, 14))]
+        words = [
+            topics[c][rng.integers(15)] if rng.random() < 0.4 else common[rng.integers(60)] for _ in range(rng.integers(6, 14))
+        ]
         texts.append(joiner.join(words) + ("。" if script == "cjk" else "."))
         labels.append(c)
     return texts, labels
@@ -69,12 +75,15 @@ def test_its_tfidf_rows_equal_scikit_learns_and_the_svd_is_fitted_on_the_trainin
     texts, _ = script_texts("mixed")
     cfg = TfidfConfig(analyzer="char+word", char_ngrams=(1, 3), word_ngrams=(1, 2), min_df=2, max_df=0.9, dim=16)
     model = TfidfTextModel.fit(texts[:60], cfg)
-    reference = TfidfVectorizer(analyzer=lambda t: analyze(t, model.cfg), sublinear_tf=True, min_df=2, max_df=0.9,
-                                max_features=cfg.max_features).fit(texts[:60])
+    reference = TfidfVectorizer(
+        analyzer=lambda t: analyze(t, model.cfg), sublinear_tf=True, min_df=2, max_df=0.9, max_features=cfg.max_features
+    ).fit(texts[:60])
     assert model.features == list(reference.get_feature_names_out())
     np.testing.assert_allclose(model.tfidf(texts).toarray(), reference.transform(texts).toarray(), rtol=1e-9, atol=1e-12)
     # n-grams that only the held-out texts use are not in the vocabulary
-    held_out_only = {f for t in texts[60:] for f in analyze(t, model.cfg)} - {f for t in texts[:60] for f in analyze(t, model.cfg)}
+    held_out_only = {f for t in texts[60:] for f in analyze(t, model.cfg)} - {
+        f for t in texts[:60] for f in analyze(t, model.cfg)
+    }
     assert held_out_only and not held_out_only & set(model.features)
     raw = TfidfTextModel.fit(texts[:60], dataclasses.replace(cfg, sublinear_tf=False))
     assert not np.allclose(raw.tfidf(texts[:3]).toarray(), model.tfidf(texts[:3]).toarray())
@@ -93,7 +102,9 @@ def test_saved_and_loaded_it_encodes_exactly_the_same(tmp_path):
 
 
 def test_word_mode_segments_chinese_with_jieba_when_installed():
-    cfg = TfidfTextModel.fit(["篮球比赛很精彩", "今天的篮球比赛", "足球比赛在今天"], TfidfConfig(analyzer="word", min_df=1, dim=2)).cfg
+    cfg = TfidfTextModel.fit(
+        ["篮球比赛很精彩", "今天的篮球比赛", "足球比赛在今天"], TfidfConfig(analyzer="word", min_df=1, dim=2)
+    ).cfg
     words = analyze("篮球比赛", cfg)
     if jieba_available():
         assert cfg.tokenizer.cjk == "jieba" and ("w:篮球" in words or "w:篮球比赛" in words)
@@ -111,7 +122,9 @@ def test_a_query_of_unseen_ngrams_is_a_zero_vector_and_no_known_words_never_nan(
     assert (vectors[:3] == 0).all() and np.linalg.norm(vectors[3]) == pytest.approx(1.0)
     assert model.known_features(queries)[:3] == [0, 0, 0] and model.known_features(queries)[3] > 0
     assert model.unknown_words("zzzqqq " + texts[0].split()[0]) == ["zzzqqq"]
-    chars = TfidfTextModel.fit(["the red square", "a blue circle", "red and blue"], TfidfConfig(char_ngrams=(1, 3), min_df=1, dim=2))
+    chars = TfidfTextModel.fit(
+        ["the red square", "a blue circle", "red and blue"], TfidfConfig(char_ngrams=(1, 3), min_df=1, dim=2)
+    )
     # every letter of "zq" and "eds" occurs in training, but not the whole of either: unknown; "qu" and "cir" are known
     assert chars.unknown_words("zq qu eds cir") == ["zq", "eds"]
 
@@ -133,18 +146,44 @@ def test_prepare_train_and_serve_a_tfidf_model_end_to_end(tmp_path):
     the corpus, and flags a query of unseen n-grams."""
     from model.encoder import load_encoder
     from tests.test_prepare import make_corpus
+    from training.__main__ import main
     from training.config import preset, with_dims
     from training.pipeline import train_and_save
     from training.prepare import PrepareConfig, load_prepared, prepare_corpus
 
-    from training.__main__ import main
-
     corpus_dir = make_corpus(tmp_path / "corpus", n_per_class=5)
-    assert main(["prepare", "--corpus", str(corpus_dir), "--out", str(tmp_path / "prepared"), "--text", "tfidf",
-                 "--tfidf-analyzer", "char+word", "--tfidf-char-ngrams", "2", "4", "--tfidf-min-df", "1", "--tfidf-dim", "8",
-                 "--batch-size", "10", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--corpus",
+                str(corpus_dir),
+                "--out",
+                str(tmp_path / "prepared"),
+                "--text",
+                "tfidf",
+                "--tfidf-analyzer",
+                "char+word",
+                "--tfidf-char-ngrams",
+                "2",
+                "4",
+                "--tfidf-min-df",
+                "1",
+                "--tfidf-dim",
+                "8",
+                "--batch-size",
+                "10",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     prepared = load_prepared(tmp_path / "prepared")
-    assert prepared.manifest["text"]["kind"] == "tfidf" and prepared.manifest["text"]["dim"] == 8 and len(prepared.manifest["ids"]) == 20
+    assert (
+        prepared.manifest["text"]["kind"] == "tfidf"
+        and prepared.manifest["text"]["dim"] == 8
+        and len(prepared.manifest["ids"]) == 20
+    )
     assert prepared.text_config.tfidf == TfidfConfig(analyzer="char+word", char_ngrams=(2, 4), min_df=1, dim=8)
     # the same settings through the API give the same prepared data
     text = TextEncoderConfig(kind="tfidf", tfidf=TfidfConfig(analyzer="char+word", char_ngrams=(2, 4), min_df=1, dim=8))
@@ -160,7 +199,9 @@ def test_prepare_train_and_serve_a_tfidf_model_end_to_end(tmp_path):
     ids = [json.loads(line)["id"] for line in (corpus_dir / "items.jsonl").read_text().splitlines()]
     row = prepared.manifest["ids"].index(ids[0])
     stored = np.load(tmp_path / "prepared" / "text_input.npy")[row]
-    np.testing.assert_allclose(encoder.encode_texts([texts[0]])[0], encoder.encode_text_features(stored[None])[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        encoder.encode_texts([texts[0]])[0], encoder.encode_text_features(stored[None])[0], rtol=1e-5, atol=1e-6
+    )
     vectors, problems = encoder.encode_text_queries([texts[0], "ʘʘʘ ❖❖"])
     assert problems == [None, "no_known_words"] and np.isfinite(vectors).all()
     assert encoder.unknown_words("a red zqxv") == ["zqxv"]

@@ -1,4 +1,5 @@
 """Corpora without labels (issue 16): the manifest loader, its summary counts, splits, and bad input refused early."""
+
 import json
 import subprocess
 import sys
@@ -43,7 +44,12 @@ def test_a_mixed_corpus_is_accepted_counted_and_stratified_where_labels_exist(tm
     # stratified: each labelled class and the group of unlabelled items get at least one item of every split
     assert {k: len(v) for k, v in corpus.splits.items()} == {"train": 22, "val": 4, "test": 4}
     for split in ("val", "test"):
-        assert Counter(it.labels[0] if it.labels else "" for it in corpus.split_items(split)) == {"bird": 1, "dog": 1, "fish": 1, "": 1}
+        assert Counter(it.labels[0] if it.labels else "" for it in corpus.split_items(split)) == {
+            "bird": 1,
+            "dog": 1,
+            "fish": 1,
+            "": 1,
+        }
 
 
 def test_official_splits_without_labels_carve_validation_from_train(tmp_path):
@@ -61,10 +67,12 @@ def test_official_splits_without_labels_carve_validation_from_train(tmp_path):
 def test_one_image_with_several_captions_gives_several_pairs_counted_in_the_summary(tmp_path):
     path = write_caption_manifest(tmp_path, per_class=4, labels="none", classes=2)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    rows += [{"image": rows[0]["image"], "text": "the same fish seen by a second annotator"},
-             {"image": rows[0]["image"], "text": "and by a third"},
-             {"image": rows[1]["image"], "text": "another caption of the second photo"},
-             {"image": rows[1]["image"], "text": rows[1]["text"]}]  # a repeated row: same image, same text
+    rows += [
+        {"image": rows[0]["image"], "text": "the same fish seen by a second annotator"},
+        {"image": rows[0]["image"], "text": "and by a third"},
+        {"image": rows[1]["image"], "text": "another caption of the second photo"},
+        {"image": rows[1]["image"], "text": rows[1]["text"]},
+    ]  # a repeated row: same image, same text
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     corpus, report = load_quietly(path)
     assert len(corpus) == 11
@@ -72,8 +80,9 @@ def test_one_image_with_several_captions_gives_several_pairs_counted_in_the_summ
     assert [it.id for it in corpus.items if it.id.startswith(first)] == [first, f"{first}#2", f"{first}#3"]
     assert len({corpus.items[corpus.position(i)].image_path for i in (first, f"{first}#2", f"{first}#3")}) == 1
     assert report.skip_counts() == {"duplicate pair": 1}
-    assert report.summary() == ("11 loaded (11 without labels, 5 pairs sharing an image, 2 images with several captions), "
-                                "1 skipped: 1 duplicate pair")
+    assert report.summary() == (
+        "11 loaded (11 without labels, 5 pairs sharing an image, 2 images with several captions), 1 skipped: 1 duplicate pair"
+    )
 
 
 def _rewrite_texts(path, texts):
@@ -84,15 +93,23 @@ def _rewrite_texts(path, texts):
 
 
 def _cli_prepare(manifest, out):
-    return subprocess.run([sys.executable, "-m", "training.datasets", "prepare", "manifest", str(manifest), "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "training.datasets", "prepare", "manifest", str(manifest), "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("case, message", [
-    ("all empty", "every text is empty (8 item(s) with an empty text)"),
-    ("all identical", "all 8 texts are identical ('a photo'); nothing tells the items apart"),
-    ("too few", "only 2 usable item(s); at least 3 are needed"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("all empty", "every text is empty (8 item(s) with an empty text)"),
+        ("all identical", "all 8 texts are identical ('a photo'); nothing tells the items apart"),
+        ("too few", "only 2 usable item(s); at least 3 are needed"),
+    ],
+)
 def test_bad_input_fails_early_with_a_clear_message_and_writes_nothing(tmp_path, case, message):
     path = write_caption_manifest(tmp_path / "data", per_class=4, labels="none", classes=2)
     if case == "all empty":
@@ -143,11 +160,14 @@ def _corpus_with_texts(directory, texts, labels=None):
     return directory
 
 
-@pytest.mark.parametrize("texts, message", [
-    (["   "] * 6, "every text is empty (6 item(s) with an empty text)"),
-    (["same caption"] * 6, "all 6 texts are identical"),
-    (["one", "two"], "only 2 usable item(s)"),
-])
+@pytest.mark.parametrize(
+    "texts, message",
+    [
+        (["   "] * 6, "every text is empty (6 item(s) with an empty text)"),
+        (["same caption"] * 6, "all 6 texts are identical"),
+        (["one", "two"], "only 2 usable item(s)"),
+    ],
+)
 def test_prepare_refuses_an_untrainable_corpus_before_writing(tmp_path, texts, message):
     from training.prepare import PrepareConfig, prepare_corpus
 
@@ -160,8 +180,13 @@ def test_prepare_refuses_an_untrainable_corpus_before_writing(tmp_path, texts, m
 def test_training_prepare_from_a_bad_manifest_exits_2_and_writes_nothing(tmp_path):
     path = write_caption_manifest(tmp_path / "data", per_class=2, labels="none", classes=3)
     _rewrite_texts(path, ["the same"] * 6)
-    done = subprocess.run([sys.executable, "-m", "training", "prepare", "--dataset", "manifest", str(path), "--out",
-                           str(tmp_path / "prepared")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "prepare", "--dataset", "manifest", str(path), "--out", str(tmp_path / "prepared")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and "all 6 texts are identical" in done.stderr and not (tmp_path / "prepared").exists()
 
 
@@ -169,8 +194,12 @@ def test_prepare_keeps_every_item_with_an_image_and_a_text(tmp_path):
     from model.corpus import Corpus, Item
     from training.prepare import usable_items
 
-    items = [Item("a", "/x/a.png", "a red thing", ("red",)), Item("b", "/x/b.png", "a blue thing", ()),
-             Item("c", None, "no image", ()), Item("d", "/x/d.png", "  ", ("red",))]
+    items = [
+        Item("a", "/x/a.png", "a red thing", ("red",)),
+        Item("b", "/x/b.png", "a blue thing", ()),
+        Item("c", None, "no image", ()),
+        Item("d", "/x/d.png", "  ", ("red",)),
+    ]
     usable, dropped = usable_items(Corpus(items=items, label_names=["red"]))
     assert [it.id for it in usable] == ["a", "b"]
     assert dropped == [{"id": "c", "reason": "no image or no text"}, {"id": "d", "reason": "no image or no text"}]

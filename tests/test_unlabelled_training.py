@@ -1,12 +1,12 @@
 """A corpus without labels end to end (issue 16, item 2a), through the commands a user runs: prepare from a manifest,
 train (J3 + the instance term, selected on R@10), evaluate (recall; mAP undefined), build the index, and a real uvicorn
 server answering text and image queries with empty label lists."""
+
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,20 +30,76 @@ def label_free(tmp_path_factory):
     root = tmp_path_factory.mktemp("label-free")
     manifest = write_caption_manifest(root / "data", per_class=4, labels="none")  # 48 photos, 48 distinct captions
     prepared, model, index = root / "prepared", root / "model", root / "index"
-    run("-m", "training", "prepare", "--dataset", "manifest", str(manifest), "--out", str(prepared), *TEXT_OPTIONS,
-        "--no-progress")
-    trained = run("-m", "training", "train", "--prepared", str(prepared), "--out", str(model), "--preset", "wiki-tuned",
-                  "--epochs", "40", "--seed", "0", "--device", "cpu", "--no-progress", "--run-dir", str(root / "run"))
-    evaluated = run("-m", "training", "evaluate", "--prepared", str(prepared), "--model", str(model), "--split", "test",
-                    "--json", str(root / "eval.json"))
-    run("-m", "index", "build", "--model", str(model), "--corpus", str(prepared / "corpus"), "--root", str(index),
-        "--feature-cache", str(prepared / "feature_cache"), "--device", "cpu", "--no-progress")
+    run(
+        "-m",
+        "training",
+        "prepare",
+        "--dataset",
+        "manifest",
+        str(manifest),
+        "--out",
+        str(prepared),
+        *TEXT_OPTIONS,
+        "--no-progress",
+    )
+    trained = run(
+        "-m",
+        "training",
+        "train",
+        "--prepared",
+        str(prepared),
+        "--out",
+        str(model),
+        "--preset",
+        "wiki-tuned",
+        "--epochs",
+        "40",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--run-dir",
+        str(root / "run"),
+    )
+    evaluated = run(
+        "-m",
+        "training",
+        "evaluate",
+        "--prepared",
+        str(prepared),
+        "--model",
+        str(model),
+        "--split",
+        "test",
+        "--json",
+        str(root / "eval.json"),
+    )
+    run(
+        "-m",
+        "index",
+        "build",
+        "--model",
+        str(model),
+        "--corpus",
+        str(prepared / "corpus"),
+        "--root",
+        str(index),
+        "--feature-cache",
+        str(prepared / "feature_cache"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     return {"root": root, "prepared": prepared, "model": model, "index": index, "train": trained, "evaluate": evaluated}
 
 
 def test_train_picks_the_terms_the_data_supports_and_says_so(label_free):
     trained = label_free["train"]
-    assert "loss: data without labels: loss terms J3 + instance term (weight 1); kept epoch chosen on validation R@10 (ties: MRR)" in trained.stderr
+    assert (
+        "loss: data without labels: loss terms J3 + instance term (weight 1); kept epoch chosen on validation R@10 (ties: MRR)"
+        in trained.stderr
+    )
     assert "J1 and J2 off (they need labels)" in trained.stderr and "selection on r10 instead of map" in trained.stderr
     report = json.loads(trained.stdout)
     assert report["loss_terms"]["j1"] is False and report["loss_terms"]["j2"] is False
@@ -105,7 +161,9 @@ def test_a_real_server_answers_text_and_image_queries_with_empty_label_lists(lab
             assert len(both) == 6 and all(h["labels"] == [] for h in both)
             assert all(h["relevance"] is None for h in both if h["modality"] == "text")
             with open(item.image_path, "rb") as fh:
-                upload = client.post("/search/image", files={"file": ("q.png", fh.read(), "image/png")}, data={"k": "5", "target": "text"})
+                upload = client.post(
+                    "/search/image", files={"file": ("q.png", fh.read(), "image/png")}, data={"k": "5", "target": "text"}
+                )
             assert upload.status_code == 200, upload.text
             hits = upload.json()["results"]
             assert len(hits) == 5 and all(h["labels"] == [] and h["modality"] == "text" for h in hits)
@@ -153,8 +211,9 @@ def test_a_mixed_corpus_trains_j1_j2_on_its_labelled_items_and_the_pairs_on_all(
     corpus, report = load_manifest(write_caption_manifest(tmp_path / "data", per_class=4, labels="mixed", classes=6))
     assert report.counts == {"with labels": 12, "without labels": 12}
     save_corpus(corpus, tmp_path / "corpus")
-    text = TextEncoderConfig(kind="sentence_cnn", word_vectors="word2vec", embed_dim=16, maps=8, min_count=1, max_len=32,
-                             word2vec_epochs=3)
+    text = TextEncoderConfig(
+        kind="sentence_cnn", word_vectors="word2vec", embed_dim=16, maps=8, min_count=1, max_len=32, word2vec_epochs=3
+    )
     summary = prepare_corpus(tmp_path / "corpus", tmp_path / "prepared", PrepareConfig(text=text, progress=False))
     assert summary["items"] == 24  # the unlabelled items are kept
     prepared = load_prepared(tmp_path / "prepared")

@@ -1,4 +1,5 @@
 """Fit the per-direction score calibration (model/calibration.py) on a validation split."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,9 @@ from model.calibration import ScoreCalibration, direction
 MAX_PAIRS = 2_000_000
 
 
-def _pairs(queries: np.ndarray, items: np.ndarray, q_labels: np.ndarray, r_labels: np.ndarray, same_set: bool,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _pairs(
+    queries: np.ndarray, items: np.ndarray, q_labels: np.ndarray, r_labels: np.ndarray, same_set: bool, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(cosine, relevant) for query x item pairs, a query never paired with itself; rows subsampled to MAX_PAIRS."""
     rows = np.arange(len(queries))
     if len(queries) * len(items) > MAX_PAIRS:
@@ -28,7 +30,9 @@ def _pairs(queries: np.ndarray, items: np.ndarray, q_labels: np.ndarray, r_label
 PAIR_RELEVANCE = "the result is the query's own pair (or shares its text)"
 
 
-def _pair_pairs(queries: np.ndarray, items: np.ndarray, groups: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _pair_pairs(
+    queries: np.ndarray, items: np.ndarray, groups: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """(cosine, same instance) for cross-modal query x item pairs of a paired set; rows subsampled to MAX_PAIRS."""
     rows = np.arange(len(queries))
     if len(queries) * len(items) > MAX_PAIRS:
@@ -38,7 +42,9 @@ def _pair_pairs(queries: np.ndarray, items: np.ndarray, groups: np.ndarray, rng:
     return (q @ r.T).ravel().astype(np.float64), (groups[rows, None] == groups[None, :]).ravel()
 
 
-def fit_pair_calibration(image_vecs: np.ndarray, text_vecs: np.ndarray, groups: np.ndarray, seed: int = 0) -> ScoreCalibration | None:
+def fit_pair_calibration(
+    image_vecs: np.ndarray, text_vecs: np.ndarray, groups: np.ndarray, seed: int = 0
+) -> ScoreCalibration | None:
     """Calibration for data without labels: p(the result is the query's own pair | cosine), image->text and text->image.
 
     `groups[i]` is pair i's instance (training.evaluation.instance_groups: pairs sharing a text are one). Without labels
@@ -60,7 +66,9 @@ def fit_pair_calibration(image_vecs: np.ndarray, text_vecs: np.ndarray, groups: 
     return ScoreCalibration(params=params, relevant_means=PAIR_RELEVANCE)
 
 
-def fit_score_calibration(image_vecs: np.ndarray, text_vecs: np.ndarray, labels: np.ndarray, seed: int = 0) -> ScoreCalibration | None:
+def fit_score_calibration(
+    image_vecs: np.ndarray, text_vecs: np.ndarray, labels: np.ndarray, seed: int = 0
+) -> ScoreCalibration | None:
     """Logistic p(relevant | cosine) per direction over a paired validation set; None when a direction has a single class."""
     from sklearn.linear_model import LogisticRegression
 
@@ -70,8 +78,9 @@ def fit_score_calibration(image_vecs: np.ndarray, text_vecs: np.ndarray, labels:
     params = {}
     for query_modality in ("image", "text"):
         for result_modality in ("image", "text"):
-            sims, relevant = _pairs(vecs[query_modality], vecs[result_modality], labels, labels,
-                                    query_modality == result_modality, rng)
+            sims, relevant = _pairs(
+                vecs[query_modality], vecs[result_modality], labels, labels, query_modality == result_modality, rng
+            )
             if relevant.all() or not relevant.any():
                 return None  # nothing to separate (one class, or no relevant pair): no calibration
             fit = LogisticRegression(C=1e4, max_iter=1000).fit(sims[:, None], relevant)

@@ -1,4 +1,5 @@
 """Training configuration and named presets."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,8 +83,16 @@ LABEL_FREE_INSTANCE_WEIGHT = 1.0
 def loss_terms(cfg: DSCMRConfig) -> dict[str, object]:
     """Which terms of the objective a configuration trains, and their weights (for logs and saved reports)."""
     loss = cfg.loss
-    return {"j1": loss.use_j1, "j2": loss.use_j2, "j3": loss.use_j3, "lambda_j2": loss.lambda_j2, "eta_j3": loss.eta_j3,
-            "instance": loss.instance_weight > 0, "instance_weight": loss.instance_weight, "select_on": cfg.train.select_on}
+    return {
+        "j1": loss.use_j1,
+        "j2": loss.use_j2,
+        "j3": loss.use_j3,
+        "lambda_j2": loss.lambda_j2,
+        "eta_j3": loss.eta_j3,
+        "instance": loss.instance_weight > 0,
+        "instance_weight": loss.instance_weight,
+        "select_on": cfg.train.select_on,
+    }
 
 
 def fit_to_labels(cfg: DSCMRConfig, has_labels: bool, partial: bool = False) -> tuple[DSCMRConfig, str]:
@@ -104,13 +113,18 @@ def fit_to_labels(cfg: DSCMRConfig, has_labels: bool, partial: bool = False) -> 
         t = loss_terms(fitted)
         on = [name for name, key in (("J1", "j1"), ("J2", "j2")) if t[key]]
         rest = (["J3"] if t["j3"] else []) + [f"instance term (weight {weight:g})"]
-        return fitted, (f"data with labels on some items: loss terms {' + '.join(on) or 'none'} over the labelled items, "
-                        f"{' + '.join(rest)} over every pair; kept epoch chosen on validation {cfg.train.select_on} (mAP over "
-                        "the labelled items)" + ("" if cfg.loss.instance_weight > 0 else f" [instance weight {weight:g} (none was set)]"))
+        return fitted, (
+            f"data with labels on some items: loss terms {' + '.join(on) or 'none'} over the labelled items, "
+            f"{' + '.join(rest)} over every pair; kept epoch chosen on validation {cfg.train.select_on} (mAP over "
+            "the labelled items)" + ("" if cfg.loss.instance_weight > 0 else f" [instance weight {weight:g} (none was set)]")
+        )
     if has_labels:
         t = loss_terms(cfg)
         on = [name for name, key in (("J1", "j1"), ("J2", "j2"), ("J3", "j3"), ("instance term", "instance")) if t[key]]
-        return cfg, f"data with labels: loss terms {' + '.join(on) or 'none'}; kept epoch chosen on validation {cfg.train.select_on}"
+        return (
+            cfg,
+            f"data with labels: loss terms {' + '.join(on) or 'none'}; kept epoch chosen on validation {cfg.train.select_on}",
+        )
     weight = cfg.loss.instance_weight if cfg.loss.instance_weight > 0 else LABEL_FREE_INSTANCE_WEIGHT
     loss = dataclasses.replace(cfg.loss, use_j1=False, use_j2=False, instance_weight=weight)
     fitted = dataclasses.replace(cfg, loss=loss, train=dataclasses.replace(cfg.train, select_on="r10"))
@@ -122,5 +136,7 @@ def fit_to_labels(cfg: DSCMRConfig, has_labels: bool, partial: bool = False) -> 
         changed.append(f"instance weight {weight:g} (none was set)")
     if cfg.train.select_on != "r10":
         changed.append(f"selection on r10 instead of {cfg.train.select_on} (mAP needs labels)")
-    return fitted, (f"data without labels: loss terms {terms}; kept epoch chosen on validation R@10 (ties: MRR)"
-                    + (f" [{'; '.join(changed)}]" if changed else ""))
+    return fitted, (
+        f"data without labels: loss terms {terms}; kept epoch chosen on validation R@10 (ties: MRR)"
+        + (f" [{'; '.join(changed)}]" if changed else "")
+    )

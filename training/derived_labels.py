@@ -7,6 +7,7 @@ the k with the best validation silhouette wins. Every item is then labelled with
 and each cluster is named by its top terms: the words most over-represented in its train texts against the whole train
 split. The method, k, seed, grid scores, names and terms are stored with the prepared data (prepared.json).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -73,9 +74,16 @@ def _silhouette(features: np.ndarray, assignment: np.ndarray) -> float | None:
     return float(silhouette_score(features, assignment))
 
 
-def derive_cluster_labels(features: np.ndarray, texts: Sequence[str], train_rows: np.ndarray, val_rows: np.ndarray,
-                          k: int | None = None, seed: int = 0, grid: Sequence[int] = CLUSTER_GRID,
-                          feature_kind: str = "text features") -> DerivedLabels:
+def derive_cluster_labels(
+    features: np.ndarray,
+    texts: Sequence[str],
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    k: int | None = None,
+    seed: int = 0,
+    grid: Sequence[int] = CLUSTER_GRID,
+    feature_kind: str = "text features",
+) -> DerivedLabels:
     """k-means labels of the texts (see the module docstring); CorpusInputError when the train split is too small."""
     from sklearn.cluster import KMeans
 
@@ -86,14 +94,18 @@ def derive_cluster_labels(features: np.ndarray, texts: Sequence[str], train_rows
         if k < 2:
             raise CorpusInputError(f"--clusters must be at least 2, got {k}")
         if n_train < k:
-            raise CorpusInputError(f"{k} clusters need at least {k} training items; the train split has {n_train}: "
-                                   "set a smaller --clusters or bring more items")
+            raise CorpusInputError(
+                f"{k} clusters need at least {k} training items; the train split has {n_train}: "
+                "set a smaller --clusters or bring more items"
+            )
         candidates = [k]
     else:
         candidates = [c for c in grid if c <= n_train]
         if not candidates:
-            raise CorpusInputError(f"the train split has {n_train} item(s), fewer than the smallest k of the grid ({min(grid)}): "
-                                   "bring more items or set --clusters")
+            raise CorpusInputError(
+                f"the train split has {n_train} item(s), fewer than the smallest k of the grid ({min(grid)}): "
+                "bring more items or set --clusters"
+            )
 
     def fit(c: int) -> KMeans:
         return KMeans(n_clusters=c, random_state=seed, n_init=4).fit(train)
@@ -113,10 +125,18 @@ def derive_cluster_labels(features: np.ndarray, texts: Sequence[str], train_rows
     assignment = model.predict(x).astype(np.int64)
     assignment[train_rows] = model.labels_
     terms = top_terms([texts[i] for i in train_rows], model.labels_, k)
-    return DerivedLabels(method="clusters", k=int(k), seed=int(seed), features=feature_kind, names=label_names_from_terms(terms),
-                         top_terms=terms, assignment=assignment, chosen=chosen,
-                         grid={str(c): (None if s is None else round(s, 4)) for c, s in scores.items()},
-                         sizes=np.bincount(model.labels_, minlength=k).tolist())
+    return DerivedLabels(
+        method="clusters",
+        k=int(k),
+        seed=int(seed),
+        features=feature_kind,
+        names=label_names_from_terms(terms),
+        top_terms=terms,
+        assignment=assignment,
+        chosen=chosen,
+        grid={str(c): (None if s is None else round(s, 4)) for c, s in scores.items()},
+        sizes=np.bincount(model.labels_, minlength=k).tolist(),
+    )
 
 
 def top_terms(texts: Sequence[str], assignment: np.ndarray, k: int, count: int = TERMS_PER_NAME) -> list[list[str]]:

@@ -6,6 +6,7 @@ resumes where it stopped and a changed image or backbone recomputes only what ch
 in corpus order and in bounded memory, into `image_features.npy`. Under torchrun (or with `shard=(i, n)`) each rank
 extracts every n-th missing image; rank 0 assembles once all ranks are done, and the result equals a one-process run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -95,12 +96,16 @@ def image_keys(items: list[Item], workers: int) -> list[str | None]:
         return list(pool.map(image_file_key, [it.image_path for it in items]))
 
 
-def extract_missing_features(items: list[Item], keys: list[str | None], cache: FeatureCache, backbone, cfg: PrepareConfig,
-                             shard: tuple[int, int]) -> dict[str, Any]:
+def extract_missing_features(
+    items: list[Item], keys: list[str | None], cache: FeatureCache, backbone, cfg: PrepareConfig, shard: tuple[int, int]
+) -> dict[str, Any]:
     """Extract the features of this shard's images (keyed by `keys`) that the cache lacks; returns counts and skipped items."""
     rank, world = shard
-    skipped = [{"id": it.id, "path": it.image_path, "reason": "image file missing or unreadable"}
-               for it, k in zip(items, keys) if k is None]
+    skipped = [
+        {"id": it.id, "path": it.image_path, "reason": "image file missing or unreadable"}
+        for it, k in zip(items, keys)
+        if k is None
+    ]
     cached = cache.load_index()
     unique: dict[str, Item] = {}
     for it, key in zip(items, keys):
@@ -113,8 +118,12 @@ def extract_missing_features(items: list[Item], keys: list[str | None], cache: F
     device = _device(cfg.device)
     backbone.to_device(device)
     n_batches = -(-len(todo) // cfg.batch_size)
-    bar = tqdm(total=len(todo), desc=f"backbone features (rank {rank}/{world})" if world > 1 else "backbone features",
-               unit="img", disable=not cfg.progress)
+    bar = tqdm(
+        total=len(todo),
+        desc=f"backbone features (rank {rank}/{world})" if world > 1 else "backbone features",
+        unit="img",
+        disable=not cfg.progress,
+    )
     extracted = 0
     started = time.perf_counter()
 
@@ -127,7 +136,7 @@ def extract_missing_features(items: list[Item], keys: list[str | None], cache: F
 
     with ThreadPoolExecutor(max_workers=max(1, cfg.decode_workers)) as pool:
         for b in range(n_batches):
-            decoded = list(pool.map(decode, todo[b * cfg.batch_size:(b + 1) * cfg.batch_size]))
+            decoded = list(pool.map(decode, todo[b * cfg.batch_size : (b + 1) * cfg.batch_size]))
             good = [(k, img) for k, _, img, err in decoded if err is None]
             for _, item, _, err in decoded:
                 if err is not None:
@@ -140,12 +149,18 @@ def extract_missing_features(items: list[Item], keys: list[str | None], cache: F
             bar.update(len(decoded))
     bar.close()
     wall = time.perf_counter() - started
-    return {"extracted": extracted, "cached": len(items) - len(skipped) - len(missing), "skipped": skipped,
-            "extract_s": round(wall, 3), "images_per_s": round(extracted / wall, 2) if extracted and wall > 0 else None}
+    return {
+        "extracted": extracted,
+        "cached": len(items) - len(skipped) - len(missing),
+        "skipped": skipped,
+        "extract_s": round(wall, 3),
+        "images_per_s": round(extracted / wall, 2) if extracted and wall > 0 else None,
+    }
 
 
-def assemble_features(items: list[Item], keys: list[str | None], cache: FeatureCache, out_path: Path, dim: int
-                      ) -> tuple[list[str], list[str]]:
+def assemble_features(
+    items: list[Item], keys: list[str | None], cache: FeatureCache, out_path: Path, dim: int
+) -> tuple[list[str], list[str]]:
     """Write the cached features of `items` (in order) to out_path as one .npy, chunk by chunk; returns (kept ids, keys)."""
     index = cache.load_index()
     kept = [(it.id, k) for it, k in zip(items, keys) if k is not None and k in index]
@@ -189,8 +204,12 @@ def usable_items(corpus: Corpus) -> tuple[list[Item], list[dict[str, str]]]:
             usable.append(it)
     unlabelled = sum(1 for it in usable if not it.labels)
     if corpus.label_names and unlabelled:
-        log.info("corpus %s: %d of %d items have no label; they train on their pairs (J3 + instance term)", corpus.name,
-                 unlabelled, len(usable))
+        log.info(
+            "corpus %s: %d of %d items have no label; they train on their pairs (J3 + instance term)",
+            corpus.name,
+            unlabelled,
+            len(usable),
+        )
     return usable, dropped
 
 
@@ -222,11 +241,15 @@ def _check_derive_request(corpus: Corpus, usable: list[Item], cfg: PrepareConfig
     smallest = cfg.clusters if cfg.clusters is not None else min(CLUSTER_GRID)
     if n_train < smallest:
         what = f"{smallest} clusters" if cfg.clusters is not None else f"the smallest k of the grid ({smallest})"
-        raise CorpusInputError(f"{source}: the train split has {n_train} item(s), fewer than {what}: bring more items or "
-                               "set a smaller --clusters")
+        raise CorpusInputError(
+            f"{source}: the train split has {n_train} item(s), fewer than {what}: bring more items or set a smaller --clusters"
+        )
     if corpus.label_names:
-        log.warning("corpus %s has labels; --derive-labels %s replaces them for training (the corpus keeps them)",
-                    corpus.name, cfg.derive_labels)
+        log.warning(
+            "corpus %s has labels; --derive-labels %s replaces them for training (the corpus keeps them)",
+            corpus.name,
+            cfg.derive_labels,
+        )
 
 
 def _derive_labels(kept: list[Item], ids: list[str], splits: dict[str, list[str]], cfg: PrepareConfig, out_dir: Path):
@@ -239,16 +262,29 @@ def _derive_labels(kept: list[Item], ids: list[str], splits: dict[str, list[str]
     else:
         features, kind = text, f"{cfg.text.kind} sentence vectors"
     row = {item_id: i for i, item_id in enumerate(ids)}
-    derived = derive_cluster_labels(features, [it.text for it in kept], np.asarray([row[i] for i in splits["train"]], dtype=np.int64),
-                                    np.asarray([row[i] for i in splits["val"]], dtype=np.int64), k=cfg.clusters, seed=cfg.seed,
-                                    feature_kind=kind)
-    log.info("derived %d labels by %s (k %s, seed %d): %s", derived.k, derived.method, derived.chosen, derived.seed,
-             "; ".join(derived.names))
+    derived = derive_cluster_labels(
+        features,
+        [it.text for it in kept],
+        np.asarray([row[i] for i in splits["train"]], dtype=np.int64),
+        np.asarray([row[i] for i in splits["val"]], dtype=np.int64),
+        k=cfg.clusters,
+        seed=cfg.seed,
+        feature_kind=kind,
+    )
+    log.info(
+        "derived %d labels by %s (k %s, seed %d): %s",
+        derived.k,
+        derived.method,
+        derived.chosen,
+        derived.seed,
+        "; ".join(derived.names),
+    )
     return derived
 
 
-def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig = PrepareConfig(),
-                   shard: tuple[int, int] | None = None) -> dict[str, Any]:
+def prepare_corpus(
+    corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig = PrepareConfig(), shard: tuple[int, int] | None = None
+) -> dict[str, Any]:
     """Turn a corpus folder into a prepared-data folder (see the module docstring); returns a summary."""
     from model.image_backbones import build_image_backbone
 
@@ -266,8 +302,11 @@ def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConf
     if rank != 0:
         return {"rank": rank, "extracted": extraction["extracted"], "note": "rank 0 assembles the prepared data"}
     if world > 1 and shard is not None:
-        return {"rank": rank, "extracted": extraction["extracted"],
-                "note": "shard done; run prepare without --shard once all shards finished to assemble"}
+        return {
+            "rank": rank,
+            "extracted": extraction["extracted"],
+            "note": "shard done; run prepare without --shard once all shards finished to assemble",
+        }
 
     ids, kept_keys = assemble_features(usable, keys, cache, out_dir / FEATURES_FILE, backbone.output_dim)
     kept = [corpus.items[corpus.position(i)] for i in ids]
@@ -281,16 +320,31 @@ def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConf
         labels, label_names, multilabel = derived.one_hot(), list(derived.names), False
     np.save(out_dir / "labels.npy", labels)
     manifest = {
-        "format": PREPARED_FORMAT, "corpus_dir": str(corpus_dir.resolve()), "corpus_name": corpus.name,
-        "label_names": label_names, "multilabel": multilabel,
-        "ids": ids, "image_sha256": kept_keys, "splits": splits,
-        "image": {"kind": "backbone", "name": backbone.name, "weights_path": cfg.weights_path,
-                  "weights_sha256": backbone.weights_sha256, "dim": int(backbone.output_dim),
-                  "fingerprint": backbone_fingerprint(backbone)},
+        "format": PREPARED_FORMAT,
+        "corpus_dir": str(corpus_dir.resolve()),
+        "corpus_name": corpus.name,
+        "label_names": label_names,
+        "multilabel": multilabel,
+        "ids": ids,
+        "image_sha256": kept_keys,
+        "splits": splits,
+        "image": {
+            "kind": "backbone",
+            "name": backbone.name,
+            "weights_path": cfg.weights_path,
+            "weights_sha256": backbone.weights_sha256,
+            "dim": int(backbone.output_dim),
+            "fingerprint": backbone_fingerprint(backbone),
+        },
         "text": text_summary,
-        "config": {"backbone": cfg.backbone, "batch_size": cfg.batch_size, "seed": cfg.seed,
-                   "text": dataclasses.asdict(cfg.text), "text_views": cfg.text_views,
-                   **({"derive_labels": cfg.derive_labels, "clusters": cfg.clusters} if derived is not None else {})},
+        "config": {
+            "backbone": cfg.backbone,
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+            "text": dataclasses.asdict(cfg.text),
+            "text_views": cfg.text_views,
+            **({"derive_labels": cfg.derive_labels, "clusters": cfg.clusters} if derived is not None else {}),
+        },
         "skipped": extraction["skipped"] + dropped,
         "extraction": {k: v for k, v in extraction.items() if k != "skipped"},
     }
@@ -298,14 +352,27 @@ def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConf
         manifest["derived_labels"] = {**derived.to_dict(), "corpus": DERIVED_CORPUS_DIR}
         # the kept items with their derived label, for the index build: the service then shows the names as label chips
         # and filters by them (python -m index build --corpus PREPARED/corpus-derived)
-        save_corpus(Corpus(items=[dataclasses.replace(it, labels=(derived.names[a],)) for it, a in zip(kept, derived.assignment)],
-                           label_names=list(derived.names), splits=splits, name=f"{corpus.name}-derived"), out_dir / DERIVED_CORPUS_DIR)
+        save_corpus(
+            Corpus(
+                items=[dataclasses.replace(it, labels=(derived.names[a],)) for it, a in zip(kept, derived.assignment)],
+                label_names=list(derived.names),
+                splits=splits,
+                name=f"{corpus.name}-derived",
+            ),
+            out_dir / DERIVED_CORPUS_DIR,
+        )
     manifest["content_hash"] = _content_hash(out_dir, manifest)
     _atomic_write_text(out_dir / PREPARED_FILE, json.dumps(manifest, ensure_ascii=False, indent=1))
     sizes = {s: len(v) for s, v in splits.items()}
     log.info("prepared %d items (%d skipped): %s", len(ids), len(manifest["skipped"]), sizes)
-    return {"out_dir": str(out_dir), "items": len(ids), "skipped": len(manifest["skipped"]), "splits": sizes,
-            "content_hash": manifest["content_hash"], **manifest["extraction"]}
+    return {
+        "out_dir": str(out_dir),
+        "items": len(ids),
+        "skipped": len(manifest["skipped"]),
+        "splits": sizes,
+        "content_hash": manifest["content_hash"],
+        **manifest["extraction"],
+    }
 
 
 def _content_hash(out_dir: Path, manifest: dict[str, Any]) -> str:
@@ -350,14 +417,19 @@ def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: 
         if views:
             view_ids = bundle.vocab.encode(views, max_len=text_cfg.max_len).numpy().astype(np.int64)
             width = max(view_ids.shape[1], token_ids.shape[1])
-            view_ids = np.pad(view_ids, ((0, 0), (0, width - view_ids.shape[1])), constant_values=PAD_ID)[:, :token_ids.shape[1]]
+            view_ids = np.pad(view_ids, ((0, 0), (0, width - view_ids.shape[1])), constant_values=PAD_ID)[:, : token_ids.shape[1]]
             np.save(out_dir / TEXT_VIEWS_FILE, view_ids.reshape(len(items), cfg.text_views, -1))
         np.save(out_dir / EMBEDDINGS_FILE, bundle.encoder.embedding.weight.detach().cpu().numpy())
         _atomic_write_text(out_dir / VOCAB_FILE, json.dumps(bundle.vocab.to_dict(), ensure_ascii=False))
         real_tokens = int((token_ids > PAD_ID).sum())
         oov = float((token_ids == OOV_ID).sum() / real_tokens) if real_tokens else 0.0
-        return {"kind": "sentence_cnn", "vocab_size": len(bundle.vocab), "max_len": int(token_ids.shape[1]),
-                "coverage": bundle.coverage.to_dict(), "oov_token_fraction": round(oov, 4)}
+        return {
+            "kind": "sentence_cnn",
+            "vocab_size": len(bundle.vocab),
+            "max_len": int(token_ids.shape[1]),
+            "coverage": bundle.coverage.to_dict(),
+            "oov_token_fraction": round(oov, 4),
+        }
     if text_cfg.kind == "minilm":
         from model.text import MiniLMSentenceEncoder
 
@@ -382,9 +454,16 @@ def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: 
         empty = [it.id for it, known in zip(items, tfidf.known_features(texts)) if not known]
         if empty:
             log.warning("%d texts have no n-gram the tf-idf model kept (zero vectors), e.g. %s", len(empty), empty[:5])
-        return {"kind": "tfidf", "dim": tfidf.dim, "ngrams": len(tfidf.features), "analyzer": tfidf.cfg.analyzer,
-                "texts_without_known_ngrams": len(empty)}
-    raise ValueError(f"prepare needs a text encoder that reads raw text ('sentence_cnn', 'minilm' or 'tfidf'), got {text_cfg.kind!r}")
+        return {
+            "kind": "tfidf",
+            "dim": tfidf.dim,
+            "ngrams": len(tfidf.features),
+            "analyzer": tfidf.cfg.analyzer,
+            "texts_without_known_ngrams": len(empty),
+        }
+    raise ValueError(
+        f"prepare needs a text encoder that reads raw text ('sentence_cnn', 'minilm' or 'tfidf'), got {text_cfg.kind!r}"
+    )
 
 
 @dataclass
@@ -415,10 +494,19 @@ class PreparedData:
         for split in SPLITS:
             ids = self.manifest["splits"][split]
             rows = np.asarray([row[i] for i in ids], dtype=np.int64)
-            parts[split] = SplitArrays(np.ascontiguousarray(features[rows], dtype=np.float32), text[rows], labels[rows], ids,
-                                       text_views=views[rows] if views is not None else None)
-        return FeatureSplits(**parts, label_names=list(self.manifest["label_names"]), name=self.manifest["corpus_name"],
-                             text_is_tokens=self.manifest["text"]["kind"] == "sentence_cnn")
+            parts[split] = SplitArrays(
+                np.ascontiguousarray(features[rows], dtype=np.float32),
+                text[rows],
+                labels[rows],
+                ids,
+                text_views=views[rows] if views is not None else None,
+            )
+        return FeatureSplits(
+            **parts,
+            label_names=list(self.manifest["label_names"]),
+            name=self.manifest["corpus_name"],
+            text_is_tokens=self.manifest["text"]["kind"] == "sentence_cnn",
+        )
 
     def build_text_encoder(self, seed: int | None = None) -> torch.nn.Module | None:
         """A fresh sentence CNN initialised with the prepared word vectors (None for sentence-vector text)."""
@@ -438,8 +526,11 @@ class PreparedData:
         if text_kind == "sentence_cnn":
             text = {"kind": "sentence_cnn", "config": json.loads(json.dumps(self.manifest["config"]["text"]))}
         elif text_kind == "tfidf":
-            text = {"kind": "tfidf", "dim": self.manifest["text"]["dim"],
-                    "config": json.loads(json.dumps(self.manifest["config"]["text"]["tfidf"]))}
+            text = {
+                "kind": "tfidf",
+                "dim": self.manifest["text"]["dim"],
+                "config": json.loads(json.dumps(self.manifest["config"]["text"]["tfidf"])),
+            }
         else:
             text = {"kind": "minilm", "dim": self.manifest["text"]["dim"]}
         return {"image": image, "text": text}
@@ -447,7 +538,9 @@ class PreparedData:
     def vocab_dict(self) -> dict[str, Any] | None:
         """The vocabulary a sentence-CNN model saves with itself, or the fitted tf-idf model (None for MiniLM vectors)."""
         path = self.directory / VOCAB_FILE
-        return json.loads(path.read_text(encoding="utf-8")) if self.manifest["text"]["kind"] in ("sentence_cnn", "tfidf") else None
+        return (
+            json.loads(path.read_text(encoding="utf-8")) if self.manifest["text"]["kind"] in ("sentence_cnn", "tfidf") else None
+        )
 
 
 def prepared_feature_cache(prepared_dir: str | Path) -> str | None:
@@ -461,12 +554,18 @@ def load_prepared(directory: str | Path) -> PreparedData:
     directory = Path(directory)
     path = directory / PREPARED_FILE
     if not path.is_file():
-        raise PreparedDataError(f"{directory} is not prepared data (no {PREPARED_FILE}); run `python -m training prepare --corpus DIR --out {directory}`")
+        raise PreparedDataError(
+            f"{directory} is not prepared data (no {PREPARED_FILE}); run `python -m training prepare --corpus DIR --out {directory}`"
+        )
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != PREPARED_FORMAT:
-        raise PreparedDataError(f"{path} has format {manifest.get('format')!r}; this version reads {PREPARED_FORMAT}: prepare the corpus again")
-    needed = [FEATURES_FILE, TEXT_FILE, "labels.npy"] + {"sentence_cnn": [VOCAB_FILE, EMBEDDINGS_FILE], "tfidf": [VOCAB_FILE]}.get(
-        manifest["text"]["kind"], [])
+        raise PreparedDataError(
+            f"{path} has format {manifest.get('format')!r}; this version reads {PREPARED_FORMAT}: prepare the corpus again"
+        )
+    needed = [FEATURES_FILE, TEXT_FILE, "labels.npy"] + {
+        "sentence_cnn": [VOCAB_FILE, EMBEDDINGS_FILE],
+        "tfidf": [VOCAB_FILE],
+    }.get(manifest["text"]["kind"], [])
     missing = [n for n in needed if not (directory / n).is_file()]
     if missing:
         raise PreparedDataError(f"{directory} lacks {missing}; the preparation did not finish: run prepare again (it resumes)")

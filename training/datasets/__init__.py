@@ -1,4 +1,5 @@
 """Dataset loaders that turn raw layouts into the shared Corpus, with a LoadReport of what was skipped and why."""
+
 from training.datasets.checks import CorpusInputError, check_trainable
 from training.datasets.emoji_demo import EmojiSources, build_emoji_corpus
 from training.datasets.imagenet_sample import load_imagenet_sample

@@ -1,4 +1,5 @@
 """CLI: `python -m training.datasets prepare KIND ROOT --out DIR` and `python -m training.datasets download NAME DEST`."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("kind", choices=dataset_kinds())
     prepare.add_argument("root", type=Path, help="dataset folder / manifest file (emoji-demo: output folder for the images)")
     prepare.add_argument("--out", type=Path, required=True, help="corpus folder to write")
-    prepare.add_argument("-o", "--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                         help="loader option, e.g. -o multilabel=true -o seed=1 -o limit=200")
+    prepare.add_argument(
+        "-o",
+        "--option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="loader option, e.g. -o multilabel=true -o seed=1 -o limit=200",
+    )
     download = sub.add_parser("download", help="download a public dataset (resumable)")
     download.add_argument("name", choices=["wikipedia", "pascal-sentence"])
     download.add_argument("dest", type=Path)

@@ -1,5 +1,6 @@
 """Input a corpus cannot be trained on, refused before anything is written: no text at all, one text for every item,
 too few items; and the facts about labels and shared images that a load summary reports."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -26,15 +27,21 @@ def check_trainable(items: Sequence[Item], source: str, *, empty_texts: int = 0,
     says that every text is empty.
     """
     if not items and empty_texts:
-        raise CorpusInputError(f"{source}: every text is empty ({empty_texts:,} item(s) with an empty text); each image needs a "
-                               "caption, alt text or description to be searched by text and to train on")
+        raise CorpusInputError(
+            f"{source}: every text is empty ({empty_texts:,} item(s) with an empty text); each image needs a "
+            "caption, alt text or description to be searched by text and to train on"
+        )
     if len(items) < min_items:
-        raise CorpusInputError(f"{source}: only {len(items):,} usable item(s); at least {min_items} are needed (one per train / "
-                               "validation / test split), and a few hundred for a useful model")
+        raise CorpusInputError(
+            f"{source}: only {len(items):,} usable item(s); at least {min_items} are needed (one per train / "
+            "validation / test split), and a few hundred for a useful model"
+        )
     distinct = {_normalised(it.text) for it in items}
     if len(distinct) == 1:
-        raise CorpusInputError(f"{source}: all {len(items):,} texts are identical ({items[0].text[:60]!r}); nothing tells the "
-                               "items apart: give each image its own caption")
+        raise CorpusInputError(
+            f"{source}: all {len(items):,} texts are identical ({items[0].text[:60]!r}); nothing tells the "
+            "items apart: give each image its own caption"
+        )
 
 
 def label_counts(items: Sequence[Item]) -> dict[str, int]:

@@ -1,4 +1,5 @@
 """File checks shared by the loaders: cheap image verification, tolerant text reading, whitespace-tolerant lookup."""
+
 from __future__ import annotations
 
 import hashlib

@@ -4,6 +4,7 @@ Labels are optional: a manifest without a `labels` column (or with it empty for 
 and one where only some items have labels is accepted too; the load summary counts both kinds. One image listed with
 several captions gives several pairs (ids `path`, `path#2`, ... when the manifest has no id column), also counted.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,9 +25,14 @@ from training.datasets.splits import carve_validation, stratified_split
 REQUIRED_COLUMNS = ("image", "text")
 MANIFEST_NAMES = ("manifest.jsonl", "manifest.csv", "manifest.tsv")
 SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val", "dev": "val",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
 }
 _LABEL_SEPARATORS = re.compile(r"[|;]")
 
@@ -115,13 +121,11 @@ def load_manifest(
             else:
                 report.note("unknown split", label, f"{split_value!r} is not train/val/test; split assigned like unlisted items")
         seen.add(item_id)
-        items.append(Item(id=item_id, image_path=str(image_path.resolve()), text=text, labels=labels,
-                          extra={"source": where}))
+        items.append(Item(id=item_id, image_path=str(image_path.resolve()), text=text, labels=labels, extra={"source": where}))
     check_trainable(items, str(path), empty_texts=report.skip_counts().get("empty text", 0))
     report.counts.update(label_counts(items) | shared_image_counts(items))
     names = list(label_names) if label_names is not None else sorted({lab for it in items for lab in it.labels})
-    corpus = Corpus(items=items, label_names=names, multilabel=any(len(it.labels) > 1 for it in items),
-                    name=name or path.stem)
+    corpus = Corpus(items=items, label_names=names, multilabel=any(len(it.labels) > 1 for it in items), name=name or path.stem)
     corpus.splits = _splits(corpus, official, report, fractions, val_fraction, seed)
     return corpus, report.finish(len(items))
 
@@ -187,8 +191,9 @@ def _parse_labels(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _splits(corpus: Corpus, official: dict[str, str], report: LoadReport, fractions: Sequence[float],
-            val_fraction: float, seed: int) -> dict[str, list[str]]:
+def _splits(
+    corpus: Corpus, official: dict[str, str], report: LoadReport, fractions: Sequence[float], val_fraction: float, seed: int
+) -> dict[str, list[str]]:
     if not official:
         return stratified_split(corpus.items, corpus.label_names, fractions, seed)
     splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}

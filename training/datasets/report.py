@@ -1,4 +1,5 @@
 """What a loader did with each listed item: how many loaded, which were skipped and why, what was repaired."""
+
 from __future__ import annotations
 
 import logging
@@ -86,8 +87,12 @@ class LoadReport:
             across = len({splits.get(i) for i in ids}) > 1
             self.duplicates.append({"ids": list(ids), "splits": [splits.get(i) for i in ids], "across_splits": across})
             if across:
-                self._log("duplicate image across splits", "%s: byte-identical images across official splits: %s",
-                          self.dataset, ", ".join(f"{i} ({splits.get(i)})" for i in ids))
+                self._log(
+                    "duplicate image across splits",
+                    "%s: byte-identical images across official splits: %s",
+                    self.dataset,
+                    ", ".join(f"{i} ({splits.get(i)})" for i in ids),
+                )
 
     def duplicate_pairs(self, across_splits: bool = False) -> list[tuple[str, str]]:
         """Every pair of items with byte-identical images (only pairs in different official splits when asked)."""
@@ -121,12 +126,19 @@ class LoadReport:
 
     def as_dict(self) -> dict:
         """JSON-ready form: counts, summary line and every issue."""
-        return {"dataset": self.dataset, "loaded": self.loaded, "skipped": self.skipped, "summary": self.summary(),
-                "skip_counts": self.skip_counts(), "note_counts": self.note_counts(),
-                "duplicate_image_pairs": len(self.duplicate_pairs()),
-                "duplicate_image_pairs_across_splits": [list(p) for p in self.duplicate_pairs(across_splits=True)],
-                "duplicate_images": self.duplicates, "counts": dict(self.counts),
-                "issues": [{"reason": i.reason, "item": i.item, "detail": i.detail, "skipped": i.skipped} for i in self.issues]}
+        return {
+            "dataset": self.dataset,
+            "loaded": self.loaded,
+            "skipped": self.skipped,
+            "summary": self.summary(),
+            "skip_counts": self.skip_counts(),
+            "note_counts": self.note_counts(),
+            "duplicate_image_pairs": len(self.duplicate_pairs()),
+            "duplicate_image_pairs_across_splits": [list(p) for p in self.duplicate_pairs(across_splits=True)],
+            "duplicate_images": self.duplicates,
+            "counts": dict(self.counts),
+            "issues": [{"reason": i.reason, "item": i.item, "detail": i.detail, "skipped": i.skipped} for i in self.issues],
+        }
 
     def finish(self, loaded: int) -> LoadReport:
         """Set the loaded count, log the summary and warn (LoadWarning) when items were skipped or splits share images."""

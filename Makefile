@@ -1,6 +1,6 @@
 # Everyday commands: `make up` is `docker compose up` with either Compose version, `make demo` serves the built-in emoji
 # demo at http://127.0.0.1:8000 without Docker, `make test` runs the test suite, `make bench-wikipedia` the Wikipedia
-# benchmark, `make docker-verify` checks the Docker image and compose stack.
+# benchmark, `make lint` checks formatting and lint (ruff), `make docker-verify` checks the Docker image and compose stack.
 # `make install` chooses torch's build and the FAISS extra by whether the machine has an NVIDIA driver (nvidia-smi);
 # override with TORCH_INDEX=... and FAISS=cpu|gpu (see the README, "Install").
 PYTHON ?= python3
@@ -13,7 +13,7 @@ DEMO_PORT ?= 8000
 DOCKER_VERIFY_FLAGS ?=
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install up demo test bench-wikipedia docker-verify clean
+.PHONY: install up demo test lint bench-wikipedia docker-verify clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# Formatting and lint (ruff, configured in pyproject.toml); CI runs it before the tests. `ruff format .` fixes the first.
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 bench-wikipedia: install
 	$(PY) bench/wikipedia.py

@@ -1,4 +1,5 @@
 """`python -m app`: serve the search service with uvicorn (settings from DSCMR_* environment variables)."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,11 @@ from pydantic import ValidationError
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the few command-line overrides, read the settings and run uvicorn until stopped."""
-    parser = argparse.ArgumentParser(prog="python -m app", description="Serve DSCMR cross-modal search over HTTP. Every "
-                                     "setting is an environment variable DSCMR_<NAME> (see app/settings.py); flags override them.")
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="Serve DSCMR cross-modal search over HTTP. Every "
+        "setting is an environment variable DSCMR_<NAME> (see app/settings.py); flags override them.",
+    )
     parser.add_argument("--host", help="bind address (DSCMR_HOST, default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (DSCMR_PORT, default 8000)")
     parser.add_argument("--index-root", help="index store root (DSCMR_INDEX_ROOT, default artifacts/index)")
@@ -28,14 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    import uvicorn
+    from app.server import serve
 
-    from app.main import create_app
-    from app.server import uvicorn_config
-
-    server = uvicorn.Server(uvicorn_config(create_app(settings), settings))
-    server.run()
-    return 0 if server.started else 3  # as uvicorn.run: 3 when it could not start (port taken, ...)
+    return serve(settings, overrides)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Body of every error response::
 
 `errors` is present for validation failures only: one entry per problem, with where it was (`loc`) and what (`msg`).
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,14 @@ class ErrorResponse(BaseModel):
 class ApiError(Exception):
     """An error the service reports to the client as `status` with a JSON body."""
 
-    def __init__(self, status: int, code: str, detail: str, errors: Sequence[dict[str, Any]] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        errors: Sequence[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
@@ -61,9 +68,13 @@ class BodyTooLargeError(ApiError):
     def __init__(self, limit: int, declared: int | None = None) -> None:
         size = f"{declared:,} bytes" if declared is not None else f"more than {limit:,} bytes"
         # Connection: close, or the server would go on reading the rest of the refused body
-        super().__init__(413, "body_too_large", f"the request body is {size}; the limit is {limit:,} bytes "
-                                                 "(images up to DSCMR_MAX_UPLOAD_BYTES). Send a smaller or downscaled image",
-                         headers={"Connection": "close"})
+        super().__init__(
+            413,
+            "body_too_large",
+            f"the request body is {size}; the limit is {limit:,} bytes "
+            "(images up to DSCMR_MAX_UPLOAD_BYTES). Send a smaller or downscaled image",
+            headers={"Connection": "close"},
+        )
 
 
 class RequestTimeoutError(ApiError):
@@ -81,8 +92,9 @@ def error_body(code: str, detail: str, errors: Sequence[dict[str, Any]] | None =
     return body
 
 
-def error_response(status: int, code: str, detail: str, errors: Sequence[dict[str, Any]] | None = None,
-                   headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, detail: str, errors: Sequence[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     """A JSON error response."""
     return JSONResponse(error_body(code, detail, errors), status_code=status, headers=headers)
 
@@ -103,16 +115,20 @@ def clean_validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
 def unparsable_json_error(exc: Exception) -> ApiError:
     """The 400 for a JSON body the parser gave up on (not a syntax error): the same answer on every JSON route."""
     if isinstance(exc, RecursionError):
-        return ApiError(400, "malformed_json", "the JSON body is nested too deeply to parse; send a JSON object whose values "
-                                               "are strings, numbers, booleans or lists of strings (see /docs)")
-    return ApiError(400, "malformed_json", f"the request body is not valid JSON ({type(exc).__name__}); send a UTF-8 "
-                                           "JSON object")
+        return ApiError(
+            400,
+            "malformed_json",
+            "the JSON body is nested too deeply to parse; send a JSON object whose values "
+            "are strings, numbers, booleans or lists of strings (see /docs)",
+        )
+    return ApiError(400, "malformed_json", f"the request body is not valid JSON ({type(exc).__name__}); send a UTF-8 JSON object")
 
 
 def json_syntax_error(exc: json.JSONDecodeError) -> ApiError:
     """The 400 for a JSON syntax error, as FastAPI reports it for its own routes (so every JSON route answers alike)."""
-    return validation_error([{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
-                              "ctx": {"error": exc.msg}}])
+    return validation_error(
+        [{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "ctx": {"error": exc.msg}}]
+    )
 
 
 def validation_error(errors: Sequence[Any]) -> ApiError:
@@ -120,8 +136,12 @@ def validation_error(errors: Sequence[Any]) -> ApiError:
     cleaned = clean_validation_errors(errors)
     if any(e["type"] == "json_invalid" for e in cleaned):
         where = next(e for e in cleaned if e["type"] == "json_invalid")
-        return ApiError(400, "malformed_json", f"the request body is not valid JSON ({where['msg']} at position "
-                                               f"{where['loc'][-1]}); send a JSON object", cleaned)
+        return ApiError(
+            400,
+            "malformed_json",
+            f"the request body is not valid JSON ({where['msg']} at position {where['loc'][-1]}); send a JSON object",
+            cleaned,
+        )
     parts = []
     for e in cleaned:
         loc = [str(p) for p in e["loc"] if p not in ("body", "query", "path")]
@@ -150,8 +170,15 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and cause is not None:  # FastAPI's "There was an error parsing the body"
             err = unparsable_json_error(cause)
             return error_response(err.status, err.code, err.detail)
-        code = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-                413: "body_too_large", 415: "unsupported_media_type"}.get(exc.status_code, "http_error")
+        code = {
+            400: "bad_request",
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "body_too_large",
+            415: "unsupported_media_type",
+        }.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such endpoint: {request.method} {request.url.path}; see /docs for the API"
@@ -198,5 +225,7 @@ class InternalErrorMiddleware:
             log.error("internal error %s on %s %s", incident, scope.get("method"), scope.get("path"), exc_info=exc)
             if started:  # too late for a clean answer: let the server close the connection
                 raise
-            response = error_response(500, "internal_error", f"internal error (incident {incident}); the server log has the details")
+            response = error_response(
+                500, "internal_error", f"internal error (incident {incident}); the server log has the details"
+            )
             await response(scope, receive, send)

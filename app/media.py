@@ -4,6 +4,7 @@ The URL carries an item id, never a path: the id is looked up in the served inde
 recorded there for that item is read. The file must still be a regular file in an image format the service decodes
 (checked from its header), so even a damaged or hostile metadata row cannot make the service hand out another kind of file.
 """
+
 from __future__ import annotations
 
 import io
@@ -41,7 +42,9 @@ def item_image_file(index, item_id: str) -> MediaFile:
     if not keys:
         if index.metadata.keys_for_items([item_id], "text"):
             raise ApiError(404, "no_image", f"item {item_id!r} has no searchable image in index version {index.version}")
-        raise ApiError(404, "item_not_found", f"no item {item_id!r} in index version {index.version}; ids come from search results")
+        raise ApiError(
+            404, "item_not_found", f"no item {item_id!r} in index version {index.version}; ids come from search results"
+        )
     record = index.metadata.fetch(keys.values())[next(iter(keys.values()))]
     if not record.source_path:
         raise ApiError(404, "no_image", f"item {item_id!r} has no image file recorded in index version {index.version}")
@@ -93,7 +96,9 @@ def make_thumbnail(path: Path, size: int, max_pixels: int) -> bytes:
         image = load_image(path, max_pixels=max_pixels, draft_size=size, max_aspect_ratio=MAX_ASPECT_RATIO_LIMIT)
     except ImageDecodeError as exc:
         # the message would name a server path: say what is wrong without it
-        raise ApiError(404, "image_missing", "the stored image of this item cannot be decoded (the corpus file is damaged)") from exc
+        raise ApiError(
+            404, "image_missing", "the stored image of this item cannot be decoded (the corpus file is damaged)"
+        ) from exc
     image.thumbnail((size, size), Image.Resampling.BICUBIC)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=THUMBNAIL_QUALITY, optimize=True)

@@ -3,12 +3,14 @@
     dscmr_http_requests_total{endpoint, method, status}        requests answered
     dscmr_http_request_duration_seconds{endpoint, method}      whole-request latency (histogram)
     dscmr_stage_duration_seconds{endpoint, stage}              queue (waiting for a CPU slot), decode, encode, search
+    dscmr_batch_size{endpoint}                                 queries per encoder forward pass (DSCMR_BATCHING)
     dscmr_index_info{index_version, model_hash}                1 for the served version
     dscmr_ready                                                1 once a model and index are loaded
     dscmr_reloads_total{result}                                reload attempts that loaded a version or failed
 
 `endpoint` is the route template (`/items/{item_id}`), so ids never become label values.
 """
+
 from __future__ import annotations
 
 import time
@@ -16,8 +18,28 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
-                   1.0, 2.0, 5.0, 10.0)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+)
 STAGES = ("queue", "decode", "encode", "search")
 
 
@@ -26,14 +48,36 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("dscmr_http_requests", "HTTP requests answered", ["endpoint", "method", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("dscmr_http_request_duration_seconds", "HTTP request latency", ["endpoint", "method"],
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.stage = Histogram("dscmr_stage_duration_seconds", "time per search stage (queue = waiting for a CPU slot)",
-                               ["endpoint", "stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.index_info = Gauge("dscmr_index_info", "the served index version and model (value 1)",
-                                ["index_version", "model_hash"], registry=self.registry)
+        self.requests = Counter(
+            "dscmr_http_requests", "HTTP requests answered", ["endpoint", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "dscmr_http_request_duration_seconds",
+            "HTTP request latency",
+            ["endpoint", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage = Histogram(
+            "dscmr_stage_duration_seconds",
+            "time per search stage (queue = waiting for a CPU slot)",
+            ["endpoint", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "dscmr_batch_size",
+            "queries per encoder forward pass (micro-batching)",
+            ["endpoint"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=self.registry,
+        )
+        self.index_info = Gauge(
+            "dscmr_index_info",
+            "the served index version and model (value 1)",
+            ["index_version", "model_hash"],
+            registry=self.registry,
+        )
         self.ready = Gauge("dscmr_ready", "1 when a model and index are loaded", registry=self.registry)
         self.reloads = Counter("dscmr_reloads", "index reload attempts", ["result"], registry=self.registry)
 

@@ -1,4 +1,5 @@
 """Request and response bodies of the API (with the examples the OpenAPI docs show)."""
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,12 @@ STRICT = ConfigDict(extra="forbid", strict=True)
 
 LabelName = Annotated[StrictStr, StringConstraints(min_length=1, pattern=NOT_BLANK)]
 _K = Field(10, ge=1, le=MAX_K, description="how many results (1-100)")
-_LABELS = Field(None, min_length=1, max_length=MAX_LABELS,
-                description="keep only results carrying at least one of these labels (exact names from GET /labels)")
+_LABELS = Field(
+    None,
+    min_length=1,
+    max_length=MAX_LABELS,
+    description="keep only results carrying at least one of these labels (exact names from GET /labels)",
+)
 
 
 def _form_int(value: Any) -> Any:
@@ -38,13 +43,21 @@ FormInt = Annotated[StrictInt, BeforeValidator(_form_int)]
 class TextSearchRequest(BaseModel):
     """A sentence to search with."""
 
-    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [
-        {"text": "a smiling face with sunglasses", "k": 10, "target": "image"},
-        {"text": "red fruit", "k": 5, "target": "both", "labels": ["Food & Drink"]},
-    ]})
+    model_config = ConfigDict(
+        **STRICT,
+        json_schema_extra={
+            "examples": [
+                {"text": "a smiling face with sunglasses", "k": 10, "target": "image"},
+                {"text": "red fruit", "k": 5, "target": "both", "labels": ["Food & Drink"]},
+            ]
+        },
+    )
 
-    text: StrictStr = Field(description="the query (not blank; at most DSCMR_MAX_TEXT_CHARS characters)", examples=["a cat"],
-                            json_schema_extra={"pattern": NOT_BLANK})
+    text: StrictStr = Field(
+        description="the query (not blank; at most DSCMR_MAX_TEXT_CHARS characters)",
+        examples=["a cat"],
+        json_schema_extra={"pattern": NOT_BLANK},
+    )
     k: StrictInt = _K
     target: Target = Field("image", description="what to find: images, texts or both")
     labels: list[LabelName] | None = _LABELS
@@ -63,10 +76,18 @@ class ImageSearchForm(BaseModel):
 class ImageSearchJSON(BaseModel):
     """An image search with the picture inline, base64-encoded (a data: URL is accepted too)."""
 
-    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [
-        {"image_base64": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC",
-         "k": 10, "target": "text"},
-    ]})
+    model_config = ConfigDict(
+        **STRICT,
+        json_schema_extra={
+            "examples": [
+                {
+                    "image_base64": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC",
+                    "k": 10,
+                    "target": "text",
+                },
+            ]
+        },
+    )
 
     image_base64: StrictStr = Field(description="the image file's bytes, base64-encoded (standard alphabet; data: URL allowed)")
     k: StrictInt = _K
@@ -78,37 +99,74 @@ class SearchResult(BaseModel):
     """One hit."""
 
     id: str = Field(description="corpus item id (GET /items/{id})")
-    score: float = Field(description="cosine similarity in the common space, -1..1; comparable within one modality only "
-                                     "(a query's own modality scores higher), see relevance")
-    relevance: float | None = Field(None, description="calibrated probability (0..1) that the result shares a label with the "
-                                                      "query, fitted per search direction on the model's validation split; one "
-                                                      "scale for images and texts (target 'both' is ranked by it); null for a "
-                                                      "model saved without a calibration")
+    score: float = Field(
+        description="cosine similarity in the common space, -1..1; comparable within one modality only "
+        "(a query's own modality scores higher), see relevance"
+    )
+    relevance: float | None = Field(
+        None,
+        description="calibrated probability (0..1) that the result shares a label with the "
+        "query, fitted per search direction on the model's validation split; one "
+        "scale for images and texts (target 'both' is ranked by it); null for a "
+        "model saved without a calibration",
+    )
     modality: Literal["image", "text"] = Field(description="which side of the item matched")
     labels: list[str]
     text: str | None = Field(None, description="the item's text (text results)")
     image_url: str | None = Field(None, description="the item's image (image results)")
     thumbnail_url: str | None = Field(None, description="a small version of the image (image results)")
-    caption: str | None = Field(None, description="what to show under the picture: the item's name, else its text (image results)")
+    caption: str | None = Field(
+        None, description="what to show under the picture: the item's name, else its text (image results)"
+    )
 
 
 class SearchResponse(BaseModel):
     """Results with the model and index version that produced them."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "results": [{"id": "u1f60e", "score": 0.71, "modality": "image", "labels": ["Smileys & Emotion"], "text": None,
-                     "image_url": "/media/u1f60e", "thumbnail_url": "/media/u1f60e?size=160"}],
-        "model_hash": "1e465cf46d409e73f5b9645d2e098d6985bd55f19807cd8876e90637ab283920",
-        "index_version": "v20261129T065642823218Z-3f010c", "took_ms": 4.2, "k": 10, "target": "image", "unknown_words": []}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "results": [
+                        {
+                            "id": "u1f60e",
+                            "score": 0.71,
+                            "modality": "image",
+                            "labels": ["Smileys & Emotion"],
+                            "text": None,
+                            "image_url": "/media/u1f60e",
+                            "thumbnail_url": "/media/u1f60e?size=160",
+                        }
+                    ],
+                    "model_hash": "1e465cf46d409e73f5b9645d2e098d6985bd55f19807cd8876e90637ab283920",
+                    "index_version": "v20261129T065642823218Z-3f010c",
+                    "took_ms": 4.2,
+                    "k": 10,
+                    "target": "image",
+                    "unknown_words": [],
+                }
+            ]
+        }
+    )
 
     results: list[SearchResult]
     model_hash: str = Field(description="content hash of the model that encoded the query")
     index_version: str = Field(description="index version that was searched")
     took_ms: float = Field(description="time spent in the service for this request")
     unknown_words: list[str] | None = Field(
-        None, description="text searches with a word-vector model: the query's words (character n-grams for scripts written "
-                          "without spaces) that the model's vocabulary lacks; each reaches the model as the one unknown-word "
-                          "token, so a query made only of them finds nothing in particular")
+        None,
+        description="text searches with a word-vector model: the query's words (character n-grams for scripts written "
+        "without spaces) that the model's vocabulary lacks; each reaches the model as the one unknown-word "
+        "token, so a query made only of them finds nothing in particular (see query_problem). With a tf-idf "
+        "model: the words none of whose longest character n-grams (or the word itself) the model knows",
+    )
+    query_problem: Literal["no_known_words", "degenerate_vector"] | None = Field(
+        None,
+        description="text searches: why the query cannot be ranked by, in which case `results` is empty instead of "
+        "a list of arbitrary items: 'no_known_words' (the model knows none of its words, see "
+        "unknown_words) or 'degenerate_vector' (the model's text encoder gives it an all-zero feature, one "
+        "that many texts share, so every item would score the same); null when the query was searched",
+    )
     k: int
     target: Target
     stages_ms: dict[str, float] = Field(default_factory=dict, description="time per stage: queue, decode, encode, search")
@@ -158,8 +216,15 @@ class ReadyResponse(BaseModel):
     index_version: str | None = None
     counts: dict[str, int] = Field(default_factory=dict, description="searchable vectors per modality")
     loaded_at: float | None = Field(None, description="unix time the served version was loaded")
-    detail: str | None = Field(None, description="why the service is not ready, or the last reload problem (no server paths; "
-                                                 "the full reason with the admin X-API-Key header, and in the server log)")
+    detail: str | None = Field(
+        None,
+        description="why the service is not ready, or the last reload problem (no server paths; "
+        "the full reason with the admin X-API-Key header, and in the server log)",
+    )
+    worker_pid: int | None = Field(
+        None,
+        description="process id of the server process that answered (one of DSCMR_WORKERS; each loads and reloads on its own)",
+    )
 
 
 class ReloadRequest(BaseModel):

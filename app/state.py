@@ -4,6 +4,7 @@ A `ServingState` is immutable. Every request takes the current one once, at its 
 reload that swaps in a new state never changes what an in-flight request sees: the old index and encoder stay alive
 until the last request holding them finishes (then the garbage collector closes their files).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -62,16 +63,23 @@ def find_model_dir(manifest: dict[str, Any], version_dir: Path, settings: Servic
         return settings.model_dir
     recorded = manifest.get("model", {}).get("path")
     if not recorded:
-        raise IndexStoreError(f"index version {version_dir.name} does not record which model built it (manifest model.path); "
-                              "set DSCMR_MODEL_DIR to that model's directory")
+        raise IndexStoreError(
+            f"index version {version_dir.name} does not record which model built it (manifest model.path); "
+            "set DSCMR_MODEL_DIR to that model's directory"
+        )
     recorded_path = Path(recorded)
-    candidates = [recorded_path, settings.artifacts / "models" / recorded_path.name,
-                  Path(settings.index_root).parent / "models" / recorded_path.name]
+    candidates = [
+        recorded_path,
+        settings.artifacts / "models" / recorded_path.name,
+        Path(settings.index_root).parent / "models" / recorded_path.name,
+    ]
     for candidate in candidates:
         if (candidate / "manifest.json").is_file():
             return candidate
-    raise IndexStoreError(f"the model that built index version {version_dir.name} is not at {recorded} (nor under "
-                          f"{candidates[1].parent} or {candidates[2].parent}); restore it or set DSCMR_MODEL_DIR")
+    raise IndexStoreError(
+        f"the model that built index version {version_dir.name} is not at {recorded} (nor under "
+        f"{candidates[1].parent} or {candidates[2].parent}); restore it or set DSCMR_MODEL_DIR"
+    )
 
 
 def load_serving_state(settings: ServiceSettings, previous: ServingState | None = None) -> ServingState:
@@ -85,11 +93,13 @@ def load_serving_state(settings: ServiceSettings, previous: ServingState | None 
         model_dir = find_model_dir(manifest, version_dir, settings)
         found_hash = read_model_hash(model_dir)
         if found_hash != wanted_hash:
-            raise ModelArtefactError(f"index version {version_dir.name} was built by model {wanted_hash[:16]} but {model_dir} holds "
-                                     f"model {found_hash[:16]}; serve the model that built the index or rebuild the index")
+            raise ModelArtefactError(
+                f"index version {version_dir.name} was built by model {wanted_hash[:16]} but {model_dir} holds "
+                f"model {found_hash[:16]}; serve the model that built the index or rebuild the index"
+            )
         encoder = load_encoder(model_dir, device=None if settings.device == "auto" else settings.device)
         encoder.warm_up()  # before the state is served: the first Chinese query must not load a dictionary
-    index = SearchIndex.load(version_dir, encoder=encoder, verify=settings.verify_files)
+    index = SearchIndex.load(version_dir, encoder=encoder, verify=settings.verify_files, mmap_vectors=settings.mmap_index)
     label_counts = {m: index.metadata.label_counts(m) for m in index.modalities}
     return ServingState(index=index, encoder=encoder, model_dir=Path(model_dir), loaded_at=time.time(), label_counts=label_counts)
 
@@ -159,17 +169,29 @@ class ServingHolder:
             except (IndexStoreError, ModelArtefactError, OSError, ValueError, KeyError) as exc:
                 self._failed_pointer = pointer
                 self._fail(exc, pointer, previous)
-                outcome = ReloadOutcome("failed", None, None, previous and previous.index_version, False,
-                                        _ms_since(started), self.last_error)
+                outcome = ReloadOutcome(
+                    "failed", None, None, previous and previous.index_version, False, _ms_since(started), self.last_error
+                )
                 self._on_reload(outcome, previous)
                 return outcome
             self.current = state
             self._clear_error()
             self._failed_pointer = None
-            outcome = ReloadOutcome("loaded", state.index_version, state.model_hash, previous and previous.index_version,
-                                    previous is None or previous.encoder is not state.encoder, _ms_since(started))
-            log.info("serving index version %s (model %s, %s) after %.0f ms", state.index_version, state.model_hash[:12],
-                     state.counts, outcome.took_ms)
+            outcome = ReloadOutcome(
+                "loaded",
+                state.index_version,
+                state.model_hash,
+                previous and previous.index_version,
+                previous is None or previous.encoder is not state.encoder,
+                _ms_since(started),
+            )
+            log.info(
+                "serving index version %s (model %s, %s) after %.0f ms",
+                state.index_version,
+                state.model_hash[:12],
+                state.counts,
+                outcome.took_ms,
+            )
             self._on_reload(outcome, state)
             return outcome
 
@@ -203,5 +225,4 @@ def _ms_since(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 1)
 
 
-__all__ = ["ReloadOutcome", "ServiceNotReadyError", "ServingHolder", "ServingState", "find_model_dir",
-           "load_serving_state"]
+__all__ = ["ReloadOutcome", "ServiceNotReadyError", "ServingHolder", "ServingState", "find_model_dir", "load_serving_state"]

@@ -21,6 +21,7 @@ The figure the target is judged on is the median over rounds of (publish without
 `--doc FILE` regenerates the publish section of FILE (between the `publish-benchmark` markers) from the JSON written
 by this run and by `--before JSON` (a run with `--library`), instead of editing figures by hand.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,13 +84,20 @@ def detect_machine(work: Path) -> dict:
             pass
     faiss_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     return {
-        "cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
         "cpu_model": _cpu_model(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "gpu": bool(gpu_names) or faiss_gpus > 0, "gpus": gpu_names, "faiss_gpus": faiss_gpus,
+        "gpu": bool(gpu_names) or faiss_gpus > 0,
+        "gpus": gpu_names,
+        "faiss_gpus": faiss_gpus,
         "filesystem": _filesystem_of(work),
-        "python": platform.python_version(), "platform": platform.platform(), "faiss": faiss.__version__,
-        "numpy": numpy.__version__, "sqlite": sqlite3.sqlite_version, "omp_threads": faiss.omp_get_max_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "faiss": faiss.__version__,
+        "numpy": numpy.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "omp_threads": faiss.omp_get_max_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
 
@@ -122,8 +130,12 @@ def _filesystem_of(path: Path) -> dict:
 def _git_commit(path: Path) -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no", "--", "index", "model"],
-                               capture_output=True, text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no", "--", "index", "model"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() + ("+uncommitted changes to index/ or model/" if dirty else "")) if out.returncode == 0 else None
@@ -140,7 +152,7 @@ def generate(n: int, dim: int, seed: int):
     vectors = np.empty((n, dim), dtype=np.float32)
     items = []
     for first, block, clusters in data.blocks():
-        vectors[first:first + len(block)] = block
+        vectors[first : first + len(block)] = block
         items.extend(data.items(first, clusters))
     return vectors, items
 
@@ -158,7 +170,7 @@ def raw_write(vectors, items, directory: Path, batch: int) -> dict:
     t0 = time.perf_counter()
     index = faiss.index_factory(dim, "IDMap2,Flat", faiss.METRIC_INNER_PRODUCT)
     for start in range(0, n, batch):
-        index.add_with_ids(vectors[start:start + batch], np.arange(start, min(n, start + batch), dtype=np.int64))
+        index.add_with_ids(vectors[start : start + batch], np.arange(start, min(n, start + batch), dtype=np.int64))
     add_s = time.perf_counter() - t0
 
     index_path, metadata_path = directory / "image.faiss", directory / "metadata.sqlite"
@@ -173,11 +185,17 @@ def raw_write(vectors, items, directory: Path, batch: int) -> dict:
     t0 = time.perf_counter()
     conn = sqlite3.connect(metadata_path)
     conn.executescript(SCHEMA)
-    conn.executemany("INSERT INTO entries (key, item_id, modality, source_path, text, labels, extra) VALUES (?,?,?,?,?,?,?)",
-                     ((key, it.id, "image", it.image_path, it.text, encode_labels(list(it.labels)), encode_extra(it.extra))
-                      for key, it in enumerate(items)))
-    conn.executemany("INSERT INTO entry_labels (modality, label, key) VALUES (?,?,?)",
-                     (("image", label, key) for key, it in enumerate(items) for label in it.labels))
+    conn.executemany(
+        "INSERT INTO entries (key, item_id, modality, source_path, text, labels, extra) VALUES (?,?,?,?,?,?,?)",
+        (
+            (key, it.id, "image", it.image_path, it.text, encode_labels(list(it.labels)), encode_extra(it.extra))
+            for key, it in enumerate(items)
+        ),
+    )
+    conn.executemany(
+        "INSERT INTO entry_labels (modality, label, key) VALUES (?,?,?)",
+        (("image", label, key) for key, it in enumerate(items) for label in it.labels),
+    )
     conn.execute("INSERT INTO info (name, value) VALUES ('next_key', ?)", (str(n),))
     conn.commit()
     conn.close()
@@ -189,9 +207,14 @@ def raw_write(vectors, items, directory: Path, batch: int) -> dict:
         os.fsync(fd)
         os.close(fd)
     fsync_s = time.perf_counter() - t0
-    return {"add_s": add_s, "faiss_write_s": faiss_write_s, "metadata_write_s": metadata_write_s,
-            "write_s": faiss_write_s + metadata_write_s, "fsync_s": fsync_s,
-            "files": {p.name: p.stat().st_size for p in (index_path, metadata_path)}}
+    return {
+        "add_s": add_s,
+        "faiss_write_s": faiss_write_s,
+        "metadata_write_s": metadata_write_s,
+        "write_s": faiss_write_s + metadata_write_s,
+        "fsync_s": fsync_s,
+        "files": {p.name: p.stat().st_size for p in (index_path, metadata_path)},
+    }
 
 
 def our_publish(vectors, items, root: Path, batch: int) -> dict:
@@ -220,13 +243,25 @@ def our_publish(vectors, items, root: Path, batch: int) -> dict:
         build_s = built["train_s"] + built["add_s"]
         publish_s = None
         fill_rest = built["fill_s"] - built["add_s"]
-        phases = {"metadata_insert_s": fill_rest, "index_write_s": built["write_s"],
-                  "rest_s": total_s - built["train_s"] - built["fill_s"] - built["write_s"]}
+        phases = {
+            "metadata_insert_s": fill_rest,
+            "index_write_s": built["write_s"],
+            "rest_s": total_s - built["train_s"] - built["fill_s"] - built["write_s"],
+        }
         background = {}
         comparable_s = total_s - build_s
-    return {"total_s": total_s, "build_s": build_s, "publish_s": publish_s,
-            "publish_with_normalise_s": comparable_s, "phases": phases, "background": background,
-            "steps": steps or None, "files": files, "version": version.name, "timings_api": has_timings}
+    return {
+        "total_s": total_s,
+        "build_s": build_s,
+        "publish_s": publish_s,
+        "publish_with_normalise_s": comparable_s,
+        "phases": phases,
+        "background": background,
+        "steps": steps or None,
+        "files": files,
+        "version": version.name,
+        "timings_api": has_timings,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------------ summary
@@ -252,8 +287,10 @@ def summarise(rounds: list[dict]) -> dict:
         out["ratio_to_raw_write"] = med(o["publish_s"] / r["write_s"] for o, r in zip(ours, raw))
         out["ratio_to_raw_write_fsync"] = med(o["publish_s"] / (r["write_s"] + r["fsync_s"]) for o, r in zip(ours, raw))
     out["ratio_with_normalise_to_raw_write"] = med(o["publish_with_normalise_s"] / r["write_s"] for o, r in zip(ours, raw))
-    return {k: (round(v, 3) if isinstance(v, float) else {kk: round(vv, 3) for kk, vv in v.items()} if isinstance(v, dict) else v)
-            for k, v in out.items()}
+    return {
+        k: (round(v, 3) if isinstance(v, float) else {kk: round(vv, 3) for kk, vv in v.items()} if isinstance(v, dict) else v)
+        for k, v in out.items()
+    }
 
 
 def table(report: dict) -> str:
@@ -272,7 +309,9 @@ def table(report: dict) -> str:
         lines.append(f"{'publish (without the FAISS build)':34} {s['publish_s']:>9.2f}")
         lines.append(f"{'ratio publish / raw write':34} {s['ratio_to_raw_write']:>9.2f}  target <= 2")
         lines.append(f"{'ratio publish / (raw write + fsync)':34} {s['ratio_to_raw_write_fsync']:>9.2f}")
-    lines.append(f"{'publish incl. normalising':34} {s['publish_with_normalise_s']:>9.2f}  comparable with code before the change")
+    lines.append(
+        f"{'publish incl. normalising':34} {s['publish_with_normalise_s']:>9.2f}  comparable with code before the change"
+    )
     lines.append(f"{'FAISS build (train+normalise+add)':34} {s['build_s']:>9.2f}  not counted")
     return "\n".join(lines)
 
@@ -282,18 +321,23 @@ def render_section(after: dict, before: dict | None) -> str:
     """The markdown publish section from the JSON of a run (and of a run of the code before the change)."""
     a = after["summary"]
     m = after["machine"]
-    out = [DOC_START, "",
-           f"Written by `{after['command']}`"
-           + (f" and, for the code before the change, `{before['command']}`" if before else "")
-           + f" (JSON: `{after['out']}`" + (f", `{before['out']}`" if before else "") + "). "
-           f"{after['data']['n']:,} x {after['data']['dim']} flat index, {len(after['rounds'])} rounds per path, "
-           "medians over rounds; raw and publish run back to back in alternating order.",
-           "",
-           f"Machine as detected: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, "
-           f"GPU: {', '.join(m['gpus']) if m['gpu'] else 'none'}; {m['filesystem'].get('type', '?')} on "
-           f"{m['filesystem'].get('device', '?')}; load average {after['load_average_before']} before, "
-           f"{after['load_average_after']} after; faiss {m['faiss']}, SQLite {m['sqlite']}, Python {m['python']}.",
-           ""]
+    out = [
+        DOC_START,
+        "",
+        f"Written by `{after['command']}`"
+        + (f" and, for the code before the change, `{before['command']}`" if before else "")
+        + f" (JSON: `{after['out']}`"
+        + (f", `{before['out']}`" if before else "")
+        + "). "
+        f"{after['data']['n']:,} x {after['data']['dim']} flat index, {len(after['rounds'])} rounds per path, "
+        "medians over rounds; raw and publish run back to back in alternating order.",
+        "",
+        f"Machine as detected: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, "
+        f"GPU: {', '.join(m['gpus']) if m['gpu'] else 'none'}; {m['filesystem'].get('type', '?')} on "
+        f"{m['filesystem'].get('device', '?')}; load average {after['load_average_before']} before, "
+        f"{after['load_average_after']} after; faiss {m['faiss']}, SQLite {m['sqlite']}, Python {m['python']}.",
+        "",
+    ]
     header = "| step | raw write | publish now |" + (" publish before |" if before else "")
     out += [header, "|---|---|---|" + ("---|" if before else "")]
 
@@ -302,10 +346,18 @@ def render_section(after: dict, before: dict | None) -> str:
 
     b = before["summary"] if before else None
     rows = [
-        ("`faiss.write_index` (image.faiss)", a["raw_faiss_write_s"], a["phases"].get("index_write_s"),
-         b["phases"].get("index_write_s") if b else None),
-        ("SQLite metadata (metadata.sqlite)", a["raw_metadata_write_s"], a["phases"].get("metadata_insert_s"),
-         b["phases"].get("metadata_insert_s") if b else None),
+        (
+            "`faiss.write_index` (image.faiss)",
+            a["raw_faiss_write_s"],
+            a["phases"].get("index_write_s"),
+            b["phases"].get("index_write_s") if b else None,
+        ),
+        (
+            "SQLite metadata (metadata.sqlite)",
+            a["raw_metadata_write_s"],
+            a["phases"].get("metadata_insert_s"),
+            b["phases"].get("metadata_insert_s") if b else None,
+        ),
         ("records.jsonl + records.idx.npy", None, a["phases"].get("records_s"), None),
         ("waiting for background sha256 + fsync", None, a["phases"].get("seal_wait_s"), None),
         ("manifest, directory fsync", None, a["phases"].get("manifest_s"), None),
@@ -313,29 +365,48 @@ def render_section(after: dict, before: dict | None) -> str:
         ("the rest (staging set-up, cleanup)", None, a["phases"].get("other_s"), None),
     ]
     if b and "rest_s" in b["phases"]:
-        rows.append(("records, sha256 of every file, fsyncs, rename, CURRENT (not separable before)", None, None, b["phases"]["rest_s"]))
+        rows.append(
+            ("records, sha256 of every file, fsyncs, rename, CURRENT (not separable before)", None, None, b["phases"]["rest_s"])
+        )
     for label, raw, now, old in rows:
         out.append(f"| {label} | {cell(raw)} | {cell(now)} |" + (f" {cell(old)} |" if before else ""))
-    out.append(f"| **total** (publish: without the FAISS build) | **{a['raw_write_s']:.2f} s** | **{a.get('publish_s', 0):.2f} s** |"
-               + (" |" if before else ""))
-    out.append(f"| total with normalising the vectors (comparable before/after) | | {a['publish_with_normalise_s']:.2f} s |"
-               + (f" {b['publish_with_normalise_s']:.2f} s |" if before else ""))
+    out.append(
+        f"| **total** (publish: without the FAISS build) | **{a['raw_write_s']:.2f} s** | **{a.get('publish_s', 0):.2f} s** |"
+        + (" |" if before else "")
+    )
+    out.append(
+        f"| total with normalising the vectors (comparable before/after) | | {a['publish_with_normalise_s']:.2f} s |"
+        + (f" {b['publish_with_normalise_s']:.2f} s |" if before else "")
+    )
     out.append(f"| raw fsync of both files (not in the raw total) | {a['raw_fsync_s']:.2f} s | |" + (" |" if before else ""))
-    out.append(f"| background sha256 / fsync (overlapped) | | {a['background'].get('hash_s', 0):.2f} / "
-               f"{a['background'].get('fsync_s', 0):.2f} s |" + (" |" if before else ""))
-    out.append(f"| FAISS build (train + normalise + add; not counted) | {cell(a.get('raw_add_s'))} (add only) | "
-               f"{a['build_s']:.2f} s |" + (f" {b['build_s']:.2f} s |" if before else ""))
-    out += ["",
-            f"**Publish / raw write: {a['ratio_to_raw_write']:.2f}** (median of the per-round ratios; target at most 2); "
-            f"against the raw write plus its fsync: {a['ratio_to_raw_write_fsync']:.2f}."
-            + (f" Before the change the same publish took {b['publish_with_normalise_s']:.1f} s with normalising "
-               f"({b['ratio_with_normalise_to_raw_write']:.2f}x that run's raw write); now "
-               f"{a['publish_with_normalise_s']:.1f} s ({a['ratio_with_normalise_to_raw_write']:.2f}x)." if b else ""),
-            ""]
+    out.append(
+        f"| background sha256 / fsync (overlapped) | | {a['background'].get('hash_s', 0):.2f} / "
+        f"{a['background'].get('fsync_s', 0):.2f} s |" + (" |" if before else "")
+    )
+    out.append(
+        f"| FAISS build (train + normalise + add; not counted) | {cell(a.get('raw_add_s'))} (add only) | "
+        f"{a['build_s']:.2f} s |" + (f" {b['build_s']:.2f} s |" if before else "")
+    )
+    out += [
+        "",
+        f"**Publish / raw write: {a['ratio_to_raw_write']:.2f}** (median of the per-round ratios; target at most 2); "
+        f"against the raw write plus its fsync: {a['ratio_to_raw_write_fsync']:.2f}."
+        + (
+            f" Before the change the same publish took {b['publish_with_normalise_s']:.1f} s with normalising "
+            f"({b['ratio_with_normalise_to_raw_write']:.2f}x that run's raw write); now "
+            f"{a['publish_with_normalise_s']:.1f} s ({a['ratio_with_normalise_to_raw_write']:.2f}x)."
+            if b
+            else ""
+        ),
+        "",
+    ]
     if b and "rest_s" in b["phases"]:
-        out += ["The code before the change has no per-step timings: its columns come from its manifest (SQLite metadata = "
-                "its fill time less the FAISS add, which also normalised the vectors; FAISS build = train + add), the rest "
-                "by difference.", ""]
+        out += [
+            "The code before the change has no per-step timings: its columns come from its manifest (SQLite metadata = "
+            "its fill time less the FAISS add, which also normalised the vectors; FAISS build = train + add), the rest "
+            "by difference.",
+            "",
+        ]
     out.append(DOC_END)
     return "\n".join(out)
 
@@ -346,7 +417,7 @@ def update_doc(doc: Path, section: str) -> None:
     start, end = text.find(DOC_START), text.find(DOC_END)
     if start < 0 or end < start:
         raise SystemExit(f"{doc} has no publish-benchmark markers; add the two marker lines where the section goes")
-    doc.write_text(text[:start] + section + text[end + len(DOC_END):], encoding="utf-8")
+    doc.write_text(text[:start] + section + text[end + len(DOC_END) :], encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------------------------- driver
@@ -360,8 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir on the default disk)")
     p.add_argument("--library", type=Path, default=None, help="import index/ and model/ from this checkout instead")
-    p.add_argument("--library-rev", default=None,
-                   help="import index/ and model/ from this git revision of the repository (extracted to a temp dir)")
+    p.add_argument(
+        "--library-rev",
+        default=None,
+        help="import index/ and model/ from this git revision of the repository (extracted to a temp dir)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "index-publish.json")
     p.add_argument("--doc", type=Path, default=None, help="regenerate this page's publish section from the JSON")
     p.add_argument("--before", type=Path, default=None, help="JSON of a run with --library (the code before), for --doc")
@@ -381,8 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     commit = _git_commit(library)
     if args.library_rev:
         library = Path(tempfile.mkdtemp(prefix="bench-publish-library-"))
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", args.library_rev], capture_output=True, text=True,
-                                check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", args.library_rev], capture_output=True, text=True, check=True
+        ).stdout.strip()
         archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "index", "model"], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(library)], input=archive.stdout, check=True)
     sys.path.insert(0, str(library))
@@ -420,15 +495,26 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "publish_version of a flat index vs a raw write of the same files (faiss.write_index + SQLite)",
         "command": " ".join(["bench/bench_publish.py", *(argv if argv is not None else sys.argv[1:])]),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "out": str(args.out.resolve().relative_to(REPO)) if args.out.resolve().is_relative_to(REPO) else str(args.out),
-        "library": {"path": "repository" if library == REPO else str(library), "git": commit,
-                    "timings_api": rounds[0]["publish"]["timings_api"]},
+        "library": {
+            "path": "repository" if library == REPO else str(library),
+            "git": commit,
+            "timings_api": rounds[0]["publish"]["timings_api"],
+        },
         "machine": machine,
         "load_average_before": load_before,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "data": {"n": args.size, "dim": args.dim, "index_type": "flat", "vectors_bytes": int(vectors.nbytes),
-                 "generator": "index.synthetic.ClusteredVectors(n_clusters=1000, intrinsic_dim=64)", "seed": args.seed,
-                 "generate_s": round(generate_s, 2), "batch": args.batch},
+        "data": {
+            "n": args.size,
+            "dim": args.dim,
+            "index_type": "flat",
+            "vectors_bytes": int(vectors.nbytes),
+            "generator": "index.synthetic.ClusteredVectors(n_clusters=1000, intrinsic_dim=64)",
+            "seed": args.seed,
+            "generate_s": round(generate_s, 2),
+            "batch": args.batch,
+        },
         "rounds": rounds,
         "summary": summarise(rounds),
         "total_s": round(time.perf_counter() - started, 1),

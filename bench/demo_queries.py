@@ -11,6 +11,7 @@ answer). Reports R@1, R@10 and MRR (the rank of the first hit; a hit beyond the 
 and for target "both" (k = 10) how many answers hold both images and texts.
 Writes docs/results/demo-queries.json and docs/demo-queries.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,17 @@ def start_service(root: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
     """`python -m app` over the demo root on a free port; returns once /readyz answers 200."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSCMR_")}
-    env.update({"DSCMR_ARTIFACTS": str(root), "DSCMR_HOST": "127.0.0.1", "DSCMR_PORT": str(port), "DSCMR_ACCESS_LOG": "false",
-                "DSCMR_RELOAD_POLL_S": "0", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "DSCMR_ARTIFACTS": str(root),
+            "DSCMR_HOST": "127.0.0.1",
+            "DSCMR_PORT": str(port),
+            "DSCMR_ACCESS_LOG": "false",
+            "DSCMR_RELOAD_POLL_S": "0",
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     log = log_path.open("wb")
     process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -82,8 +92,12 @@ def first_hit_rank(ids: list[str], hits: set[str]) -> int | None:
 def summarise(ranks: list[int | None]) -> dict[str, float]:
     """R@1, R@10, MRR and the share found at all, over first-hit ranks (None = not in the answer)."""
     n = len(ranks)
-    return {"R@1": sum(r is not None and r <= 1 for r in ranks) / n, "R@10": sum(r is not None and r <= 10 for r in ranks) / n,
-            "MRR": sum(1.0 / r for r in ranks if r is not None) / n, f"found in top {K}": sum(r is not None for r in ranks) / n}
+    return {
+        "R@1": sum(r is not None and r <= 1 for r in ranks) / n,
+        "R@10": sum(r is not None and r <= 10 for r in ranks) / n,
+        "MRR": sum(1.0 / r for r in ranks if r is not None) / n,
+        f"found in top {K}": sum(r is not None for r in ranks) / n,
+    }
 
 
 def anchor_ranks(queries: list[dict[str, Any]], items, hit_ids: list[set[str]]) -> list[int]:
@@ -105,28 +119,43 @@ def anchor_ranks(queries: list[dict[str, Any]], items, hit_ids: list[set[str]]) 
 def render_page(report: dict[str, Any]) -> str:
     """The docs page (markdown) from the report."""
     s = report["summary"]
-    lines = ["# Everyday queries on the emoji demo", "",
-             f"Produced by `{report['command']}` on {report['date']}; {len(report['queries'])} queries from "
-             f"`bench/data/demo_queries.json`, sent to the running service (model `{report['model_hash'][:12]}`, index "
-             f"`{report['index_version']}`).", "", f"Machine: {describe(report['machine_before'], report['machine_after'])}.", "",
-             "| route | R@1 | R@10 | MRR | found in top 100 |", "|---|---|---|---|---|"]
+    lines = [
+        "# Everyday queries on the emoji demo",
+        "",
+        f"Produced by `{report['command']}` on {report['date']}; {len(report['queries'])} queries from "
+        f"`bench/data/demo_queries.json`, sent to the running service (model `{report['model_hash'][:12]}`, index "
+        f"`{report['index_version']}`).",
+        "",
+        f"Machine: {describe(report['machine_before'], report['machine_after'])}.",
+        "",
+        "| route | R@1 | R@10 | MRR | found in top 100 |",
+        "|---|---|---|---|---|",
+    ]
     for name in ("text -> image (service)", "text -> text (service)", "text-only anchor (MiniLM, query vs item text)"):
         row = s[name]
         lines.append(f"| {name} | {row['R@1']:.3f} | {row['R@10']:.3f} | {row['MRR']:.3f} | {row[f'found in top {K}']:.3f} |")
     image = s["text -> image (service)"]
     verdict = ", ".join(f"{k} {image[k]:.3f} {'>=' if image[k] >= v else '<'} {v}" for k, v in TARGETS.items())
     both = report["both"]
-    lines += ["", f"Targets for text -> image: {verdict} ({'met' if report['targets_met'] else 'NOT met'}).",
-              f"Target \"both\" (k = 10): {both['mixed']} of {both['answers']} answers hold images and texts "
-              f"(on average {both['images_per_answer']:.1f} images and {both['texts_per_answer']:.1f} texts).", "",
-              "R@K: share of queries whose first hit (any emoji the query lists) is within the first K results. "
-              "The served model is the demo's refit on every item (see [results-demo-setting.md](results-demo-setting.md)); "
-              "the queries were written by hand as people type them and took no part in choosing any setting.", "",
-              "| query | hits | rank (image) | rank (text) | rank (anchor) | first 3 images returned |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Targets for text -> image: {verdict} ({'met' if report['targets_met'] else 'NOT met'}).",
+        f'Target "both" (k = 10): {both["mixed"]} of {both["answers"]} answers hold images and texts '
+        f"(on average {both['images_per_answer']:.1f} images and {both['texts_per_answer']:.1f} texts).",
+        "",
+        "R@K: share of queries whose first hit (any emoji the query lists) is within the first K results. "
+        "The served model is the demo's refit on every item (see [results-demo-setting.md](results-demo-setting.md)); "
+        "the queries were written by hand as people type them and took no part in choosing any setting.",
+        "",
+        "| query | hits | rank (image) | rank (text) | rank (anchor) | first 3 images returned |",
+        "|---|---|---|---|---|---|",
+    ]
     for q in report["queries"]:
         fmt = lambda r: "-" if r is None else str(r)  # noqa: E731
-        lines.append(f"| {q['query']} | {''.join(q['hits'])} | {fmt(q['rank_image'])} | {fmt(q['rank_text'])} | "
-                     f"{q['rank_anchor']} | {''.join(q['top_images'])} |")
+        lines.append(
+            f"| {q['query']} | {''.join(q['hits'])} | {fmt(q['rank_image'])} | {fmt(q['rank_text'])} | "
+            f"{q['rank_anchor']} | {''.join(q['top_images'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -165,24 +194,44 @@ def main(argv: list[str] | None = None) -> int:
             mixed += len(set(modalities)) == 2
             images_total += modalities.count("image")
             texts_total += modalities.count("text")
-            rows.append({"query": q["query"], "hits": q["hits"], "rank_image": first_hit_rank([r["id"] for r in image], hits),
-                         "rank_text": first_hit_rank([r["id"] for r in text], hits),
-                         "top_images": [emoji_of[r["id"]] for r in image[:3]]})
+            rows.append(
+                {
+                    "query": q["query"],
+                    "hits": q["hits"],
+                    "rank_image": first_hit_rank([r["id"] for r in image], hits),
+                    "rank_text": first_hit_rank([r["id"] for r in text], hits),
+                    "top_images": [emoji_of[r["id"]] for r in image[:3]],
+                }
+            )
     finally:
         process.terminate()
         process.wait(timeout=30)
     for row, rank in zip(rows, anchor_ranks(queries, corpus.items, hit_ids)):
         row["rank_anchor"] = rank
-    summary = {"text -> image (service)": summarise([r["rank_image"] for r in rows]),
-               "text -> text (service)": summarise([r["rank_text"] for r in rows]),
-               "text-only anchor (MiniLM, query vs item text)": summarise([r["rank_anchor"] for r in rows])}
+    summary = {
+        "text -> image (service)": summarise([r["rank_image"] for r in rows]),
+        "text -> text (service)": summarise([r["rank_text"] for r in rows]),
+        "text-only anchor (MiniLM, query vs item text)": summarise([r["rank_anchor"] for r in rows]),
+    }
     image = summary["text -> image (service)"]
-    report = {"command": "python bench/demo_queries.py" + (f" --root {args.root}" if args.root != REPO / "artifacts" else ""),
-              "date": time.strftime("%Y-%m-%d"), "model_hash": ready["model_hash"], "index_version": ready["index_version"],
-              "summary": summary, "targets": TARGETS, "targets_met": all(image[k] >= v for k, v in TARGETS.items()),
-              "both": {"answers": len(rows), "mixed": mixed, "images_per_answer": images_total / len(rows),
-                       "texts_per_answer": texts_total / len(rows)},
-              "queries": rows, "machine_before": machine_before, "machine_after": detect_machine()}
+    report = {
+        "command": "python bench/demo_queries.py" + (f" --root {args.root}" if args.root != REPO / "artifacts" else ""),
+        "date": time.strftime("%Y-%m-%d"),
+        "model_hash": ready["model_hash"],
+        "index_version": ready["index_version"],
+        "summary": summary,
+        "targets": TARGETS,
+        "targets_met": all(image[k] >= v for k, v in TARGETS.items()),
+        "both": {
+            "answers": len(rows),
+            "mixed": mixed,
+            "images_per_answer": images_total / len(rows),
+            "texts_per_answer": texts_total / len(rows),
+        },
+        "queries": rows,
+        "machine_before": machine_before,
+        "machine_after": detect_machine(),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
     args.page.write_text(render_page(report), encoding="utf-8")

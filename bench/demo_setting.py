@@ -15,6 +15,7 @@ sharing the group), so every row's mAP is the same measure as the demo's histori
 Finished runs are cached under --root keyed by the setting, the prepared data and the code of model/ and training/.
 Writes docs/results/demo-setting.json and docs/results-demo-setting.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,10 @@ CANDIDATES = [
 def prepare_both(root: Path, progress: bool) -> dict[str, Any]:
     """The demo corpus (labels of every level come from item.extra) and its prepared data for each text option."""
     corpus_dir = root / "corpus"
-    corpora = {level: build_emoji_corpus(corpus_dir, image_size=DemoConfig.image_size, labels=level, progress=progress)[0]
-               for level in ("group", "both")}
+    corpora = {
+        level: build_emoji_corpus(corpus_dir, image_size=DemoConfig.image_size, labels=level, progress=progress)[0]
+        for level in ("group", "both")
+    }
     from model.corpus import save_corpus
 
     save_corpus(corpora["group"], corpus_dir)
@@ -94,10 +97,13 @@ def feature_splits(prepared, corpus) -> tuple[FeatureSplits, dict[str, np.ndarra
     for split in ("train", "val", "test"):
         arrays = base.split(split)
         items = [by_id[i] for i in arrays.ids]
-        parts[split] = SplitArrays(arrays.image, arrays.text, corpus.label_matrix(items), arrays.ids, text_views=arrays.text_views)
+        parts[split] = SplitArrays(
+            arrays.image, arrays.text, corpus.label_matrix(items), arrays.ids, text_views=arrays.text_views
+        )
         group_labels[split] = np.asarray([[1.0 if it.extra["group"] == g else 0.0 for g in groups] for it in items], np.float32)
-    return FeatureSplits(**parts, label_names=list(corpus.label_names), name="emoji-demo",
-                         text_is_tokens=base.text_is_tokens), group_labels
+    return FeatureSplits(
+        **parts, label_names=list(corpus.label_names), name="emoji-demo", text_is_tokens=base.text_is_tokens
+    ), group_labels
 
 
 def evaluate(model, data: FeatureSplits, group_labels: dict[str, np.ndarray], split: str) -> dict[str, Any]:
@@ -108,32 +114,64 @@ def evaluate(model, data: FeatureSplits, group_labels: dict[str, np.ndarray], sp
     u, v = u.cpu().numpy(), v.cpu().numpy()
     scores = cross_modal_map(u, v, group_labels[split])
     recall = cross_modal_recall(u, v, instance_groups(arrays.text))
-    return {"i2t": scores.i2t, "t2i": scores.t2i, "avg": scores.avg, "recall": recall.as_dict(),
-            "score": selection_score(scores, recall, CRITERION)}
+    return {
+        "i2t": scores.i2t,
+        "t2i": scores.t2i,
+        "avg": scores.avg,
+        "recall": recall.as_dict(),
+        "score": selection_score(scores, recall, CRITERION),
+    }
 
 
-def run_candidate(name, text, labels, weight, temperature, views, built, cache_dir: Path, code: str | None,
-                  form: str = "infonce") -> dict[str, Any]:
+def run_candidate(
+    name, text, labels, weight, temperature, views, built, cache_dir: Path, code: str | None, form: str = "infonce"
+) -> dict[str, Any]:
     """Train one candidate (or read its cached result) and evaluate it on validation and test."""
     prepared = built["prepared"][(text, views)]
     data, group_labels = feature_splits(prepared, built["corpora"][labels])
-    demo = DemoConfig(text=text, labels=labels, instance_weight=weight, instance_temperature=temperature, progress=False,
-                      select_on="map" if name == REFERENCE else CRITERION, text_views=views)
+    demo = DemoConfig(
+        text=text,
+        labels=labels,
+        instance_weight=weight,
+        instance_temperature=temperature,
+        progress=False,
+        select_on="map" if name == REFERENCE else CRITERION,
+        text_views=views,
+    )
     cfg = demo_train_config(prepared, demo)
-    cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, num_classes=len(data.label_names)),
-                              loss=dataclasses.replace(cfg.loss, instance_form=form))
-    setting = {"text": text, "labels": labels, "instance_weight": weight, "instance_temperature": temperature,
-               "text_views": views, "config": dataclasses.asdict(cfg)}
-    key = hashlib.sha256(json.dumps([setting, prepared.content_hash, code], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    cfg = dataclasses.replace(
+        cfg,
+        network=dataclasses.replace(cfg.network, num_classes=len(data.label_names)),
+        loss=dataclasses.replace(cfg.loss, instance_form=form),
+    )
+    setting = {
+        "text": text,
+        "labels": labels,
+        "instance_weight": weight,
+        "instance_temperature": temperature,
+        "text_views": views,
+        "config": dataclasses.asdict(cfg),
+    }
+    key = hashlib.sha256(json.dumps([setting, prepared.content_hash, code], sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
     cached = cache_dir / f"{key}.json"
     if code is not None and cached.is_file():
         return json.loads(cached.read_text())
     started = time.perf_counter()
     result = train_dscmr(data, cfg, text_encoder=prepared.build_text_encoder())
-    row = {"name": name, "setting": {k: v for k, v in setting.items() if k != "config"}, "best_epoch": result.best_epoch,
-           "epochs_run": result.epochs_run, "wall_s": round(time.perf_counter() - started, 1),
-           "val": evaluate(result.model, data, group_labels, "val"), "test": evaluate(result.model, data, group_labels, "test"),
-           "classes": len(data.label_names), "cache_key": key, "instance_form": form}
+    row = {
+        "name": name,
+        "setting": {k: v for k, v in setting.items() if k != "config"},
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "val": evaluate(result.model, data, group_labels, "val"),
+        "test": evaluate(result.model, data, group_labels, "test"),
+        "classes": len(data.label_names),
+        "cache_key": key,
+        "instance_form": form,
+    }
     if code is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(row, indent=1))
@@ -142,40 +180,59 @@ def run_candidate(name, text, labels, weight, temperature, views, built, cache_d
 
 def render_page(report: dict[str, Any]) -> str:
     """The results page (markdown) from the report."""
-    lines = ["# The emoji demo's setting, chosen on validation", "",
-             f"Produced by `{report['command']}` on {report['date']}.", "",
-             f"Machine: {describe(report['machine_before'], report['machine_after'])}.", "",
-             "Each row trains on the demo's train split (1,496 emoji) and keeps its best epoch on validation (187 emoji) by the "
-             "criterion 'mean' (average of the average mAP over the 9 emoji groups and the average R@10 of each item's own "
-             "pair, both directions); the first row, the previous demo, keeps its epoch by mAP as it did. The chosen setting "
-             f"(bold) has the best validation R@10 among the rows whose validation mAP is at least the previous demo's minus "
-             f"{MAP_BUDGET} ({report['val_map_floor']:.4f}): the instance term may cost category mAP only within that budget. "
-             "Test (187 emoji) is reported, never used. mAP counts items sharing a group as relevant in every row. R@K: share "
-             "of queries whose own pair (image -> its text, text -> its image) is among the first K of the other modality's "
-             "validation / test items.", "",
-             "| setting | classes | epoch | val mAP | val R@1 | **val R@10** | val score | test mAP | test R@1 | test R@10 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# The emoji demo's setting, chosen on validation",
+        "",
+        f"Produced by `{report['command']}` on {report['date']}.",
+        "",
+        f"Machine: {describe(report['machine_before'], report['machine_after'])}.",
+        "",
+        "Each row trains on the demo's train split (1,496 emoji) and keeps its best epoch on validation (187 emoji) by the "
+        "criterion 'mean' (average of the average mAP over the 9 emoji groups and the average R@10 of each item's own "
+        "pair, both directions); the first row, the previous demo, keeps its epoch by mAP as it did. The chosen setting "
+        f"(bold) has the best validation R@10 among the rows whose validation mAP is at least the previous demo's minus "
+        f"{MAP_BUDGET} ({report['val_map_floor']:.4f}): the instance term may cost category mAP only within that budget. "
+        "Test (187 emoji) is reported, never used. mAP counts items sharing a group as relevant in every row. R@K: share "
+        "of queries whose own pair (image -> its text, text -> its image) is among the first K of the other modality's "
+        "validation / test items.",
+        "",
+        "| setting | classes | epoch | val mAP | val R@1 | **val R@10** | val score | test mAP | test R@1 | test R@10 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in report["candidates"]:
         name = f"**{row['name']}**" if row["name"] == report["chosen"] else row["name"]
         v, t = row["val"], row["test"]
-        lines.append(f"| {name} | {row['classes']} | {row['best_epoch']} | {v['avg']:.4f} | {v['recall']['avg']['r1']:.3f} | "
-                     f"{v['recall']['avg']['r10']:.3f} | {v['score']:.4f} | {t['avg']:.4f} | {t['recall']['avg']['r1']:.3f} | "
-                     f"{t['recall']['avg']['r10']:.3f} |")
+        lines.append(
+            f"| {name} | {row['classes']} | {row['best_epoch']} | {v['avg']:.4f} | {v['recall']['avg']['r1']:.3f} | "
+            f"{v['recall']['avg']['r10']:.3f} | {v['score']:.4f} | {t['avg']:.4f} | {t['recall']['avg']['r1']:.3f} | "
+            f"{t['recall']['avg']['r10']:.3f} |"
+        )
     chosen = next(r for r in report["candidates"] if r["name"] == report["chosen"])
     reference = next(r for r in report["candidates"] if r["name"] == report["reference"])
     change = chosen["test"]["avg"] - reference["test"]["avg"]
-    lines += ["", f"Chosen: **{report['chosen']}** (validation mAP {chosen['val']['avg']:.4f}, R@10 "
-              f"{chosen['val']['recall']['avg']['r10']:.3f}). `training/demo.py` DemoConfig defaults "
-              f"{'match' if report['defaults_match'] else 'DO NOT match'} it"
-              + (f" (checked by `{report['defaults_checked']['command']}` on {report['defaults_checked']['date']} at commit "
-                 f"{report['defaults_checked']['commit']})." if "defaults_checked" in report else "."),
-              f"On test, against the previous demo: category mAP {reference['test']['avg']:.4f} -> {chosen['test']['avg']:.4f} "
-              f"({change:+.4f}; the budget is -{MAP_BUDGET}: {'kept' if change >= -MAP_BUDGET else 'EXCEEDED'}), R@10 of the own pair "
-              f"{reference['test']['recall']['avg']['r10']:.3f} -> {chosen['test']['recall']['avg']['r10']:.3f}, R@1 "
-              f"{reference['test']['recall']['avg']['r1']:.3f} -> {chosen['test']['recall']['avg']['r1']:.3f}."]
-    lines += ["", "The served demo is this setting refit on every item for the chosen epoch count "
-              "(`training.pipeline.refit_and_save`); the figures above are its held-out twin's. Everyday queries against the "
-              "running demo: [demo-queries.md](demo-queries.md).", ""]
+    lines += [
+        "",
+        f"Chosen: **{report['chosen']}** (validation mAP {chosen['val']['avg']:.4f}, R@10 "
+        f"{chosen['val']['recall']['avg']['r10']:.3f}). `training/demo.py` DemoConfig defaults "
+        f"{'match' if report['defaults_match'] else 'DO NOT match'} it"
+        + (
+            f" (checked by `{report['defaults_checked']['command']}` on {report['defaults_checked']['date']} at commit "
+            f"{report['defaults_checked']['commit']})."
+            if "defaults_checked" in report
+            else "."
+        ),
+        f"On test, against the previous demo: category mAP {reference['test']['avg']:.4f} -> {chosen['test']['avg']:.4f} "
+        f"({change:+.4f}; the budget is -{MAP_BUDGET}: {'kept' if change >= -MAP_BUDGET else 'EXCEEDED'}), R@10 of the own pair "
+        f"{reference['test']['recall']['avg']['r10']:.3f} -> {chosen['test']['recall']['avg']['r10']:.3f}, R@1 "
+        f"{reference['test']['recall']['avg']['r1']:.3f} -> {chosen['test']['recall']['avg']['r1']:.3f}.",
+    ]
+    lines += [
+        "",
+        "The served demo is this setting refit on every item for the chosen epoch count "
+        "(`training.pipeline.refit_and_save`); the figures above are its held-out twin's. Everyday queries against the "
+        "running demo: [demo-queries.md](demo-queries.md).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -183,10 +240,21 @@ def defaults_match(chosen: dict[str, Any]) -> bool:
     """Whether DemoConfig's defaults (what `dscmr-train demo` builds) are the chosen row's setting."""
     defaults = DemoConfig()
     setting = chosen["setting"]
-    return (setting["text"], setting["labels"], setting["instance_weight"], setting["instance_temperature"],
-            setting["text_views"], chosen.get("instance_form", "infonce")) == (
-        defaults.text, defaults.labels, defaults.instance_weight, defaults.instance_temperature, defaults.text_views,
-        "infonce") and defaults.select_on == CRITERION
+    return (
+        setting["text"],
+        setting["labels"],
+        setting["instance_weight"],
+        setting["instance_temperature"],
+        setting["text_views"],
+        chosen.get("instance_form", "infonce"),
+    ) == (
+        defaults.text,
+        defaults.labels,
+        defaults.instance_weight,
+        defaults.instance_temperature,
+        defaults.text_views,
+        "infonce",
+    ) and defaults.select_on == CRITERION
 
 
 def check_defaults(out: Path, page: Path) -> int:
@@ -197,8 +265,11 @@ def check_defaults(out: Path, page: Path) -> int:
     report = json.loads(out.read_text())
     chosen = next(r for r in report["candidates"] if r["name"] == report["chosen"])
     report["defaults_match"] = defaults_match(chosen)
-    report["defaults_checked"] = {"command": "python bench/demo_setting.py --check-defaults", "date": time.strftime("%Y-%m-%d"),
-                                  "commit": git_commit()}
+    report["defaults_checked"] = {
+        "command": "python bench/demo_setting.py --check-defaults",
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": git_commit(),
+    }
     out.write_text(json.dumps(report, indent=1))
     page.write_text(render_page(report))
     print(f"defaults {'match' if report['defaults_match'] else 'DO NOT match'} {report['chosen']!r}; wrote {out} and {page}")
@@ -213,8 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "demo-setting.json")
     parser.add_argument("--page", type=Path, default=REPO / "docs" / "results-demo-setting.md")
     parser.add_argument("--only", help="comma-separated candidate names (exploration; writes nothing under docs/)")
-    parser.add_argument("--check-defaults", action="store_true",
-                        help="re-check the written report against DemoConfig's defaults and rewrite the page (no training)")
+    parser.add_argument(
+        "--check-defaults",
+        action="store_true",
+        help="re-check the written report against DemoConfig's defaults and rewrite the page (no training)",
+    )
     args = parser.parse_args(argv)
     if args.check_defaults:
         return check_defaults(args.out, args.page)
@@ -230,18 +304,29 @@ def main(argv: list[str] | None = None) -> int:
         name, text, labels, weight, temperature, views, *form = candidate
         rows.append(run_candidate(name, text, labels, weight, temperature, views, built, args.root / "runs", code, *form))
         v = rows[-1]["val"]
-        print(f"  val mAP {v['avg']:.4f} R@1 {v['recall']['avg']['r1']:.3f} R@10 {v['recall']['avg']['r10']:.3f} score {v['score']:.4f}",
-              file=sys.stderr, flush=True)
+        print(
+            f"  val mAP {v['avg']:.4f} R@1 {v['recall']['avg']['r1']:.3f} R@10 {v['recall']['avg']['r10']:.3f} score {v['score']:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
     reference = next(r for r in rows if r["name"] == REFERENCE)
     floor = reference["val"]["avg"] - MAP_BUDGET
     within = [r for r in rows if r["val"]["avg"] >= floor]
     chosen = max(within, key=lambda r: (r["val"]["recall"]["avg"]["r10"], r["val"]["avg"]))
     match = defaults_match(chosen)
-    report = {"command": "python bench/demo_setting.py" + (f" --threads {args.threads}" if args.threads else ""),
-              "date": time.strftime("%Y-%m-%d"), "criterion": CRITERION, "candidates": rows, "chosen": chosen["name"],
-              "rule": f"best validation R@10 with validation mAP >= the reference's - {MAP_BUDGET}", "reference": REFERENCE,
-              "val_map_floor": floor,
-              "defaults_match": match, "machine_before": machine_before, "machine_after": detect_machine()}
+    report = {
+        "command": "python bench/demo_setting.py" + (f" --threads {args.threads}" if args.threads else ""),
+        "date": time.strftime("%Y-%m-%d"),
+        "criterion": CRITERION,
+        "candidates": rows,
+        "chosen": chosen["name"],
+        "rule": f"best validation R@10 with validation mAP >= the reference's - {MAP_BUDGET}",
+        "reference": REFERENCE,
+        "val_map_floor": floor,
+        "defaults_match": match,
+        "machine_before": machine_before,
+        "machine_after": detect_machine(),
+    }
     print(render_page(report))
     if args.only:
         return 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check (issue 7): training epochs/s, feature extraction images/s and FAISS search queries/s, GPU against CPU for the
-# same work; prints a table and writes bench/out/gpu_check.json. Under 5 minutes on a GPU host; without a GPU it runs the
+# same work; prints a table and writes bench/out/gpu_check.json (--out, --doc PAGE, --from-json); without a GPU it runs the
 # CPU side only and says so.
 #   bench/gpu_check.sh [--quick] [--cpu-only] [--out PATH]
 set -euo pipefail

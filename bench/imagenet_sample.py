@@ -22,6 +22,7 @@ a text's hit any image whose text it is).
 Writes OUT/results/imagenet-sample.json ({method: {i2t, t2i, avg, std_avg, ...}, "_speed": ..., "_meta": ...}) and
 OUT/results-imagenet-sample.md (OUT = docs/ by default).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,12 +44,12 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.machine import code_fingerprint, describe, detect_machine  # noqa: E402
-from model.config import LossConfig, NetworkConfig, loss_for_ablation  # noqa: E402
+from model.config import loss_for_ablation  # noqa: E402
 from model.corpus import SPLITS, Corpus, save_corpus  # noqa: E402
 from model.sentence_cnn import TextEncoderConfig  # noqa: E402
 from model.text import text_encoder_config_to_dict  # noqa: E402
 from training.baselines import run_cca, run_semantic_matching  # noqa: E402
-from training.config import DSCMRConfig, TrainConfig, preset, with_dims  # noqa: E402
+from training.config import DSCMRConfig, preset, with_dims  # noqa: E402
 from training.datasets import load_dataset, stratified_split  # noqa: E402
 from training.features import FeatureSplits, SplitArrays  # noqa: E402
 from training.prepare import CACHE_DIR, PrepareConfig, load_prepared, prepare_corpus  # noqa: E402
@@ -72,11 +73,13 @@ CNN_CANDIDATES: dict[str, dict[str, TextEncoderConfig]] = {
         "glove-pv-static": TextEncoderConfig(**_GLOVE, pretrained_vocab=100_000, freeze_embeddings=True),
         "glove-pv-static-wd3": TextEncoderConfig(**_GLOVE, pretrained_vocab=100_000, freeze_embeddings=True, word_dropout=0.3),
         "glove-pv-static-wd5": TextEncoderConfig(**_GLOVE, pretrained_vocab=100_000, freeze_embeddings=True, word_dropout=0.5),
-        "glove-pv-static-wd3-mean": TextEncoderConfig(**_GLOVE, pretrained_vocab=100_000, freeze_embeddings=True, word_dropout=0.3,
-                                                      mean_vector=True),
+        "glove-pv-static-wd3-mean": TextEncoderConfig(
+            **_GLOVE, pretrained_vocab=100_000, freeze_embeddings=True, word_dropout=0.3, mean_vector=True
+        ),
         "glove-pv-wd3-mean": TextEncoderConfig(**_GLOVE, pretrained_vocab=100_000, word_dropout=0.3, mean_vector=True),
-        "glove-pv-static-wd3-mean-m200": TextEncoderConfig(**_GLOVE, pretrained_vocab=100_000, freeze_embeddings=True, word_dropout=0.3,
-                                                           mean_vector=True, maps=200),
+        "glove-pv-static-wd3-mean-m200": TextEncoderConfig(
+            **_GLOVE, pretrained_vocab=100_000, freeze_embeddings=True, word_dropout=0.3, mean_vector=True, maps=200
+        ),
     },
 }
 CNN_TEXTS = {key: cfg for candidates in CNN_CANDIDATES.values() for key, cfg in candidates.items()}
@@ -90,8 +93,17 @@ EARLY_STOPPING = 15  # DSCMR rows stop after this many epochs without a better v
 # released weights); the pair with the best fold-0 VALIDATION mAP runs on every fold. The paper leaves both as
 # hyper-parameters (its Eq. 5) without values; the first pair is the released code's.
 RELEASED_LOSS_WEIGHTS = (1e-3, 1e-1)
-LOSS_WEIGHTS: tuple[tuple[float, float], ...] = (RELEASED_LOSS_WEIGHTS, (1e-3, 1e-2), (1e-3, 0.0), (1e-1, 1e-1), (1e-1, 1e-2),
-                                                 (1e-1, 0.0), (1.0, 1e-1), (1.0, 1e-2), (1.0, 0.0))
+LOSS_WEIGHTS: tuple[tuple[float, float], ...] = (
+    RELEASED_LOSS_WEIGHTS,
+    (1e-3, 1e-2),
+    (1e-3, 0.0),
+    (1e-1, 1e-1),
+    (1e-1, 1e-2),
+    (1e-1, 0.0),
+    (1.0, 1e-1),
+    (1.0, 1e-2),
+    (1.0, 0.0),
+)
 # The instance term (beyond the paper) tried on each DSCMR row once its text and loss weights are chosen: the row "+ instance
 # term" keeps the weight with the best fold-0 validation R@10 among those whose validation mAP stays within
 # INSTANCE_MAP_SLACK of the row without the term.
@@ -117,7 +129,9 @@ CEILING_ROW = "semantic matching with a perfect text side (true labels as the te
 def fold_corpus(corpus: Corpus, fold: int) -> Corpus:
     """The corpus with the stratified 80/10/10 split of seed `fold` (fold 0 = the loader's own split)."""
     splits = stratified_split(corpus.items, corpus.label_names, (0.8, 0.1, 0.1), seed=fold)
-    return Corpus(items=corpus.items, label_names=corpus.label_names, splits=splits, multilabel=corpus.multilabel, name=corpus.name)
+    return Corpus(
+        items=corpus.items, label_names=corpus.label_names, splits=splits, multilabel=corpus.multilabel, name=corpus.name
+    )
 
 
 def _link_shared_cache(prepared_dir: Path, shared_cache: Path) -> None:
@@ -136,8 +150,10 @@ def prepare_fold(corpus: Corpus, fold: int, text_key: str, work: Path) -> Path:
     out = work / "folds" / str(fold) / text_key
     if (out / "prepared.json").is_file():
         if text_key in CNN_TEXTS and load_prepared(out).text_config != CNN_TEXTS[text_key]:
-            raise SystemExit(f"{out} was prepared with another text setting than {text_key!r} has now: delete it (and the "
-                             f"runs/{text_key}-* results) so that they are made again")
+            raise SystemExit(
+                f"{out} was prepared with another text setting than {text_key!r} has now: delete it (and the "
+                f"runs/{text_key}-* results) so that they are made again"
+            )
         return out
     corpus_dir = work / "folds" / str(fold) / "corpus"
     if not (corpus_dir / "corpus.json").is_file():
@@ -193,8 +209,10 @@ def linear_probe_accuracy(data: FeatureSplits, modality: str, cs: tuple[float, .
 
     x = {s: getattr(data.split(s), modality) for s in SPLITS}
     y = {s: data.split(s).labels.argmax(1) for s in SPLITS}
-    fitted = [make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=0)).fit(x["train"], y["train"])
-              for c in cs]
+    fitted = [
+        make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=0)).fit(x["train"], y["train"])
+        for c in cs
+    ]
     best = max(fitted, key=lambda m: m.score(x["val"], y["val"]))
     return float(best.score(x["test"], y["test"]))
 
@@ -243,9 +261,16 @@ def _figures(scores, recall) -> dict[str, Any]:
     return {"i2t": scores.i2t, "t2i": scores.t2i, "avg": scores.avg, "recall": recall.as_dict()}
 
 
-def run_dscmr(data: FeatureSplits, cfg: DSCMRConfig, text_encoder=None, text_dim: int | None = None,
-              run_dir: Path | None = None, model_out: Path | None = None, prepared=None, clean_exclude: set[str] = frozenset()
-              ) -> dict[str, Any]:
+def run_dscmr(
+    data: FeatureSplits,
+    cfg: DSCMRConfig,
+    text_encoder=None,
+    text_dim: int | None = None,
+    run_dir: Path | None = None,
+    model_out: Path | None = None,
+    prepared=None,
+    clean_exclude: set[str] = frozenset(),
+) -> dict[str, Any]:
     """Train (validation-selected), then evaluate once on test (and on its items outside `clean_exclude`); with
     `model_out`, save the model directory too."""
     cfg = with_dims(cfg, data.train.image.shape[1], text_dim or data.train.text.shape[1], len(data.label_names))
@@ -254,11 +279,25 @@ def run_dscmr(data: FeatureSplits, cfg: DSCMRConfig, text_encoder=None, text_dim
     val, val_recall = evaluate_split(result.model, data, "val")
     clean = evaluate_split(result.model, without_ids(data, clean_exclude), "test")
     if model_out is not None and prepared is not None:
-        save_trained_model(result, model_out, data.label_names, prepared.feature_spec(), vocab=prepared.vocab_dict(),
-                           metrics={"test": {"i2t": test.i2t, "t2i": test.t2i, "avg": test.avg, "selected_on": "val"}})
-    return {**_figures(test, test_recall), "val_avg": val.avg, "val_recall": val_recall.as_dict(), "clean": _figures(*clean),
-            "best_epoch": result.best_epoch, "epochs": result.epochs_run, "wall_s": round(result.wall_s, 1),
-            "torch_threads": torch.get_num_threads(), "model": result.model}
+        save_trained_model(
+            result,
+            model_out,
+            data.label_names,
+            prepared.feature_spec(),
+            vocab=prepared.vocab_dict(),
+            metrics={"test": {"i2t": test.i2t, "t2i": test.t2i, "avg": test.avg, "selected_on": "val"}},
+        )
+    return {
+        **_figures(test, test_recall),
+        "val_avg": val.avg,
+        "val_recall": val_recall.as_dict(),
+        "clean": _figures(*clean),
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs_run,
+        "wall_s": round(result.wall_s, 1),
+        "torch_threads": torch.get_num_threads(),
+        "model": result.model,
+    }
 
 
 CODE = code_fingerprint("model", "training", "bench/imagenet_sample.py")
@@ -283,8 +322,10 @@ def cached_run(work: Path, key: str, fn: Callable[[], dict[str, Any]], what: dic
     row.setdefault("wall_s", round(time.perf_counter() - t0, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(row))
-    print(f"  {key}: val {row.get('val_avg', float('nan')):.4f}  test avg {row['avg']:.4f} ({row['i2t']:.4f} / {row['t2i']:.4f})  {row['wall_s']} s",
-          flush=True)
+    print(
+        f"  {key}: val {row.get('val_avg', float('nan')):.4f}  test avg {row['avg']:.4f} ({row['i2t']:.4f} / {row['t2i']:.4f})  {row['wall_s']} s",
+        flush=True,
+    )
     return row
 
 
@@ -305,12 +346,19 @@ def baseline_row(run: Callable[[FeatureSplits], Any], data: FeatureSplits, clean
     """A baseline (CCA, semantic matching) as a result row: test, and test without `clean_exclude` (same choices, made
     on validation)."""
     result, clean = run(data), run(without_ids(data, clean_exclude))
-    return {**_figures(result.test, result.test_recall), "val_avg": result.val.avg, "val_recall": result.val_recall.as_dict(),
-            "clean": _figures(clean.test, clean.test_recall), "params": result.params, "wall_s": round(result.wall_s, 1)}
+    return {
+        **_figures(result.test, result.test_recall),
+        "val_avg": result.val.avg,
+        "val_recall": result.val_recall.as_dict(),
+        "clean": _figures(clean.test, clean.test_recall),
+        "params": result.params,
+        "wall_s": round(result.wall_s, 1),
+    }
 
 
 def summarise(rows: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, Any]:
     """Mean and (sample) standard deviation over folds."""
+
     def mean(k):
         return float(np.mean([r[k] for r in rows]))
 
@@ -324,12 +372,23 @@ def summarise(rows: list[dict[str, Any]], extra: dict[str, Any]) -> dict[str, An
         return {k: float(np.mean([p["avg"][k] for p in parts])) for k in ("r1", "r5", "r10", "median_rank", "mrr")}
 
     clean = [r["clean"] for r in rows] if all("clean" in r for r in rows) else None
-    return {"i2t": mean("i2t"), "t2i": mean("t2i"), "avg": mean("avg"), "std_i2t": std("i2t"), "std_t2i": std("t2i"),
-            "std_avg": std("avg"), "val_avg": mean("val_avg") if all("val_avg" in r for r in rows) else None,
-            "recall": recall_mean(lambda r: r.get("recall")), "val_recall": recall_mean(lambda r: r.get("val_recall")),
-            "clean_avg": float(np.mean([c["avg"] for c in clean])) if clean else None,
-            "clean_recall": recall_mean(lambda r: (r.get("clean") or {}).get("recall")),
-            "n_folds": len(rows), "selected_on": "val", "folds": rows, **extra}
+    return {
+        "i2t": mean("i2t"),
+        "t2i": mean("t2i"),
+        "avg": mean("avg"),
+        "std_i2t": std("i2t"),
+        "std_t2i": std("t2i"),
+        "std_avg": std("avg"),
+        "val_avg": mean("val_avg") if all("val_avg" in r for r in rows) else None,
+        "recall": recall_mean(lambda r: r.get("recall")),
+        "val_recall": recall_mean(lambda r: r.get("val_recall")),
+        "clean_avg": float(np.mean([c["avg"] for c in clean])) if clean else None,
+        "clean_recall": recall_mean(lambda r: (r.get("clean") or {}).get("recall")),
+        "n_folds": len(rows),
+        "selected_on": "val",
+        "folds": rows,
+        **extra,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -353,9 +412,16 @@ def backbone_images_per_s(name: str, image_paths: list[Path], batch_size: int) -
     if name == "vgg19":
         # No VGG19 weights can be downloaded here; speed does not depend on the weight values, so random ones are used.
         torch.manual_seed(0)
-        backbone = ImageBackbone(name="vgg19", network=VGG19(), output_dim=4096,
-                                 preprocess=ImagePreprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, resample="bilinear"),
-                                 feature_layer="fc7", weights_file="(random)", weights_sha256="random", channels_last_on=frozenset({"cuda"}))
+        backbone = ImageBackbone(
+            name="vgg19",
+            network=VGG19(),
+            output_dim=4096,
+            preprocess=ImagePreprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, resample="bilinear"),
+            feature_layer="fc7",
+            weights_file="(random)",
+            weights_sha256="random",
+            channels_last_on=frozenset({"cuda"}),
+        )
     else:
         backbone = build_image_backbone(name)
     images = [load_image(p, draft_size=backbone.preprocess.resize) for p in image_paths]
@@ -364,9 +430,14 @@ def backbone_images_per_s(name: str, image_paths: list[Path], batch_size: int) -
     t0 = time.perf_counter()
     backbone.extract(batch)
     seconds = time.perf_counter() - t0
-    return {"images_per_s": round(len(batch) / seconds, 2), "batch": len(batch), "crop": backbone.preprocess.crop,
-            "output_dim": backbone.output_dim, "weights": "random (speed only)" if name == "vgg19" else "ImageNet (shipped)",
-            "load_avg_1min": load_average()}
+    return {
+        "images_per_s": round(len(batch) / seconds, 2),
+        "batch": len(batch),
+        "crop": backbone.preprocess.crop,
+        "output_dim": backbone.output_dim,
+        "weights": "random (speed only)" if name == "vgg19" else "ImageNet (shipped)",
+        "load_avg_1min": load_average(),
+    }
 
 
 def measure_speed(data_root: Path, work: Path, vgg_images: int, lite_images: int) -> dict[str, Any]:
@@ -377,8 +448,9 @@ def measure_speed(data_root: Path, work: Path, vgg_images: int, lite_images: int
     t0 = time.perf_counter()
     corpus, report = load_dataset("imagenet-sample", data_root)
     save_corpus(corpus, speed_dir / "corpus")
-    summary = prepare_corpus(speed_dir / "corpus", speed_dir / "prepared",
-                             PrepareConfig(backbone=BACKBONE, text=CNN_TEXTS["word2vec"], progress=True))
+    summary = prepare_corpus(
+        speed_dir / "corpus", speed_dir / "prepared", PrepareConfig(backbone=BACKBONE, text=CNN_TEXTS["word2vec"], progress=True)
+    )
     wall = time.perf_counter() - t0
     # Hand the freshly extracted features to the shared cache.
     shared = work / CACHE_DIR
@@ -392,10 +464,16 @@ def measure_speed(data_root: Path, work: Path, vgg_images: int, lite_images: int
         "efficientnet-lite2": backbone_images_per_s("efficientnet-lite2", images[:lite_images], lite_images),
         "vgg19": backbone_images_per_s("vgg19", images[:vgg_images], vgg_images),
     }
-    return {"prepare_end_to_end_s": round(wall, 1), "prepare_target_s": 180, "prepare_items": summary["items"],
-            "prepare_extract_s": summary["extract_s"], "prepare_images_per_s_incl_decode": summary["images_per_s"],
-            "load_avg_1min_before_after": [load_before, load_average()], "torch_threads": torch.get_num_threads(),
-            "backbones": backbones}
+    return {
+        "prepare_end_to_end_s": round(wall, 1),
+        "prepare_target_s": 180,
+        "prepare_items": summary["items"],
+        "prepare_extract_s": summary["extract_s"],
+        "prepare_images_per_s_incl_decode": summary["images_per_s"],
+        "load_avg_1min_before_after": [load_before, load_average()],
+        "torch_threads": torch.get_num_threads(),
+        "backbones": backbones,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -408,7 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--work", type=Path, help=f"prepared data and finished runs (default {DEFAULT_WORK})")
-    ap.add_argument("--out", type=Path, help="where results/imagenet-sample.json and results-imagenet-sample.md go (default docs/)")
+    ap.add_argument(
+        "--out", type=Path, help="where results/imagenet-sample.json and results-imagenet-sample.md go (default docs/)"
+    )
     ap.add_argument("--folds", type=int, default=5, help="stratified folds (split seeds 0..N-1) for the main rows")
     ap.add_argument("--ablation-folds", type=int, help="folds for the ablations (default: --folds)")
     ap.add_argument("--epochs", type=int, default=60, help="epochs of the DSCMR rows (lr 1e-3, cosine; best epoch chosen on val)")
@@ -444,7 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     print(report, flush=True)
     epochs = args.epochs
     # The DSCMR rows' schedule: chosen on the Wikipedia and imagenet-sample validation splits (see the docs).
-    tuned = lambda overrides=None: dscmr_config("wiki-tuned", epochs, {"train": {"early_stopping_patience": EARLY_STOPPING}, **(overrides or {})})  # noqa: E731
+    tuned = lambda overrides=None: dscmr_config(
+        "wiki-tuned", epochs, {"train": {"early_stopping_patience": EARLY_STOPPING}, **(overrides or {})}
+    )  # noqa: E731
     rows: dict[str, list[dict[str, Any]]] = {}
     wanted = {t.strip() for t in args.texts.split(",") if t.strip()}
     dscmr_rows = {name: key for name, key in DSCMR_ROWS.items() if key in wanted}
@@ -461,7 +543,9 @@ def main(argv: list[str] | None = None) -> int:
             loss.update(instance_weight=instance, instance_temperature=INSTANCE_TEMPERATURE)
         return {"loss": loss}
 
-    def dscmr_run(key: str, fold: int, weights: tuple[float, float] = RELEASED_LOSS_WEIGHTS, instance: float = 0.0) -> dict[str, Any]:
+    def dscmr_run(
+        key: str, fold: int, weights: tuple[float, float] = RELEASED_LOSS_WEIGHTS, instance: float = 0.0
+    ) -> dict[str, Any]:
         """One DSCMR run (cached) of text setting `key` (a CNN candidate or "minilm") with loss `weights` (and the instance
         term's weight) on `fold`."""
         run_key = f"{key}{loss_weights_suffix(weights)}{f'-inst{instance:g}' if instance else ''}-e{epochs}"
@@ -475,14 +559,27 @@ def main(argv: list[str] | None = None) -> int:
             if key == "minilm":
                 data, encoder, text_dim = resplit(minilm_fold0, corpus, fold), None, None
             else:
-                data, encoder, text_dim = prepared.feature_splits(), prepared.build_text_encoder(), prepared.text_config.output_dim
+                data, encoder, text_dim = (
+                    prepared.feature_splits(),
+                    prepared.build_text_encoder(),
+                    prepared.text_config.output_dim,
+                )
             # Fold 0's models and run logs are kept: the figures are drawn from the best configuration's.
             keep = fold == 0
-            row = run_dscmr(data, cfg, encoder, text_dim, run_dir=work / "rundirs" / name if keep else None,
-                            model_out=work / "models" / name if keep else None, prepared=prepared, clean_exclude=clean_exclude)
+            row = run_dscmr(
+                data,
+                cfg,
+                encoder,
+                text_dim,
+                run_dir=work / "rundirs" / name if keep else None,
+                model_out=work / "models" / name if keep else None,
+                prepared=prepared,
+                clean_exclude=clean_exclude,
+            )
             if keep:
                 row.update(run_dir=str(work / "rundirs" / name), model_dir=str(work / "models" / name))
             return row
+
         return cached_run(work, f"{run_key}-f{fold}", train, what)
 
     # Each word-vector source's sentence-CNN setting: the candidate with the best fold-0 validation mAP.
@@ -492,8 +589,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"choosing the {source} sentence-CNN setting on fold 0's validation split", flush=True)
         val = {key: dscmr_run(key, 0)["val_avg"] for key in CNN_CANDIDATES[source]}
         chosen[source] = max(val, key=val.get)
-        selection[source] = {"fold0_val_avg": val, "chosen": chosen[source],
-                             "configs": {key: text_encoder_config_to_dict(CNN_TEXTS[key]) for key in val}}
+        selection[source] = {
+            "fold0_val_avg": val,
+            "chosen": chosen[source],
+            "configs": {key: text_encoder_config_to_dict(CNN_TEXTS[key]) for key in val},
+        }
     # Then each row's loss weights, on the same validation split.
     chosen_weights: dict[str, tuple[float, float]] = {}
     weight_selection: dict[str, Any] = {}
@@ -502,8 +602,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"choosing the loss weights of {key} on fold 0's validation split", flush=True)
         val = {weights: dscmr_run(key, 0, weights)["val_avg"] for weights in LOSS_WEIGHTS}
         chosen_weights[source] = max(val, key=val.get)
-        weight_selection[source] = {"text": key, "chosen": {"lambda_j2": chosen_weights[source][0], "eta_j3": chosen_weights[source][1]},
-                                    "fold0_val_avg": [{"lambda_j2": w[0], "eta_j3": w[1], "val_avg": v} for w, v in val.items()]}
+        weight_selection[source] = {
+            "text": key,
+            "chosen": {"lambda_j2": chosen_weights[source][0], "eta_j3": chosen_weights[source][1]},
+            "fold0_val_avg": [{"lambda_j2": w[0], "eta_j3": w[1], "val_avg": v} for w, v in val.items()],
+        }
     # Then each row's instance-term weight (beyond the paper), on the same validation split.
     chosen_instance: dict[str, float] = {}
     instance_selection: dict[str, Any] = {}
@@ -512,26 +615,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"choosing the instance-term weight of {key} on fold 0's validation split", flush=True)
         without = dscmr_run(key, 0, chosen_weights[source])
         runs = {w: dscmr_run(key, 0, chosen_weights[source], w) for w in INSTANCE_WEIGHTS}
-        allowed = [w for w, r in runs.items() if r["val_avg"] >= without["val_avg"] - INSTANCE_MAP_SLACK] or \
-            [max(runs, key=lambda w: runs[w]["val_avg"])]
+        allowed = [w for w, r in runs.items() if r["val_avg"] >= without["val_avg"] - INSTANCE_MAP_SLACK] or [
+            max(runs, key=lambda w: runs[w]["val_avg"])
+        ]
         chosen_instance[source] = max(allowed, key=lambda w: runs[w]["val_recall"]["avg"]["r10"])
-        instance_selection[source] = {"text": key, "chosen": chosen_instance[source], "without": {
-            "val_avg": without["val_avg"], "val_r10": without["val_recall"]["avg"]["r10"]},
-            "candidates": [{"weight": w, "val_avg": r["val_avg"], "val_r10": r["val_recall"]["avg"]["r10"]} for w, r in runs.items()]}
+        instance_selection[source] = {
+            "text": key,
+            "chosen": chosen_instance[source],
+            "without": {"val_avg": without["val_avg"], "val_r10": without["val_recall"]["avg"]["r10"]},
+            "candidates": [
+                {"weight": w, "val_avg": r["val_avg"], "val_r10": r["val_recall"]["avg"]["r10"]} for w, r in runs.items()
+            ],
+        }
     probes: list[dict[str, float]] = []
     for fold in range(args.folds):
         print(f"fold {fold} (split seed {fold})", flush=True)
         for row_name, source in dscmr_rows.items():
             rows.setdefault(row_name, []).append(dscmr_run(chosen.get(source, source), fold, chosen_weights[source]))
             rows.setdefault(row_name + INSTANCE_SUFFIX, []).append(
-                dscmr_run(chosen.get(source, source), fold, chosen_weights[source], chosen_instance[source]))
+                dscmr_run(chosen.get(source, source), fold, chosen_weights[source], chosen_instance[source])
+            )
         glove_mean = mean_glove_text(resplit(minilm_fold0, corpus, fold), corpus)
-        baseline = lambda name, run, data: cached_run(work, f"{name}-f{fold}", lambda: baseline_row(run, data, clean_exclude),  # noqa: E731
-                                                      {"fold": fold, "method": name})
+        baseline = lambda name, run, data: cached_run(
+            work,
+            f"{name}-f{fold}",
+            lambda: baseline_row(run, data, clean_exclude),  # noqa: E731
+            {"fold": fold, "method": name},
+        )
         if not args.skip_authors:
-            rows.setdefault(AUTHORS_ROW, []).append(cached_run(work, f"authors-e{args.authors_epochs}-f{fold}", lambda: run_dscmr(
-                glove_mean, dscmr_config("paper", args.authors_epochs), clean_exclude=clean_exclude),
-                {"config": dataclasses.asdict(dscmr_config("paper", args.authors_epochs)), "fold": fold}))
+            rows.setdefault(AUTHORS_ROW, []).append(
+                cached_run(
+                    work,
+                    f"authors-e{args.authors_epochs}-f{fold}",
+                    lambda: run_dscmr(glove_mean, dscmr_config("paper", args.authors_epochs), clean_exclude=clean_exclude),
+                    {"config": dataclasses.asdict(dscmr_config("paper", args.authors_epochs)), "fold": fold},
+                )
+            )
         rows.setdefault(SM_ROW, []).append(baseline("sm-glove", run_semantic_matching, glove_mean))
         rows.setdefault(CCA_ROW, []).append(baseline("cca-glove", run_cca, glove_mean))
         minilm = resplit(minilm_fold0, corpus, fold)
@@ -540,8 +659,18 @@ def main(argv: list[str] | None = None) -> int:
         rows.setdefault(SM_TFIDF_ROW, []).append(baseline("sm-tfidf", run_semantic_matching, tfidf))
         true_labels = with_text(minilm, lambda s: minilm.split(s).labels.astype(np.float32))
         rows.setdefault(CEILING_ROW, []).append(baseline("ceiling-labels", run_semantic_matching, true_labels))
-        probes.append(cached_probe(work, fold, {"image (Lite0 features)": (minilm, "image"), "text: MiniLM": (minilm, "text"),
-                                                "text: TF-IDF words + bigrams": (tfidf, "text"), "text: mean GloVe-50": (glove_mean, "text")}))
+        probes.append(
+            cached_probe(
+                work,
+                fold,
+                {
+                    "image (Lite0 features)": (minilm, "image"),
+                    "text: MiniLM": (minilm, "text"),
+                    "text: TF-IDF words + bigrams": (tfidf, "text"),
+                    "text: mean GloVe-50": (glove_mean, "text"),
+                },
+            )
+        )
 
     # The best DSCMR configuration is the one with the best mean VALIDATION mAP; its ablations follow.
     best_name = max(dscmr_rows, key=lambda n: rows[n][0]["val_avg"])  # fold 0's validation, like every other choice
@@ -559,46 +688,78 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, loss=loss_for_ablation(cfg.loss, ablation))
             # J1 alone does not depend on the weights: its runs are shared by every weight choice.
             suffix = "" if ablation == "j1_only" else loss_weights_suffix(best_weights)
-            ablations.setdefault(f"{best_name} - ablation {ablation}", []).append(cached_run(
-                work, f"{best_key}{suffix}-e{epochs}-{ablation}-f{fold}",
-                lambda: run_dscmr(data, cfg, encoder_fn(), text_dim, clean_exclude=clean_exclude),
-                {"config": dataclasses.asdict(cfg), "text": best_key, "fold": fold}))
+            ablations.setdefault(f"{best_name} - ablation {ablation}", []).append(
+                cached_run(
+                    work,
+                    f"{best_key}{suffix}-e{epochs}-{ablation}-f{fold}",
+                    lambda: run_dscmr(data, cfg, encoder_fn(), text_dim, clean_exclude=clean_exclude),
+                    {"config": dataclasses.asdict(cfg), "text": best_key, "fold": fold},
+                )
+            )
 
     figures = draw_figures(work, best_key, rows[best_name][0], corpus, out)
     results: dict[str, Any] = {}
     for name, fold_rows in rows.items():
         base_name = name.removesuffix(INSTANCE_SUFFIX)
-        extra = {"kind": "dscmr" if base_name in DSCMR_ROWS else "authors_loop" if name == AUTHORS_ROW else "ceiling" if name == CEILING_ROW
-                 else "baseline"}
+        extra = {
+            "kind": "dscmr"
+            if base_name in DSCMR_ROWS
+            else "authors_loop"
+            if name == AUTHORS_ROW
+            else "ceiling"
+            if name == CEILING_ROW
+            else "baseline"
+        }
         if base_name in DSCMR_ROWS:
             source = DSCMR_ROWS[base_name]
             key = chosen.get(source, source)
             weights = chosen_weights[source]
-            extra["config"] = {"preset": "wiki-tuned", "epochs": epochs, "early_stopping_patience": EARLY_STOPPING, "text": key,
-                               "lambda_j2": weights[0], "eta_j3": weights[1],
-                               "instance_weight": chosen_instance[source] if name != base_name else 0.0,
-                               **({"text_config": selection[source]["configs"][key]} if key in CNN_TEXTS else {})}
+            extra["config"] = {
+                "preset": "wiki-tuned",
+                "epochs": epochs,
+                "early_stopping_patience": EARLY_STOPPING,
+                "text": key,
+                "lambda_j2": weights[0],
+                "eta_j3": weights[1],
+                "instance_weight": chosen_instance[source] if name != base_name else 0.0,
+                **({"text_config": selection[source]["configs"][key]} if key in CNN_TEXTS else {}),
+            }
         if name == AUTHORS_ROW:
             extra["config"] = {"preset": "paper", "epochs": args.authors_epochs}
         results[name] = summarise(fold_rows, extra)
     for name, fold_rows in ablations.items():
         results[name] = summarise(fold_rows, {"kind": "ablation", "of": best_name})
     results["_best_dscmr"] = best_name
-    results["_linear_probe_accuracy"] = {name: {"mean": float(np.mean([p[name] for p in probes])),
-                                                "std": float(statistics.stdev([p[name] for p in probes])) if len(probes) > 1 else None,
-                                                "folds": [p[name] for p in probes]} for name in probes[0]}
+    results["_linear_probe_accuracy"] = {
+        name: {
+            "mean": float(np.mean([p[name] for p in probes])),
+            "std": float(statistics.stdev([p[name] for p in probes])) if len(probes) > 1 else None,
+            "folds": [p[name] for p in probes],
+        }
+        for name in probes[0]
+    }
     results["_text_selection"] = selection
     results["_loss_weight_selection"] = weight_selection
     results["_instance_selection"] = instance_selection
     results["_speed"] = speed
     results["_figures"] = figures
-    results["_meta"] = {"dataset": "imagenet-sample-wordnet (1,000 photos, 22 coarse classes, single-label)",
-                        "split": "stratified 80/10/10 on coarse_label; fold k = split seed k", "folds": args.folds,
-                        "ablation_folds": ablation_folds, "backbone": BACKBONE, "dscmr_epochs": epochs,
-                        "authors_epochs": args.authors_epochs, "note": args.note, "machine_before": machine_before,
-                        "machine_after": detect_machine(), "torch_threads": torch.get_num_threads(), "code": CODE,
-                        "clean_test": "each fold's test items outside fold 0's validation split (where every choice is made)",
-                        "date": time.strftime("%Y-%m-%d"), "command": "python bench/imagenet_sample.py " + _command_args(argv or sys.argv[1:])}
+    results["_meta"] = {
+        "dataset": "imagenet-sample-wordnet (1,000 photos, 22 coarse classes, single-label)",
+        "split": "stratified 80/10/10 on coarse_label; fold k = split seed k",
+        "folds": args.folds,
+        "ablation_folds": ablation_folds,
+        "backbone": BACKBONE,
+        "dscmr_epochs": epochs,
+        "authors_epochs": args.authors_epochs,
+        "note": args.note,
+        "machine_before": machine_before,
+        "machine_after": detect_machine(),
+        "torch_threads": torch.get_num_threads(),
+        "code": CODE,
+        "clean_test": "each fold's test items outside fold 0's validation split (where every choice is made)",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python bench/imagenet_sample.py " + _command_args(argv or sys.argv[1:]),
+    }
     (out / "results").mkdir(parents=True, exist_ok=True)
     (out / "results" / "imagenet-sample.json").write_text(json.dumps(results, indent=1))
     markdown = render_markdown(results)
@@ -649,21 +810,27 @@ def _selection_lines(selection: dict[str, Any]) -> list[str]:
     if not selection:
         return []
     sizes = sorted({cfg.get("pretrained_vocab", 0) for sel in selection.values() for cfg in sel["configs"].values()} - {0})
-    lines = ["## Sentence-CNN settings, chosen on validation", "",
-             "Each word-vector source's candidates ran on fold 0; the best fold-0 validation mAP (bold) ran on every fold. "
-             f"`pretrained_vocab`: the {' or '.join(f'{n:,}' for n in sizes) or 'N'} most frequent pretrained words get "
-             "vocabulary entries besides the training words; "
-             "`static`: frozen word vectors (Kim's CNN-static); `word_dropout`: tokens blanked in training; `mean`: the mean "
-             "word vector appended to the pooled CNN features.", "",
-             "| source | candidate | min count | pretrained vocab | frozen | word dropout | mean vector | maps per width | fold-0 val avg |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Sentence-CNN settings, chosen on validation",
+        "",
+        "Each word-vector source's candidates ran on fold 0; the best fold-0 validation mAP (bold) ran on every fold. "
+        f"`pretrained_vocab`: the {' or '.join(f'{n:,}' for n in sizes) or 'N'} most frequent pretrained words get "
+        "vocabulary entries besides the training words; "
+        "`static`: frozen word vectors (Kim's CNN-static); `word_dropout`: tokens blanked in training; `mean`: the mean "
+        "word vector appended to the pooled CNN features.",
+        "",
+        "| source | candidate | min count | pretrained vocab | frozen | word dropout | mean vector | maps per width | fold-0 val avg |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for source, sel in selection.items():
         for key, val in sel["fold0_val_avg"].items():
             cfg = sel["configs"][key]
             mark = "**" if key == sel["chosen"] else ""
-            lines.append(f"| {source} | {mark}{key}{mark} | {cfg['min_count']} | {cfg.get('pretrained_vocab', 0):,} | "
-                         f"{'yes' if cfg['freeze_embeddings'] else 'no'} | {cfg.get('word_dropout', 0.0)} | "
-                         f"{'yes' if cfg.get('mean_vector') else 'no'} | {cfg['maps']} | {mark}{val:.4f}{mark} |")
+            lines.append(
+                f"| {source} | {mark}{key}{mark} | {cfg['min_count']} | {cfg.get('pretrained_vocab', 0):,} | "
+                f"{'yes' if cfg['freeze_embeddings'] else 'no'} | {cfg.get('word_dropout', 0.0)} | "
+                f"{'yes' if cfg.get('mean_vector') else 'no'} | {cfg['maps']} | {mark}{val:.4f}{mark} |"
+            )
     return lines + [""]
 
 
@@ -672,15 +839,22 @@ def _loss_weight_lines(selection: dict[str, Any]) -> list[str]:
     if not selection:
         return []
     pairs = [(c["lambda_j2"], c["eta_j3"]) for c in next(iter(selection.values()))["fold0_val_avg"]]
-    lines = ["## Loss weights, chosen on validation", "",
-             "J = J1 + lambda * J2 + eta * J3. Once a row's text setting is chosen (with the released weights, lambda 1e-3 and "
-             "eta 0.1), each pair below ran on fold 0 and the best fold-0 validation mAP (bold) ran on every fold. The paper "
-             "leaves both weights as hyper-parameters (its Eq. 5) without giving values.", "",
-             "| row (text setting) | " + " | ".join(f"lambda {lam:g}, eta {eta:g}" for lam, eta in pairs) + " |",
-             "|---|" + "---|" * len(pairs)]
+    lines = [
+        "## Loss weights, chosen on validation",
+        "",
+        "J = J1 + lambda * J2 + eta * J3. Once a row's text setting is chosen (with the released weights, lambda 1e-3 and "
+        "eta 0.1), each pair below ran on fold 0 and the best fold-0 validation mAP (bold) ran on every fold. The paper "
+        "leaves both weights as hyper-parameters (its Eq. 5) without giving values.",
+        "",
+        "| row (text setting) | " + " | ".join(f"lambda {lam:g}, eta {eta:g}" for lam, eta in pairs) + " |",
+        "|---|" + "---|" * len(pairs),
+    ]
     for sel in selection.values():
         best = (sel["chosen"]["lambda_j2"], sel["chosen"]["eta_j3"])
-        cells = [f"**{c['val_avg']:.4f}**" if (c["lambda_j2"], c["eta_j3"]) == best else f"{c['val_avg']:.4f}" for c in sel["fold0_val_avg"]]
+        cells = [
+            f"**{c['val_avg']:.4f}**" if (c["lambda_j2"], c["eta_j3"]) == best else f"{c['val_avg']:.4f}"
+            for c in sel["fold0_val_avg"]
+        ]
         lines.append(f"| {sel['text']} | " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -690,14 +864,19 @@ def _instance_lines(results: dict[str, Any]) -> list[str]:
     selection = results.get("_instance_selection")
     if not selection:
         return []
-    lines = ["## The instance term, chosen on validation", "",
-             f"Beyond the paper: each image pulled towards its own text and away from the batch's other texts, and vice versa "
-             f"(symmetric InfoNCE, temperature {INSTANCE_TEMPERATURE}). Once a row's text setting and loss weights are chosen, "
-             f"each weight ran on fold 0; the '+ instance term' row keeps the best validation R@10 among the weights whose "
-             f"validation mAP stays within {INSTANCE_MAP_SLACK} of the row without the term (bold), and runs on every fold.", "",
-             "| row (text setting) | without: val mAP / R@10 | " + " | ".join(f"weight {w:g}: val mAP / R@10" for w in INSTANCE_WEIGHTS)
-             + " | test mAP change (mean over folds) | test R@10 change |",
-             "|---|---|" + "---|" * len(INSTANCE_WEIGHTS) + "---|---|"]
+    lines = [
+        "## The instance term, chosen on validation",
+        "",
+        f"Beyond the paper: each image pulled towards its own text and away from the batch's other texts, and vice versa "
+        f"(symmetric InfoNCE, temperature {INSTANCE_TEMPERATURE}). Once a row's text setting and loss weights are chosen, "
+        f"each weight ran on fold 0; the '+ instance term' row keeps the best validation R@10 among the weights whose "
+        f"validation mAP stays within {INSTANCE_MAP_SLACK} of the row without the term (bold), and runs on every fold.",
+        "",
+        "| row (text setting) | without: val mAP / R@10 | "
+        + " | ".join(f"weight {w:g}: val mAP / R@10" for w in INSTANCE_WEIGHTS)
+        + " | test mAP change (mean over folds) | test R@10 change |",
+        "|---|---|" + "---|" * len(INSTANCE_WEIGHTS) + "---|---|",
+    ]
     by_text = {row_source: name for name, row_source in DSCMR_ROWS.items()}
     for source, sel in selection.items():
         base = results.get(by_text[source])
@@ -707,10 +886,16 @@ def _instance_lines(results: dict[str, Any]) -> list[str]:
             cell = f"{c['val_avg']:.4f} / {c['val_r10']:.3f}"
             cells.append(f"**{cell}**" if c["weight"] == sel["chosen"] else cell)
         change = f"{with_term['avg'] - base['avg']:+.4f}" if base and with_term else "-"
-        r10 = (f"{with_term['recall']['r10'] - base['recall']['r10']:+.3f}" if base and with_term and base.get("recall")
-               and with_term.get("recall") else "-")
-        lines.append(f"| {sel['text']} | {sel['without']['val_avg']:.4f} / {sel['without']['val_r10']:.3f} | " + " | ".join(cells)
-                     + f" | {change} | {r10} |")
+        r10 = (
+            f"{with_term['recall']['r10'] - base['recall']['r10']:+.3f}"
+            if base and with_term and base.get("recall") and with_term.get("recall")
+            else "-"
+        )
+        lines.append(
+            f"| {sel['text']} | {sel['without']['val_avg']:.4f} / {sel['without']['val_r10']:.3f} | "
+            + " | ".join(cells)
+            + f" | {change} | {r10} |"
+        )
     return lines + [""]
 
 
@@ -719,22 +904,38 @@ def _ceiling_lines(results: dict[str, Any]) -> list[str]:
     probes, ceiling = results.get("_linear_probe_accuracy"), results.get(CEILING_ROW)
     if not probes or not ceiling:
         return []
-    lines = ["", "## What each feature tells about the class", "",
-             "Test accuracy of a logistic-regression classifier of the 22 coarse classes on each feature alone (standardised "
-             "features, C chosen on validation; mean ± std over the folds). This is a diagnostic: nothing is selected on it.", "",
-             "| feature | accuracy |", "|---|---|"]
-    lines += [f"| {name} | {p['mean']:.3f}" + (f" ± {p['std']:.3f}" if p["std"] is not None else "") + " |" for name, p in probes.items()]
-    lines += ["", f"**{CEILING_ROW}** reaches **{_pm(ceiling, 'avg')}** average mAP (I->T {_pm(ceiling, 'i2t')}, T->I "
-              f"{_pm(ceiling, 't2i')}; {ceiling['folds'][0]['avg']:.4f} on split seed 0). It bounds semantic matching on these "
-              "image features, not DSCMR, whose image head is non-linear."]
+    lines = [
+        "",
+        "## What each feature tells about the class",
+        "",
+        "Test accuracy of a logistic-regression classifier of the 22 coarse classes on each feature alone (standardised "
+        "features, C chosen on validation; mean ± std over the folds). This is a diagnostic: nothing is selected on it.",
+        "",
+        "| feature | accuracy |",
+        "|---|---|",
+    ]
+    lines += [
+        f"| {name} | {p['mean']:.3f}" + (f" ± {p['std']:.3f}" if p["std"] is not None else "") + " |"
+        for name, p in probes.items()
+    ]
+    lines += [
+        "",
+        f"**{CEILING_ROW}** reaches **{_pm(ceiling, 'avg')}** average mAP (I->T {_pm(ceiling, 'i2t')}, T->I "
+        f"{_pm(ceiling, 't2i')}; {ceiling['folds'][0]['avg']:.4f} on split seed 0). It bounds semantic matching on these "
+        "image features, not DSCMR, whose image head is non-linear.",
+    ]
     if SM_MINILM_ROW in results and "text: MiniLM" in probes:
-        lines[-1] += (f" With MiniLM's text side ({probes['text: MiniLM']['mean']:.3f} text accuracy) semantic matching reaches "
-                      f"{results[SM_MINILM_ROW]['avg']:.4f}, so a better text side can add at most about "
-                      f"{ceiling['avg'] - results[SM_MINILM_ROW]['avg']:.3f} there, while the other {1 - ceiling['avg']:.3f} up to a "
-                      "perfect 1.0 is lost on the image side.")
-    lines[-1] += (" A likely reason for the weak image side: each photo is the only one of its ImageNet class, and classes "
-                  "such as device, container, covering or household goods are defined by use rather than by look. "
-                  "Image feature variants are compared in [results-imagenet-image-features.md](results-imagenet-image-features.md).")
+        lines[-1] += (
+            f" With MiniLM's text side ({probes['text: MiniLM']['mean']:.3f} text accuracy) semantic matching reaches "
+            f"{results[SM_MINILM_ROW]['avg']:.4f}, so a better text side can add at most about "
+            f"{ceiling['avg'] - results[SM_MINILM_ROW]['avg']:.3f} there, while the other {1 - ceiling['avg']:.3f} up to a "
+            "perfect 1.0 is lost on the image side."
+        )
+    lines[-1] += (
+        " A likely reason for the weak image side: each photo is the only one of its ImageNet class, and classes "
+        "such as device, container, covering or household goods are defined by use rather than by look. "
+        "Image feature variants are compared in [results-imagenet-image-features.md](results-imagenet-image-features.md)."
+    )
     return lines
 
 
@@ -742,20 +943,27 @@ def render_markdown(results: dict[str, Any]) -> str:
     """The results page: table of mean ± std over folds, ablations, speed."""
     meta, speed = results["_meta"], results.get("_speed")
     machine = describe(meta["machine_before"], meta.get("machine_after")) if "machine_before" in meta else meta.get("machine")
-    lines = ["# Results: imagenet-sample-wordnet", "",
-             f"Produced by `{meta['command'].strip()}` on {meta['date']}.", "", f"Machine: {machine}.", "",
-             f"Data: {meta['dataset']}; image features {meta['backbone']} (mean-pooled, 1,280-d, cached). Split: {meta['split']}; "
-             f"{meta['folds']} fold(s) for the main rows, {meta['ablation_folds']} for the ablations. Every model's epoch and "
-             "hyper-parameters are chosen on validation; test is evaluated once per fold. mAP over all returned results "
-             "(cosine), mean ± sample standard deviation over folds. R@K (test, mean over folds, both directions averaged): "
-             "the share of queries whose own pair is among the first K of the other modality's ~100 test items; all photos of "
-             "a synset share its gloss, so items with the same text count as one pair (any of them is a hit). "
-             "**Choices are made on fold 0's validation split and reused on the other folds**, where about one in ten test "
-             "items is a fold-0 validation item: the 'clean' column is the mean over each fold's test items outside fold 0's "
-             "validation split, which took no part in any choice. The last column is the single fixed split (split seed 0, "
-             "fold 0) on its own, the protocol of the issue's reference figures, clean by construction.", "",
-             "| method | I->T | T->I | average | clean average | R@1 | R@10 | medR | val avg | folds | split seed 0: average (I->T / T->I) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Results: imagenet-sample-wordnet",
+        "",
+        f"Produced by `{meta['command'].strip()}` on {meta['date']}.",
+        "",
+        f"Machine: {machine}.",
+        "",
+        f"Data: {meta['dataset']}; image features {meta['backbone']} (mean-pooled, 1,280-d, cached). Split: {meta['split']}; "
+        f"{meta['folds']} fold(s) for the main rows, {meta['ablation_folds']} for the ablations. Every model's epoch and "
+        "hyper-parameters are chosen on validation; test is evaluated once per fold. mAP over all returned results "
+        "(cosine), mean ± sample standard deviation over folds. R@K (test, mean over folds, both directions averaged): "
+        "the share of queries whose own pair is among the first K of the other modality's ~100 test items; all photos of "
+        "a synset share its gloss, so items with the same text count as one pair (any of them is a hit). "
+        "**Choices are made on fold 0's validation split and reused on the other folds**, where about one in ten test "
+        "items is a fold-0 validation item: the 'clean' column is the mean over each fold's test items outside fold 0's "
+        "validation split, which took no part in any choice. The last column is the single fixed split (split seed 0, "
+        "fold 0) on its own, the protocol of the issue's reference figures, clean by construction.",
+        "",
+        "| method | I->T | T->I | average | clean average | R@1 | R@10 | medR | val avg | folds | split seed 0: average (I->T / T->I) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, row in results.items():
         if name.startswith("_") or row.get("kind") in ("ablation", "ceiling"):
             continue
@@ -763,33 +971,51 @@ def render_markdown(results: dict[str, Any]) -> str:
         recall = row.get("recall")
         r = (f"{recall['r1']:.3f} | {recall['r10']:.3f} | {recall['median_rank']:.1f}") if recall else "- | - | -"
         clean = f"{row['clean_avg']:.4f}" if row.get("clean_avg") is not None else "-"
-        lines.append(f"| {name} | {_pm(row, 'i2t')} | {_pm(row, 't2i')} | **{_pm(row, 'avg')}** | {clean} | {r} | "
-                     f"{row['val_avg']:.4f} | {row['n_folds']} | {seed0['avg']:.4f} ({seed0['i2t']:.4f} / {seed0['t2i']:.4f}) |")
+        lines.append(
+            f"| {name} | {_pm(row, 'i2t')} | {_pm(row, 't2i')} | **{_pm(row, 'avg')}** | {clean} | {r} | "
+            f"{row['val_avg']:.4f} | {row['n_folds']} | {seed0['avg']:.4f} ({seed0['i2t']:.4f} / {seed0['t2i']:.4f}) |"
+        )
     if meta.get("note"):
         lines += ["", f"**Note.** {meta['note']}"]
-    lines += ["", f"Best DSCMR configuration on validation: **{results['_best_dscmr']}**. DSCMR rows: preset `wiki-tuned` "
-              f"(Adam lr 1e-3, cosine decay, no dropout), up to {meta['dscmr_epochs']} epochs (stopped after "
-              f"{EARLY_STOPPING} without a better validation mAP), best epoch on validation, loss weights per row as chosen below. "
-              + (f"Authors' loop: preset `paper` (the released code: Adam lr 1e-4, betas (0.5, 0.999), batch 100), "
-                 f"{meta['authors_epochs']} epochs, on the mean GloVe-50 vector of the text." if AUTHORS_ROW in results else
-                 "The authors' loop was not run (--skip-authors)."), "",
-              *_selection_lines(results.get("_text_selection") or {}),
-              *_loss_weight_lines(results.get("_loss_weight_selection") or {}),
-              *_instance_lines(results),
-              "## Ablations of the best configuration", "", "| variant | I->T | T->I | average | R@10 | val avg | folds |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Best DSCMR configuration on validation: **{results['_best_dscmr']}**. DSCMR rows: preset `wiki-tuned` "
+        f"(Adam lr 1e-3, cosine decay, no dropout), up to {meta['dscmr_epochs']} epochs (stopped after "
+        f"{EARLY_STOPPING} without a better validation mAP), best epoch on validation, loss weights per row as chosen below. "
+        + (
+            f"Authors' loop: preset `paper` (the released code: Adam lr 1e-4, betas (0.5, 0.999), batch 100), "
+            f"{meta['authors_epochs']} epochs, on the mean GloVe-50 vector of the text."
+            if AUTHORS_ROW in results
+            else "The authors' loop was not run (--skip-authors)."
+        ),
+        "",
+        *_selection_lines(results.get("_text_selection") or {}),
+        *_loss_weight_lines(results.get("_loss_weight_selection") or {}),
+        *_instance_lines(results),
+        "## Ablations of the best configuration",
+        "",
+        "| variant | I->T | T->I | average | R@10 | val avg | folds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, row in results.items():
         if not name.startswith("_") and row.get("kind") == "ablation":
             r10 = f"{row['recall']['r10']:.3f}" if row.get("recall") else "-"
-            lines.append(f"| {name.split(' - ')[-1]} | {_pm(row, 'i2t')} | {_pm(row, 't2i')} | **{_pm(row, 'avg')}** | {r10} | "
-                         f"{row['val_avg']:.4f} | {row['n_folds']} |")
+            lines.append(
+                f"| {name.split(' - ')[-1]} | {_pm(row, 'i2t')} | {_pm(row, 't2i')} | **{_pm(row, 'avg')}** | {r10} | "
+                f"{row['val_avg']:.4f} | {row['n_folds']} |"
+            )
     best_config = results[results["_best_dscmr"]].get("config", {})
     if "lambda_j2" in best_config:
         lam, eta = best_config["lambda_j2"], best_config["eta_j3"]
-        lines += ["", f"The ablations keep the best configuration's loss weights (lambda {lam:g}, eta {eta:g}) for the terms they keep."]
+        lines += [
+            "",
+            f"The ablations keep the best configuration's loss weights (lambda {lam:g}, eta {eta:g}) for the terms they keep.",
+        ]
         # A zero weight switches its term off, so two ablations then train objectives that another row already trains.
-        same = {"J2": "no_j2 trains the same objective as the full model and no_j3 the same as j1_only",
-                "J3": "no_j3 trains the same objective as the full model and no_j2 the same as j1_only"}
+        same = {
+            "J2": "no_j2 trains the same objective as the full model and no_j3 the same as j1_only",
+            "J3": "no_j3 trains the same objective as the full model and no_j2 the same as j1_only",
+        }
         off = [term for term, weight in (("J2", lam), ("J3", eta)) if weight == 0]
         if len(off) == 1:
             lines[-1] += f" Its weight of {off[0]} is 0, so {same[off[0]]}: their figures are equal."
@@ -798,16 +1024,27 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines += _ceiling_lines(results)
     if results.get("_figures"):
         lines += ["", "## Figures", "", "Drawn by `python -m training figures` from the best configuration's fold-0 run:", ""]
-        lines += [f"- ![{k}]({Path(v).relative_to('docs') if Path(v).is_relative_to('docs') else v})" for k, v in results["_figures"].items()]
+        lines += [
+            f"- ![{k}]({Path(v).relative_to('docs') if Path(v).is_relative_to('docs') else v})"
+            for k, v in results["_figures"].items()
+        ]
     if speed:
-        lines += ["", "## Speed", "",
-                  f"Preparing imagenet-sample-wordnet end to end (load + corpus + Lite0 features of 1,000 photos + word2vec vocabulary), "
-                  f"cold cache: **{speed['prepare_end_to_end_s']} s** (target {speed['prepare_target_s']} s; extraction "
-                  f"{speed['prepare_extract_s']} s, {speed['prepare_images_per_s_incl_decode']} images/s including JPEG decoding); "
-                  f"load average before/after {speed['load_avg_1min_before_after']}, {speed['torch_threads']} torch threads.", "",
-                  "| backbone | weights | crop | dim | images/s (network, batch) | load avg |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Speed",
+            "",
+            f"Preparing imagenet-sample-wordnet end to end (load + corpus + Lite0 features of 1,000 photos + word2vec vocabulary), "
+            f"cold cache: **{speed['prepare_end_to_end_s']} s** (target {speed['prepare_target_s']} s; extraction "
+            f"{speed['prepare_extract_s']} s, {speed['prepare_images_per_s_incl_decode']} images/s including JPEG decoding); "
+            f"load average before/after {speed['load_avg_1min_before_after']}, {speed['torch_threads']} torch threads.",
+            "",
+            "| backbone | weights | crop | dim | images/s (network, batch) | load avg |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, b in speed["backbones"].items():
-            lines.append(f"| {name} | {b['weights']} | {b['crop']} | {b['output_dim']} | {b['images_per_s']} ({b['batch']}) | {b['load_avg_1min']} |")
+            lines.append(
+                f"| {name} | {b['weights']} | {b['crop']} | {b['output_dim']} | {b['images_per_s']} ({b['batch']}) | {b['load_avg_1min']} |"
+            )
         if speed.get("provenance"):
             lines += ["", f"How measured: {speed['provenance']}"]
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 Every bench/ script records `detect_machine()` in its JSON (once before and once after its work, for the load) and
 prints `describe(...)` in its page, so a figure always says where and under what load it was measured.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,9 @@ def git_commit() -> str | None:
     repo = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (head + ("+dirty" if dirty else "")) or None
@@ -54,8 +56,15 @@ def git_commit() -> str | None:
 
 def detect_machine() -> dict[str, Any]:
     """CPU model, cores, memory, GPU (or None), torch version and thread count, Python, load average, git commit."""
-    info: dict[str, Any] = {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _memory_gib(), "gpu": _gpu(),
-                            "python": platform.python_version(), "platform": platform.platform(), "git_commit": git_commit()}
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "gpu": _gpu(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+    }
     try:
         import torch
 
@@ -73,8 +82,10 @@ def describe(before: dict[str, Any], after: dict[str, Any] | None = None) -> str
     if after and after.get("load_average"):
         load += f" before, {after['load_average'][0]:.1f} after"
     torch_part = f"; torch {before['torch']} with {before['torch_threads']} thread(s)" if before.get("torch") else ""
-    return (f"{before['cpu']}, {before['cores']} cores, {before['memory_gib']} GiB, {gpu}{torch_part}, Python {before['python']}; "
-            f"{load}; commit {(before.get('git_commit') or 'unknown')[:12]}")
+    return (
+        f"{before['cpu']}, {before['cores']} cores, {before['memory_gib']} GiB, {gpu}{torch_part}, Python {before['python']}; "
+        f"{load}; commit {(before.get('git_commit') or 'unknown')[:12]}"
+    )
 
 
 def code_fingerprint(*folders: str) -> str | None:

@@ -12,6 +12,7 @@ validation R@10 whose validation mAP stays within INSTANCE_MAP_SLACK of the row 
 Finished runs are kept under WORK/runs keyed by their configuration, the data and the code of model/ and training/, so a
 rerun resumes and a changed trainer retrains. The machine, its torch thread count and the load are recorded as detected.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,11 @@ AUTHORS = "authors' loop"
 VS_BARE, VS_AUTHORS = "trainer / bare loop", "trainer / authors' loop"
 # The sweep that chose `wiki-tuned` (training/config.py), on validation only: input normalisation x optimiser schedule x
 # hidden dropout, with the released loss weights. The paper's own schedule is one of its points.
-SWEEP_SCHEDULES = {"paper (lr 1e-4, constant, 500 epochs)": (1e-4, "constant", 500),
-                   "lr 1e-3, cosine, 150 epochs": (1e-3, "cosine", 150),
-                   "lr 1e-3, constant, 150 epochs": (1e-3, "constant", 150)}
+SWEEP_SCHEDULES = {
+    "paper (lr 1e-4, constant, 500 epochs)": (1e-4, "constant", 500),
+    "lr 1e-3, cosine, 150 epochs": (1e-3, "cosine", 150),
+    "lr 1e-3, constant, 150 epochs": (1e-3, "constant", 150),
+}
 SWEEP_NORMS = ("none", "standardize")
 SWEEP_DROPOUTS = (0.0, 0.5)
 
@@ -95,26 +98,44 @@ def _scores(scores, recall) -> dict[str, Any]:
 
 def run_dscmr(name: str, data: FeatureSplits, cfg: DSCMRConfig, cache: RunCache) -> dict[str, Any]:
     """Train one configuration (selected on validation), evaluate once on test; cached."""
+
     def train() -> dict[str, Any]:
         result = train_dscmr(data, cfg)
         val, val_recall = evaluate_split(result.model, data, "val")
         test, test_recall = evaluate_split(result.model, data, "test")
-        return {"val": _scores(val, val_recall), "test": _scores(test, test_recall), "selected_on": "val",
-                "best_epoch": result.best_epoch, "epochs": result.epochs_run, "wall_s": round(result.wall_s, 1),
-                "torch_threads": torch.get_num_threads(), "config": dataclasses.asdict(cfg)}
+        return {
+            "val": _scores(val, val_recall),
+            "test": _scores(test, test_recall),
+            "selected_on": "val",
+            "best_epoch": result.best_epoch,
+            "epochs": result.epochs_run,
+            "wall_s": round(result.wall_s, 1),
+            "torch_threads": torch.get_num_threads(),
+            "config": dataclasses.asdict(cfg),
+        }
 
     row = cache.run({"kind": "dscmr", "config": dataclasses.asdict(cfg)}, train)
     t, v = row["test"], row["val"]
-    print(f"{name:<40} test avg {t['avg']:.4f} R@10 {t['recall']['avg']['r10']:.3f} | val avg {v['avg']:.4f} R@10 "
-          f"{v['recall']['avg']['r10']:.3f} @ epoch {row['best_epoch']} ({row['wall_s']} s)", flush=True)
+    print(
+        f"{name:<40} test avg {t['avg']:.4f} R@10 {t['recall']['avg']['r10']:.3f} | val avg {v['avg']:.4f} R@10 "
+        f"{v['recall']['avg']['r10']:.3f} @ epoch {row['best_epoch']} ({row['wall_s']} s)",
+        flush=True,
+    )
     return row
 
 
 def baseline_row(result: BaselineResult) -> dict[str, Any]:
     """A baseline's scores as a row."""
-    return {"val": _scores(result.val, result.val_recall), "test": _scores(result.test, result.test_recall), "selected_on": "val",
-            "best_epoch": None, "epochs": None, "wall_s": round(result.wall_s, 1), "params": result.params,
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "val": _scores(result.val, result.val_recall),
+        "test": _scores(result.test, result.test_recall),
+        "selected_on": "val",
+        "best_epoch": None,
+        "epochs": None,
+        "wall_s": round(result.wall_s, 1),
+        "params": result.params,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def configured(base: str, dims: tuple[int, int, int], epochs: int | None = None, **sections: dict[str, Any]) -> DSCMRConfig:
@@ -134,23 +155,40 @@ def run_sweep(data: FeatureSplits, dims, cache: RunCache, epoch_cap: int | None)
     for schedule, (lr, kind, epochs) in SWEEP_SCHEDULES.items():
         for norm in SWEEP_NORMS:
             for dropout in SWEEP_DROPOUTS:
-                cfg = configured("paper", dims, epoch_cap, network={"input_norm": norm, "hidden_dropout": dropout},
-                                 train={"lr": lr, "lr_schedule": kind, "epochs": epochs})
+                cfg = configured(
+                    "paper",
+                    dims,
+                    epoch_cap,
+                    network={"input_norm": norm, "hidden_dropout": dropout},
+                    train={"lr": lr, "lr_schedule": kind, "epochs": epochs},
+                )
                 name = f"{schedule}, input {norm}, hidden dropout {dropout}"
                 row = run_dscmr(f"sweep: {name}", data, cfg, cache)
-                points.append({"name": name, "schedule": schedule, "input_norm": norm, "hidden_dropout": dropout,
-                               "val_avg": row["val"]["avg"], "test_avg": row["test"]["avg"], "best_epoch": row["best_epoch"]})
+                points.append(
+                    {
+                        "name": name,
+                        "schedule": schedule,
+                        "input_norm": norm,
+                        "hidden_dropout": dropout,
+                        "val_avg": row["val"]["avg"],
+                        "test_avg": row["test"]["avg"],
+                        "best_epoch": row["best_epoch"],
+                    }
+                )
     best = max(points, key=lambda p: p["val_avg"])
     tuned = preset("wiki-tuned")
-    matches = (best["input_norm"] == tuned.network.input_norm and best["hidden_dropout"] == tuned.network.hidden_dropout
-               and SWEEP_SCHEDULES[best["schedule"]] == (tuned.train.lr, tuned.train.lr_schedule, tuned.train.epochs))
+    matches = (
+        best["input_norm"] == tuned.network.input_norm
+        and best["hidden_dropout"] == tuned.network.hidden_dropout
+        and SWEEP_SCHEDULES[best["schedule"]] == (tuned.train.lr, tuned.train.lr_schedule, tuned.train.epochs)
+    )
     return {"points": points, "best": best["name"], "preset_wiki_tuned_is_the_best": matches}
 
 
 # ----------------------------------------------------------------------------------------------------- speed
 def _batches(n: int, size: int, generator: torch.Generator):
     perm = torch.randperm(n, generator=generator)
-    return [perm[s:s + size] for s in range(0, n, size)]
+    return [perm[s : s + size] for s in range(0, n, size)]
 
 
 def bare_loop(data: FeatureSplits, cfg: DSCMRConfig, epochs: int) -> float:
@@ -181,7 +219,8 @@ def authors_loop(data: FeatureSplits, cfg: DSCMRConfig, epochs: int) -> float:
     img, txt, lab = (torch.from_numpy(a) for a in (data.train.image, data.train.text, data.train.labels))
     val_img, val_txt = torch.from_numpy(data.val.image), torch.from_numpy(data.val.text)
     gen = torch.Generator().manual_seed(cfg.train.seed)
-    best, best_state = -1.0, None
+    best = -1.0
+    kept: dict[str, Any] = {}  # the best epoch's weights, copied as the authors' loop copies them
     t0 = time.perf_counter()
     for _ in range(epochs):
         net.train()
@@ -196,7 +235,7 @@ def authors_loop(data: FeatureSplits, cfg: DSCMRConfig, epochs: int) -> float:
             u, v, _, _ = net(val_img, val_txt)
         score = cross_modal_map(u.numpy(), v.numpy(), data.val.labels).avg
         if score > best:
-            best, best_state = score, copy.deepcopy(net.state_dict())
+            best, kept["state"] = score, copy.deepcopy(net.state_dict())
     return time.perf_counter() - t0
 
 
@@ -204,17 +243,22 @@ def measure_speed(data: FeatureSplits, dims, epochs: int, rounds: int, full_epoc
     """Trainer vs bare loop vs authors' loop on the paper preset, interleaved over `rounds` rounds of `epochs` epochs
     (the order rotates each round), then the authors' loop for `full_epochs` epochs (the paper row's count)."""
     cfg = configured("paper", dims, train={"epochs": epochs})
-    paths = {"trainer": lambda: train_dscmr(data, cfg).wall_s, "bare loop": lambda: bare_loop(data, cfg, epochs),
-             AUTHORS: lambda: authors_loop(data, cfg, epochs)}
+    paths = {
+        "trainer": lambda: train_dscmr(data, cfg).wall_s,
+        "bare loop": lambda: bare_loop(data, cfg, epochs),
+        AUTHORS: lambda: authors_loop(data, cfg, epochs),
+    }
     names = list(paths)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     load: list[float] = []
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             seconds[name].append(paths[name]())
         load.append(detect_machine()["load_average"][0])
-    ratios = {VS_BARE: [t / b for t, b in zip(seconds["trainer"], seconds["bare loop"])],
-              VS_AUTHORS: [t / a for t, a in zip(seconds["trainer"], seconds[AUTHORS])]}
+    ratios = {
+        VS_BARE: [t / b for t, b in zip(seconds["trainer"], seconds["bare loop"])],
+        VS_AUTHORS: [t / a for t, a in zip(seconds["trainer"], seconds[AUTHORS])],
+    }
     full_cfg = configured("paper", dims, train={"epochs": full_epochs})
     authors_full = authors_loop(data, full_cfg, full_epochs)
     rng = np.random.default_rng(0)
@@ -222,10 +266,18 @@ def measure_speed(data: FeatureSplits, dims, epochs: int, rounds: int, full_epoc
     lab = np.eye(10)[rng.integers(0, 10, 1000)]
     t0 = time.perf_counter()
     mean_average_precision(q, r_, lab, lab)
-    return {"epochs_per_round": epochs, "rounds": rounds, "seconds": seconds, "ratios": ratios,
-            "median_ratio": {k: statistics.median(v) for k, v in ratios.items()}, "load_average_per_round": load,
-            "authors_loop_full_s": round(authors_full, 1), "full_epochs": full_epochs,
-            "map_1000x1000_s": round(time.perf_counter() - t0, 3), "torch_threads": torch.get_num_threads()}
+    return {
+        "epochs_per_round": epochs,
+        "rounds": rounds,
+        "seconds": seconds,
+        "ratios": ratios,
+        "median_ratio": {k: statistics.median(v) for k, v in ratios.items()},
+        "load_average_per_round": load,
+        "authors_loop_full_s": round(authors_full, 1),
+        "full_epochs": full_epochs,
+        "map_1000x1000_s": round(time.perf_counter() - t0, 3),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 # ------------------------------------------------------------------------------------------------------- page
@@ -237,62 +289,94 @@ def _r(row: dict[str, Any], split: str, key: str) -> str:
 def render(payload: dict[str, Any]) -> str:
     """docs/results.md from the payload."""
     speed, sweep = payload.get("speed"), payload.get("sweep")
-    lines = ["# Results", "", "## Wikipedia (Rasiwasia et al.), 128-d SIFT BoW images / 10-d LDA texts", "",
-             f"Produced by `{payload['command']}` on {payload['date']}.", "",
-             f"Machine: {describe(payload['machine_before'], payload['machine_after'])}.", "",
-             "Official split: 2,173 train / 693 test. Validation: 10% of the official training set, stratified by class, seeded "
-             "(`training.features.carve_validation_indices`, seed 0). Every method's epoch and hyper-parameters are chosen on "
-             "validation; the test set is evaluated once. mAP over all returned results (cosine). R@K: share of test queries "
-             "whose own pair (an image's own text, a text's own image; 693 candidates) is among the first K, averaged over the "
-             "two directions; medR its median rank.", "",
-             "| method | I->T | T->I | mAP avg | R@1 | R@5 | R@10 | medR | val mAP | val R@10 | epochs | wall time (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Results",
+        "",
+        "## Wikipedia (Rasiwasia et al.), 128-d SIFT BoW images / 10-d LDA texts",
+        "",
+        f"Produced by `{payload['command']}` on {payload['date']}.",
+        "",
+        f"Machine: {describe(payload['machine_before'], payload['machine_after'])}.",
+        "",
+        "Official split: 2,173 train / 693 test. Validation: 10% of the official training set, stratified by class, seeded "
+        "(`training.features.carve_validation_indices`, seed 0). Every method's epoch and hyper-parameters are chosen on "
+        "validation; the test set is evaluated once. mAP over all returned results (cosine). R@K: share of test queries "
+        "whose own pair (an image's own text, a text's own image; 693 candidates) is among the first K, averaged over the "
+        "two directions; medR its median rank.",
+        "",
+        "| method | I->T | T->I | mAP avg | R@1 | R@5 | R@10 | medR | val mAP | val R@10 | epochs | wall time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, row in payload["methods"].items():
         t = row["test"]
         medr = f"{t['recall']['avg']['median_rank']:.0f}" if t["recall"] else "-"
-        lines.append(f"| {name} | {t['i2t']:.4f} | {t['t2i']:.4f} | **{t['avg']:.4f}** | {_r(row, 'test', 'r1')} | "
-                     f"{_r(row, 'test', 'r5')} | {_r(row, 'test', 'r10')} | {medr} | {row['val']['avg']:.4f} | {_r(row, 'val', 'r10')} | "
-                     f"{row['best_epoch'] if row['best_epoch'] is not None else '-'} | {row['wall_s']} |")
+        lines.append(
+            f"| {name} | {t['i2t']:.4f} | {t['t2i']:.4f} | **{t['avg']:.4f}** | {_r(row, 'test', 'r1')} | "
+            f"{_r(row, 'test', 'r5')} | {_r(row, 'test', 'r10')} | {medr} | {row['val']['avg']:.4f} | {_r(row, 'val', 'r10')} | "
+            f"{row['best_epoch'] if row['best_epoch'] is not None else '-'} | {row['wall_s']} |"
+        )
     inst = payload.get("instance_selection")
     if inst:
         candidates = ", ".join(f"{w}: val mAP {c['val_avg']:.4f}, R@10 {c['val_r10']:.3f}" for w, c in inst["candidates"].items())
         cost = payload["methods"]["DSCMR (wiki-tuned)"]["test"]["avg"] - payload["methods"][inst["row"]]["test"]["avg"]
-        lines += ["", f"The instance term (symmetric InfoNCE, temperature {INSTANCE_TEMPERATURE}) ran with weights "
-                  f"{', '.join(str(w) for w in INSTANCE_WEIGHTS)} on top of `wiki-tuned`; the row keeps weight **{inst['chosen']}**, "
-                  f"the best validation R@10 among the weights whose validation mAP stays within {INSTANCE_MAP_SLACK} of "
-                  f"`wiki-tuned`'s ({candidates}). "
-                  f"Its test mAP is {'lower' if cost > 0 else 'higher'} by {abs(cost):.4f} than without it"
-                  f"{' (more than the 0.01 allowed)' if cost > 0.01 else ''}."]
+        lines += [
+            "",
+            f"The instance term (symmetric InfoNCE, temperature {INSTANCE_TEMPERATURE}) ran with weights "
+            f"{', '.join(str(w) for w in INSTANCE_WEIGHTS)} on top of `wiki-tuned`; the row keeps weight **{inst['chosen']}**, "
+            f"the best validation R@10 among the weights whose validation mAP stays within {INSTANCE_MAP_SLACK} of "
+            f"`wiki-tuned`'s ({candidates}). "
+            f"Its test mAP is {'lower' if cost > 0 else 'higher'} by {abs(cost):.4f} than without it"
+            f"{' (more than the 0.01 allowed)' if cost > 0.01 else ''}.",
+        ]
     if sweep:
-        lines += ["", "## The sweep that chose `wiki-tuned`", "",
-                  "Validation mAP of each point (released loss weights; each point keeps its best validation epoch). "
-                  f"Best on validation: **{sweep['best']}**; the `wiki-tuned` preset "
-                  f"{'is' if sweep['preset_wiki_tuned_is_the_best'] else 'is NOT'} that point.", "",
-                  "| schedule | input norm | hidden dropout | val mAP | best epoch | test mAP |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## The sweep that chose `wiki-tuned`",
+            "",
+            "Validation mAP of each point (released loss weights; each point keeps its best validation epoch). "
+            f"Best on validation: **{sweep['best']}**; the `wiki-tuned` preset "
+            f"{'is' if sweep['preset_wiki_tuned_is_the_best'] else 'is NOT'} that point.",
+            "",
+            "| schedule | input norm | hidden dropout | val mAP | best epoch | test mAP |",
+            "|---|---|---|---|---|---|",
+        ]
         for p in sorted(sweep["points"], key=lambda p: -p["val_avg"]):
             mark = "**" if p["name"] == sweep["best"] else ""
-            lines.append(f"| {p['schedule']} | {p['input_norm']} | {p['hidden_dropout']} | {mark}{p['val_avg']:.4f}{mark} | "
-                         f"{p['best_epoch']} | {p['test_avg']:.4f} |")
+            lines.append(
+                f"| {p['schedule']} | {p['input_norm']} | {p['hidden_dropout']} | {mark}{p['val_avg']:.4f}{mark} | "
+                f"{p['best_epoch']} | {p['test_avg']:.4f} |"
+            )
     if speed:
         med = speed["median_ratio"]
         ours_full = payload["methods"].get("DSCMR (paper)", {}).get("wall_s")
-        lines += ["", "## Training speed", "",
-                  f"Interleaved on this machine, {speed['rounds']} rounds of {speed['epochs_per_round']} epochs of the paper preset "
-                  f"(the order rotates each round; load average per round {speed['load_average_per_round']}; "
-                  f"{speed['torch_threads']} torch threads):", "",
-                  "| path | seconds per round | median ratio of the trainer to it |", "|---|---|---|",
-                  f"| our trainer (per-epoch validation mAP and R@K, best-epoch tracking) | "
-                  f"{', '.join(f'{s:.2f}' for s in speed['seconds']['trainer'])} | - |",
-                  f"| bare PyTorch loop (same network, batch and loss) | {', '.join(f'{s:.2f}' for s in speed['seconds']['bare loop'])} | "
-                  f"{med[VS_BARE]:.3f} |",
-                  f"| the authors' loop (per-epoch NumPy mAP and weight copy) | "
-                  f"{', '.join(f'{s:.2f}' for s in speed['seconds'][AUTHORS])} | {med[VS_AUTHORS]:.3f} |",
-                  "", f"{speed['full_epochs']} epochs of the paper preset: our trainer {ours_full} s (the DSCMR (paper) row above), "
-                  f"the authors' loop {speed['authors_loop_full_s']} s, run one after the other in this benchmark.",
-                  f"mAP of 1,000 x 1,000 1,024-d vectors: {speed['map_1000x1000_s']} s."]
-    lines += ["", "ImageNet-sample results (real photos, sentence CNN / MiniLM text): see "
-              "[results-imagenet-sample.md](results-imagenet-sample.md). The emoji demo's setting: "
-              "[results-demo-setting.md](results-demo-setting.md).", ""]
+        lines += [
+            "",
+            "## Training speed",
+            "",
+            f"Interleaved on this machine, {speed['rounds']} rounds of {speed['epochs_per_round']} epochs of the paper preset "
+            f"(the order rotates each round; load average per round {speed['load_average_per_round']}; "
+            f"{speed['torch_threads']} torch threads):",
+            "",
+            "| path | seconds per round | median ratio of the trainer to it |",
+            "|---|---|---|",
+            f"| our trainer (per-epoch validation mAP and R@K, best-epoch tracking) | "
+            f"{', '.join(f'{s:.2f}' for s in speed['seconds']['trainer'])} | - |",
+            f"| bare PyTorch loop (same network, batch and loss) | {', '.join(f'{s:.2f}' for s in speed['seconds']['bare loop'])} | "
+            f"{med[VS_BARE]:.3f} |",
+            f"| the authors' loop (per-epoch NumPy mAP and weight copy) | "
+            f"{', '.join(f'{s:.2f}' for s in speed['seconds'][AUTHORS])} | {med[VS_AUTHORS]:.3f} |",
+            "",
+            f"{speed['full_epochs']} epochs of the paper preset: our trainer {ours_full} s (the DSCMR (paper) row above), "
+            f"the authors' loop {speed['authors_loop_full_s']} s, run one after the other in this benchmark.",
+            f"mAP of 1,000 x 1,000 1,024-d vectors: {speed['map_1000x1000_s']} s.",
+        ]
+    lines += [
+        "",
+        "ImageNet-sample results (real photos, sentence CNN / MiniLM text): see "
+        "[results-imagenet-sample.md](results-imagenet-sample.md). The emoji demo's setting: "
+        "[results-demo-setting.md](results-demo-setting.md).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -328,18 +412,25 @@ def main(argv: list[str] | None = None) -> int:
     methods["DSCMR (wiki-tuned)"] = run_dscmr("DSCMR (wiki-tuned)", data, tuned, cache)
     candidates = {}
     for weight in INSTANCE_WEIGHTS:
-        cfg = dataclasses.replace(tuned, loss=dataclasses.replace(tuned.loss, instance_weight=weight,
-                                                                  instance_temperature=INSTANCE_TEMPERATURE))
+        cfg = dataclasses.replace(
+            tuned, loss=dataclasses.replace(tuned.loss, instance_weight=weight, instance_temperature=INSTANCE_TEMPERATURE)
+        )
         candidates[weight] = run_dscmr(f"DSCMR (wiki-tuned + instance {weight})", data, cfg, cache)
     floor = methods["DSCMR (wiki-tuned)"]["val"]["avg"] - INSTANCE_MAP_SLACK
-    allowed = [w for w, row in candidates.items() if row["val"]["avg"] >= floor] or \
-        [max(candidates, key=lambda w: candidates[w]["val"]["avg"])]
+    allowed = [w for w, row in candidates.items() if row["val"]["avg"] >= floor] or [
+        max(candidates, key=lambda w: candidates[w]["val"]["avg"])
+    ]
     chosen = max(allowed, key=lambda w: candidates[w]["val"]["recall"]["avg"]["r10"])
     instance_row = f"DSCMR (wiki-tuned + instance term, weight {chosen})"
     methods[instance_row] = candidates[chosen]
-    instance_selection = {"row": instance_row, "chosen": chosen, "rule": f"best val R@10 with val mAP >= wiki-tuned's - {INSTANCE_MAP_SLACK}",
-                          "candidates": {w: {"val_avg": r["val"]["avg"], "val_r10": r["val"]["recall"]["avg"]["r10"]}
-                                         for w, r in candidates.items()}}
+    instance_selection = {
+        "row": instance_row,
+        "chosen": chosen,
+        "rule": f"best val R@10 with val mAP >= wiki-tuned's - {INSTANCE_MAP_SLACK}",
+        "candidates": {
+            w: {"val_avg": r["val"]["avg"], "val_r10": r["val"]["recall"]["avg"]["r10"]} for w, r in candidates.items()
+        },
+    }
     if not args.skip_ablations:
         for ablation in ("no_j1", "no_j2", "no_j3", "j1_only"):
             cfg = dataclasses.replace(tuned, loss=loss_for_ablation(tuned.loss, ablation))
@@ -351,15 +442,28 @@ def main(argv: list[str] | None = None) -> int:
     speed = None
     if not args.skip_speed:
         full_epochs = methods["DSCMR (paper)"]["epochs"]
-        speed = measure_speed(data, dims, min(args.speed_epochs, args.epochs or args.speed_epochs), args.speed_rounds, full_epochs)
-        print(f"speed: median {VS_BARE} {speed['median_ratio'][VS_BARE]:.3f}, {VS_AUTHORS} "
-              f"{speed['median_ratio'][VS_AUTHORS]:.3f}; authors' loop {full_epochs} epochs "
-              f"{speed['authors_loop_full_s']} s vs ours {methods['DSCMR (paper)']['wall_s']} s", flush=True)
+        speed = measure_speed(
+            data, dims, min(args.speed_epochs, args.epochs or args.speed_epochs), args.speed_rounds, full_epochs
+        )
+        print(
+            f"speed: median {VS_BARE} {speed['median_ratio'][VS_BARE]:.3f}, {VS_AUTHORS} "
+            f"{speed['median_ratio'][VS_AUTHORS]:.3f}; authors' loop {full_epochs} epochs "
+            f"{speed['authors_loop_full_s']} s vs ours {methods['DSCMR (paper)']['wall_s']} s",
+            flush=True,
+        )
 
     command = "python bench/wikipedia.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    payload = {"command": command, "date": time.strftime("%Y-%m-%d"), "validation_rule": "10% of the official train set per class, seeded (seed 0)",
-               "methods": methods, "instance_selection": instance_selection, "sweep": sweep, "speed": speed,
-               "machine_before": machine_before, "machine_after": detect_machine()}
+    payload = {
+        "command": command,
+        "date": time.strftime("%Y-%m-%d"),
+        "validation_rule": "10% of the official train set per class, seeded (seed 0)",
+        "methods": methods,
+        "instance_selection": instance_selection,
+        "sweep": sweep,
+        "speed": speed,
+        "machine_before": machine_before,
+        "machine_after": detect_machine(),
+    }
     (out / "results").mkdir(parents=True, exist_ok=True)
     (out / "results" / "wikipedia.json").write_text(json.dumps(payload, indent=1, default=str))
     (out / "results.md").write_text(render(payload))

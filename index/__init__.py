@@ -13,6 +13,7 @@
 The names below are importable from the package itself; each is loaded on first use, so `import index.search` (what
 the service does) does not load the build job's dependencies.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -20,14 +21,28 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "SearchIndex": "index.search", "SearchHit": "index.search",
-    "build_index": "index.build", "embed_shard": "index.build", "merge_shards": "index.build",
-    "publish_version": "index.build", "BuildConfig": "index.build", "IndexConfig": "index.build",
-    "add_items": "index.update", "add_embedded": "index.update", "delete_items": "index.update",
-    "list_versions": "index.store", "read_current": "index.store", "set_current": "index.store",
-    "resolve_version": "index.store", "prune_versions": "index.store", "load_manifest": "index.store",
-    "IndexStoreError": "index.errors", "NoIndexVersionError": "index.errors", "IndexCorruptError": "index.errors",
-    "IndexModelMismatchError": "index.errors", "ShardError": "index.errors",
+    "SearchIndex": "index.search",
+    "SearchHit": "index.search",
+    "build_index": "index.build",
+    "embed_shard": "index.build",
+    "merge_shards": "index.build",
+    "publish_version": "index.build",
+    "BuildConfig": "index.build",
+    "IndexConfig": "index.build",
+    "add_items": "index.update",
+    "add_embedded": "index.update",
+    "delete_items": "index.update",
+    "list_versions": "index.store",
+    "read_current": "index.store",
+    "set_current": "index.store",
+    "resolve_version": "index.store",
+    "prune_versions": "index.store",
+    "load_manifest": "index.store",
+    "IndexStoreError": "index.errors",
+    "NoIndexVersionError": "index.errors",
+    "IndexCorruptError": "index.errors",
+    "IndexModelMismatchError": "index.errors",
+    "ShardError": "index.errors",
 }
 __all__ = sorted(_EXPORTS)
 

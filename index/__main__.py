@@ -1,15 +1,16 @@
 """CLI of the indexing job: build, merge, add, delete, info, use, prune.
 
-    python -m index build  --model MODEL_DIR --corpus CORPUS_DIR --root INDEX_ROOT [--index-type flat|hnsw|ivfpq|auto]
-    python -m index build  ... --feature-cache PREPARED/feature_cache   # reuse the backbone features prepare cached
-    python -m index build  ... --shard 2/8          # embed shard 2 of 8 only (one per machine/process), then:
-    python -m index merge  --model MODEL_DIR --corpus CORPUS_DIR --root INDEX_ROOT [--shard-dirs DIR ...]
-    python -m index add    --root INDEX_ROOT --model MODEL_DIR --corpus NEW_ITEMS_CORPUS [--ids ID ...] [--replace]
-    python -m index delete --root INDEX_ROOT ID [ID ...] [--ids-file FILE]
-    python -m index info   --root INDEX_ROOT [--no-verify]
-    python -m index use    --root INDEX_ROOT VERSION          # point CURRENT at an older version (rollback)
-    python -m index prune  --root INDEX_ROOT --keep N
+python -m index build  --model MODEL_DIR --corpus CORPUS_DIR --root INDEX_ROOT [--index-type flat|hnsw|ivfpq|auto]
+python -m index build  ... --feature-cache PREPARED/feature_cache   # reuse the backbone features prepare cached
+python -m index build  ... --shard 2/8          # embed shard 2 of 8 only (one per machine/process), then:
+python -m index merge  --model MODEL_DIR --corpus CORPUS_DIR --root INDEX_ROOT [--shard-dirs DIR ...]
+python -m index add    --root INDEX_ROOT --model MODEL_DIR --corpus NEW_ITEMS_CORPUS [--ids ID ...] [--replace]
+python -m index delete --root INDEX_ROOT ID [ID ...] [--ids-file FILE]
+python -m index info   --root INDEX_ROOT [--no-verify]
+python -m index use    --root INDEX_ROOT VERSION          # point CURRENT at an older version (rollback)
+python -m index prune  --root INDEX_ROOT --keep N
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,16 @@ from index.build import BuildConfig, IndexConfig, build_index, embed_shard, merg
 from index.errors import IndexStoreError
 from index.faiss_index import INDEX_KINDS
 from index.shards import parse_shard
-from index.store import MODALITIES, list_versions, load_manifest, prune_versions, read_current, resolve_version, set_current, store_lock
+from index.store import (
+    MODALITIES,
+    list_versions,
+    load_manifest,
+    prune_versions,
+    read_current,
+    resolve_version,
+    set_current,
+    store_lock,
+)
 
 
 def parse_bytes(text: str) -> int:
@@ -57,20 +67,40 @@ def _embed_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="torch device for the encoder (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--keep-shards", action="store_true", help="keep the stored embeddings after publishing")
-    p.add_argument("--feature-cache", type=Path, help="a prepared-data folder's feature_cache (from `python -m training prepare`): "
-                   "images it holds for the model's backbone reuse their features instead of running the backbone again")
+    p.add_argument(
+        "--feature-cache",
+        type=Path,
+        help="a prepared-data folder's feature_cache (from `python -m training prepare`): "
+        "images it holds for the model's backbone reuse their features instead of running the backbone again",
+    )
     p.add_argument("--pause-per-step", type=float, default=0.0, help=argparse.SUPPRESS)  # test hook: slow each step down
 
 
 def _config(args: argparse.Namespace) -> BuildConfig:
-    index = IndexConfig(index_type=args.index_type, factory=args.factory, memory_budget_bytes=args.memory_budget,
-                        hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, ef_search=args.ef_search,
-                        nlist=args.nlist, pq_m=args.pq_m, nprobe=args.nprobe, use_gpu=False if args.cpu else None)
-    return BuildConfig(index=index, batch_size=args.batch_size, modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
-                       splits=tuple(s.strip() for s in args.splits.split(",")) if args.splits else None,
-                       decode_workers=args.decode_workers, device=args.device, show_progress=not args.no_progress,
-                       keep_shards=args.keep_shards, pause_per_step_s=args.pause_per_step,
-                       feature_cache=str(args.feature_cache) if args.feature_cache else None)
+    index = IndexConfig(
+        index_type=args.index_type,
+        factory=args.factory,
+        memory_budget_bytes=args.memory_budget,
+        hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        ef_search=args.ef_search,
+        nlist=args.nlist,
+        pq_m=args.pq_m,
+        nprobe=args.nprobe,
+        use_gpu=False if args.cpu else None,
+    )
+    return BuildConfig(
+        index=index,
+        batch_size=args.batch_size,
+        modalities=tuple(m.strip() for m in args.modalities.split(",") if m.strip()),
+        splits=tuple(s.strip() for s in args.splits.split(",")) if args.splits else None,
+        decode_workers=args.decode_workers,
+        device=args.device,
+        show_progress=not args.no_progress,
+        keep_shards=args.keep_shards,
+        pause_per_step_s=args.pause_per_step,
+        feature_cache=str(args.feature_cache) if args.feature_cache else None,
+    )
 
 
 def command_name(script: str, module_form: str) -> str:
@@ -80,7 +110,11 @@ def command_name(script: str, module_form: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
-    parser = argparse.ArgumentParser(prog=command_name("dscmr-index", "python -m index"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=command_name("dscmr-index", "python -m index"),
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build", help="embed a corpus and publish an index version (or embed one shard)")
@@ -96,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--corpus", required=True, type=Path)
     p.add_argument("--root", required=True, type=Path)
-    p.add_argument("--shard-dirs", nargs="+", type=Path, help="shard directories (default: all under ROOT/shards/<model>-<corpus>/)")
+    p.add_argument(
+        "--shard-dirs", nargs="+", type=Path, help="shard directories (default: all under ROOT/shards/<model>-<corpus>/)"
+    )
     _embed_options(p)
     _index_options(p)
 
@@ -174,8 +210,18 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "info":
         version = resolve_version(args.root / "versions" / args.version if args.version else args.root)
         manifest = load_manifest(version, verify_files=not args.no_verify)
-        print(json.dumps({"current": read_current(args.root), "versions": list_versions(args.root),
-                          "verified": not args.no_verify, "manifest": manifest}, indent=1, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "current": read_current(args.root),
+                    "versions": list_versions(args.root),
+                    "verified": not args.no_verify,
+                    "manifest": manifest,
+                },
+                indent=1,
+                sort_keys=True,
+            )
+        )
     elif args.command == "use":
         load_manifest(args.root / "versions" / args.version, verify_files=True)
         with store_lock(args.root):
@@ -188,9 +234,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def _print_version(version: Path) -> None:
     manifest = load_manifest(version, verify_files=False)
-    print(json.dumps({"version": manifest["version"], "path": str(version), "counts": manifest["counts"],
-                      "skipped": manifest.get("skipped", {}).get("count", 0),
-                      "index": {m: info["spec"]["factory"] for m, info in manifest["modalities"].items()}}))
+    print(
+        json.dumps(
+            {
+                "version": manifest["version"],
+                "path": str(version),
+                "counts": manifest["counts"],
+                "skipped": manifest.get("skipped", {}).get("count", 0),
+                "index": {m: info["spec"]["factory"] for m, info in manifest["modalities"].items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

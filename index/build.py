@@ -8,6 +8,7 @@
 Embedding streams through the encoder in batches (bounded memory); every batch is stored as it finishes, so a rerun
 after a crash resumes where the last one stopped. Items whose image cannot be read are reported and skipped.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,10 +28,19 @@ from index import faiss_index as fi
 from index.errors import ShardError
 from index.metadata import EntryRecord, MetadataStore, item_rows
 from index.records import RECORDS_FILE, RECORDS_INDEX_FILE, RecordsWriter
-from index.shards import (Chunk, EmbeddingSource, ShardSet, chunk_path, corpus_signature, read_chunk, shard_dir_name,
-                          shard_range, write_chunk, write_shard_manifest)
-from index.store import (METADATA_FILE, MODALITIES, StagedVersion, cleanup_staging, index_file_name, library_versions,
-                         utc_now_iso)
+from index.shards import (
+    Chunk,
+    EmbeddingSource,
+    ShardSet,
+    chunk_path,
+    corpus_signature,
+    read_chunk,
+    shard_dir_name,
+    shard_range,
+    write_chunk,
+    write_shard_manifest,
+)
+from index.store import METADATA_FILE, MODALITIES, StagedVersion, cleanup_staging, index_file_name, library_versions, utc_now_iso
 from model.corpus import Corpus, Item, load_corpus
 from model.feature_cache import CachedFeatures, image_file_key
 
@@ -79,10 +89,20 @@ class IndexConfig:
 
     def spec_for(self, n: int, dim: int) -> fi.IndexSpec:
         """The index spec for `n` vectors of `dim` dimensions."""
-        return fi.choose_index_spec(n, dim, kind=self.index_type, factory=self.factory,
-                                    memory_budget_bytes=self.memory_budget_bytes, hnsw_m=self.hnsw_m,
-                                    ef_construction=self.ef_construction, ef_search=self.ef_search, nlist=self.nlist,
-                                    pq_m=self.pq_m, nprobe=self.nprobe, exact_max_vectors=self.exact_max_vectors)
+        return fi.choose_index_spec(
+            n,
+            dim,
+            kind=self.index_type,
+            factory=self.factory,
+            memory_budget_bytes=self.memory_budget_bytes,
+            hnsw_m=self.hnsw_m,
+            ef_construction=self.ef_construction,
+            ef_search=self.ef_search,
+            nlist=self.nlist,
+            pq_m=self.pq_m,
+            nprobe=self.nprobe,
+            exact_max_vectors=self.exact_max_vectors,
+        )
 
 
 @dataclass(frozen=True)
@@ -118,10 +138,17 @@ class BuildConfig:
 
 
 # ------------------------------------------------------------------------------------------------- vector level
-def publish_version(root: str | Path, source: EmbeddingSource, model_hash: str, config: IndexConfig = IndexConfig(),
-                    fields: dict[str, Any] | None = None, checkpoint: Checkpoint | None = None,
-                    show_progress: bool = False, make_current: bool = True,
-                    timings: dict[str, float] | None = None) -> Path:
+def publish_version(
+    root: str | Path,
+    source: EmbeddingSource,
+    model_hash: str,
+    config: IndexConfig = IndexConfig(),
+    fields: dict[str, Any] | None = None,
+    checkpoint: Checkpoint | None = None,
+    show_progress: bool = False,
+    make_current: bool = True,
+    timings: dict[str, float] | None = None,
+) -> Path:
     """Build one FAISS index per modality of `source` plus the metadata, publish them as a new version; return its path.
 
     `timings`, when given, receives the seconds of each step (see PUBLISH_STEPS).
@@ -129,7 +156,9 @@ def publish_version(root: str | Path, source: EmbeddingSource, model_hash: str, 
     root = Path(root)
     checkpoint = checkpoint or (lambda stage: None)
     if not source.modalities():
-        raise ValueError("nothing to index: no item has an image or a text that could be embedded (see the skipped items in the log)")
+        raise ValueError(
+            "nothing to index: no item has an image or a text that could be embedded (see the skipped items in the log)"
+        )
     cleanup_staging(root)
     started = time.perf_counter()
     steps = dict.fromkeys(PUBLISH_STEPS, 0.0)
@@ -140,10 +169,13 @@ def publish_version(root: str | Path, source: EmbeddingSource, model_hash: str, 
         for modality in source.modalities():
             n = source.count(modality)
             spec = config.spec_for(n, source.dim)
-            index, info_timings = build_faiss_index(source, modality, spec, config, metadata, next_key, checkpoint,
-                                                    show_progress, records)
+            index, info_timings = build_faiss_index(
+                source, modality, spec, config, metadata, next_key, checkpoint, show_progress, records
+            )
             if index.ntotal != n:
-                raise ValueError(f"the {modality} source announced {n} vectors but delivered {index.ntotal}; the embeddings are inconsistent")
+                raise ValueError(
+                    f"the {modality} source announced {n} vectors but delivered {index.ntotal}; the embeddings are inconsistent"
+                )
             next_key += n
             for step in ("source_s", "train_s", "normalise_s", "add_s", "metadata_insert_s", "records_s"):
                 steps[step] += info_timings[step]
@@ -154,8 +186,13 @@ def publish_version(root: str | Path, source: EmbeddingSource, model_hash: str, 
             steps["index_write_s"] += info_timings["write_s"]
             stage.seal(path.name)  # hashed and fsynced in the background while the next steps run
             checkpoint(f"index:{modality}:written")
-            modalities_info[modality] = {"count": int(index.ntotal), "file": path.name, "spec": spec.to_dict(),
-                                         "tombstones": 0, "timings": {k: round(v, 3) for k, v in info_timings.items()}}
+            modalities_info[modality] = {
+                "count": int(index.ntotal),
+                "file": path.name,
+                "spec": spec.to_dict(),
+                "tombstones": 0,
+                "timings": {k: round(v, 3) for k, v in info_timings.items()},
+            }
             del index
         t0 = time.perf_counter()
         records.finish(metadata.next_key())
@@ -188,13 +225,34 @@ def publish_version(root: str | Path, source: EmbeddingSource, model_hash: str, 
 # index; the rest writes and publishes the version, metadata_insert_s and most of records_s during the fill. The
 # background hash_s and fsync_s overlap the steps after each file is written; seal_wait_s is what publishing still
 # waited for them.
-PUBLISH_STEPS = ("source_s", "train_s", "normalise_s", "add_s", "metadata_insert_s", "index_write_s", "records_s",
-                 "seal_wait_s", "hash_s", "fsync_s", "manifest_s", "rename_s", "pointer_s")
+PUBLISH_STEPS = (
+    "source_s",
+    "train_s",
+    "normalise_s",
+    "add_s",
+    "metadata_insert_s",
+    "index_write_s",
+    "records_s",
+    "seal_wait_s",
+    "hash_s",
+    "fsync_s",
+    "manifest_s",
+    "rename_s",
+    "pointer_s",
+)
 
 
-def build_faiss_index(source: EmbeddingSource, modality: str, spec: fi.IndexSpec, config: IndexConfig,
-                      metadata: MetadataStore | None, first_key: int, checkpoint: Checkpoint | None = None,
-                      show_progress: bool = False, records: RecordsWriter | None = None):
+def build_faiss_index(
+    source: EmbeddingSource,
+    modality: str,
+    spec: fi.IndexSpec,
+    config: IndexConfig,
+    metadata: MetadataStore | None,
+    first_key: int,
+    checkpoint: Checkpoint | None = None,
+    show_progress: bool = False,
+    records: RecordsWriter | None = None,
+):
     """Train (when needed) and fill the index of one modality, streaming `source`; return (index, timings).
 
     Keys are first_key, first_key + 1, ... in source order; when `metadata` is given, each batch's rows go in with them
@@ -249,8 +307,10 @@ def build_faiss_index(source: EmbeddingSource, modality: str, spec: fi.IndexSpec
 
 def entry_records(items: Sequence[Item], keys: np.ndarray, modality: str) -> list[EntryRecord]:
     """Metadata rows for `items` embedded in `modality` under `keys`."""
-    return [EntryRecord(int(k), it.id, modality, it.image_path, it.text, tuple(it.labels), dict(it.extra))
-            for it, k in zip(items, keys)]
+    return [
+        EntryRecord(int(k), it.id, modality, it.image_path, it.text, tuple(it.labels), dict(it.extra))
+        for it, k in zip(items, keys)
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ embedding pass
@@ -279,8 +339,9 @@ def eligible(items: Sequence[Item], modality: str) -> list[Item]:
     return [it for it in items if it.text and it.text.strip()]
 
 
-def embed_batch(encoder: Encoder, items: Sequence[Item], modality: str, batch: int, decode_workers: int,
-                cached: CachedFeatures | None = None) -> Chunk:
+def embed_batch(
+    encoder: Encoder, items: Sequence[Item], modality: str, batch: int, decode_workers: int, cached: CachedFeatures | None = None
+) -> Chunk:
     """Embed one batch; items whose image cannot be decoded are skipped and reported in the chunk.
 
     With `cached`, images whose file is in that feature cache take their cached backbone features (the backbone
@@ -306,8 +367,11 @@ def embed_batch(encoder: Encoder, items: Sequence[Item], modality: str, batch: i
     with ThreadPoolExecutor(max_workers=max(1, decode_workers)) as pool:
         decoded = dict(zip(to_decode, pool.map(decode, to_decode)))
     good = [i for i in to_decode if decoded[i][0] is not None]
-    skipped = [{"id": items[i].id, "modality": "image", "path": str(items[i].image_path), "reason": decoded[i][1]}
-               for i in to_decode if decoded[i][0] is None]
+    skipped = [
+        {"id": items[i].id, "modality": "image", "path": str(items[i].image_path), "reason": decoded[i][1]}
+        for i in to_decode
+        if decoded[i][0] is None
+    ]
     for s in skipped:
         log.warning("skipping item %s: cannot decode image %s (%s)", s["id"], s["path"], s["reason"])
     vector_of: dict[int, np.ndarray] = {}
@@ -317,7 +381,9 @@ def embed_batch(encoder: Encoder, items: Sequence[Item], modality: str, batch: i
         vector_of.update(zip(good, encoder.encode_images([decoded[i][0] for i in good])))
     order = sorted(vector_of)
     vectors = np.stack([vector_of[i] for i in order]).astype(np.float32) if order else np.zeros((0, encoder.dim), np.float32)
-    return Chunk(modality, batch, vectors, [items[i].id for i in order], [it.id for it in items], skipped, features_reused=len(hits))
+    return Chunk(
+        modality, batch, vectors, [items[i].id for i in order], [it.id for it in items], skipped, features_reused=len(hits)
+    )
 
 
 def image_feature_source(encoder: Encoder, cache_root: str | Path | None) -> CachedFeatures | None:
@@ -325,23 +391,38 @@ def image_feature_source(encoder: Encoder, cache_root: str | Path | None) -> Cac
     if cache_root is None:
         return None
     if not Path(cache_root).is_dir():
-        raise FileNotFoundError(f"feature cache {cache_root} does not exist; pass the feature_cache folder inside a prepared-data "
-                                "folder (written by `python -m training prepare`), or leave the option out")
+        raise FileNotFoundError(
+            f"feature cache {cache_root} does not exist; pass the feature_cache folder inside a prepared-data "
+            "folder (written by `python -m training prepare`), or leave the option out"
+        )
     fingerprint = getattr(encoder, "image_feature_fingerprint", None)
     if fingerprint is None:
-        log.warning("the model's image features cannot come from a feature cache (no backbone, or a fine-tuned one); "
-                    "every image goes through the model's backbone")
+        log.warning(
+            "the model's image features cannot come from a feature cache (no backbone, or a fine-tuned one); "
+            "every image goes through the model's backbone"
+        )
         return None
     cached = CachedFeatures(cache_root, fingerprint)
     if not len(cached):
-        log.warning("the feature cache %s holds no features of this model's backbone (fingerprint %s); every image goes "
-                    "through the backbone", cache_root, fingerprint)
+        log.warning(
+            "the feature cache %s holds no features of this model's backbone (fingerprint %s); every image goes "
+            "through the backbone",
+            cache_root,
+            fingerprint,
+        )
         return None
     return cached
 
 
-def embed_items_to_shard(encoder: Encoder, items: Sequence[Item], shard_dir: Path, config: BuildConfig,
-                         shard: tuple[int, int], fields: dict[str, Any], checkpoint: Checkpoint) -> dict[str, Any]:
+def embed_items_to_shard(
+    encoder: Encoder,
+    items: Sequence[Item],
+    shard_dir: Path,
+    config: BuildConfig,
+    shard: tuple[int, int],
+    fields: dict[str, Any],
+    checkpoint: Checkpoint,
+) -> dict[str, Any]:
     """Embed `items` batch by batch into `shard_dir` (resuming stored batches) and mark the shard complete."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     counts, skipped, reused = {}, [], 0
@@ -358,16 +439,20 @@ def embed_items_to_shard(encoder: Encoder, items: Sequence[Item], shard_dir: Pat
             continue
         n_batches = -(-len(todo) // config.batch_size)
         done = 0
-        bar = tqdm(total=n_batches, desc=f"embed {modality} shard {shard[0]}/{shard[1]}", unit="batch", disable=not config.show_progress)
+        bar = tqdm(
+            total=n_batches, desc=f"embed {modality} shard {shard[0]}/{shard[1]}", unit="batch", disable=not config.show_progress
+        )
         for b in range(n_batches):
-            batch_items = todo[b * config.batch_size:(b + 1) * config.batch_size]
+            batch_items = todo[b * config.batch_size : (b + 1) * config.batch_size]
             path = chunk_path(shard_dir, modality, b)
             chunk = _stored_chunk(path, modality, b, [it.id for it in batch_items])
             if chunk is None:
                 chunk = embed_batch(encoder, batch_items, modality, b, config.decode_workers, cached)
                 reused += chunk.features_reused
                 if len(chunk.item_ids) and (chunk.vectors.ndim != 2 or chunk.vectors.shape != (len(chunk.item_ids), encoder.dim)):
-                    raise ValueError(f"the encoder returned {chunk.vectors.shape} for {len(chunk.item_ids)} {modality}s; expected (n, {encoder.dim})")
+                    raise ValueError(
+                        f"the encoder returned {chunk.vectors.shape} for {len(chunk.item_ids)} {modality}s; expected (n, {encoder.dim})"
+                    )
                 if len(chunk.item_ids):
                     chunk = dataclasses.replace(chunk, vectors=fi.normalise_rows(chunk.vectors, f"{modality} embeddings"))
                 write_chunk(shard_dir, chunk)
@@ -382,10 +467,21 @@ def embed_items_to_shard(encoder: Encoder, items: Sequence[Item], shard_dir: Pat
             log.info("resumed %s: %d of %d batches were already embedded", modality, done, n_batches)
     if cached is not None:
         log.info("%d images took their backbone features from the feature cache %s", reused, cached.directory)
-    return write_shard_manifest(shard_dir, {**fields, "shard_index": shard[0], "shard_count": shard[1], "dim": int(encoder.dim),
-                                            "counts": counts, "skipped": skipped, "batch_size": config.batch_size,
-                                            "image_features_reused": reused,
-                                            "modalities": list(config.modalities), "finished_at": utc_now_iso()})
+    return write_shard_manifest(
+        shard_dir,
+        {
+            **fields,
+            "shard_index": shard[0],
+            "shard_count": shard[1],
+            "dim": int(encoder.dim),
+            "counts": counts,
+            "skipped": skipped,
+            "batch_size": config.batch_size,
+            "image_features_reused": reused,
+            "modalities": list(config.modalities),
+            "finished_at": utc_now_iso(),
+        },
+    )
 
 
 def _stored_chunk(path: Path, modality: str, batch: int, expected_ids: list[str]) -> Chunk | None:
@@ -405,27 +501,47 @@ def shards_root(out_root: str | Path, model_hash: str, corpus_sig: str) -> Path:
     return Path(out_root) / SHARDS_DIR / f"{model_hash[:16]}-{corpus_sig[:16]}"
 
 
-def embed_shard(model_dir: str | Path, corpus_dir: str | Path, out_root: str | Path, shard: tuple[int, int],
-                config: BuildConfig = BuildConfig(), encoder: Encoder | None = None, shard_dir: str | Path | None = None) -> Path:
+def embed_shard(
+    model_dir: str | Path,
+    corpus_dir: str | Path,
+    out_root: str | Path,
+    shard: tuple[int, int],
+    config: BuildConfig = BuildConfig(),
+    encoder: Encoder | None = None,
+    shard_dir: str | Path | None = None,
+) -> Path:
     """Embed shard (i, n) of the corpus (a contiguous block of items) into a shard directory; return that directory."""
     encoder = encoder or load_model_encoder(model_dir, config.device)
     if not (encoder.can_encode_images or encoder.can_encode_texts):
-        raise ValueError(f"the model in {model_dir} was trained on precomputed features and carries no image backbone or text "
-                         "encoder, so it cannot embed a corpus of raw images and texts; train it from a prepared corpus instead")
+        raise ValueError(
+            f"the model in {model_dir} was trained on precomputed features and carries no image backbone or text "
+            "encoder, so it cannot embed a corpus of raw images and texts; train it from a prepared corpus instead"
+        )
     corpus = load_corpus(corpus_dir)
     sig = corpus_signature(corpus_dir)
     items = items_to_index(corpus, config.splits)
     start, stop = shard_range(len(items), shard)
     target = Path(shard_dir) if shard_dir else shards_root(out_root, encoder.content_hash, sig) / shard_dir_name(shard)
-    fields = {"model_hash": encoder.content_hash, "corpus_signature": sig, "corpus_dir": str(Path(corpus_dir).resolve()),
-              "item_range": [start, stop], "splits": list(config.splits) if config.splits else None}
+    fields = {
+        "model_hash": encoder.content_hash,
+        "corpus_signature": sig,
+        "corpus_dir": str(Path(corpus_dir).resolve()),
+        "item_range": [start, stop],
+        "splits": list(config.splits) if config.splits else None,
+    }
     embed_items_to_shard(encoder, items[start:stop], target, config, shard, fields, config.checkpoint())
     return target
 
 
-def merge_shards(model_dir: str | Path, corpus_dir: str | Path, out_root: str | Path, config: BuildConfig = BuildConfig(),
-                 shard_dirs: Sequence[str | Path] | None = None, model_hash: str | None = None,
-                 label_names: Sequence[str] | None = None) -> Path:
+def merge_shards(
+    model_dir: str | Path,
+    corpus_dir: str | Path,
+    out_root: str | Path,
+    config: BuildConfig = BuildConfig(),
+    shard_dirs: Sequence[str | Path] | None = None,
+    model_hash: str | None = None,
+    label_names: Sequence[str] | None = None,
+) -> Path:
     """Build and publish one index version from the complete shards of a build (found under out_root when not given)."""
     if model_hash is None:
         from model.artefact import read_model_hash
@@ -441,14 +557,27 @@ def merge_shards(model_dir: str | Path, corpus_dir: str | Path, out_root: str | 
     source = ShardSet(shard_dirs, corpus, model_hash, sig)
     skipped = source.skipped()
     fields = {
-        "corpus": {"name": corpus.name, "path": str(Path(corpus_dir).resolve()), "signature": sig, "n_items": len(corpus),
-                   "label_names": list(corpus.label_names), "splits": list(config.splits) if config.splits else None},
-        "model": {"content_hash": model_hash, "dim": int(source.dim), "path": str(Path(model_dir).resolve()),
-                  "label_names": list(label_names) if label_names is not None else None},
+        "corpus": {
+            "name": corpus.name,
+            "path": str(Path(corpus_dir).resolve()),
+            "signature": sig,
+            "n_items": len(corpus),
+            "label_names": list(corpus.label_names),
+            "splits": list(config.splits) if config.splits else None,
+        },
+        "model": {
+            "content_hash": model_hash,
+            "dim": int(source.dim),
+            "path": str(Path(model_dir).resolve()),
+            "label_names": list(label_names) if label_names is not None else None,
+        },
         "skipped": {"count": len(skipped), "items": skipped[:1000]},
         "shards": len(source.shards),
-        "embedding": {"batch_size": config.batch_size, "modalities": list(config.modalities),
-                      "image_features_reused": sum(int(m.get("image_features_reused", 0)) for _, m in source.shards)},
+        "embedding": {
+            "batch_size": config.batch_size,
+            "modalities": list(config.modalities),
+            "image_features_reused": sum(int(m.get("image_features_reused", 0)) for _, m in source.shards),
+        },
     }
     version = publish_version(out_root, source, model_hash, config.index, fields, config.checkpoint(), config.show_progress)
     if not config.keep_shards:
@@ -457,10 +586,22 @@ def merge_shards(model_dir: str | Path, corpus_dir: str | Path, out_root: str | 
     return version
 
 
-def build_index(model_dir: str | Path, corpus_dir: str | Path, out_root: str | Path, config: BuildConfig = BuildConfig(),
-                encoder: Encoder | None = None) -> Path:
+def build_index(
+    model_dir: str | Path,
+    corpus_dir: str | Path,
+    out_root: str | Path,
+    config: BuildConfig = BuildConfig(),
+    encoder: Encoder | None = None,
+) -> Path:
     """Embed the whole corpus with the model and publish it as a new index version (CURRENT switches to it)."""
     encoder = encoder or load_model_encoder(model_dir, config.device)
     shard_dir = embed_shard(model_dir, corpus_dir, out_root, (0, 1), config, encoder=encoder)
-    return merge_shards(model_dir, corpus_dir, out_root, config, shard_dirs=[shard_dir], model_hash=encoder.content_hash,
-                        label_names=encoder.label_names)
+    return merge_shards(
+        model_dir,
+        corpus_dir,
+        out_root,
+        config,
+        shard_dirs=[shard_dir],
+        model_hash=encoder.content_hash,
+        label_names=encoder.label_names,
+    )

@@ -1,4 +1,5 @@
 """Errors of the index package: each says what is wrong and what to do about it."""
+
 from __future__ import annotations
 
 

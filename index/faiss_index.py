@@ -4,6 +4,7 @@ Every index holds L2-normalised float32 vectors under the inner-product metric, 
 Ids ("keys") are int64 and chosen by us: IVF indexes store them natively (with a hashtable direct map so that vectors
 can be reconstructed by key and removed); every other type is wrapped in `IndexIDMap2`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,8 @@ except ModuleNotFoundError as exc:  # the package's FAISS comes from an extra (p
     raise ModuleNotFoundError(
         "FAISS is not installed. Install this package with one of its FAISS extras: pip install 'dscmr-search[cpu]' "
         "(any machine), or pip install 'dscmr-search[gpu]' on a Linux host with an NVIDIA driver (see the README)",
-        name="faiss") from exc
+        name="faiss",
+    ) from exc
 
 from index.errors import IndexCorruptError
 
@@ -105,10 +107,20 @@ def kind_of_factory(factory: str) -> str:
     return "custom"
 
 
-def choose_index_spec(n: int, dim: int, kind: IndexKind = "auto", factory: str | None = None,
-                      memory_budget_bytes: int | None = None, hnsw_m: int = 32, ef_construction: int = 80,
-                      ef_search: int = 64, nlist: int | None = None, pq_m: int | None = None, nprobe: int | None = None,
-                      exact_max_vectors: int = DEFAULT_EXACT_MAX_VECTORS) -> IndexSpec:
+def choose_index_spec(
+    n: int,
+    dim: int,
+    kind: IndexKind = "auto",
+    factory: str | None = None,
+    memory_budget_bytes: int | None = None,
+    hnsw_m: int = 32,
+    ef_construction: int = 80,
+    ef_search: int = 64,
+    nlist: int | None = None,
+    pq_m: int | None = None,
+    nprobe: int | None = None,
+    exact_max_vectors: int = DEFAULT_EXACT_MAX_VECTORS,
+) -> IndexSpec:
     """Pick the index for `n` vectors of `dim` dimensions: an explicit factory string, a named kind, or automatically.
 
     The automatic rule: exact search (Flat) while n <= `exact_max_vectors` and the vectors fit the memory budget;
@@ -120,10 +132,14 @@ def choose_index_spec(n: int, dim: int, kind: IndexKind = "auto", factory: str |
         found = kind_of_factory(factory)
         core = ",".join(p.strip() for p in factory.split(",") if not p.strip().startswith("IDMap"))
         m_match = re.match(r"HNSW(\d+)", core)
-        return IndexSpec(found, core, ef_construction=ef_construction if m_match else None,
-                         ef_search=ef_search if m_match else None,
-                         nprobe=(nprobe or _default_nprobe(_factory_nlist(core))) if "IVF" in core else None,
-                         reason="factory string given")
+        return IndexSpec(
+            found,
+            core,
+            ef_construction=ef_construction if m_match else None,
+            ef_search=ef_search if m_match else None,
+            nprobe=(nprobe or _default_nprobe(_factory_nlist(core))) if "IVF" in core else None,
+            reason="factory string given",
+        )
     if kind not in INDEX_KINDS:
         raise ValueError(f"unknown index type {kind!r}; choose one of {INDEX_KINDS} or pass a FAISS factory string")
     if kind == "flat":
@@ -135,21 +151,40 @@ def choose_index_spec(n: int, dim: int, kind: IndexKind = "auto", factory: str |
 
     flat_bytes = estimate_index_bytes("flat", n, dim)
     if n <= exact_max_vectors and flat_bytes <= budget:
-        return IndexSpec("flat", "Flat", reason=f"n={n} <= {exact_max_vectors} and flat needs {flat_bytes} <= budget {budget} bytes")
+        return IndexSpec(
+            "flat", "Flat", reason=f"n={n} <= {exact_max_vectors} and flat needs {flat_bytes} <= budget {budget} bytes"
+        )
     hnsw_bytes = estimate_index_bytes("hnsw", n, dim, hnsw_m=hnsw_m)
     if hnsw_bytes <= budget:
-        return IndexSpec("hnsw", f"HNSW{hnsw_m}", ef_construction=ef_construction, ef_search=ef_search,
-                         reason=f"n={n} > {exact_max_vectors} (or flat over budget); hnsw needs {hnsw_bytes} <= budget {budget} bytes")
+        return IndexSpec(
+            "hnsw",
+            f"HNSW{hnsw_m}",
+            ef_construction=ef_construction,
+            ef_search=ef_search,
+            reason=f"n={n} > {exact_max_vectors} (or flat over budget); hnsw needs {hnsw_bytes} <= budget {budget} bytes",
+        )
     if n < MIN_TRAINING_POINTS:
         if flat_bytes <= budget:
             return IndexSpec("flat", "Flat", reason=f"too few vectors (n={n}) to train IVF-PQ; flat fits the budget")
-        raise ValueError(f"{n} vectors of dim {dim} need {flat_bytes} bytes as a flat index, over the memory budget of {budget} bytes, "
-                         f"and are too few (< {MIN_TRAINING_POINTS}) to train IVF-PQ; raise --memory-budget")
-    return _ivfpq_spec(n, dim, n_lists, pq_m, nprobe, budget,
-                       f"flat ({flat_bytes}) and hnsw ({hnsw_bytes}) exceed the memory budget of {budget} bytes", strict=True)
+        raise ValueError(
+            f"{n} vectors of dim {dim} need {flat_bytes} bytes as a flat index, over the memory budget of {budget} bytes, "
+            f"and are too few (< {MIN_TRAINING_POINTS}) to train IVF-PQ; raise --memory-budget"
+        )
+    return _ivfpq_spec(
+        n,
+        dim,
+        n_lists,
+        pq_m,
+        nprobe,
+        budget,
+        f"flat ({flat_bytes}) and hnsw ({hnsw_bytes}) exceed the memory budget of {budget} bytes",
+        strict=True,
+    )
 
 
-def _ivfpq_spec(n: int, dim: int, nlist: int, pq_m: int | None, nprobe: int | None, budget: int, reason: str, strict: bool) -> IndexSpec:
+def _ivfpq_spec(
+    n: int, dim: int, nlist: int, pq_m: int | None, nprobe: int | None, budget: int, reason: str, strict: bool
+) -> IndexSpec:
     if pq_m is not None:
         if dim % pq_m:
             raise ValueError(f"PQ sub-quantizer count {pq_m} must divide the dimension {dim}")
@@ -158,8 +193,10 @@ def _ivfpq_spec(n: int, dim: int, nlist: int, pq_m: int | None, nprobe: int | No
         fixed = estimate_index_bytes("ivfpq", n, dim, nlist=nlist, pq_m=0)
         room = (budget - fixed) // max(1, n)
         if strict and room < 1:
-            raise ValueError(f"even the smallest IVF-PQ index of {n} vectors needs more than the memory budget of {budget} bytes; "
-                             "raise --memory-budget or index fewer items")
+            raise ValueError(
+                f"even the smallest IVF-PQ index of {n} vectors needs more than the memory budget of {budget} bytes; "
+                "raise --memory-budget or index fewer items"
+            )
         m = default_pq_m(dim, max_code_bytes=max(1, room))
     return IndexSpec("ivfpq", f"IVF{nlist},PQ{m}", nprobe=nprobe or _default_nprobe(nlist), reason=reason)
 
@@ -318,12 +355,20 @@ def write_index(index: faiss.Index, path: Path) -> None:
     faiss.write_index(index, str(path))
 
 
-def read_index(path: Path) -> faiss.Index:
-    """Load an index file, turning FAISS's errors on damaged files into IndexCorruptError."""
+def read_index(path: Path, mmap: bool = False) -> faiss.Index:
+    """Load an index file, turning FAISS's errors on damaged files into IndexCorruptError.
+
+    `mmap`: map the stored vectors (the codes of flat, SQ and PQ indexes, an HNSW graph's vector storage) from the file
+    instead of copying them into memory (FAISS's IO_FLAG_MMAP_IFC). Processes that map the same file share one copy in
+    the page cache; searching gives the same results. A mapped index is read-only: adding or removing vectors aborts
+    the process (a FAISS assertion), so only searching code may ask for it.
+    """
     try:
-        return faiss.read_index(str(path))
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
     except RuntimeError as exc:
-        raise IndexCorruptError(f"{path} cannot be read as a FAISS index ({str(exc).splitlines()[0]}); rebuild the index version") from exc
+        raise IndexCorruptError(
+            f"{path} cannot be read as a FAISS index ({str(exc).splitlines()[0]}); rebuild the index version"
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------------------------------- gpu
@@ -370,5 +415,7 @@ def normalise_rows(vectors: np.ndarray, what: str = "vectors") -> np.ndarray:
         raise ValueError(f"{what} contain NaN or infinite values (rows {bad}); the encoder output is broken")
     nonzero = x.any(axis=1)
     if not nonzero.all():
-        raise ValueError(f"{what} contain all-zero rows ({np.where(~nonzero)[0][:5].tolist()}); they have no direction to compare")
+        raise ValueError(
+            f"{what} contain all-zero rows ({np.where(~nonzero)[0][:5].tolist()}); they have no direction to compare"
+        )
     return x

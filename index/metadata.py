@@ -15,6 +15,7 @@ Schema (written by `MetadataStore.create`)::
 
 Keys are unique across both modalities of a version, so a key alone names a vector.
 """
+
 from __future__ import annotations
 
 import json
@@ -83,7 +84,9 @@ def item_rows(items: Sequence[Any], keys: Sequence[int], modality: str) -> tuple
         labels = label_texts.get(label_set)
         if labels is None:
             labels = label_texts[label_set] = _encode_labels(list(label_set))
-        rows.append((key, item.id, modality, item.image_path, item.text, labels, _encode_extra(item.extra) if item.extra else "{}"))
+        rows.append(
+            (key, item.id, modality, item.image_path, item.text, labels, _encode_extra(item.extra) if item.extra else "{}")
+        )
         label_rows.extend([(modality, label, key) for label in label_set])
     return rows, label_rows
 
@@ -102,7 +105,9 @@ class MetadataStore:
         try:
             self._conn.execute("SELECT value FROM info WHERE name = 'next_key'").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise IndexCorruptError(f"{self.path} is not a readable index metadata database ({exc}); rebuild the index version") from exc
+            raise IndexCorruptError(
+                f"{self.path} is not a readable index metadata database ({exc}); rebuild the index version"
+            ) from exc
 
     @classmethod
     def create(cls, path: str | Path) -> "MetadataStore":
@@ -153,8 +158,7 @@ class MetadataStore:
             labels = label_texts.get(label_set)
             if labels is None:
                 labels = label_texts[label_set] = _encode_labels(list(label_set))
-            rows.append((key, r.item_id, r.modality, r.source_path, r.text, labels,
-                         _encode_extra(r.extra) if r.extra else "{}"))
+            rows.append((key, r.item_id, r.modality, r.source_path, r.text, labels, _encode_extra(r.extra) if r.extra else "{}"))
             label_rows.extend([(r.modality, lab, key) for lab in label_set])
         return self.insert_rows(rows, label_rows)
 
@@ -163,10 +167,14 @@ class MetadataStore:
         self._require_writable()
         conn = self._conn
         try:
-            conn.executemany("INSERT INTO entries (key, item_id, modality, source_path, text, labels, extra) VALUES (?,?,?,?,?,?,?)", rows)
+            conn.executemany(
+                "INSERT INTO entries (key, item_id, modality, source_path, text, labels, extra) VALUES (?,?,?,?,?,?,?)", rows
+            )
         except sqlite3.IntegrityError as exc:
             conn.rollback()
-            raise IndexStoreError(f"cannot add entries to {self.path}: {exc} (an item id is already indexed for that modality, or a key is reused)") from exc
+            raise IndexStoreError(
+                f"cannot add entries to {self.path}: {exc} (an item id is already indexed for that modality, or a key is reused)"
+            ) from exc
         conn.executemany("INSERT OR IGNORE INTO entry_labels (modality, label, key) VALUES (?,?,?)", label_rows)
         top = max((row[0] for row in rows), default=-1)
         if top >= self.next_key():
@@ -188,7 +196,9 @@ class MetadataStore:
     def add_tombstones(self, keys: Iterable[int], modality: str) -> None:
         """Record keys whose vectors stay in the FAISS index but must never be returned."""
         self._require_writable()
-        self._conn.executemany("INSERT OR IGNORE INTO tombstones (key, modality) VALUES (?, ?)", [(int(k), modality) for k in keys])
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO tombstones (key, modality) VALUES (?, ?)", [(int(k), modality) for k in keys]
+        )
         self._conn.commit()
 
     def clear_tombstones(self, modality: str) -> None:
@@ -199,7 +209,9 @@ class MetadataStore:
 
     def _require_writable(self) -> None:
         if not self.writable:
-            raise IndexStoreError(f"{self.path} is opened read-only: published versions never change; updates write a new version")
+            raise IndexStoreError(
+                f"{self.path} is opened read-only: published versions never change; updates write a new version"
+            )
 
     # -------------------------------------------------------------------------------------------------------- reads
     def next_key(self) -> int:
@@ -218,10 +230,11 @@ class MetadataStore:
         out: dict[int, EntryRecord] = {}
         conn = self._conn
         for start in range(0, len(unique), _PARAMS_PER_QUERY):
-            chunk = unique[start:start + _PARAMS_PER_QUERY]
+            chunk = unique[start : start + _PARAMS_PER_QUERY]
             marks = ",".join("?" * len(chunk))
             for key, item_id, modality, source_path, text, labels, extra in conn.execute(
-                    f"SELECT key, item_id, modality, source_path, text, labels, extra FROM entries WHERE key IN ({marks})", chunk):
+                f"SELECT key, item_id, modality, source_path, text, labels, extra FROM entries WHERE key IN ({marks})", chunk
+            ):
                 out[key] = EntryRecord(key, item_id, modality, source_path, text, tuple(json.loads(labels)), json.loads(extra))
         return out
 
@@ -230,10 +243,11 @@ class MetadataStore:
         out: dict[str, int] = {}
         ids = list(dict.fromkeys(item_ids))
         for start in range(0, len(ids), _PARAMS_PER_QUERY):
-            chunk = ids[start:start + _PARAMS_PER_QUERY]
+            chunk = ids[start : start + _PARAMS_PER_QUERY]
             marks = ",".join("?" * len(chunk))
             for item_id, key in self._conn.execute(
-                    f"SELECT item_id, key FROM entries WHERE modality = ? AND item_id IN ({marks})", [modality, *chunk]):
+                f"SELECT item_id, key FROM entries WHERE modality = ? AND item_id IN ({marks})", [modality, *chunk]
+            ):
                 out[item_id] = key
         return out
 
@@ -247,7 +261,8 @@ class MetadataStore:
         wanted = sorted(cache_key[1])
         marks = ",".join("?" * len(wanted))
         rows = self._conn.execute(
-            f"SELECT DISTINCT key FROM entry_labels WHERE modality = ? AND label IN ({marks}) ORDER BY key", [modality, *wanted]).fetchall()
+            f"SELECT DISTINCT key FROM entry_labels WHERE modality = ? AND label IN ({marks}) ORDER BY key", [modality, *wanted]
+        ).fetchall()
         keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
         keys.setflags(write=False)
         with self._label_cache_lock:

@@ -25,9 +25,11 @@ list indexes and one tuple. Search results are built right after a FAISS search 
 slicing the map and a JSON decode cost 60-100 us for one query (10-15 % of an HNSW search) and the table 20-30 us.
 Measured on the benchmark's records (65-byte lines, 200,000 entries): 447 bytes per entry and 1.0-2.0 s of load time
 (10-28 s at 1M entries on a loaded 2-core machine; the JSON decode of the whole file, then the columns); an item
-indexed on both sides shares its objects between its two entries (560 bytes per item, 280 per entry). Loading the table also checks every entry, so damage that the map
-would only meet when a search returns the damaged key is reported at load.
+indexed on both sides shares its objects between its two entries (560 bytes per item, 280 per entry). Loading the
+table also checks every entry, so damage that the map would only meet when a search returns the damaged key is
+reported at load.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -111,9 +113,11 @@ class RecordsWriter:
         modalities = self._modality_index
         string = encode_basestring  # json.dumps(s, ensure_ascii=False) of a str, without building an encoder per call
         # extra is stored as JSON already: spliced in without decoding
-        lines = [f"[{string(item_id)},{modalities[modality]},{'null' if source_path is None else string(source_path)},"
-                 f"{'null' if text is None else string(text)},{labels[label_text]},{extra}]\n".encode("utf-8")
-                 for _, item_id, modality, source_path, text, label_text, extra in rows]
+        lines = [
+            f"[{string(item_id)},{modalities[modality]},{'null' if source_path is None else string(source_path)},"
+            f"{'null' if text is None else string(text)},{labels[label_text]},{extra}]\n".encode("utf-8")
+            for _, item_id, modality, source_path, text, label_text, extra in rows
+        ]
         keys = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
         if keys[0] <= self._last_key or (len(keys) > 1 and (np.diff(keys) <= 0).any()):
             raise ValueError(f"records must be added in ascending key order (key {int(keys.min())} after {self._last_key})")
@@ -130,8 +134,11 @@ class RecordsWriter:
         if next_key <= self._last_key:
             raise ValueError(f"next_key {next_key} is not past the last record's key {self._last_key}")
         self._body.close()
-        header = {"records_format": RECORDS_FORMAT, "modalities": list(RECORD_MODALITIES),
-                  "label_sets": [json.loads(text) for text in self._label_index]}
+        header = {
+            "records_format": RECORDS_FORMAT,
+            "modalities": list(RECORD_MODALITIES),
+            "label_sets": [json.loads(text) for text in self._label_index],
+        }
         head = (json.dumps(header, ensure_ascii=False) + "\n").encode("utf-8")
         with (self.directory / RECORDS_FILE).open("wb") as out, self._body_path.open("rb") as body:
             out.write(head)
@@ -188,7 +195,9 @@ class RecordReader:
         except ValueError as exc:
             raise IndexCorruptError(f"{index_path} cannot be read ({exc}); rebuild the index version") from exc
         if self.offsets.dtype != np.int64 or self.offsets.ndim != 1:
-            raise IndexCorruptError(f"{index_path} holds {self.offsets.dtype} {self.offsets.shape}, not int64 offsets; rebuild the index version")
+            raise IndexCorruptError(
+                f"{index_path} holds {self.offsets.dtype} {self.offsets.shape}, not int64 offsets; rebuild the index version"
+            )
         self._file = blob_path.open("rb")
         size = blob_path.stat().st_size
         self._blob = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
@@ -221,20 +230,27 @@ class RecordReader:
         """(rows, extras) by key (see __init__), from one decode of the whole file, each entry checked against the format."""
         data = self.path.read_bytes()  # a plain read: the table replaces the map, whose pages need not stay resident
         if len(data) != size:
-            raise IndexCorruptError(f"{self.path} changed while it was being loaded; published versions never change: check the store")
+            raise IndexCorruptError(
+                f"{self.path} changed while it was being loaded; published versions never change: check the store"
+            )
         live = np.flatnonzero(self.offsets >= 0)
         # each line must start where records.idx.npy says it does (the map path finds a mismatch when it slices)
         line_starts = np.flatnonzero(np.frombuffer(data, dtype=np.uint8)[first:] == ord("\n")) + (first + 1)
-        if len(live) and (len(line_starts) != len(live) or line_starts[-1] != size
-                          or (self.offsets[live[1:]] != line_starts[:-1]).any()):
-            raise IndexCorruptError(f"{self.path.with_name(RECORDS_INDEX_FILE)} does not match {self.path} (the lines do not start "
-                                    "at the recorded offsets); rebuild the index version")
-        body = data[first:size - 1].replace(b"\n", b",") if len(live) else b""
+        if len(live) and (
+            len(line_starts) != len(live) or line_starts[-1] != size or (self.offsets[live[1:]] != line_starts[:-1]).any()
+        ):
+            raise IndexCorruptError(
+                f"{self.path.with_name(RECORDS_INDEX_FILE)} does not match {self.path} (the lines do not start "
+                "at the recorded offsets); rebuild the index version"
+            )
+        body = data[first : size - 1].replace(b"\n", b",") if len(live) else b""
         del data
         try:
             entries = json.loads(b"[" + body + b"]")
         except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
-            raise IndexCorruptError(f"{self.path} holds records that are not valid JSON ({exc}); rebuild the index version") from exc
+            raise IndexCorruptError(
+                f"{self.path} holds records that are not valid JSON ({exc}); rebuild the index version"
+            ) from exc
         del body
         if len(entries) != len(live):  # a line holding more than one value
             raise IndexCorruptError(f"{self.path} holds {len(entries)} records for {len(live)} keys; rebuild the index version")
@@ -243,8 +259,9 @@ class RecordReader:
             # column by column, so that the loops run in C: 200,000 entries take ~0.3 s on top of the JSON decode
             if any(type(entry) is not list or len(entry) != 6 for entry in entries):
                 raise ValueError("an entry is not a list of 6 fields")
-            ids, modality_values, paths, texts, label_values, extras = (list(column) for column in zip(*entries)) \
-                if entries else ([], [], [], [], [], [])
+            ids, modality_values, paths, texts, label_values, extras = (
+                (list(column) for column in zip(*entries)) if entries else ([], [], [], [], [], [])
+            )
             del entries
             if self.format == 1:
                 modality_names = [modalities[modalities.index(m)] for m in modality_values]  # ValueError when unknown
@@ -303,8 +320,10 @@ class RecordReader:
         except (ValueError, KeyError, TypeError) as exc:
             raise IndexCorruptError(f"{self.path} has an unreadable header ({exc!r}); rebuild the index version") from exc
         if self.format != RECORDS_FORMAT:
-            raise IndexCorruptError(f"{self.path} is in records format {self.format}; this version of the library reads formats 1 "
-                                    f"and {RECORDS_FORMAT}: upgrade it or rebuild the index version")
+            raise IndexCorruptError(
+                f"{self.path} is in records format {self.format}; this version of the library reads formats 1 "
+                f"and {RECORDS_FORMAT}: upgrade it or rebuild the index version"
+            )
         return end
 
     def _line_spans(self, size: int, first: int) -> np.ndarray:
@@ -313,10 +332,13 @@ class RecordReader:
         starts = self.offsets[live]
         # export_records writes the lines in ascending key order, each ending with a newline; anything else means the
         # files do not belong together (or records.jsonl was truncated)
-        if len(starts) and (starts[0] != first or (np.diff(starts) <= 0).any() or starts[-1] >= size
-                            or self._blob[size - 1:size] != b"\n"):
-            raise IndexCorruptError(f"{self.path.with_name(RECORDS_INDEX_FILE)} does not match {self.path} (offsets out of order or past "
-                                    "the end); rebuild the index version")
+        if len(starts) and (
+            starts[0] != first or (np.diff(starts) <= 0).any() or starts[-1] >= size or self._blob[size - 1 : size] != b"\n"
+        ):
+            raise IndexCorruptError(
+                f"{self.path.with_name(RECORDS_INDEX_FILE)} does not match {self.path} (offsets out of order or past "
+                "the end); rebuild the index version"
+            )
         spans = np.full((len(self.offsets), 2), -1, dtype=np.int64)
         spans[live, 0] = starts
         spans[live, 1] = np.append(starts[1:], size) - 1
@@ -348,9 +370,11 @@ class RecordReader:
             return []
         spans, blob = self._span_view, self._blob
         try:
-            text = b"[" + b",".join([blob[spans[2 * key]:spans[2 * key + 1]] for key in keys]) + b"]"
+            text = b"[" + b",".join([blob[spans[2 * key] : spans[2 * key + 1]] for key in keys]) + b"]"
         except IndexError as exc:
-            raise IndexCorruptError(f"{self.path}: key {max(keys)} is past the last record; index and metadata are out of step") from exc
+            raise IndexCorruptError(
+                f"{self.path}: key {max(keys)} is past the last record; index and metadata are out of step"
+            ) from exc
         # A key without a record has the empty span [-1, -1): its empty element makes the JSON invalid (or, alone,
         # an empty list), so the hot path needs no separate check.
         try:
@@ -365,19 +389,25 @@ class RecordReader:
 
     def corrupt_entries(self, exc: Exception) -> IndexCorruptError:
         """The error for entries whose fields do not fit the format (e.g. a label-set index past the header's table)."""
-        return IndexCorruptError(f"{self.path} holds entries that do not fit records format {self.format} ({exc!r}); rebuild the index version")
+        return IndexCorruptError(
+            f"{self.path} holds entries that do not fit records format {self.format} ({exc!r}); rebuild the index version"
+        )
 
     def _raise_unreadable(self, keys: np.ndarray) -> None:
         if (self._spans[keys][:, 0] < 0).any():
             raise self.missing_keys_error(keys.tolist())
-        raise IndexCorruptError(f"{self.path}: the records of keys {keys[:5].tolist()}... are not valid JSON; rebuild the index version")
+        raise IndexCorruptError(
+            f"{self.path}: the records of keys {keys[:5].tolist()}... are not valid JSON; rebuild the index version"
+        )
 
     def missing_keys_error(self, keys: list[int]) -> IndexCorruptError:
         """The error for a search that returned keys with no record (or past the last one)."""
         if max(keys) >= len(self.offsets):
             return IndexCorruptError(f"{self.path}: key {max(keys)} is past the last record; index and metadata are out of step")
         missing = [key for key in keys if key < 0 or self.offsets[key] < 0]
-        return IndexCorruptError(f"{self.path}: FAISS returned keys {missing[:5]}, which have no record; rebuild the index version")
+        return IndexCorruptError(
+            f"{self.path}: FAISS returned keys {missing[:5]}, which have no record; rebuild the index version"
+        )
 
     def close(self) -> None:
         """Unmap the file (and drop the in-memory table)."""

@@ -10,6 +10,7 @@ least one of the given labels and still returns k hits whenever k such items exi
 exactly over their own vectors; larger ones go through FAISS with an id selector, widening efSearch / nprobe and
 finally falling back to an exact scan when the approximate search comes back short.
 """
+
 from __future__ import annotations
 
 import functools
@@ -85,8 +86,15 @@ class _KeySelector:
 class SearchIndex:
     """A loaded, read-only index version: FAISS indexes per modality, metadata, manifest and (optionally) the encoder."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], indexes: dict[str, _ModalityIndex], metadata: MetadataStore,
-                 records: RecordReader, exact_subset_max: int = DEFAULT_EXACT_SUBSET_MAX) -> None:
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        indexes: dict[str, _ModalityIndex],
+        metadata: MetadataStore,
+        records: RecordReader,
+        exact_subset_max: int = DEFAULT_EXACT_SUBSET_MAX,
+    ) -> None:
         self.path = path
         self.manifest = manifest
         self._indexes = indexes
@@ -103,17 +111,29 @@ class SearchIndex:
         self._selectors_lock = threading.Lock()
         self.dim = int(manifest["model"]["dim"])
         # the modalities each valid `target` searches, looked up once per search (_targets says why others are refused)
-        self._target_modalities = {target: tuple(self._targets(target)) for target in ("image", "text", "both")
-                                   if (target == "both" and indexes) or target in indexes}
+        self._target_modalities = {
+            target: tuple(self._targets(target))
+            for target in ("image", "text", "both")
+            if (target == "both" and indexes) or target in indexes
+        }
         corpus_labels = (manifest.get("corpus") or {}).get("label_names") or []
         self.label_names = sorted(set(corpus_labels) | {lab for m in indexes for lab in metadata.label_counts(m)})
 
     # ------------------------------------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, root_or_version: str | Path, expected_model_hash: str | None = None, expected_dim: int | None = None,
-             encoder: Any = None, verify: bool = True, use_gpu: bool | None = None,
-             exact_subset_max: int = DEFAULT_EXACT_SUBSET_MAX, records_in_memory: bool | None = None,
-             records_memory_budget: int | None = None) -> "SearchIndex":
+    def load(
+        cls,
+        root_or_version: str | Path,
+        expected_model_hash: str | None = None,
+        expected_dim: int | None = None,
+        encoder: Any = None,
+        verify: bool = True,
+        use_gpu: bool | None = None,
+        exact_subset_max: int = DEFAULT_EXACT_SUBSET_MAX,
+        records_in_memory: bool | None = None,
+        records_memory_budget: int | None = None,
+        mmap_vectors: bool = False,
+    ) -> "SearchIndex":
         """Load the CURRENT version of an index root (or a version directory), checking integrity and the model.
 
         `verify` checks every file's sha256 against the manifest (size is always checked). An `encoder` (or
@@ -124,6 +144,9 @@ class SearchIndex:
         building one query's hits costs ~25 us instead of 60-100 us (docs/index-benchmark.md), at ~450 bytes per
         entry (~90 MB for 200,000; 448 MB for 1M) and more load time: 1-2 s for 200,000 entries, 10-28 s for 1M on
         this loaded 2-core machine.
+        `mmap_vectors`: map the stored vectors from the index files instead of reading a private copy (fi.read_index):
+        worker processes serving the same version then share one copy in the page cache, and each worker's own memory
+        holds only the metadata. The results are identical; the index is read-only either way.
         """
         version = resolve_version(root_or_version)
         manifest = load_manifest(version, verify_files=verify)
@@ -133,22 +156,27 @@ class SearchIndex:
         for modality, info in manifest.get("modalities", {}).items():
             if modality not in MODALITIES:
                 raise IndexCorruptError(f"{version}/manifest.json lists unknown modality {modality!r}")
-            index = fi.read_index(version / info["file"])
+            index = fi.read_index(version / info["file"], mmap=mmap_vectors)
             spec = fi.IndexSpec.from_dict(info["spec"])
             fi.apply_search_defaults(index, spec)
             if index.d != manifest["model"]["dim"]:
-                raise IndexCorruptError(f"{version / info['file']} holds {index.d}-d vectors but the manifest says {manifest['model']['dim']}")
+                raise IndexCorruptError(
+                    f"{version / info['file']} holds {index.d}-d vectors but the manifest says {manifest['model']['dim']}"
+                )
             tombstones = metadata.tombstones(modality)
             live = metadata.count(modality)
             if index.ntotal != live + len(tombstones) or live != info["count"] - info.get("tombstones", 0):
                 raise IndexCorruptError(
                     f"{version}: the {modality} index holds {index.ntotal} vectors but the metadata has {live} entries and "
-                    f"{len(tombstones)} tombstones (manifest: {info['count']}); index and metadata are out of step: rebuild the version")
+                    f"{len(tombstones)} tombstones (manifest: {info['count']}); index and metadata are out of step: rebuild the version"
+                )
             indexes[modality] = _ModalityIndex(modality, index, tombstones, use_gpu)
         records = RecordReader(version, in_memory=records_in_memory, memory_budget=records_memory_budget)
         if records.live_count() != metadata.count():
-            raise IndexCorruptError(f"{version}: {records.live_count()} result records but {metadata.count()} metadata entries; "
-                                    "the version is inconsistent: rebuild it")
+            raise IndexCorruptError(
+                f"{version}: {records.live_count()} result records but {metadata.count()} metadata entries; "
+                "the version is inconsistent: rebuild it"
+            )
         search_index = cls(version, manifest, indexes, metadata, records, exact_subset_max)
         if encoder is not None:
             search_index.attach_encoder(encoder)
@@ -190,30 +218,43 @@ class SearchIndex:
         return self._indexes[modality].index
 
     # ---------------------------------------------------------------------------------------------------- searching
-    def search_text(self, text: str, k: int = 10, target: Target = "image", labels: Iterable[str] | None = None) -> list[SearchHit]:
+    def search_text(
+        self, text: str, k: int = 10, target: Target = "image", labels: Iterable[str] | None = None
+    ) -> list[SearchHit]:
         """Top-k hits for one text query (encoded by the index's model)."""
         return self.search_texts([text], k, target, labels)[0]
 
-    def search_texts(self, texts: Sequence[str], k: int = 10, target: Target = "image",
-                     labels: Iterable[str] | None = None) -> list[list[SearchHit]]:
+    def search_texts(
+        self, texts: Sequence[str], k: int = 10, target: Target = "image", labels: Iterable[str] | None = None
+    ) -> list[list[SearchHit]]:
         """Top-k hits for each of a batch of text queries."""
         encoder = self._require_encoder("texts")
         if isinstance(texts, str):
             raise TypeError("search_texts takes a list of texts; use search_text for one")
         return self.search_vectors(encoder.encode_texts(list(texts)), k, target, labels, query_modality="text")
 
-    def search_image(self, image: Any, k: int = 10, target: Target = "text", labels: Iterable[str] | None = None) -> list[SearchHit]:
+    def search_image(
+        self, image: Any, k: int = 10, target: Target = "text", labels: Iterable[str] | None = None
+    ) -> list[SearchHit]:
         """Top-k hits for one image query (a PIL image, encoded by the index's model)."""
         return self.search_images([image], k, target, labels)[0]
 
-    def search_images(self, images: Sequence[Any], k: int = 10, target: Target = "text",
-                      labels: Iterable[str] | None = None) -> list[list[SearchHit]]:
+    def search_images(
+        self, images: Sequence[Any], k: int = 10, target: Target = "text", labels: Iterable[str] | None = None
+    ) -> list[list[SearchHit]]:
         """Top-k hits for each of a batch of image queries."""
         encoder = self._require_encoder("images")
         return self.search_vectors(encoder.encode_images(list(images)), k, target, labels, query_modality="image")
 
-    def search_vectors(self, queries: np.ndarray, k: int = 10, target: Target = "image", labels: Iterable[str] | None = None,
-                       query_modality: str | None = None, calibration: ScoreCalibration | None = None) -> list[list[SearchHit]]:
+    def search_vectors(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        target: Target = "image",
+        labels: Iterable[str] | None = None,
+        query_modality: str | None = None,
+        calibration: ScoreCalibration | None = None,
+    ) -> list[list[SearchHit]]:
         """Top-k hits for each row of `queries` (n, dim) among the `target` vectors, optionally filtered by labels.
 
         With target 'both', a `query_modality` ('image' or 'text') and a score calibration (`calibration`, else the
@@ -223,8 +264,15 @@ class SearchIndex:
         scores, keys = self.search_keys(queries, k, target, labels, query_modality, calibration)
         return self._build_hits(scores, keys)
 
-    def search_keys(self, queries: np.ndarray, k: int = 10, target: Target = "image", labels: Iterable[str] | None = None,
-                    query_modality: str | None = None, calibration: ScoreCalibration | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search_keys(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        target: Target = "image",
+        labels: Iterable[str] | None = None,
+        query_modality: str | None = None,
+        calibration: ScoreCalibration | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Like search_vectors but returns the raw (scores, keys) arrays, (n, k) each, -1 keys past the end."""
         # A single query's checks run right after the previous FAISS search flushed the caches, where each numpy call
         # costs several microseconds: plain attribute reads and dict lookups here, numpy only where it must be.
@@ -256,16 +304,22 @@ class SearchIndex:
         else:
             merge_on = scores
         # the merge key first, raw score and key break its ties
-        order = np.lexsort((keys, -scores, -merge_on), axis=1)[:, :k] if scores.shape[1] else np.zeros((len(q), 0), dtype=np.int64)
+        order = (
+            np.lexsort((keys, -scores, -merge_on), axis=1)[:, :k] if scores.shape[1] else np.zeros((len(q), 0), dtype=np.int64)
+        )
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(keys, order, axis=1)
 
     # ------------------------------------------------------------------------------------------------------ internals
     def _require_encoder(self, what: str) -> Any:
         if self.encoder is None:
-            raise IndexStoreError(f"no encoder attached: load the index with encoder=... (the model {self.model_hash[:12]}) to search by {what}")
+            raise IndexStoreError(
+                f"no encoder attached: load the index with encoder=... (the model {self.model_hash[:12]}) to search by {what}"
+            )
         can = self.encoder.can_encode_texts if what == "texts" else self.encoder.can_encode_images
         if not can:
-            raise IndexStoreError(f"the attached model cannot encode raw {what} (it was trained on precomputed features); search by vector instead")
+            raise IndexStoreError(
+                f"the attached model cannot encode raw {what} (it was trained on precomputed features); search by vector instead"
+            )
         return self.encoder
 
     def _targets(self, target: str) -> list[str]:
@@ -333,7 +387,9 @@ class SearchIndex:
             scores[short], keys[short] = mi.index.search(q[short], k, params=params)
         short = np.where((keys >= 0).sum(axis=1) < want)[0]
         if len(short):
-            log.info("%d filtered %s queries came back short after widening; scanning the allowed set exactly", len(short), mi.modality)
+            log.info(
+                "%d filtered %s queries came back short after widening; scanning the allowed set exactly", len(short), mi.modality
+            )
             pool = allowed if allowed is not None else self.metadata.all_keys(mi.modality)
             scores[short], keys[short] = self._exact_over(mi, q[short], pool, k)
         return scores, keys
@@ -344,7 +400,7 @@ class SearchIndex:
         best_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         best_keys = np.full((len(q), k), -1, dtype=np.int64)
         for start in range(0, len(pool), _EXACT_CHUNK):
-            chunk = pool[start:start + _EXACT_CHUNK]
+            chunk = pool[start : start + _EXACT_CHUNK]
             scores = q @ fi.reconstruct_keys(mi.index, chunk).T
             all_scores = np.concatenate([best_scores, scores], axis=1)
             all_keys = np.concatenate([best_keys, np.broadcast_to(chunk, scores.shape)], axis=1)
@@ -371,29 +427,45 @@ def _hits_from_records(records: RecordReader, scores: np.ndarray, keys: np.ndarr
     new = tuple.__new__
     if rows is not None:
         try:
-            return [[new(SearchHit, (r[0], score, r[1], r[2], r[3], r[4], extras[key], key))
-                     for score, key in zip(row_scores, row_keys) for r in (rows[key],)]
-                    for row_scores, row_keys in zip(score_rows, key_rows)]
+            return [
+                [
+                    new(SearchHit, (r[0], score, r[1], r[2], r[3], r[4], extras[key], key))
+                    for score, key in zip(row_scores, row_keys)
+                    for r in (rows[key],)
+                ]
+                for row_scores, row_keys in zip(score_rows, key_rows)
+            ]
         except (IndexError, TypeError) as exc:  # a key past the table, or None: a key without a record
             raise records.missing_keys_error([key for row in key_rows for key in row]) from exc
     entries = iter(records.fetch_entries([key for row in key_rows for key in row]))
     # `entries` is zipped last so that a row's zip stops before taking the next row's first entry
     try:
         if records.format == 1:  # versions published before records format 2
-            return [[new(SearchHit, (e[0], score, e[1], tuple(e[4]), e[3], e[2], e[5], key))
-                     for score, key, e in zip(row_scores, row_keys, entries)]
-                    for row_scores, row_keys in zip(score_rows, key_rows)]
+            return [
+                [
+                    new(SearchHit, (e[0], score, e[1], tuple(e[4]), e[3], e[2], e[5], key))
+                    for score, key, e in zip(row_scores, row_keys, entries)
+                ]
+                for row_scores, row_keys in zip(score_rows, key_rows)
+            ]
         # format 2: the modality names and label sets are shared objects, decoded once at load
         modalities, label_sets = records.modality_names, records.label_sets
-        return [[new(SearchHit, (e[0], score, modalities[e[1]], label_sets[e[4]], e[3], e[2], e[5], key))
-                 for score, key, e in zip(row_scores, row_keys, entries)]
-                for row_scores, row_keys in zip(score_rows, key_rows)]
+        return [
+            [
+                new(SearchHit, (e[0], score, modalities[e[1]], label_sets[e[4]], e[3], e[2], e[5], key))
+                for score, key, e in zip(row_scores, row_keys, entries)
+            ]
+            for row_scores, row_keys in zip(score_rows, key_rows)
+        ]
     except (IndexError, TypeError) as exc:
         raise records.corrupt_entries(exc) from exc
 
 
-def _hit_builder(rows: list[tuple[Any, ...] | None], extras: list[dict[str, Any] | None],
-                 general: Callable[[np.ndarray, np.ndarray], list[list[SearchHit]]]) -> Callable[[np.ndarray, np.ndarray], list[list[SearchHit]]]:
+def _hit_builder(
+    rows: list[tuple[Any, ...] | None],
+    extras: list[dict[str, Any] | None],
+    general: Callable[[np.ndarray, np.ndarray], list[list[SearchHit]]],
+) -> Callable[[np.ndarray, np.ndarray], list[list[SearchHit]]]:
     """SearchIndex._hits over an in-memory records table: a closure, so that it finds the table in its own cells."""
     # This runs right after a FAISS search has flushed the CPU caches, where the code that runs is as cold as the data:
     # each line of it and each object or attribute looked up costs a cache miss, and that, not the work, is the
@@ -407,11 +479,21 @@ def _hit_builder(rows: list[tuple[Any, ...] | None], extras: list[dict[str, Any]
         key_rows, score_rows = keys.tolist(), scores.tolist()
         try:
             if count(key_rows) == 1:
-                return [[new(hit, (r[0], score, r[1], r[2], r[3], r[4], extras[key], key))
-                         for score, key in zip(score_rows[0], key_rows[0]) for r in (rows[key],)]]
-            return [[new(hit, (r[0], score, r[1], r[2], r[3], r[4], extras[key], key))
-                     for score, key in zip(row_scores, row_keys) for r in (rows[key],)]
-                    for row_scores, row_keys in zip(score_rows, key_rows)]
+                return [
+                    [
+                        new(hit, (r[0], score, r[1], r[2], r[3], r[4], extras[key], key))
+                        for score, key in zip(score_rows[0], key_rows[0])
+                        for r in (rows[key],)
+                    ]
+                ]
+            return [
+                [
+                    new(hit, (r[0], score, r[1], r[2], r[3], r[4], extras[key], key))
+                    for score, key in zip(row_scores, row_keys)
+                    for r in (rows[key],)
+                ]
+                for row_scores, row_keys in zip(score_rows, key_rows)
+            ]
         except (IndexError, TypeError):
             # a -1 key (fewer than k results) met the table's None sentinel: the general path cuts the rows there
             return general(scores, keys)
@@ -447,8 +529,10 @@ def _check_model(manifest: dict[str, Any], version: Path, model_hash: str | None
         raise IndexModelMismatchError(
             f"index version {version.name} was built by model {built['content_hash'][:16]} but the model in use is "
             f"{model_hash[:16]}: its vectors are not comparable. Rebuild the index with this model "
-            f"(`python -m index build --model MODEL_DIR ...`) or serve the model that built it.")
+            f"(`python -m index build --model MODEL_DIR ...`) or serve the model that built it."
+        )
     if dim is not None and int(dim) != int(built["dim"]):
         raise IndexModelMismatchError(
             f"index version {version.name} holds {built['dim']}-d vectors but the model in use produces {dim}-d vectors; "
-            "rebuild the index with this model or serve the model that built it.")
+            "rebuild the index with this model or serve the model that built it."
+        )

@@ -9,6 +9,7 @@ Chunk files are written atomically, so an interrupted embedding pass resumes at 
 is written last and marks the shard complete. Shards of one build, possibly embedded on different machines, are merged
 into one index version by `index.build.merge_shards`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -90,9 +91,13 @@ def write_chunk(shard_dir: Path, chunk: Chunk) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     with tmp.open("wb") as fh:
-        np.savez(fh, vectors=np.asarray(chunk.vectors, dtype=np.float32).reshape(len(chunk.item_ids), -1),
-                 item_ids=np.array(chunk.item_ids, dtype=str), tried_ids=np.array(chunk.tried_ids, dtype=str),
-                 skipped=np.array(json.dumps(chunk.skipped)))
+        np.savez(
+            fh,
+            vectors=np.asarray(chunk.vectors, dtype=np.float32).reshape(len(chunk.item_ids), -1),
+            item_ids=np.array(chunk.item_ids, dtype=str),
+            tried_ids=np.array(chunk.tried_ids, dtype=str),
+            skipped=np.array(json.dumps(chunk.skipped)),
+        )
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -103,8 +108,14 @@ def read_chunk(path: Path, modality: str, batch: int) -> Chunk:
     """Load a chunk file; raises ShardError when it is damaged."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return Chunk(modality, batch, data["vectors"].astype(np.float32, copy=False), data["item_ids"].tolist(),
-                         data["tried_ids"].tolist(), json.loads(str(data["skipped"])))
+            return Chunk(
+                modality,
+                batch,
+                data["vectors"].astype(np.float32, copy=False),
+                data["item_ids"].tolist(),
+                data["tried_ids"].tolist(),
+                json.loads(str(data["skipped"])),
+            )
     except (OSError, ValueError, KeyError) as exc:
         raise ShardError(f"{path} cannot be read ({exc}); delete it and rerun the embedding of this shard") from exc
 
@@ -114,8 +125,7 @@ def write_shard_manifest(shard_dir: Path, fields: dict[str, Any]) -> dict[str, A
     chunks = sorted((shard_dir / CHUNKS_DIR).glob("*.npz")) if (shard_dir / CHUNKS_DIR).is_dir() else []
     for path in chunks:
         fsync_path(path)
-    manifest = {"format_version": SHARD_FORMAT_VERSION, **fields,
-                "chunks": {p.name: sha256_file(p) for p in chunks}}
+    manifest = {"format_version": SHARD_FORMAT_VERSION, **fields, "chunks": {p.name: sha256_file(p) for p in chunks}}
     atomic_write_text(shard_dir / SHARD_FILE, json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
 
@@ -177,7 +187,7 @@ class ArraySource:
         """(vectors, items) batches of `modality`."""
         vectors, items = self.data[modality]
         for start in range(0, len(vectors), self.batch_size):
-            yield vectors[start:start + self.batch_size], items[start:start + self.batch_size]
+            yield vectors[start : start + self.batch_size], items[start : start + self.batch_size]
 
     def sample(self, modality: str, n: int, seed: int) -> np.ndarray:
         """Up to `n` random vectors of `modality`."""
@@ -200,13 +210,17 @@ class ShardSet:
             d = Path(d)
             manifest = read_shard_manifest(d)
             if manifest["model_hash"] != model_hash:
-                raise ShardError(f"{d} was embedded by model {manifest['model_hash'][:12]}, not {model_hash[:12]}; re-embed it with this model")
+                raise ShardError(
+                    f"{d} was embedded by model {manifest['model_hash'][:12]}, not {model_hash[:12]}; re-embed it with this model"
+                )
             if manifest["corpus_signature"] != corpus_sig:
                 raise ShardError(f"{d} was embedded from another version of the corpus; re-embed it from this corpus")
             self.shards.append((d, manifest))
         counts = {m["shard_count"] for _, m in self.shards}
         if len(counts) != 1:
-            raise ShardError(f"shards come from splits into different numbers of parts {sorted(counts)}; use the shards of one split")
+            raise ShardError(
+                f"shards come from splits into different numbers of parts {sorted(counts)}; use the shards of one split"
+            )
         n = counts.pop()
         have = sorted(m["shard_index"] for _, m in self.shards)
         if have != list(range(n)):
@@ -236,7 +250,7 @@ class ShardSet:
         for d, manifest in self.shards:
             for name in sorted(manifest["chunks"]):
                 if name.startswith(modality + "-"):
-                    yield d / CHUNKS_DIR / name, int(name[len(modality) + 1:-4]), manifest["chunks"][name]
+                    yield d / CHUNKS_DIR / name, int(name[len(modality) + 1 : -4]), manifest["chunks"][name]
 
     def batches(self, modality: str) -> Iterator[tuple[np.ndarray, list[Item]]]:
         """(vectors, items) per stored chunk, shard by shard; each chunk is checked against its sha256."""
@@ -257,7 +271,7 @@ class ShardSet:
         parts, offset = [], 0
         for path, batch, _ in self._chunk_paths(modality):
             chunk = read_chunk(path, modality, batch)
-            rows = keep[offset:offset + len(chunk.item_ids)]
+            rows = keep[offset : offset + len(chunk.item_ids)]
             parts.append(chunk.vectors[rows])
             offset += len(chunk.item_ids)
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), dtype=np.float32)

@@ -25,9 +25,9 @@ manifest. Files never sealed are hashed and fsynced by `publish` itself.
 `CURRENT` is a small file rather than a symlink so that it behaves the same on every filesystem (network shares,
 container volumes, Windows) and a watcher can detect a switch by its mtime or content.
 """
+
 from __future__ import annotations
 
-from model.artefact import sha256_file  # noqa: F401  (re-exported for index.shards)
 import contextlib
 import errno
 import fcntl
@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from index.errors import IndexCorruptError, IndexStoreError, NoIndexVersionError
+from model.artefact import sha256_file  # noqa: F401  (re-exported for index.shards)
 
 FORMAT_VERSION = 1
 CURRENT_FILE = "CURRENT"
@@ -93,8 +94,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     fsync_path(path.parent)
 
 
-
-
 # ------------------------------------------------------------------------------------------------------------ locking
 @contextlib.contextmanager
 def store_lock(root: str | Path) -> Iterator[None]:
@@ -124,8 +123,9 @@ def set_current(root: str | Path, name: str) -> None:
     """Point `CURRENT` at the published version `name` (atomic replace; the version must exist and be complete)."""
     root = Path(root)
     if not (root / VERSIONS_DIR / name / MANIFEST_FILE).is_file():
-        raise NoIndexVersionError(f"cannot point {root / CURRENT_FILE} at {name!r}: "
-                                  f"{root / VERSIONS_DIR / name} is not a published version")
+        raise NoIndexVersionError(
+            f"cannot point {root / CURRENT_FILE} at {name!r}: {root / VERSIONS_DIR / name} is not a published version"
+        )
     atomic_write_text(root / CURRENT_FILE, name + "\n")
 
 
@@ -145,14 +145,18 @@ def resolve_version(root_or_version: str | Path) -> Path:
     name = read_current(path)
     if name is None:
         if path.is_dir() and (path / VERSIONS_DIR).is_dir():
-            raise NoIndexVersionError(f"index root {path} has no {CURRENT_FILE} pointer: no build finished yet; run `python -m index build`")
+            raise NoIndexVersionError(
+                f"index root {path} has no {CURRENT_FILE} pointer: no build finished yet; run `python -m index build`"
+            )
         raise NoIndexVersionError(
             f"{path} is neither an index root (with a {CURRENT_FILE} file) nor a version directory (with {MANIFEST_FILE}); "
             "build one with `python -m index build --model MODEL --corpus CORPUS --root ROOT`"
         )
     version = path / VERSIONS_DIR / name
     if not version.is_dir():
-        raise IndexCorruptError(f"{path / CURRENT_FILE} names version {name!r} but {version} does not exist; restore it or point CURRENT at another version")
+        raise IndexCorruptError(
+            f"{path / CURRENT_FILE} names version {name!r} but {version} does not exist; restore it or point CURRENT at another version"
+        )
     return version
 
 
@@ -176,8 +180,12 @@ def library_versions() -> dict[str, str]:
     import faiss
     import numpy
 
-    return {"faiss": faiss.__version__, "numpy": numpy.__version__, "sqlite": sqlite3.sqlite_version,
-            "python": platform.python_version()}
+    return {
+        "faiss": faiss.__version__,
+        "numpy": numpy.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "python": platform.python_version(),
+    }
 
 
 def manifest_checksum(manifest: dict[str, Any]) -> str:
@@ -218,8 +226,10 @@ def build_manifest(directory: Path, fields: dict[str, Any], known: dict[str, tup
         if path.name in known:
             hashed_size, digest = known[path.name]
             if hashed_size != size:
-                raise IndexStoreError(f"{path} changed after it was sealed ({hashed_size} -> {size} bytes); "
-                                      "a staged file must be complete before it is sealed")
+                raise IndexStoreError(
+                    f"{path} changed after it was sealed ({hashed_size} -> {size} bytes); "
+                    "a staged file must be complete before it is sealed"
+                )
         else:
             size, digest = file_size_and_sha256(path)
         files[path.name] = {"bytes": size, "sha256": digest}
@@ -249,10 +259,13 @@ def load_manifest(version_dir: str | Path, verify_files: bool = True) -> dict[st
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexCorruptError(f"{path} is not valid JSON ({exc}); the index version is damaged: "
-                                "rebuild it or switch CURRENT to another version") from exc
+        raise IndexCorruptError(
+            f"{path} is not valid JSON ({exc}); the index version is damaged: rebuild it or switch CURRENT to another version"
+        ) from exc
     if not isinstance(manifest, dict) or manifest.get("checksum") != manifest_checksum(manifest):
-        raise IndexCorruptError(f"{path} fails its checksum: the manifest was modified or damaged after publishing; rebuild the index version")
+        raise IndexCorruptError(
+            f"{path} fails its checksum: the manifest was modified or damaged after publishing; rebuild the index version"
+        )
     if manifest.get("format_version") != FORMAT_VERSION:
         raise IndexStoreError(
             f"{version_dir} has index format version {manifest.get('format_version')!r}; this code reads version {FORMAT_VERSION}. "
@@ -261,14 +274,20 @@ def load_manifest(version_dir: str | Path, verify_files: bool = True) -> dict[st
     for name, info in manifest.get("files", {}).items():
         file_path = version_dir / name
         if not file_path.is_file():
-            raise IndexCorruptError(f"{file_path} is listed in the manifest but missing; the index version is incomplete: rebuild it")
+            raise IndexCorruptError(
+                f"{file_path} is listed in the manifest but missing; the index version is incomplete: rebuild it"
+            )
         size = file_path.stat().st_size
         if size != info["bytes"]:
-            raise IndexCorruptError(f"{file_path} has {size} bytes, the manifest says {info['bytes']}: "
-                                    "the file is truncated or was modified; rebuild the index version")
+            raise IndexCorruptError(
+                f"{file_path} has {size} bytes, the manifest says {info['bytes']}: "
+                "the file is truncated or was modified; rebuild the index version"
+            )
         if verify_files and sha256_file(file_path) != info["sha256"]:
-            raise IndexCorruptError(f"{file_path} does not match its sha256 in the manifest: "
-                                    "the file is corrupted or was modified; rebuild the index version")
+            raise IndexCorruptError(
+                f"{file_path} does not match its sha256 in the manifest: "
+                "the file is corrupted or was modified; rebuild the index version"
+            )
     return manifest
 
 

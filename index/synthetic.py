@@ -7,6 +7,7 @@ by product quantisation. Without it the variation is isotropic in all `dim` dime
 Block b depends only on (seed, b), so a million 1,024-d vectors can be streamed (and regenerated identically) without
 holding them all in memory.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -68,8 +69,10 @@ class ClusteredVectors:
 
     def items(self, first: int, clusters: np.ndarray) -> list[Item]:
         """Metadata items for rows first, first+1, ... with the given cluster ids."""
-        return [Item(f"vec{first + i}", None, f"synthetic vector {first + i}", (self.label_of(int(c)),), {"cluster": int(c)})
-                for i, c in enumerate(clusters)]
+        return [
+            Item(f"vec{first + i}", None, f"synthetic vector {first + i}", (self.label_of(int(c)),), {"cluster": int(c)})
+            for i, c in enumerate(clusters)
+        ]
 
     def basis(self) -> np.ndarray | None:
         """Orthonormal (intrinsic_dim, dim) basis of the variation subspace, or None for isotropic variation."""

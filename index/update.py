@@ -4,6 +4,7 @@ indexes and metadata together, and publishes the result as a new version (so rea
 Flat and IVF indexes remove vectors natively; HNSW cannot, so its deleted vectors stay in the graph as tombstones
 (recorded in the metadata) that every search excludes. New vectors get fresh keys after the highest ever used.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -17,13 +18,27 @@ from index.build import BuildConfig, Encoder, IndexConfig, eligible, embed_batch
 from index.errors import IndexModelMismatchError, IndexStoreError
 from index.metadata import MetadataStore
 from index.records import export_records
-from index.store import (METADATA_FILE, MODALITIES, StagedVersion, cleanup_staging, index_file_name, load_manifest,
-                         resolve_version, store_lock, utc_now_iso)
+from index.store import (
+    METADATA_FILE,
+    MODALITIES,
+    StagedVersion,
+    cleanup_staging,
+    index_file_name,
+    load_manifest,
+    resolve_version,
+    store_lock,
+    utc_now_iso,
+)
 from model.corpus import Item
 
 
-def add_embedded(root: str | Path, additions: dict[str, tuple[np.ndarray, Sequence[Item]]], model_hash: str,
-                 replace: bool = False, config: IndexConfig = IndexConfig()) -> Path:
+def add_embedded(
+    root: str | Path,
+    additions: dict[str, tuple[np.ndarray, Sequence[Item]]],
+    model_hash: str,
+    replace: bool = False,
+    config: IndexConfig = IndexConfig(),
+) -> Path:
     """Add vectors {modality: (vectors, items)} to the CURRENT version and publish the result; return the new version.
 
     An item id already indexed in that modality is refused unless `replace` (then its old vector is removed first).
@@ -43,7 +58,8 @@ def add_embedded(root: str | Path, additions: dict[str, tuple[np.ndarray, Sequen
         if model_hash != manifest["model"]["content_hash"]:
             raise IndexModelMismatchError(
                 f"cannot add vectors of model {model_hash[:16]} to index version {version.name}, built by model "
-                f"{manifest['model']['content_hash'][:16]}; rebuild the index with the new model instead")
+                f"{manifest['model']['content_hash'][:16]}; rebuild the index with the new model instead"
+            )
         dim = int(manifest["model"]["dim"])
         summary = {}
         for modality, (vectors, items) in additions.items():
@@ -51,13 +67,16 @@ def add_embedded(root: str | Path, additions: dict[str, tuple[np.ndarray, Sequen
                 continue
             vectors = fi.normalise_rows(np.asarray(vectors).reshape(len(items), -1), f"{modality} vectors")
             if vectors.shape[1] != dim:
-                raise IndexModelMismatchError(f"{modality} vectors have dimension {vectors.shape[1]}; "
-                                              f"index version {version.name} holds {dim}-d vectors")
+                raise IndexModelMismatchError(
+                    f"{modality} vectors have dimension {vectors.shape[1]}; index version {version.name} holds {dim}-d vectors"
+                )
             index, info = _open_modality(version, manifest, modality, len(items), dim, config)
             existing = metadata.keys_for_items([it.id for it in items], modality)
             if existing and not replace:
-                raise IndexStoreError(f"{len(existing)} item(s) are already indexed as {modality}, e.g. {sorted(existing)[:5]}; "
-                                      "delete them first or add with replace")
+                raise IndexStoreError(
+                    f"{len(existing)} item(s) are already indexed as {modality}, e.g. {sorted(existing)[:5]}; "
+                    "delete them first or add with replace"
+                )
             _remove(index, metadata, info, modality, list(existing))
             if not index.is_trained:
                 fi.train_index(index, vectors, use_gpu=config.use_gpu)
@@ -72,8 +91,9 @@ def add_embedded(root: str | Path, additions: dict[str, tuple[np.ndarray, Sequen
     return _update(root, change)
 
 
-def add_items(root: str | Path, items: Sequence[Item], encoder: Encoder, replace: bool = False,
-              config: BuildConfig = BuildConfig()) -> Path:
+def add_items(
+    root: str | Path, items: Sequence[Item], encoder: Encoder, replace: bool = False, config: BuildConfig = BuildConfig()
+) -> Path:
     """Embed `items` with `encoder` (images and texts, as in a build) and add them; return the new version."""
     additions: dict[str, tuple[np.ndarray, list[Item]]] = {}
     skipped: list[dict[str, str]] = []
@@ -85,20 +105,23 @@ def add_items(root: str | Path, items: Sequence[Item], encoder: Encoder, replace
             continue
         parts, kept = [], []
         for b, start in enumerate(range(0, len(todo), config.batch_size)):
-            chunk = embed_batch(encoder, todo[start:start + config.batch_size], modality, b, config.decode_workers, cached)
+            chunk = embed_batch(encoder, todo[start : start + config.batch_size], modality, b, config.decode_workers, cached)
             parts.append(chunk.vectors.reshape(len(chunk.item_ids), encoder.dim))
-            by_id = {it.id: it for it in todo[start:start + config.batch_size]}
+            by_id = {it.id: it for it in todo[start : start + config.batch_size]}
             kept.extend(by_id[i] for i in chunk.item_ids)
             skipped.extend(chunk.skipped)
         if kept:
             additions[modality] = (np.concatenate(parts), kept)
     if not additions:
-        raise IndexStoreError(f"nothing to add: none of the {len(items)} items could be embedded ({len(skipped)} skipped: {skipped[:3]})")
+        raise IndexStoreError(
+            f"nothing to add: none of the {len(items)} items could be embedded ({len(skipped)} skipped: {skipped[:3]})"
+        )
     return add_embedded(root, additions, encoder.content_hash, replace=replace, config=config.index)
 
 
-def delete_items(root: str | Path, item_ids: Sequence[str], modalities: Sequence[str] = MODALITIES,
-                 missing_ok: bool = False) -> Path:
+def delete_items(
+    root: str | Path, item_ids: Sequence[str], modalities: Sequence[str] = MODALITIES, missing_ok: bool = False
+) -> Path:
     """Delete items (all their vectors in `modalities`) from the CURRENT version and publish the result."""
     item_ids = list(dict.fromkeys(item_ids))
     if not item_ids:
@@ -120,8 +143,10 @@ def delete_items(root: str | Path, item_ids: Sequence[str], modalities: Sequence
             summary[modality] = {"deleted": len(keys)}
         missing = [i for i in item_ids if i not in found]
         if missing and not missing_ok:
-            raise IndexStoreError(f"{len(missing)} of the item ids to delete are not in index version {version.name}, "
-                                  f"e.g. {missing[:5]}; nothing was changed (pass missing_ok to delete the others)")
+            raise IndexStoreError(
+                f"{len(missing)} of the item ids to delete are not in index version {version.name}, "
+                f"e.g. {missing[:5]}; nothing was changed (pass missing_ok to delete the others)"
+            )
         return {"op": "delete", "missing": len(missing), **summary}
 
     return _update(Path(root), change)
@@ -146,8 +171,12 @@ def _update(root: Path, change) -> Path:
                 target = stage.path / info["file"]
                 if not target.exists():  # untouched modality: same bytes as the parent version
                     shutil.copyfile(version / info["file"], target)
-            fields.update(parent_version=version.name, created_at=utc_now_iso(), operation=operation,
-                          counts={m: info["count"] - info.get("tombstones", 0) for m, info in fields["modalities"].items()})
+            fields.update(
+                parent_version=version.name,
+                created_at=utc_now_iso(),
+                operation=operation,
+                counts={m: info["count"] - info.get("tombstones", 0) for m, info in fields["modalities"].items()},
+            )
             return stage.publish(fields, lock_held=True)
 
 
@@ -171,7 +200,9 @@ def _remove(index, metadata: MetadataStore, info: dict[str, Any], modality: str,
     if fi.supports_removal(index):
         removed = fi.remove_keys(index, keys)
         if removed != len(keys):
-            raise IndexStoreError(f"FAISS removed {removed} of {len(keys)} {modality} vectors; the version is inconsistent and was not published")
+            raise IndexStoreError(
+                f"FAISS removed {removed} of {len(keys)} {modality} vectors; the version is inconsistent and was not published"
+            )
     else:
         metadata.add_tombstones(keys, modality)
         info["tombstones"] = int(info.get("tombstones", 0)) + len(keys)

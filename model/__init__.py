@@ -10,6 +10,7 @@
 The names below are importable from the package itself; each is loaded on first use, so importing a light module
 (model.corpus, model.config) does not load torch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,11 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "load_encoder": "model.encoder", "CrossModalEncoder": "model.encoder",
-    "load_model": "model.artefact", "save_model": "model.artefact", "read_model_hash": "model.artefact",
-    "ModelArtefact": "model.artefact", "ModelArtefactError": "model.artefact",
-    "Corpus": "model.corpus", "Item": "model.corpus", "load_corpus": "model.corpus", "save_corpus": "model.corpus",
-    "DSCMRNet": "model.network", "NetworkConfig": "model.config", "LossConfig": "model.config",
+    "load_encoder": "model.encoder",
+    "CrossModalEncoder": "model.encoder",
+    "load_model": "model.artefact",
+    "save_model": "model.artefact",
+    "read_model_hash": "model.artefact",
+    "ModelArtefact": "model.artefact",
+    "ModelArtefactError": "model.artefact",
+    "Corpus": "model.corpus",
+    "Item": "model.corpus",
+    "load_corpus": "model.corpus",
+    "save_corpus": "model.corpus",
+    "DSCMRNet": "model.network",
+    "NetworkConfig": "model.config",
+    "LossConfig": "model.config",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,4 +1,5 @@
 """The saved-model format: one directory with weights, config, labels, feature spec, metrics and a content hash."""
+
 from __future__ import annotations
 
 import hashlib

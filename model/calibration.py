@@ -6,6 +6,7 @@ fits p(relevant | cosine) = sigmoid(slope * cosine + intercept) on the validatio
 items share a label; the fitted pairs are saved with the model's metrics. A mixed answer is ranked by that probability,
 which leaves the order within each modality unchanged.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,9 +45,12 @@ class ScoreCalibration:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored under metrics['calibration'])."""
-        return {"params": {k: [float(a), float(b)] for k, (a, b) in self.params.items()},
-                "relevant_means": self.relevant_means, "fitted_on": self.fitted_on,
-                "form": "p = 1 / (1 + exp(-(slope * cosine + intercept)))"}
+        return {
+            "params": {k: [float(a), float(b)] for k, (a, b) in self.params.items()},
+            "relevant_means": self.relevant_means,
+            "fitted_on": self.fitted_on,
+            "form": "p = 1 / (1 + exp(-(slope * cosine + intercept)))",
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "ScoreCalibration | None":
@@ -54,5 +58,6 @@ class ScoreCalibration:
         if not data or not data.get("params"):
             return None
         params = {str(k): (float(v[0]), float(v[1])) for k, v in data["params"].items()}
-        return cls(params=params, relevant_means=data.get("relevant_means", cls.relevant_means),
-                   fitted_on=data.get("fitted_on", "val"))
+        return cls(
+            params=params, relevant_means=data.get("relevant_means", cls.relevant_means), fitted_on=data.get("fitted_on", "val")
+        )

@@ -1,4 +1,5 @@
 """Typed configuration of the DSCMR network and objective (paper / released-code values as defaults)."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """The corpus every stage shares: items (id, image, text, labels), label names and splits, on disk as JSON."""
+
 from __future__ import annotations
 
 import json
@@ -89,7 +90,9 @@ def load_corpus(directory: str | Path) -> Corpus:
     meta_path, items_path = directory / CORPUS_FILE, directory / ITEMS_FILE
     for path in (meta_path, items_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: {directory} is not a prepared corpus (run `python -m training.datasets prepare`)")
+            raise FileNotFoundError(
+                f"{path} is missing: {directory} is not a prepared corpus (run `python -m training.datasets prepare`)"
+            )
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     items = []
     with items_path.open(encoding="utf-8") as fh:
@@ -99,11 +102,18 @@ def load_corpus(directory: str | Path) -> Corpus:
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{items_path}:{line_no} is not valid JSON ({exc}); the corpus file is damaged, prepare it again") from exc
+                raise ValueError(
+                    f"{items_path}:{line_no} is not valid JSON ({exc}); the corpus file is damaged, prepare it again"
+                ) from exc
             raw["labels"] = tuple(raw.get("labels", ()))
             items.append(Item(**raw))
-    return Corpus(items=items, label_names=list(meta["label_names"]), splits={k: list(v) for k, v in meta.get("splits", {}).items()},
-                  multilabel=bool(meta.get("multilabel", False)), name=meta.get("name", directory.name))
+    return Corpus(
+        items=items,
+        label_names=list(meta["label_names"]),
+        splits={k: list(v) for k, v in meta.get("splits", {}).items()},
+        multilabel=bool(meta.get("multilabel", False)),
+        name=meta.get("name", directory.name),
+    )
 
 
 def _atomic_write(path: Path, text: str) -> None:

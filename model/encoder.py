@@ -1,4 +1,5 @@
 """A trained model as serving and indexing use it: raw images / texts (or features) in, unit common-space vectors out."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +33,7 @@ def build_text_encoder(text_spec: dict[str, Any], vocab: dict[str, Any] | None) 
         if vocab is None:
             raise ModelArtefactError("the model uses a sentence CNN but its directory has no vocab.json")
         return SentenceCNN.from_config(cfg, vocab_size=len(vocab["tokens"]))
-    if kind in ("features", "minilm"):
+    if kind in ("features", "minilm", "tfidf"):
         return None
     raise ModelArtefactError(f"unknown text encoder kind {kind!r} in the model's feature spec")
 
@@ -45,7 +46,9 @@ def build_network(artefact: ModelArtefact) -> DSCMRNet:
     state = {k: v for k, v in artefact.state_dict.items() if not (prefix and k.startswith(prefix))}
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ModelArtefactError(f"model weights do not fit the configured network: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ModelArtefactError(
+            f"model weights do not fit the configured network: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return net.eval()
 
 
@@ -72,10 +75,13 @@ def build_image_backbone_of(artefact: ModelArtefact):
     if expected and backbone.weights_sha256 != expected:
         raise ModelArtefactError(
             f"the model fine-tuned {image_spec['name']} weights with sha256 {expected[:12]}..., but the weights found here have "
-            f"{backbone.weights_sha256[:12]}...; install the same backbone weights (or set weights_path) or retrain the model")
-    tuned = {k[len(prefix):]: v for k, v in artefact.state_dict.items() if k.startswith(prefix)}
+            f"{backbone.weights_sha256[:12]}...; install the same backbone weights (or set weights_path) or retrain the model"
+        )
+    tuned = {k[len(prefix) :]: v for k, v in artefact.state_dict.items() if k.startswith(prefix)}
     if not tuned:
-        raise ModelArtefactError(f"the model says its backbone is fine-tuned but its weights hold no '{prefix}*' tensors; retrain it")
+        raise ModelArtefactError(
+            f"the model says its backbone is fine-tuned but its weights hold no '{prefix}*' tensors; retrain it"
+        )
     try:
         backbone.load_finetuned_state(tuned, "the model's weights file")
     except ValueError as exc:
@@ -108,6 +114,7 @@ class CrossModalEncoder:
         self._tokenize = None
         self._vocab = None
         self._sentence_encoder = None
+        self._tfidf = None
         if self._text_kind == "sentence_cnn":
             from model.text import TextEncoderConfig, Vocabulary
 
@@ -118,6 +125,14 @@ class CrossModalEncoder:
             from model.text import MiniLMSentenceEncoder
 
             self._sentence_encoder = MiniLMSentenceEncoder(device=str(self.device))
+        elif self._text_kind == "tfidf":
+            from model.tfidf import TfidfTextModel
+
+            if artefact.vocab is None:
+                raise ModelArtefactError(
+                    "the model uses tf-idf text features but its directory has no vocab.json (the fitted model)"
+                )
+            self._tfidf = TfidfTextModel.from_dict(artefact.vocab)
 
     @property
     def can_encode_images(self) -> bool:
@@ -145,7 +160,7 @@ class CrossModalEncoder:
     @property
     def can_encode_texts(self) -> bool:
         """True when the model carries a text encoder (raw sentences can be encoded)."""
-        return self._text_kind in ("sentence_cnn", "minilm")
+        return self._text_kind in ("sentence_cnn", "minilm", "tfidf")
 
     @torch.inference_mode()
     def _encode_rows(self, encode, features: np.ndarray) -> np.ndarray:
@@ -166,7 +181,9 @@ class CrossModalEncoder:
     def image_backbone_features(self, images: Sequence[Any]) -> np.ndarray:
         """Backbone features of decoded RGB images (what `training prepare` caches)."""
         if self._backbone is None:
-            raise ModelArtefactError("this model was trained on precomputed image features and has no image backbone; it cannot encode pictures")
+            raise ModelArtefactError(
+                "this model was trained on precomputed image features and has no image backbone; it cannot encode pictures"
+            )
         return self._backbone.extract_images(list(images), self.device).float().to(self.device).cpu().numpy()
 
     @torch.inference_mode()
@@ -180,7 +197,9 @@ class CrossModalEncoder:
 
     def _backbone_tensor(self, images: Sequence[Any]) -> torch.Tensor:
         if self._backbone is None:
-            raise ModelArtefactError("this model was trained on precomputed image features and has no image backbone; it cannot encode pictures")
+            raise ModelArtefactError(
+                "this model was trained on precomputed image features and has no image backbone; it cannot encode pictures"
+            )
         return self._backbone.extract_images(list(images), self.device).float().to(self.device)
 
     def warm_up(self) -> None:
@@ -193,11 +212,46 @@ class CrossModalEncoder:
 
     def unknown_words(self, text: str) -> list[str] | None:
         """Words of `text` that the model's vocabulary lacks, in order, once each (None for text encoders without one)."""
+        if self._tfidf is not None:
+            return self._tfidf.unknown_words(text)
         if self._vocab is None:
             return None
         # Punctuation tokens are left out: a user reads this list as "words the model did not understand".
-        return list(dict.fromkeys(token for token in self._vocab.tokenize(text)
-                                  if token not in self._vocab and any(ch.isalnum() for ch in token)))
+        return list(
+            dict.fromkeys(
+                token for token in self._vocab.tokenize(text) if token not in self._vocab and any(ch.isalnum() for ch in token)
+            )
+        )
+
+    @torch.inference_mode()
+    def encode_text_queries(self, texts: Sequence[str]) -> tuple[np.ndarray, list[str | None]]:
+        """Common-space vectors of raw texts, each with what makes it unfit to rank by (None when nothing does).
+
+        "no_known_words": the vocabulary knows no token of the text, so the model sees only the unknown-word token (or
+        nothing) and its vector says nothing about the text. "degenerate_vector": the text encoder's feature is all
+        zero (no sentence-CNN map fires on it), a vector every such text shares, which would rank items by nothing
+        the text says, all with the same score. The vectors are returned either way.
+        """
+        texts = list(texts)
+        if self._tfidf is not None:
+            known = self._tfidf.known_features(texts)
+            return self.encode_texts(texts), [None if k else "no_known_words" for k in known]
+        if self._tokenize is None:
+            return self.encode_texts(texts), [None] * len(texts)
+        from model.text_tokenize import OOV_ID
+
+        ids = self._tokenize(texts).to(self.device)
+        vectors, problems = [], []
+        for i in range(0, len(ids), 1024):
+            chunk = ids[i : i + 1024]
+            h = self.network.text_feature(chunk)
+            vectors.append(_unit(self.network.encode_text_feature(h)))
+            known = (chunk > OOV_ID).any(1).tolist()
+            silent = (h == 0).all(1).tolist()
+            problems += [
+                None if k and not z else ("no_known_words" if not k else "degenerate_vector") for k, z in zip(known, silent)
+            ]
+        return np.concatenate(vectors) if vectors else np.zeros((0, self.dim), np.float32), problems
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -210,7 +264,11 @@ class CrossModalEncoder:
             return np.concatenate([_unit(self.network.encode_text(ids[i : i + 1024])) for i in range(0, len(ids), 1024)])
         if self._sentence_encoder is not None:
             return self.encode_text_features(self._sentence_encoder.encode(texts))
-        raise ModelArtefactError("this model was trained on precomputed text features and has no text encoder; it cannot encode sentences")
+        if self._tfidf is not None:
+            return self.encode_text_features(self._tfidf.transform(texts))
+        raise ModelArtefactError(
+            "this model was trained on precomputed text features and has no text encoder; it cannot encode sentences"
+        )
 
 
 def load_encoder(model_dir: str | Path, device: str | None = None) -> CrossModalEncoder:

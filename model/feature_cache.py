@@ -4,6 +4,7 @@ A feature is keyed by the sha256 of the image file and kept under a fingerprint 
 (backbone, weights, layer, preprocessing): CACHE_ROOT/<fingerprint>/chunk-*.npz, one chunk per extracted batch,
 each written atomically. A changed image or backbone therefore never reuses a stale feature.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,8 +29,11 @@ CACHE_DIR = "feature_cache"
 def backbone_fingerprint(backbone) -> str:
     """Identifies what a cached feature depends on besides the image: the backbone, its weights and its preprocessing."""
     pre = dataclasses.asdict(backbone.preprocess) if dataclasses.is_dataclass(backbone.preprocess) else repr(backbone.preprocess)
-    blob = json.dumps({"name": backbone.name, "weights": backbone.weights_sha256, "layer": backbone.feature_layer,
-                       "preprocess": pre}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"name": backbone.name, "weights": backbone.weights_sha256, "layer": backbone.feature_layer, "preprocess": pre},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

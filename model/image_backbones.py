@@ -1,7 +1,7 @@
 """Pretrained image encoders (EfficientNet-Lite0/2, the paper's VGG19 fc7) behind one interface."""
+
 from __future__ import annotations
 
-from model.artefact import sha256_file
 import importlib
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from model.artefact import sha256_file
 from model.image_io import MAX_ASPECT_RATIO_LIMIT, aspect_ratio_exceeds, to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -56,8 +57,10 @@ class ImagePreprocess:
         width, height = image.size
         if aspect_ratio_exceeds((width, height), MAX_ASPECT_RATIO_LIMIT):
             # the shorter side scaled to `resize` would make the longer one unbounded (gigabytes, or an OverflowError)
-            raise ValueError(f"a {width}x{height} px image is more elongated than {MAX_ASPECT_RATIO_LIMIT:g}:1 and cannot be "
-                             "resized for the backbone; crop it first (model.image_io.load_image refuses such files)")
+            raise ValueError(
+                f"a {width}x{height} px image is more elongated than {MAX_ASPECT_RATIO_LIMIT:g}:1 and cannot be "
+                "resized for the backbone; crop it first (model.image_io.load_image refuses such files)"
+            )
         image = to_rgb(image)
         # Same integer arithmetic as torchvision.transforms.Resize(int) / CenterCrop so features
         # match those computed with torchvision pipelines.
@@ -96,7 +99,27 @@ class ImagePreprocess:
 # --------------------------------------------------------------------------------------------
 
 _VGG19_CONFIG: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    512,
+    "M",
 )
 
 
@@ -260,9 +283,11 @@ class ImageBackbone(nn.Module):
         """State-dict keys (parameters and buffers) of the last `count` stages."""
         blocks = self.network.blocks()
         if not 0 <= count <= len(blocks):
-            raise ValueError(f"{self.name} has {len(blocks)} blocks ({', '.join(label for label, _ in blocks)}); "
-                             f"cannot unfreeze {count}: choose 0..{len(blocks)}")
-        paths = [f"network.{path}" for _, module_paths in blocks[len(blocks) - count:] for path in module_paths]
+            raise ValueError(
+                f"{self.name} has {len(blocks)} blocks ({', '.join(label for label, _ in blocks)}); "
+                f"cannot unfreeze {count}: choose 0..{len(blocks)}"
+            )
+        paths = [f"network.{path}" for _, module_paths in blocks[len(blocks) - count :] for path in module_paths]
         keys = []
         for path in paths:
             keys += [f"{path}.{k}" for k in self.get_submodule(path).state_dict()]
@@ -289,11 +314,15 @@ class ImageBackbone(nn.Module):
         """Overwrite part of the pretrained weights with fine-tuned tensors (keys as returned by finetuned_state)."""
         own = self.state_dict()
         unknown = [k for k in state if k not in own]
-        wrong = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
+        wrong = [
+            f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape
+        ]
         if not state or unknown or wrong:
             detail = "no tensors" if not state else f"unknown keys {unknown[:5]}" if unknown else f"shape mismatches {wrong[:5]}"
-            raise BackboneWeightsError(f"the fine-tuned {self.name} weights in {source} do not fit this backbone ({detail}); "
-                                       "the model was fine-tuned from another architecture or is damaged: retrain it")
+            raise BackboneWeightsError(
+                f"the fine-tuned {self.name} weights in {source} do not fit this backbone ({detail}); "
+                "the model was fine-tuned from another architecture or is damaged: retrain it"
+            )
         self.load_state_dict(state, strict=False)
         # The shortest tail of stages holding every loaded tensor, so that finetuned_state() returns them again.
         self.unfrozen_blocks = next(k for k in range(len(self.block_names()) + 1) if set(self.block_state_keys(k)) >= set(state))
@@ -363,9 +392,7 @@ def _read_state_dict(path: Path, how_to_get: str) -> tuple[dict[str, torch.Tenso
         raise BackboneWeightsError(
             f"weights file {str(path)!r} is not a readable PyTorch state dict ({type(exc).__name__}: {exc}). {how_to_get}"
         ) from exc
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
-    ):
+    if not isinstance(loaded, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()):
         raise BackboneWeightsError(
             f"weights file {str(path)!r} holds a {type(loaded).__name__}, not a state dict of name -> tensor. {how_to_get}"
         )

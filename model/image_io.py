@@ -1,4 +1,5 @@
 """Decoding of user images (real photos: EXIF-rotated, CMYK, 16-bit, transparent, truncated, huge) to 8-bit RGB."""
+
 from __future__ import annotations
 
 import io
@@ -184,18 +185,22 @@ def _high_bit_depth_to_uint8(values: np.ndarray) -> np.ndarray:
         out.fill(0)
         return out
     if values.dtype.kind in "iu" and low >= 0 and high <= 65535:
+
         def scale(floats):
             return floats / 257.0  # 32-bit "I" holding 16-bit samples (TIFF, old Pillow PNG)
     elif values.dtype.kind == "f" and low >= 0 and high <= 1.0:
+
         def scale(floats):
             return floats * 255.0
     elif values.dtype.kind == "f" and low >= 0 and high <= 255.0:
+
         def scale(floats):
             return floats
     else:
         # Unknown range (signed or HDR data): stretch what is there to the full 8-bit range.
         def scale(floats):
             return (floats - low) * (255.0 / (high - low)) if high > low else np.zeros_like(floats)
+
     for top, bottom in bands:
         out[top:bottom] = np.round(np.nan_to_num(np.clip(scale(values[top:bottom].astype(np.float64)), 0, 255)))
     return out

@@ -1,4 +1,5 @@
 """The DSCMR objective J = J1 + lambda*J2 + eta*J3 (+ an optional instance term) and the ridge closed form of the classifier."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,8 +60,42 @@ def j2_common_space(u, v, labels, columns: tuple | None = None) -> torch.Tensor:
     """
     u_cols, v_cols, labels_cols = columns if columns is not None else (u, v, labels)
     s = relevance(labels, labels_cols).to(u.dtype)
-    return (_logistic_nll(_half_cosine(u, v_cols), s) + _logistic_nll(_half_cosine(u, u_cols), s)
-            + _logistic_nll(_half_cosine(v, v_cols), s))
+    return (
+        _logistic_nll(_half_cosine(u, v_cols), s)
+        + _logistic_nll(_half_cosine(u, u_cols), s)
+        + _logistic_nll(_half_cosine(v, v_cols), s)
+    )
+
+
+def j1_labelled_rows(pred_img, pred_txt, labels, form: str = "released") -> torch.Tensor:
+    """J1 over the rows that have a label (a corpus where only some items are labelled); 0 when none has."""
+    y = labels.to(pred_img.dtype)
+    known = (labels.sum(1) > 0).to(pred_img.dtype)
+    count = known.sum().clamp_min(1.0)
+
+    def distance(pred: torch.Tensor) -> torch.Tensor:
+        diff = (pred - y) * known[:, None]
+        if form == "released":
+            return torch.linalg.vector_norm(diff, dim=1).sum() / count
+        if form == "paper":
+            return torch.linalg.vector_norm(diff) / count
+        raise ValueError(f"norm_form must be 'released' or 'paper', got {form!r}")
+
+    return distance(pred_img) + distance(pred_txt)
+
+
+def j2_labelled_pairs(u, v, labels, columns: tuple | None = None) -> torch.Tensor:
+    """J2 over the pairs (i, j) where both items have a label (a corpus where only some items are labelled): the mean
+    of the same logistic terms over those pairs only; 0 when there are none."""
+    u_cols, v_cols, labels_cols = columns if columns is not None else (u, v, labels)
+    s = relevance(labels, labels_cols).to(u.dtype)
+    weight = (labels.sum(1) > 0).to(u.dtype)[:, None] * (labels_cols.sum(1) > 0).to(u.dtype)[None, :]
+    count = weight.sum().clamp_min(1.0)
+
+    def nll(x: torch.Tensor) -> torch.Tensor:
+        return ((F.softplus(x) - s * x) * weight).sum() / count
+
+    return nll(_half_cosine(u, v_cols)) + nll(_half_cosine(u, u_cols)) + nll(_half_cosine(v, v_cols))
 
 
 def j3_modality_invariance(u, v, form: str = "released") -> torch.Tensor:
@@ -96,16 +131,34 @@ def instance_term(u, v, instance_ids, temperature: float, form: str = "infonce",
     return (nll(i2t) + nll(t2i)) / 2.0
 
 
-def dscmr_loss(u, v, pred_img, pred_txt, labels, cfg: LossConfig, j2_columns: tuple | None = None,
-               instance_ids: torch.Tensor | None = None, instance_columns: tuple | None = None) -> LossTerms:
+def dscmr_loss(
+    u,
+    v,
+    pred_img,
+    pred_txt,
+    labels,
+    cfg: LossConfig,
+    j2_columns: tuple | None = None,
+    instance_ids: torch.Tensor | None = None,
+    instance_columns: tuple | None = None,
+    partial_labels: bool = False,
+) -> LossTerms:
     """Compute J and its parts. `j2_columns` = (u_all, v_all, labels_all) widens J2's pairs (see `j2_common_space`);
-    `instance_ids` (default: every pair its own instance) and `instance_columns` feed the instance term (`instance_term`)."""
+    `instance_ids` (default: every pair its own instance) and `instance_columns` feed the instance term (`instance_term`).
+    `partial_labels`: some rows have no label (all-zero label rows); J1 and J2 then count only the labelled rows / pairs."""
     zero = u.new_zeros(())
-    j1 = j1_label_space(pred_img, pred_txt, labels, cfg.norm_form) if cfg.use_j1 else zero
-    if cfg.use_j2:
-        j2 = j2_common_space(u, v, labels, j2_columns)
+    if not cfg.use_j1:
+        j1 = zero
+    elif partial_labels:
+        j1 = j1_labelled_rows(pred_img, pred_txt, labels, cfg.norm_form)
     else:
+        j1 = j1_label_space(pred_img, pred_txt, labels, cfg.norm_form)
+    if not cfg.use_j2:
         j2 = zero
+    elif partial_labels:
+        j2 = j2_labelled_pairs(u, v, labels, j2_columns)
+    else:
+        j2 = j2_common_space(u, v, labels, j2_columns)
     j3 = j3_modality_invariance(u, v, cfg.norm_form) if cfg.use_j3 else zero
     inst = zero
     if cfg.instance_weight > 0:

@@ -1,5 +1,8 @@
 """The DSCMR network: two modality branches, one shared common-space layer and a linear classifier."""
+
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -62,7 +65,9 @@ class DSCMRNet(nn.Module):
         self.image_branch = _branch(cfg.image_input_dim, cfg)
         self.text_branch = _branch(cfg.text_input_dim, cfg)
         self.shared = nn.Linear(cfg.hidden_dim, cfg.common_dim)
-        self.classifier = nn.Linear(cfg.common_dim, cfg.num_classes)
+        with warnings.catch_warnings():  # a corpus without labels has no classes: an empty classifier, never used
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+            self.classifier = nn.Linear(cfg.common_dim, cfg.num_classes)
 
     def encode_image(self, image_features: torch.Tensor) -> torch.Tensor:
         """Common-space representation u of backbone image features."""
@@ -70,7 +75,14 @@ class DSCMRNet(nn.Module):
 
     def encode_text(self, text_input: torch.Tensor) -> torch.Tensor:
         """Common-space representation v of a text feature (or token ids when a text encoder is set)."""
-        h = self.text_encoder(text_input) if self.text_encoder is not None else text_input
+        return self.encode_text_feature(self.text_feature(text_input))
+
+    def text_feature(self, text_input: torch.Tensor) -> torch.Tensor:
+        """h_txt: the text encoder's output for token ids, or the text feature itself when there is no text encoder."""
+        return self.text_encoder(text_input) if self.text_encoder is not None else text_input
+
+    def encode_text_feature(self, h: torch.Tensor) -> torch.Tensor:
+        """Common-space representation v of a text feature h_txt."""
         return self.shared(self.text_branch(self.text_norm(h)))
 
     def forward(self, image_features: torch.Tensor, text_input: torch.Tensor):

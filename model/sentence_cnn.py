@@ -1,4 +1,5 @@
 """Kim (2014) sentence CNN as used by DSCMR for text, and the typed config that rebuilds a text encoder."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,8 +11,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from model.text_tokenize import PAD_ID, TokenizerConfig
+from model.tfidf import TfidfConfig
 
-TextEncoderKind = Literal["features", "sentence_cnn", "minilm"]
+TextEncoderKind = Literal["features", "sentence_cnn", "minilm", "tfidf"]
+MapActivation = Literal["relu", "leaky_relu"]
+LEAKY_SLOPE = 0.01
 # Vector sources that are not a file path.
 NAMED_WORD_VECTORS = ("word2vec", "glove-6b-50d", "random")
 GLOVE_6B_50D_DIM = 50
@@ -23,7 +27,9 @@ class TextEncoderConfig:
     """Which text encoder a model uses and how to rebuild it.
 
     kind: "features" (precomputed text vectors go straight into the text branch), "sentence_cnn" (token ids
-    through `SentenceCNN`, trained end to end), "minilm" (frozen all-MiniLM-L6-v2 sentence vectors, 384-d).
+    through `SentenceCNN`, trained end to end), "minilm" (frozen all-MiniLM-L6-v2 sentence vectors, 384-d), "tfidf"
+    (TF-IDF over word and/or character n-grams reduced by SVD, fitted on the training texts: any language; see
+    `tfidf` and model/tfidf.py).
     word_vectors: "word2vec" (trained on the training texts), "glove-6b-50d" (pretrained primary, with
     corpus word2vec for the words GloVe lacks), "random" (Kim's CNN-rand), or a path to a vector file
     (word2vec .bin/.txt, GloVe text, gensim KeyedVectors) used as primary with corpus word2vec as fallback.
@@ -34,6 +40,11 @@ class TextEncoderConfig:
     cannot lean on a few rare words of a small training set (beyond Kim 2014; 0 = off).
     mean_vector: append the mean word vector of the text to the pooled features (beyond Kim 2014): the topic of a
     short text that no single window captures.
+    activation: what follows max-over-time pooling: "relu" (Kim 2014, the paper) or "leaky_relu" (slope 0.01 below
+    zero, beyond the paper): with ReLU a feature map whose maximum is negative for every text gets no gradient and
+    never fires again, and a text on which no map fires gets an all-zero feature, the same for all such texts.
+    pool_norm: batch-normalise each map's pooled maximum before the activation (beyond the paper), which keeps every
+    map firing for part of each batch.
     """
 
     kind: TextEncoderKind = "sentence_cnn"
@@ -51,10 +62,13 @@ class TextEncoderConfig:
     word_vectors: str = "word2vec"
     word2vec_epochs: int = 5
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    activation: MapActivation = "relu"
+    pool_norm: bool = False
+    tfidf: TfidfConfig = field(default_factory=TfidfConfig)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("features", "sentence_cnn", "minilm"):
-            raise ValueError(f"TextEncoderConfig.kind must be 'features', 'sentence_cnn' or 'minilm', got {self.kind!r}")
+        if self.kind not in ("features", "sentence_cnn", "minilm", "tfidf"):
+            raise ValueError(f"TextEncoderConfig.kind must be 'features', 'sentence_cnn', 'minilm' or 'tfidf', got {self.kind!r}")
         if not self.widths or any(w < 1 for w in self.widths):
             raise ValueError(f"widths must be positive kernel widths, got {self.widths}")
         if self.embed_dim < 1 or self.maps < 1 or self.max_len < 1 or self.min_count < 1:
@@ -62,21 +76,24 @@ class TextEncoderConfig:
         if self.pretrained_vocab < 0:
             raise ValueError(f"pretrained_vocab must be >= 0 (0 = training words only), got {self.pretrained_vocab}")
         if self.pretrained_vocab and self.word_vectors in ("word2vec", "random"):
-            raise ValueError(f"pretrained_vocab needs pretrained word vectors, but word_vectors={self.word_vectors!r} has none: "
-                             "use glove-6b-50d or a vector file, or leave pretrained_vocab at 0")
+            raise ValueError(
+                f"pretrained_vocab needs pretrained word vectors, but word_vectors={self.word_vectors!r} has none: "
+                "use glove-6b-50d or a vector file, or leave pretrained_vocab at 0"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.word_dropout < 1.0:
             raise ValueError(f"word_dropout must be in [0, 1), got {self.word_dropout}")
         if not self.word_vectors:
             raise ValueError(f"word_vectors must be one of {NAMED_WORD_VECTORS} or a file path")
+        if self.activation not in ("relu", "leaky_relu"):
+            raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {self.activation!r}")
         if self.word_vectors == "glove-6b-50d" and self.embed_dim != GLOVE_6B_50D_DIM:
-            raise ValueError(f"word_vectors='glove-6b-50d' gives 50-d vectors but embed_dim={self.embed_dim}; "
-                             "set embed_dim=50")
+            raise ValueError(f"word_vectors='glove-6b-50d' gives 50-d vectors but embed_dim={self.embed_dim}; set embed_dim=50")
 
     @property
     def output_dim(self) -> int | None:
-        """Size of the text feature this encoder produces (None for 'features': the data decides)."""
+        """Size of the text feature this encoder produces (None for 'features' and 'tfidf': the data decides)."""
         if self.kind == "sentence_cnn":
             return self.maps * len(self.widths) + (self.embed_dim if self.mean_vector else 0)
         if self.kind == "minilm":
@@ -84,17 +101,47 @@ class TextEncoderConfig:
         return None
 
 
+@dataclass(frozen=True)
+class MapActivity:
+    """How many feature maps of a sentence CNN fire on a set of texts (a map fires on a text when its pooled maximum
+    is positive), and how many texts get no firing map at all (an all-zero CNN feature with ReLU)."""
+
+    maps: int
+    live: int  # maps that fire on at least one text
+    texts: int
+    silent_texts: int  # texts on which no map fires
+
+    @property
+    def live_fraction(self) -> float:
+        return self.live / self.maps if self.maps else 0.0
+
+    @property
+    def silent_text_fraction(self) -> float:
+        return self.silent_texts / self.texts if self.texts else 0.0
+
+
 class SentenceCNN(nn.Module):
-    """Word embeddings -> parallel 1-D convolutions -> ReLU -> max over time -> concatenation -> dropout.
+    """Word embeddings -> parallel 1-D convolutions -> max over time -> ReLU -> concatenation -> dropout.
 
     Input: right-padded token ids (N x L, PAD id 0). Only windows that lie inside the real tokens take part
     in the max, so the output does not depend on how much padding follows; a text shorter than a kernel
     is padded (with the zero PAD vector) up to the kernel width and uses that single window.
     """
 
-    def __init__(self, vocab_size: int, embed_dim: int = 300, widths: tuple[int, ...] = (3, 4, 5), maps: int = 100,
-                 dropout: float = 0.5, pretrained: np.ndarray | None = None, freeze_embeddings: bool = False,
-                 word_dropout: float = 0.0, mean_vector: bool = False) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int = 300,
+        widths: tuple[int, ...] = (3, 4, 5),
+        maps: int = 100,
+        dropout: float = 0.5,
+        pretrained: np.ndarray | None = None,
+        freeze_embeddings: bool = False,
+        word_dropout: float = 0.0,
+        mean_vector: bool = False,
+        activation: MapActivation = "relu",
+        pool_norm: bool = False,
+    ) -> None:
         super().__init__()
         if vocab_size < 2:
             raise ValueError(f"vocab_size must be >= 2 (PAD and OOV), got {vocab_size}")
@@ -107,8 +154,10 @@ class SentenceCNN(nn.Module):
         if pretrained is not None:
             pretrained = np.asarray(pretrained)
             if pretrained.shape != (vocab_size, embed_dim):
-                raise ValueError(f"pretrained embeddings have shape {pretrained.shape}, expected "
-                                 f"({vocab_size}, {embed_dim}) = (vocab size, embed_dim)")
+                raise ValueError(
+                    f"pretrained embeddings have shape {pretrained.shape}, expected "
+                    f"({vocab_size}, {embed_dim}) = (vocab size, embed_dim)"
+                )
             if not np.isfinite(pretrained).all():
                 raise ValueError("pretrained embeddings contain NaN or inf")
             with torch.no_grad():
@@ -119,15 +168,30 @@ class SentenceCNN(nn.Module):
         self.convs = nn.ModuleList(nn.Conv1d(embed_dim, maps, kernel_size=w) for w in self.widths)
         self.dropout = nn.Dropout(dropout)
         self.word_dropout = word_dropout
+        if activation not in ("relu", "leaky_relu"):
+            raise ValueError(f"activation must be 'relu' or 'leaky_relu', got {activation!r}")
+        self.activation = activation
+        # affine=False: a learned shift could drive a map below zero for every text again
+        self.pool_norm = nn.BatchNorm1d(maps * len(self.widths), affine=False) if pool_norm else None
 
     @classmethod
-    def from_config(cls, cfg: TextEncoderConfig, vocab_size: int, pretrained: np.ndarray | None = None
-                    ) -> SentenceCNN:
+    def from_config(cls, cfg: TextEncoderConfig, vocab_size: int, pretrained: np.ndarray | None = None) -> SentenceCNN:
         """The SentenceCNN `cfg` describes (weights random or `pretrained`; load a state dict to restore one)."""
         if cfg.kind != "sentence_cnn":
             raise ValueError(f"TextEncoderConfig.kind is {cfg.kind!r}; only 'sentence_cnn' builds a SentenceCNN")
-        return cls(vocab_size, cfg.embed_dim, cfg.widths, cfg.maps, cfg.dropout, pretrained, cfg.freeze_embeddings,
-                   cfg.word_dropout, cfg.mean_vector)
+        return cls(
+            vocab_size,
+            cfg.embed_dim,
+            cfg.widths,
+            cfg.maps,
+            cfg.dropout,
+            pretrained,
+            cfg.freeze_embeddings,
+            cfg.word_dropout,
+            cfg.mean_vector,
+            cfg.activation,
+            cfg.pool_norm,
+        )
 
     @property
     def freeze_embeddings(self) -> bool:
@@ -136,14 +200,44 @@ class SentenceCNN(nn.Module):
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
         """N x L token ids -> N x output_dim sentence features."""
+        pooled, mean = self._pooled(token_ids)
+        if self.pool_norm is not None:
+            pooled = self.pool_norm(pooled)
+        pooled = F.relu(pooled) if self.activation == "relu" else F.leaky_relu(pooled, LEAKY_SLOPE)
+        return self.dropout(torch.cat([pooled, mean], 1) if mean is not None else pooled)
+
+    @torch.no_grad()
+    def map_activity(self, token_ids: torch.Tensor, batch_size: int = 1024) -> MapActivity:
+        """Which maps fire (a positive activation after pooling and normalisation) on the texts `token_ids`, in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            fired = torch.zeros(self.maps * len(self.widths), dtype=torch.bool, device=token_ids.device)
+            silent = 0
+            for i in range(0, len(token_ids), batch_size):
+                pooled, _ = self._pooled(token_ids[i : i + batch_size])
+                if self.pool_norm is not None:
+                    pooled = self.pool_norm(pooled)
+                positive = pooled > 0
+                fired |= positive.any(0)
+                silent += int((~positive.any(1)).sum())
+        finally:
+            self.train(was_training)
+        return MapActivity(maps=len(fired), live=int(fired.sum()), texts=len(token_ids), silent_texts=silent)
+
+    def _pooled(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(max-over-time pooled maps before the activation, N x maps*widths; mean word vector or None)."""
         if token_ids.dim() != 2 or token_ids.dtype not in (torch.long, torch.int32, torch.int64):
-            raise ValueError(f"SentenceCNN expects an integer tensor N x L of token ids, got "
-                             f"{tuple(token_ids.shape)} {token_ids.dtype}")
+            raise ValueError(
+                f"SentenceCNN expects an integer tensor N x L of token ids, got {tuple(token_ids.shape)} {token_ids.dtype}"
+            )
         # Checked here because an out-of-range id on CUDA surfaces only as an opaque device-side assert.
         if token_ids.numel() and (int(token_ids.min()) < 0 or int(token_ids.max()) >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size}); got range "
-                             f"[{int(token_ids.min())}, {int(token_ids.max())}] — was the text encoded with this "
-                             "model's vocabulary?")
+            raise ValueError(
+                f"token ids must lie in [0, {self.vocab_size}); got range "
+                f"[{int(token_ids.min())}, {int(token_ids.max())}] — was the text encoded with this "
+                "model's vocabulary?"
+            )
         positions = torch.arange(1, token_ids.shape[1] + 1, device=token_ids.device)
         # Length = last non-pad position, so a stray inner pad is just a zero vector, not the end of the text.
         lengths = torch.where(token_ids != PAD_ID, positions, torch.zeros_like(positions)).amax(1)
@@ -165,16 +259,16 @@ class SentenceCNN(nn.Module):
             starts = torch.arange(feature_map.shape[2], device=x.device)
             outside = starts[None, :] > last_start[:, None]
             feature_map = feature_map.masked_fill(outside[:, None, :], float("-inf"))
-            pooled.append(F.relu(feature_map.amax(2)))  # ReLU commutes with max
+            pooled.append(feature_map.amax(2))  # the (monotone) activation commutes with max: applied after pooling
+        mean = None
         if self.mean_vector:
             # Pads are zero, so the sum over all positions is the sum over the tokens; dividing by the tokens left
             # after word dropout keeps training and evaluation on the same scale
             kept = (token_ids != PAD_ID).sum(1).clamp_min(1).to(x.dtype)
-            pooled.append(x.sum(2) / kept[:, None])
-        return self.dropout(torch.cat(pooled, 1))
+            mean = x.sum(2) / kept[:, None]
+        return torch.cat(pooled, 1), mean
 
 
-def sentence_cnn_from_config(cfg: TextEncoderConfig, vocab_size: int, pretrained: np.ndarray | None = None
-                             ) -> SentenceCNN:
+def sentence_cnn_from_config(cfg: TextEncoderConfig, vocab_size: int, pretrained: np.ndarray | None = None) -> SentenceCNN:
     """Function form of `SentenceCNN.from_config`."""
     return SentenceCNN.from_config(cfg, vocab_size, pretrained)

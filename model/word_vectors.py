@@ -7,6 +7,7 @@ the fallback space to the primary space is fitted on the words both know (Mikolo
 similarities among languages"), which also bridges different sizes (a 300-d corpus word2vec into 50-d
 GloVe). With `align_fallback=False` the fallback is copied as is, and then its size must equal the primary's.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -50,8 +51,17 @@ class _EpochProgress(CallbackAny2Vec):
         self.bar.close()
 
 
-def train_word2vec(tokenized_texts: Sequence[Sequence[str]], dim: int = 300, *, seed: int = 0, epochs: int = 5,
-                   min_count: int = 1, window: int = 5, skip_gram: bool = True, negative: int = 5) -> KeyedVectors:
+def train_word2vec(
+    tokenized_texts: Sequence[Sequence[str]],
+    dim: int = 300,
+    *,
+    seed: int = 0,
+    epochs: int = 5,
+    min_count: int = 1,
+    window: int = 5,
+    skip_gram: bool = True,
+    negative: int = 5,
+) -> KeyedVectors:
     """Train word2vec on tokenised texts and return its word vectors; same input and seed -> same vectors.
 
     One worker thread: gensim's multi-threaded training interleaves updates nondeterministically.
@@ -61,8 +71,9 @@ def train_word2vec(tokenized_texts: Sequence[Sequence[str]], dim: int = 300, *, 
         raise ValueError("train_word2vec got no tokens; pass the tokenised training texts")
     if dim < 1 or epochs < 1 or min_count < 1:
         raise ValueError(f"dim, epochs and min_count must be >= 1, got {dim}, {epochs}, {min_count}")
-    model = Word2Vec(vector_size=dim, window=window, min_count=min_count, sg=int(skip_gram), negative=negative,
-                     seed=seed, workers=1)
+    model = Word2Vec(
+        vector_size=dim, window=window, min_count=min_count, sg=int(skip_gram), negative=negative, seed=seed, workers=1
+    )
     model.build_vocab(texts)
     if not model.wv.index_to_key:
         raise ValueError(f"no word occurs min_count={min_count} times; lower min_count or pass more text")
@@ -86,8 +97,9 @@ def detect_vector_format(path: str | Path) -> VectorFormat:
     """Guess the format of a word-vector file from its extension, else from its first bytes."""
     path = Path(path)
     if not path.exists():
-        raise WordVectorsError(f"word-vector file {path} does not exist; check the path (or use 'word2vec' / "
-                               "'glove-6b-50d' instead of a file)")
+        raise WordVectorsError(
+            f"word-vector file {path} does not exist; check the path (or use 'word2vec' / 'glove-6b-50d' instead of a file)"
+        )
     if path.is_dir():
         raise WordVectorsError(f"{path} is a directory; give the word-vector file itself")
     suffixes = [s.lower() for s in path.suffixes]
@@ -109,8 +121,10 @@ def detect_vector_format(path: str | Path) -> VectorFormat:
     try:
         first_parts = first.decode("utf-8").split()
     except UnicodeDecodeError:
-        raise WordVectorsError(f"{path} is not a word-vector file: its first line is not UTF-8 text; supported are "
-                               "word2vec binary/text, GloVe text and gensim KeyedVectors.save files") from None
+        raise WordVectorsError(
+            f"{path} is not a word-vector file: its first line is not UTF-8 text; supported are "
+            "word2vec binary/text, GloVe text and gensim KeyedVectors.save files"
+        ) from None
     if len(first_parts) == 2 and all(p.isdigit() for p in first_parts):
         if ext == ".bin":
             return "word2vec-binary"
@@ -127,9 +141,11 @@ def detect_vector_format(path: str | Path) -> VectorFormat:
         return "word2vec-binary"
     if len(first_parts) >= 2 and _floats(first_parts[1:]):
         return "glove-text"
-    raise WordVectorsError(f"{path} is not a recognised word-vector file: the first line is neither a word2vec "
-                           "header 'count dim' nor 'word v1 v2 ...' (GloVe); supported are word2vec binary/text, "
-                           "GloVe text and gensim KeyedVectors.save files")
+    raise WordVectorsError(
+        f"{path} is not a recognised word-vector file: the first line is neither a word2vec "
+        "header 'count dim' nor 'word v1 v2 ...' (GloVe); supported are word2vec binary/text, "
+        "GloVe text and gensim KeyedVectors.save files"
+    )
 
 
 def _first(kv: KeyedVectors, limit: int) -> KeyedVectors:
@@ -138,8 +154,9 @@ def _first(kv: KeyedVectors, limit: int) -> KeyedVectors:
     return out
 
 
-def load_keyed_vectors(path: str | Path, *, limit: int | None = None,
-                       fmt: VectorFormat | Literal["auto"] = "auto") -> KeyedVectors:
+def load_keyed_vectors(
+    path: str | Path, *, limit: int | None = None, fmt: VectorFormat | Literal["auto"] = "auto"
+) -> KeyedVectors:
     """Load word vectors (word2vec .bin/.txt, GloVe text without header, or gensim native), first `limit` words.
 
     The gensim native format is a pickle: load only files you trust.
@@ -162,13 +179,16 @@ def load_keyed_vectors(path: str | Path, *, limit: int | None = None,
             if limit is not None and limit < len(kv):
                 kv = _first(kv, limit)
         else:
-            kv = KeyedVectors.load_word2vec_format(str(path), binary=fmt == "word2vec-binary", limit=limit,
-                                                   no_header=fmt == "glove-text")
+            kv = KeyedVectors.load_word2vec_format(
+                str(path), binary=fmt == "word2vec-binary", limit=limit, no_header=fmt == "glove-text"
+            )
     except WordVectorsError:
         raise
     except Exception as exc:  # gensim reports bad files as ValueError, EOFError, UnpicklingError, ...
-        raise WordVectorsError(f"cannot read {path} as {fmt} word vectors: {type(exc).__name__}: {exc}; "
-                               "check the file is complete and pass fmt= if the format was guessed wrongly") from exc
+        raise WordVectorsError(
+            f"cannot read {path} as {fmt} word vectors: {type(exc).__name__}: {exc}; "
+            "check the file is complete and pass fmt= if the format was guessed wrongly"
+        ) from exc
     if len(kv) == 0 or kv.vector_size < 1:
         raise WordVectorsError(f"{path} holds no word vectors")
     if not np.isfinite(kv.vectors[: min(len(kv), 10000)]).all():
@@ -246,16 +266,24 @@ def _fit_alignment(fallback: KeyedVectors, primary: KeyedVectors, seed: int):
         raise ValueError(
             f"only {len(pairs)} words are in both the fallback and the primary vectors; at least "
             f"{MIN_ALIGNMENT_ANCHORS} are needed to map the fallback into the primary space. Train the fallback "
-            "on more text, or pass align_fallback=False (then both must have the same size)")
+            "on more text, or pass align_fallback=False (then both must have the same size)"
+        )
     x = np.stack([fallback[w] for w, _ in pairs]).astype(np.float64)
     y = np.stack([primary[k] for _, k in pairs]).astype(np.float64)
     ridge = Ridge(alpha=1.0, random_state=seed).fit(x, y)
     return ridge, len(pairs), float(ridge.score(x, y))
 
 
-def build_embedding_matrix(vocab: Vocabulary, primary: KeyedVectors | None, fallback: KeyedVectors | None,
-                           dim: int | None = None, seed: int = 0, *, align_fallback: bool = True,
-                           pretrained_only_from: int | None = None) -> tuple[np.ndarray, EmbeddingCoverage]:
+def build_embedding_matrix(
+    vocab: Vocabulary,
+    primary: KeyedVectors | None,
+    fallback: KeyedVectors | None,
+    dim: int | None = None,
+    seed: int = 0,
+    *,
+    align_fallback: bool = True,
+    pretrained_only_from: int | None = None,
+) -> tuple[np.ndarray, EmbeddingCoverage]:
     """Rows for every vocabulary id: primary vector, else (aligned) fallback vector, else small random; PAD zero.
 
     `dim` defaults to the primary's (else the fallback's) size and must agree with it. `pretrained_only_from`: the
@@ -268,11 +296,15 @@ def build_embedding_matrix(vocab: Vocabulary, primary: KeyedVectors | None, fall
         dim = target.vector_size
     if target is not None and target.vector_size != dim:
         which = "primary" if primary is not None else "fallback"
-        raise ValueError(f"dim={dim} but the {which} vectors are {target.vector_size}-d; set the text encoder's "
-                         f"embed_dim to {target.vector_size}")
+        raise ValueError(
+            f"dim={dim} but the {which} vectors are {target.vector_size}-d; set the text encoder's "
+            f"embed_dim to {target.vector_size}"
+        )
     if primary is not None and fallback is not None and not align_fallback and fallback.vector_size != dim:
-        raise ValueError(f"fallback vectors are {fallback.vector_size}-d but the primary ones {dim}-d; train the "
-                         "fallback with dim equal to the primary's, or leave align_fallback=True to map it")
+        raise ValueError(
+            f"fallback vectors are {fallback.vector_size}-d but the primary ones {dim}-d; train the "
+            "fallback with dim equal to the primary's, or leave align_fallback=True to map it"
+        )
     rng = np.random.default_rng(seed)
     matrix = np.zeros((len(vocab), dim), dtype=np.float32)
     source = np.zeros(len(vocab), dtype=np.int8)  # 0 random, 1 primary, 2 fallback
@@ -304,12 +336,25 @@ def build_embedding_matrix(vocab: Vocabulary, primary: KeyedVectors | None, fall
         raise ValueError(f"pretrained_only_from={pretrained_only_from} is outside the vocabulary's word ids 2..{len(vocab)}")
     training, extra = source[2:first_extra], source[first_extra:]  # ids 0 and 1 are PAD and OOV
     coverage = EmbeddingCoverage(
-        vocab_size=len(vocab), dim=dim, from_primary=int((training == 1).sum()), from_fallback=int((training == 2).sum()),
-        random=int((training == 0).sum()), pretrained_extra=len(extra), random_extra=int((extra == 0).sum()),
-        alignment_anchors=anchors, alignment_r2=r2,
-        random_examples=[vocab.tokens[i] for i in random_ids if i != OOV_ID][:20])
-    logger.info("embedding matrix: %d primary, %d fallback, %d random, %d pretrained-only of %d", coverage.from_primary,
-                coverage.from_fallback, coverage.random, coverage.pretrained_extra, len(vocab))
+        vocab_size=len(vocab),
+        dim=dim,
+        from_primary=int((training == 1).sum()),
+        from_fallback=int((training == 2).sum()),
+        random=int((training == 0).sum()),
+        pretrained_extra=len(extra),
+        random_extra=int((extra == 0).sum()),
+        alignment_anchors=anchors,
+        alignment_r2=r2,
+        random_examples=[vocab.tokens[i] for i in random_ids if i != OOV_ID][:20],
+    )
+    logger.info(
+        "embedding matrix: %d primary, %d fallback, %d random, %d pretrained-only of %d",
+        coverage.from_primary,
+        coverage.from_fallback,
+        coverage.random,
+        coverage.pretrained_extra,
+        len(vocab),
+    )
     if r2 is not None and r2 < POOR_ALIGNMENT_R2:
         _report_poor_alignment(coverage)
     return matrix, coverage
@@ -325,12 +370,16 @@ def _report_poor_alignment(coverage: EmbeddingCoverage) -> None:
     """Say what a poor corpus -> pretrained mapping costs: a warning with what to do when many words depend on it."""
     training_words = coverage.from_primary + coverage.from_fallback + coverage.random
     share = coverage.from_fallback / max(1, training_words)
-    message = (f"{coverage.from_fallback} of the {training_words} training words ({share:.1%}) are missing from the pretrained "
-               f"vectors and get a vector mapped from word2vec trained on your texts, but that mapping is weak "
-               f"(R^2 {coverage.alignment_r2:.2f} on {coverage.alignment_anchors} shared words), so they end up near the "
-               "average word")
+    message = (
+        f"{coverage.from_fallback} of the {training_words} training words ({share:.1%}) are missing from the pretrained "
+        f"vectors and get a vector mapped from word2vec trained on your texts, but that mapping is weak "
+        f"(R^2 {coverage.alignment_r2:.2f} on {coverage.alignment_anchors} shared words), so they end up near the "
+        "average word"
+    )
     if share >= NOTABLE_FALLBACK_SHARE:
-        logger.warning("%s. Use pretrained vectors that cover your vocabulary (--word-vectors FILE), more training text, or "
-                       "--text minilm", message)
+        logger.warning(
+            "%s. Use pretrained vectors that cover your vocabulary (--word-vectors FILE), more training text, or --text minilm",
+            message,
+        )
     else:
         logger.info("%s; few words are affected, nothing to do", message)

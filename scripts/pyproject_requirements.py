@@ -3,6 +3,7 @@
 The Docker image installs its dependencies from this list in a layer of their own, so a change to the code does not
 reinstall them; only a change to pyproject.toml does.
 """
+
 from __future__ import annotations
 
 import argparse

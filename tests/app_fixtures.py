@@ -4,6 +4,7 @@ and real uvicorn servers (`python -m app`) on 127.0.0.1 serving it.
 The artefact root is the emoji demo (`training.demo.build_demo`, small and briefly trained) where the Debian emoji files
 are installed, else the same pipeline over a corpus of coloured shapes drawn here with Pillow.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,13 @@ ADMIN_KEY = "test-admin-key"
 # Small enough that the size-limit tests send little data, large enough for every corpus image.
 MAX_UPLOAD_BYTES = 200_000
 MAX_TEXT_CHARS = 300
-SHAPE_COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 70, 220), "yellow": (240, 210, 20),
-                 "purple": (140, 40, 180)}
+SHAPE_COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (240, 210, 20),
+    "purple": (140, 40, 180),
+}
 SHAPES = ("circle", "square", "triangle")
 
 
@@ -123,18 +129,36 @@ def build_artefact_root(root: Path) -> ArtefactRoot:
     build_demo(root, DemoConfig(limit=DEMO_LIMIT, epochs=DEMO_EPOCHS, text="glove", progress=False))  # a no-op on a built root
     corpus = load_corpus(paths["corpus"])
     manifest = load_manifest(resolve_version(paths["index"]), verify_files=False)
-    return ArtefactRoot(root=root, corpus_dir=paths["corpus"], index_root=paths["index"], model_dir=Path(manifest["model"]["path"]),
-                        source=source, items=list(corpus.items))
+    return ArtefactRoot(
+        root=root,
+        corpus_dir=paths["corpus"],
+        index_root=paths["index"],
+        model_dir=Path(manifest["model"]["path"]),
+        source=source,
+        items=list(corpus.items),
+    )
 
 
 def start_server(index_root: Path, log_path: Path, **settings: str) -> ServerHandle:
     """Start `python -m app` on a free port of 127.0.0.1 (returns at once; see wait_ready)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSCMR_")}
-    env.update({"DSCMR_INDEX_ROOT": str(index_root), "DSCMR_HOST": "127.0.0.1", "DSCMR_PORT": str(port),
-                "DSCMR_ADMIN_API_KEY": ADMIN_KEY, "DSCMR_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
-                "DSCMR_MAX_TEXT_CHARS": str(MAX_TEXT_CHARS), "DSCMR_ACCESS_LOG": "false", "DSCMR_CPU_WORKERS": "2",
-                "DSCMR_DEVICE": "cpu", "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "DSCMR_INDEX_ROOT": str(index_root),
+            "DSCMR_HOST": "127.0.0.1",
+            "DSCMR_PORT": str(port),
+            "DSCMR_ADMIN_API_KEY": ADMIN_KEY,
+            "DSCMR_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+            "DSCMR_MAX_TEXT_CHARS": str(MAX_TEXT_CHARS),
+            "DSCMR_ACCESS_LOG": "false",
+            "DSCMR_CPU_WORKERS": "2",
+            "DSCMR_DEVICE": "cpu",
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update({f"DSCMR_{k.upper()}": str(v) for k, v in settings.items()})
     log = log_path.open("wb")
     process = subprocess.Popen([sys.executable, "-m", "app"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -149,7 +173,9 @@ def wait_until(server: ServerHandle, predicate, what: str, timeout: float = 120.
     with server.client(timeout=5) as client:
         while time.monotonic() < deadline:
             if server.process.poll() is not None:
-                pytest.fail(f"the server exited with {server.process.returncode} while waiting for {what}:\n{server.log()[-4000:]}")
+                pytest.fail(
+                    f"the server exited with {server.process.returncode} while waiting for {what}:\n{server.log()[-4000:]}"
+                )
             try:
                 result = predicate(client)
                 if result:
@@ -162,6 +188,7 @@ def wait_until(server: ServerHandle, predicate, what: str, timeout: float = 120.
 
 def wait_ready(server: ServerHandle, timeout: float = 120.0) -> dict:
     """Wait for GET /readyz to answer 200; return its body."""
+
     def ready(client: httpx.Client):
         response = client.get("/readyz")
         return response.json() if response.status_code == 200 else None

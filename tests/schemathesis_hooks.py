@@ -9,6 +9,7 @@ its error code so that nothing else is let through:
 - a JSON integer written as a float (`"k": 1.0`): JSON Schema 2020-12 counts 1.0 as an integer, the service's strict
   models refuse it (issue 17: `k: 2.0` must not pass for 2).
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """The service's endpoints against a real uvicorn server and a real index (see tests/app_fixtures.py)."""
+
 from __future__ import annotations
 
 import base64
@@ -37,16 +38,24 @@ def test_concurrent_requests_all_succeed_with_the_sequential_answers(app_server,
     lone request gets."""
     ids = [it.id for it in app_artefacts.items[:12]]
     image = Path(app_artefacts.items[0].image_path).read_bytes()
-    calls = [("GET", f"/media/{i}?size=64", None) for i in ids] + [("GET", f"/items/{i}", None) for i in ids] + \
-            [("POST", "/search/text", {"json": {"text": it.text, "k": 5}}) for it in app_artefacts.items[:6]] + \
-            [("POST", "/search/image", {"files": {"file": ("q.png", image)}})] * 4
+    calls = (
+        [("GET", f"/media/{i}?size=64", None) for i in ids]
+        + [("GET", f"/items/{i}", None) for i in ids]
+        + [("POST", "/search/text", {"json": {"text": it.text, "k": 5}}) for it in app_artefacts.items[:6]]
+        + [("POST", "/search/image", {"files": {"file": ("q.png", image)}})] * 4
+    )
 
     def call(spec):
         method, path, kwargs = spec
         with app_server.client() as client:
             response = client.request(method, path, **(kwargs or {}))
-        body = response.content if path.startswith("/media") else [(h["id"], h["score"]) for h in response.json().get("results", [])] \
-            if path.startswith("/search") else response.json()
+        body = (
+            response.content
+            if path.startswith("/media")
+            else [(h["id"], h["score"]) for h in response.json().get("results", [])]
+            if path.startswith("/search")
+            else response.json()
+        )
         return response.status_code, body
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -86,7 +95,9 @@ def test_target_both_merges_modalities_by_calibrated_relevance(api):
     query = {"text": "animal", "k": 100}
     both = api.post("/search/text", json={**query, "target": "both"}).json()["results"]
     # reference: the two single-modality searches merged by relevance (ties by score)
-    separate = [h for target in ("image", "text") for h in api.post("/search/text", json={**query, "target": target}).json()["results"]]
+    separate = [
+        h for target in ("image", "text") for h in api.post("/search/text", json={**query, "target": target}).json()["results"]
+    ]
     merged = sorted(separate, key=lambda h: (-h["relevance"], -h["score"]))[:100]
     assert len(both) == 100
     assert [h["relevance"] for h in both] == pytest.approx([h["relevance"] for h in merged], abs=1e-6)
@@ -108,10 +119,16 @@ def test_image_upload_and_base64_give_the_same_texts(api, app_artefacts):
     upload = api.post("/search/image", files={"file": ("query.png", data, "image/png")}, data={"k": "5"})
     assert upload.status_code == 200, upload.text
     inline = api.post("/search/image", json={"image_base64": base64.b64encode(data).decode(), "k": 5})
-    data_url = api.post("/search/image", json={"image_base64": "data:image/png;base64," + base64.b64encode(data).decode(), "k": 5})
+    data_url = api.post(
+        "/search/image", json={"image_base64": "data:image/png;base64," + base64.b64encode(data).decode(), "k": 5}
+    )
     assert inline.status_code == data_url.status_code == 200
     ranked = [(h["id"], h["score"]) for h in upload.json()["results"]]
-    assert ranked == [(h["id"], h["score"]) for h in inline.json()["results"]] == [(h["id"], h["score"]) for h in data_url.json()["results"]]
+    assert (
+        ranked
+        == [(h["id"], h["score"]) for h in inline.json()["results"]]
+        == [(h["id"], h["score"]) for h in data_url.json()["results"]]
+    )
     body = upload.json()
     assert len(body["results"]) == 5 and body["target"] == "text"
     assert all(h["modality"] == "text" and h["text"] for h in body["results"])
@@ -131,8 +148,11 @@ def test_image_search_accepts_jpeg_and_a_label_filter(api, app_artefacts):
     buffer = io.BytesIO()
     Image.open(item.image_path).convert("RGB").save(buffer, format="JPEG")
     label = item.labels[0]
-    body = api.post("/search/image", files={"file": ("q.jpg", buffer.getvalue(), "image/jpeg")},
-                    data={"k": "4", "labels": [label], "target": "both"}).json()
+    body = api.post(
+        "/search/image",
+        files={"file": ("q.jpg", buffer.getvalue(), "image/jpeg")},
+        data={"k": "4", "labels": [label], "target": "both"},
+    ).json()
     assert len(body["results"]) == 4 and all(label in h["labels"] for h in body["results"])
 
 
@@ -166,7 +186,8 @@ def test_labels_list_counts_from_the_metadata(api, served):
     body = api.get("/labels").json()
     images, texts = metadata.label_counts("image"), metadata.label_counts("text")
     assert {lab["name"]: (lab["images"], lab["texts"]) for lab in body["labels"]} == {
-        name: (images.get(name, 0), texts.get(name, 0)) for name in set(images) | set(texts)}
+        name: (images.get(name, 0), texts.get(name, 0)) for name in set(images) | set(texts)
+    }
 
 
 def test_health_and_readiness(api, served):
@@ -186,8 +207,10 @@ def test_metrics_count_requests_and_time_every_stage(api, app_artefacts):
     assert 'dscmr_http_requests_total{endpoint="/search/text",method="POST",status="200"}' in text
     assert 'dscmr_http_requests_total{endpoint="/search/text",method="POST",status="422"}' in text
     assert 'dscmr_http_request_duration_seconds_count{endpoint="/search/image",method="POST"}' in text
-    for endpoint, stages in {"/search/text": ("queue", "encode", "search"),
-                             "/search/image": ("queue", "decode", "encode", "search")}.items():
+    for endpoint, stages in {
+        "/search/text": ("queue", "encode", "search"),
+        "/search/image": ("queue", "decode", "encode", "search"),
+    }.items():
         for stage in stages:
             assert f'dscmr_stage_duration_seconds_count{{endpoint="{endpoint}",stage="{stage}"}}' in text
     assert "dscmr_ready 1.0" in text and "dscmr_index_info{" in text
@@ -206,8 +229,17 @@ def test_admin_reload_needs_the_key(api, served):
 
 def test_openapi_documents_endpoints_with_examples(api):
     schema = api.get("/openapi.json").json()
-    for path in ("/search/text", "/search/image", "/items/{item_id}", "/media/{item_id}", "/labels", "/healthz", "/readyz",
-                 "/metrics", "/admin/reload"):
+    for path in (
+        "/search/text",
+        "/search/image",
+        "/items/{item_id}",
+        "/media/{item_id}",
+        "/labels",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/admin/reload",
+    ):
         assert path in schema["paths"], path
     image_body = schema["paths"]["/search/image"]["post"]["requestBody"]["content"]
     assert set(image_body) == {"multipart/form-data", "application/json"}
@@ -227,8 +259,14 @@ def test_web_page_and_its_assets_are_served(api):
 
 
 def test_cli_refuses_invalid_settings_with_a_clear_message():
-    result = subprocess.run([sys.executable, "-m", "app"], cwd=REPO, capture_output=True, text=True, timeout=60,
-                            env={"PATH": "/usr/bin:/bin", "DSCMR_PORT": "not-a-port"})
+    result = subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "DSCMR_PORT": "not-a-port"},
+    )
     assert result.returncode == 2
     assert "DSCMR_PORT" in result.stderr
 
@@ -245,13 +283,31 @@ def test_text_search_names_the_words_the_model_does_not_know(api, app_artefacts)
     assert api.post("/search/text", json={"text": "puppy", "k": 3}).json()["unknown_words"] == []
 
 
+def test_a_text_query_without_known_words_gets_a_flag_instead_of_a_ranking(api, app_artefacts):
+    body = api.post("/search/text", json={"text": "qzxv blorptangle", "k": 5, "target": "both"}).json()
+    assert body["query_problem"] == "no_known_words" and body["results"] == []
+    assert body["unknown_words"] == ["qzxv", "blorptangle"]
+    corpus = load_corpus(app_artefacts.corpus_dir)
+    known = api.post("/search/text", json={"text": corpus.items[0].text, "k": 5}).json()
+    assert known["query_problem"] is None and len(known["results"]) == 5
+
+
 def test_security_headers_on_the_page_the_api_and_errors(api, app_artefacts):
     item = app_artefacts.items[0]
-    responses = [api.get("/"), api.get("/docs"), api.get("/static/app.js"), api.get("/docs/assets/swagger-ui.css"),
-                 api.get("/healthz"), api.get("/openapi.json"), api.get(f"/media/{item.id}"),
-                 api.get(f"/media/{item.id}", params={"size": 64}), api.post("/search/text", json={"text": "a cat"}),
-                 api.post("/search/text", json={"text": ""}), api.get("/no-such-page"),
-                 api.post("/search/image", files={"file": ("q.png", Path(item.image_path).read_bytes())})]
+    responses = [
+        api.get("/"),
+        api.get("/docs"),
+        api.get("/static/app.js"),
+        api.get("/docs/assets/swagger-ui.css"),
+        api.get("/healthz"),
+        api.get("/openapi.json"),
+        api.get(f"/media/{item.id}"),
+        api.get(f"/media/{item.id}", params={"size": 64}),
+        api.post("/search/text", json={"text": "a cat"}),
+        api.post("/search/text", json={"text": ""}),
+        api.get("/no-such-page"),
+        api.post("/search/image", files={"file": ("q.png", Path(item.image_path).read_bytes())}),
+    ]
     for response in responses:
         where = f"{response.request.method} {response.request.url.path} ({response.status_code})"
         headers = response.headers
@@ -278,7 +334,7 @@ def test_both_ranks_images_and_texts_on_one_calibrated_scale(api):
         for modality in ("image", "text"):
             alone = api.post("/search/text", json={"text": query, "k": 10, "target": modality}).json()["results"]
             ids = [hit["id"] for hit in both if hit["modality"] == modality]
-            assert ids == [hit["id"] for hit in alone][:len(ids)]
+            assert ids == [hit["id"] for hit in alone][: len(ids)]
             pooled += [(hit["score"], hit["modality"]) for hit in alone]
         raw_order = [m for _, m in sorted(pooled, key=lambda p: -p[0])[:10]]
         by_relevance += raw_order != [hit["modality"] for hit in both]
@@ -291,3 +347,26 @@ def test_image_hits_carry_a_caption(api, app_artefacts):
     for hit in hits:
         item = by_id[hit["id"]]
         assert hit["caption"] == (item.extra.get("name") or item.text)
+
+
+def test_search_answers_have_exactly_the_documented_shape(api, app_artefacts):
+    """Search answers are built as plain JSON (app.main.search_response): every one is a SearchResponse, field for
+    field, with nothing more and nothing less, for text and image queries and every target."""
+    from app.schemas import SearchResponse
+
+    item = next(it for it in app_artefacts.items if it.image_path)
+    image = Path(item.image_path).read_bytes()
+    answers = [
+        api.post("/search/text", json={"text": item.text, "k": 7, "target": target}) for target in ("image", "text", "both")
+    ]
+    answers += [
+        api.post("/search/image", files={"file": ("q.png", image)}, data={"k": "7", "target": target})
+        for target in ("image", "text", "both")
+    ]
+    for response in answers:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert SearchResponse.model_validate(body).model_dump(mode="json") == body
+        assert response.headers["content-type"] == "application/json"
+    modalities = {hit["modality"] for response in answers for hit in response.json()["results"]}
+    assert modalities == {"image", "text"}

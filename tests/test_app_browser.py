@@ -1,12 +1,12 @@
 """The web page in a real headless Chromium (Playwright): type a query and see pictures, upload a picture and see texts,
 click a result to search with it, on a phone-sized screen too."""
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
 import pytest
-
 from playwright import sync_api
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -18,11 +18,13 @@ TIMEOUT_MS = 60_000
 def browser():
     """A headless Chromium (the system's, not a Playwright download)."""
     if not CHROMIUM.exists():  # a prerequisite of the suite (.ci/run installs it), so its absence fails, not skips
-        pytest.fail(f"{CHROMIUM} is missing: the web-page tests drive the system's Chromium (apt-get install -y chromium)",
-                    pytrace=False)
+        pytest.fail(
+            f"{CHROMIUM} is missing: the web-page tests drive the system's Chromium (apt-get install -y chromium)", pytrace=False
+        )
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                              args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]
+        )
         try:
             yield chromium
         finally:
@@ -34,8 +36,9 @@ def page(browser, app_server):
     """A fresh page on the search page of the session server (phone-sized by default: every test also checks that)."""
     # bypass_csp: Playwright's wait_for_function polls with eval, which the page's policy forbids (as it should); the
     # policy has tests of its own below, on pages that wait without it
-    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True,
-                                  bypass_csp=True)
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True, bypass_csp=True
+    )
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
@@ -60,11 +63,24 @@ def test_typing_a_query_shows_image_results(page, app_server):
     cards = page.locator("#results .result-image")
     sync_api.expect(cards).to_have_count(20)
     # the thumbnails on screen really loaded (natural size known; those below the fold load lazily), with scores and labels
-    page.wait_for_function("[...document.querySelectorAll('#results img')].slice(0, 2).every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results img')].slice(0, 2).every(i => i.complete && i.naturalWidth > 0)"
+    )
     assert "score" in cards.first.inner_text()
     assert cards.first.locator(".chip").count() >= 1
     sync_api.expect(page.locator("#message")).to_contain_text("20 results")
     assert fits_the_screen(page)
+
+
+def test_a_query_of_unknown_words_says_so_instead_of_showing_results(page):
+    page.fill("#query", "a happy face")
+    page.press("#query", "Enter")
+    sync_api.expect(page.locator("#results .result-image")).to_have_count(20)
+    page.fill("#query", "qzxv blorptangle")
+    page.press("#query", "Enter")
+    sync_api.expect(page.locator("#message")).to_contain_text("the model knows none of these words")
+    sync_api.expect(page.locator("#message")).to_contain_text("qzxv, blorptangle")
+    sync_api.expect(page.locator("#results .result")).to_have_count(0)
 
 
 def test_uploading_an_image_shows_text_results(page, app_artefacts):
@@ -83,7 +99,8 @@ def test_dropping_an_image_searches_with_it(page, app_artefacts):
     transfer = page.evaluate_handle(
         """bytes => { const t = new DataTransfer();
                       t.items.add(new File([new Uint8Array(bytes)], 'dropped.png', {type: 'image/png'})); return t; }""",
-        list(data))
+        list(data),
+    )
     page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
     sync_api.expect(page.locator("#results .result-text").first).to_be_visible()
     sync_api.expect(page.locator("#message")).to_contain_text("dropped.png")
@@ -244,10 +261,14 @@ def test_the_page_satisfies_its_content_security_policy(browser, app_server, app
     sync_api.expect(page.locator("#preview")).to_be_visible()
     page.locator("#results .result-text").first.click()
     sync_api.expect(page.locator("#results .result-image").first).to_be_visible()
-    assert csp_violations(page) == [] and not [e for e in console_errors if "Content Security Policy" in e], \
-        (csp_violations(page), console_errors)
+    assert csp_violations(page) == [] and not [e for e in console_errors if "Content Security Policy" in e], (
+        csp_violations(page),
+        console_errors,
+    )
     # the listener does see what the policy blocks: an inline script, which the page never uses
-    page.evaluate("() => { const s = document.createElement('script'); s.textContent = 'window.__ran = 1'; document.body.append(s); }")
+    page.evaluate(
+        "() => { const s = document.createElement('script'); s.textContent = 'window.__ran = 1'; document.body.append(s); }"
+    )
     wait_for_true(page, "window.__cspViolations.length > 0")
     assert page.evaluate("window.__ran") is None and "script-src" in csp_violations(page)[0]
     context.close()
@@ -262,6 +283,8 @@ def test_the_api_docs_satisfy_the_content_security_policy(offline_page, app_serv
     page.locator(".opblock-summary-path", has_text="/search/text").first.click()
     page.locator(".opblock-body button.try-out__btn").first.click()
     page.locator(".opblock-body button.execute").first.click()  # a real request from the docs page
-    sync_api.expect(page.locator(".opblock-body .live-responses-table .response .response-col_status").first).to_contain_text("200")
+    sync_api.expect(page.locator(".opblock-body .live-responses-table .response .response-col_status").first).to_contain_text(
+        "200"
+    )
     assert csp_violations(page) == [], csp_violations(page)
     assert not outside and not errors, (outside, errors)

@@ -2,6 +2,7 @@
 
 The session server runs with DSCMR_MAX_UPLOAD_BYTES=200000 and DSCMR_MAX_TEXT_CHARS=300 (tests/app_fixtures.py).
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,6 +35,7 @@ def assert_error(response, status: int, code: str, *needles: str) -> dict:
 
 def png_declaring(width: int, height: int) -> bytes:
     """A tiny PNG file whose header declares width x height pixels (a decompression bomb's signature)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
@@ -71,8 +73,13 @@ def test_blank_pattern_in_the_schema_is_exactly_the_servers_whitespace(api):
 
 def test_text_over_the_size_limit(api):
     # a 422 like every other field outside its documented range (the schema gives maxLength); 413 is for the body
-    assert_error(api.post("/search/text", json={"text": "a" * (MAX_TEXT_CHARS + 1)}), 422, "text_too_long",
-                 f"{MAX_TEXT_CHARS + 1}", f"limit is {MAX_TEXT_CHARS}")
+    assert_error(
+        api.post("/search/text", json={"text": "a" * (MAX_TEXT_CHARS + 1)}),
+        422,
+        "text_too_long",
+        f"{MAX_TEXT_CHARS + 1}",
+        f"limit is {MAX_TEXT_CHARS}",
+    )
     assert api.post("/search/text", json={"text": "a" * MAX_TEXT_CHARS}).status_code == 200
 
 
@@ -92,8 +99,14 @@ def test_k_out_of_range_text(api, k):
 @pytest.mark.parametrize("k", ["0", "101", "many"])
 def test_k_out_of_range_image(api, image_bytes, k):
     assert_error(upload(api, image_bytes, k=k), 422, "invalid_request", "k")
-    assert_error(api.post("/search/image", json={"image_base64": base64.b64encode(image_bytes).decode(), "k": int(k) if k.isdigit() else k}),
-                 422, "invalid_request", "k")
+    assert_error(
+        api.post(
+            "/search/image", json={"image_base64": base64.b64encode(image_bytes).decode(), "k": int(k) if k.isdigit() else k}
+        ),
+        422,
+        "invalid_request",
+        "k",
+    )
 
 
 @pytest.mark.parametrize("k", [True, False, "5", 2.0, 1.0, "2.0", [5], {"value": 5}], ids=repr)
@@ -114,8 +127,9 @@ def test_form_fields_are_strings_so_k_5_is_5(api, image_bytes):
     assert response.status_code == 200 and len(response.json()["results"]) == 5
 
 
-@pytest.mark.parametrize("field, value", [("text", 5), ("text", None), ("target", 1), ("labels", "Flags"), ("labels", [1]),
-                                          ("labels", [""])])
+@pytest.mark.parametrize(
+    "field, value", [("text", 5), ("text", None), ("target", 1), ("labels", "Flags"), ("labels", [1]), ("labels", [""])]
+)
 def test_json_bodies_take_no_coercible_look_alikes(api, field, value):
     assert_error(api.post("/search/text", json={"text": "cat", field: value}), 422, "invalid_request", field)
 
@@ -132,8 +146,11 @@ def test_the_schema_says_what_is_refused(api, app_artefacts):
     assert text_body["text"]["maxLength"] == MAX_TEXT_CHARS and text_body["text"]["pattern"] == NOT_BLANK
     image_body = schema["paths"]["/search/image"]["post"]["requestBody"]["content"]
     known = sorted({label for item in app_artefacts.items for label in item.labels})
-    for labels in (text_body["labels"]["anyOf"][0], image_body["application/json"]["schema"]["properties"]["labels"]["anyOf"][0],
-                   image_body["multipart/form-data"]["schema"]["properties"]["labels"]):
+    for labels in (
+        text_body["labels"]["anyOf"][0],
+        image_body["application/json"]["schema"]["properties"]["labels"]["anyOf"][0],
+        image_body["multipart/form-data"]["schema"]["properties"]["labels"],
+    ):
         items = labels["items"]
         assert items["minLength"] == 1 and items["pattern"] == NOT_BLANK  # "" was schema-valid and refused
         assert sorted(items["enum"]) == known  # an unknown label is refused: the schema says which are known
@@ -156,8 +173,14 @@ def test_unknown_target(api, image_bytes):
 # ------------------------------------------------------------------------------------------------------- labels
 def test_unknown_label(api, image_bytes, app_artefacts):
     known = app_artefacts.items[0].labels[0]
-    body = assert_error(api.post("/search/text", json={"text": "cat", "labels": [known, "no-such-label"]}), 422,
-                        "unknown_label", "no-such-label", known, "/labels")
+    body = assert_error(
+        api.post("/search/text", json={"text": "cat", "labels": [known, "no-such-label"]}),
+        422,
+        "unknown_label",
+        "no-such-label",
+        known,
+        "/labels",
+    )
     assert "errors" not in body
     assert_error(upload(api, image_bytes, labels="no-such-label"), 422, "unknown_label", "no-such-label")
 
@@ -187,15 +210,23 @@ def test_wrong_content_type_for_image_search(api, image_bytes, content_type):
 
 
 def test_multipart_without_boundary_or_file(api, image_bytes):
-    assert_error(api.post("/search/image", content=b"xx", headers={"content-type": "multipart/form-data"}), 400,
-                 "bad_request", "boundary")
-    assert_error(api.post("/search/image", data={"k": "3"}, files={"other": ("a.png", image_bytes)}), 422,
-                 "invalid_request", "other")
-    response = api.post("/search/image", content=b"--b\r\nContent-Disposition: form-data; name=\"k\"\r\n\r\n3\r\n--b--\r\n",
-                        headers={"content-type": "multipart/form-data; boundary=b"})
+    assert_error(
+        api.post("/search/image", content=b"xx", headers={"content-type": "multipart/form-data"}), 400, "bad_request", "boundary"
+    )
+    assert_error(
+        api.post("/search/image", data={"k": "3"}, files={"other": ("a.png", image_bytes)}), 422, "invalid_request", "other"
+    )
+    response = api.post(
+        "/search/image",
+        content=b'--b\r\nContent-Disposition: form-data; name="k"\r\n\r\n3\r\n--b--\r\n',
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
     assert_error(response, 422, "missing_file", "file")
-    response = api.post("/search/image", content=b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc\r\n--b--\r\n",
-                        headers={"content-type": "multipart/form-data; boundary=b"})
+    response = api.post(
+        "/search/image",
+        content=b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\nabc\r\n--b--\r\n',
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
     assert_error(response, 422, "missing_file", "not a file upload")
 
 
@@ -208,33 +239,57 @@ def test_two_files_are_refused(api, image_bytes):
 @pytest.mark.parametrize("path", ["/search/text", "/search/image"])
 @pytest.mark.parametrize("body", [b'{"text": "cat"', b"{'text': 'cat'}", b"\xff\xfe{}", b"nul"])
 def test_malformed_json(api, path, body):
-    assert_error(api.post(path, content=body, headers={"content-type": "application/json"}), 400, "malformed_json", "not valid JSON")
+    assert_error(
+        api.post(path, content=body, headers={"content-type": "application/json"}), 400, "malformed_json", "not valid JSON"
+    )
 
 
 JSON_ROUTES = ("/search/text", "/search/image", "/admin/reload")
 
 
-@pytest.mark.parametrize("body", [b"[" * 2000 + b"]" * 2000, b'{"text": ' * 2000 + b'"cat"' + b"}" * 2000,
-                                  b'{"labels": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"], ids=["array", "object", "labels"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 2000 + b"]" * 2000,
+        b'{"text": ' * 2000 + b'"cat"' + b"}" * 2000,
+        b'{"labels": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+    ids=["array", "object", "labels"],
+)
 def test_deeply_nested_json_is_the_same_400_on_every_json_route(api, body):
     # /search/image parsed it itself and answered a 500 (RecursionError); the others said "error parsing the body"
-    answers = [assert_error(api.post(path, content=body, headers={"content-type": "application/json", "X-API-Key": ADMIN_KEY}),
-                            400, "malformed_json", "nested too deeply") for path in JSON_ROUTES]
+    answers = [
+        assert_error(
+            api.post(path, content=body, headers={"content-type": "application/json", "X-API-Key": ADMIN_KEY}),
+            400,
+            "malformed_json",
+            "nested too deeply",
+        )
+        for path in JSON_ROUTES
+    ]
     assert answers[0] == answers[1] == answers[2]
 
 
 @pytest.mark.parametrize("body", [b'{"text": "cat"', b"\xff\xfe{}", b"nul", b'{"a": 1}}', b"\x00"])
 def test_malformed_json_is_the_same_400_on_every_json_route(api, body):
-    answers = [assert_error(api.post(path, content=body, headers={"content-type": "application/json", "X-API-Key": ADMIN_KEY}),
-                            400, "malformed_json", "not valid JSON") for path in JSON_ROUTES]
+    answers = [
+        assert_error(
+            api.post(path, content=body, headers={"content-type": "application/json", "X-API-Key": ADMIN_KEY}),
+            400,
+            "malformed_json",
+            "not valid JSON",
+        )
+        for path in JSON_ROUTES
+    ]
     assert answers[0] == answers[1] == answers[2]
 
 
 def test_json_that_is_not_an_object(api):
     assert_error(api.post("/search/image", json=[1, 2]), 422, "invalid_request", "object")
     assert_error(api.post("/search/text", json="cat"), 422, "invalid_request")
-    assert_error(api.post("/search/image", content=b"", headers={"content-type": "application/json"}), 422,
-                 "invalid_request", "empty")
+    assert_error(
+        api.post("/search/image", content=b"", headers={"content-type": "application/json"}), 422, "invalid_request", "empty"
+    )
 
 
 # --------------------------------------------------------------------------------------------------- base64
@@ -253,8 +308,9 @@ def test_base64_missing(api):
 
 
 # ------------------------------------------------------------------------------------------------------ images
-@pytest.mark.parametrize("data", [b"hello, I am a text file\n", b"%PDF-1.4\n" + os.urandom(500), b"\x00" * 100],
-                         ids=["text", "pdf", "zeros"])
+@pytest.mark.parametrize(
+    "data", [b"hello, I am a text file\n", b"%PDF-1.4\n" + os.urandom(500), b"\x00" * 100], ids=["text", "pdf", "zeros"]
+)
 def test_non_image_upload(api, data):
     assert_error(upload(api, data, name="photo.jpg"), 415, "not_an_image", "not an image")
 
@@ -306,8 +362,15 @@ def test_extreme_aspect_ratio_is_refused_before_decoding(api, app_server, size):
     data = thin_png(*size)
     peak_before = peak_rss_mib(app_server.process.pid)
     for response in (upload(api, data), api.post("/search/image", json={"image_base64": base64.b64encode(data).decode()})):
-        assert_error(response, 422, "image_aspect_ratio", f"{size[0]}x{size[1]} px", "the limit is 20:1",
-                     "DSCMR_MAX_IMAGE_ASPECT_RATIO", "crop")
+        assert_error(
+            response,
+            422,
+            "image_aspect_ratio",
+            f"{size[0]}x{size[1]} px",
+            "the limit is 20:1",
+            "DSCMR_MAX_IMAGE_ASPECT_RATIO",
+            "crop",
+        )
     assert peak_rss_mib(app_server.process.pid) - peak_before < 100
 
 
@@ -336,9 +399,11 @@ def test_body_over_the_limit_declared_or_streamed(api):
             yield b"x" * MAX_UPLOAD_BYTES
 
     file_part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
-    for path, content_type, head in [("/search/image", "application/json", b'{"image_base64": "'),
-                                     ("/search/text", "application/json", b'{"text": "'),
-                                     ("/search/image", "multipart/form-data; boundary=b", file_part)]:
+    for path, content_type, head in [
+        ("/search/image", "application/json", b'{"image_base64": "'),
+        ("/search/text", "application/json", b'{"text": "'),
+        ("/search/image", "multipart/form-data; boundary=b", file_part),
+    ]:
         response = api.post(path, content=chunks(head), headers={"content-type": content_type})
         assert "content-length" not in response.request.headers
         assert_error(response, 413, "body_too_large", "limit")
@@ -346,8 +411,19 @@ def test_body_over_the_limit_declared_or_streamed(api):
 
 
 # ---------------------------------------------------------------------------------------------------- media
-@pytest.mark.parametrize("item_id", ["../../../../etc/passwd", "..%2F..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd",
-                                     "images/../../etc/hostname", "..%2F", "%2E%2E%2Fapp%2Fmain.py", "%00", "u1f600%00.png"])
+@pytest.mark.parametrize(
+    "item_id",
+    [
+        "../../../../etc/passwd",
+        "..%2F..%2F..%2Fetc%2Fpasswd",
+        "%2Fetc%2Fpasswd",
+        "images/../../etc/hostname",
+        "..%2F",
+        "%2E%2E%2Fapp%2Fmain.py",
+        "%00",
+        "u1f600%00.png",
+    ],
+)
 def test_media_cannot_reach_paths(api, item_id):
     response = api.get(f"/media/{item_id}")
     assert response.status_code in (404, 422), response.text
@@ -360,8 +436,13 @@ def test_media_serves_only_the_files_the_index_records(api, app_artefacts):
     stray = images_dir / "not-indexed.png"
     Image.new("RGB", (8, 8)).save(stray)  # a real image inside the corpus folder, but no item names it
     try:
-        for item_id in ("not-indexed", "not-indexed.png", str(stray), str(stray).lstrip("/"),
-                        str(Path(app_artefacts.items[0].image_path)).lstrip("/")):
+        for item_id in (
+            "not-indexed",
+            "not-indexed.png",
+            str(stray),
+            str(stray).lstrip("/"),
+            str(Path(app_artefacts.items[0].image_path)).lstrip("/"),
+        ):
             assert_error(api.get(f"/media/{item_id}"), 404, "item_not_found")
             assert_error(api.get(f"/items/{item_id}"), 404, "item_not_found")
     finally:
@@ -387,8 +468,11 @@ def test_unknown_endpoint_and_method(api):
 def test_admin_reload_with_a_bad_body(api):
     headers = {"X-API-Key": "test-admin-key"}
     assert_error(api.post("/admin/reload", headers=headers, json={"force": "sometimes"}), 422, "invalid_request", "force")
-    assert_error(api.post("/admin/reload", headers={**headers, "content-type": "text/plain"}, content=b"force"), 415,
-                 "unsupported_media_type")
+    assert_error(
+        api.post("/admin/reload", headers={**headers, "content-type": "text/plain"}, content=b"force"),
+        415,
+        "unsupported_media_type",
+    )
 
 
 def test_no_input_problem_reached_the_catch_all(api):

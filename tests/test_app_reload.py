@@ -4,6 +4,7 @@ One server runs for the whole module on a private index root (the session server
 before any version exists, so /readyz must say 503 until the first version is published; then every test publishes or
 switches versions and checks what the server serves, while requests are in flight.
 """
+
 from __future__ import annotations
 
 import re
@@ -88,8 +89,14 @@ def _hammer(server, stop: threading.Event, text: str, image: bytes, outcomes: li
             else:
                 response = client.post("/search/image", files={"file": ("q.png", image)}, data={"k": "50", "target": "both"})
             body = response.json()
-            outcomes.append((response.status_code, body.get("index_version"), body.get("model_hash"),
-                             {h["id"] for h in body.get("results", [])}))
+            outcomes.append(
+                (
+                    response.status_code,
+                    body.get("index_version"),
+                    body.get("model_hash"),
+                    {h["id"] for h in body.get("results", [])},
+                )
+            )
             i += 1
 
 
@@ -135,17 +142,24 @@ def test_a_new_model_is_loaded_with_its_index(reload_env, tmp_path):
     # a second model: the same network with perturbed weights (another content hash), indexing the texts only
     artefact = load_model(artefacts.model_dir)
     generator = torch.Generator().manual_seed(1)
-    artefact.state_dict = {k: v + 0.01 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
-                           for k, v in artefact.state_dict.items()}
+    artefact.state_dict = {
+        k: v + 0.01 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+        for k, v in artefact.state_dict.items()
+    }
     model_b = tmp_path / "model-b"
     new_hash = save_model(artefact, model_b)
     with server.client() as client:
         old_hash = client.get("/readyz").json()["model_hash"]
         assert new_hash != old_hash
-        version = build_index(model_b, artefacts.corpus_dir, root,
-                              BuildConfig(modalities=("text",), show_progress=False, decode_workers=1)).name
-        ready = wait_until(server, lambda c: (b := c.get("/readyz").json()).get("index_version") == version and b,
-                           "the new model's index to be served", timeout=120)
+        version = build_index(
+            model_b, artefacts.corpus_dir, root, BuildConfig(modalities=("text",), show_progress=False, decode_workers=1)
+        ).name
+        ready = wait_until(
+            server,
+            lambda c: (b := c.get("/readyz").json()).get("index_version") == version and b,
+            "the new model's index to be served",
+            timeout=120,
+        )
         assert ready["model_hash"] == new_hash and ready["counts"] == {"text": len(artefacts.items)}
         item = artefacts.items[0]
         body = client.post("/search/text", json={"text": item.text, "k": 1, "target": "text"}).json()

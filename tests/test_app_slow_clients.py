@@ -5,6 +5,7 @@ pools of common clients.
 The module's server runs with 1-second head and body-read timeouts and a 3-second body deadline, so that each test
 takes seconds; the socket timeouts below only bound how long a test waits for an answer that must come.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,14 @@ WAIT_S = 20  # far above the module server's timeouts; the unfixed server held s
 @pytest.fixture(scope="module")
 def slow_server(app_artefacts, tmp_path_factory):
     """A server with short timeouts (head 1 s, body read 1 s, whole body 3 s)."""
-    server = start_server(app_artefacts.index_root, tmp_path_factory.mktemp("slow") / "server.log", reload_poll_s="0",
-                          header_timeout_s="1", body_read_timeout_s="1", body_timeout_s="3")
+    server = start_server(
+        app_artefacts.index_root,
+        tmp_path_factory.mktemp("slow") / "server.log",
+        reload_poll_s="0",
+        header_timeout_s="1",
+        body_read_timeout_s="1",
+        body_timeout_s="3",
+    )
     try:
         wait_ready(server)
         yield server
@@ -57,7 +64,7 @@ def send_slowly(sock: socket.socket, data: bytes, chunk: int, pause_s: float) ->
         if select.select([sock], [], [], 0)[0]:
             return  # an answer (or the close) is waiting: stop sending
         try:
-            sock.sendall(data[start:start + chunk])
+            sock.sendall(data[start : start + chunk])
         except OSError:
             return
         time.sleep(pause_s)
@@ -119,23 +126,34 @@ def test_endless_headers_are_refused(slow_server):
         assert_error_then_closed(sock, 431, "headers_too_large", "65,536 bytes")
 
 
-@pytest.mark.parametrize("path, content_type, start", [
-    ("/search/text", "application/json", b'{"text": "a cat'),
-    ("/search/image", "application/json", b'{"image_base64": "iVBORw0KGgo'),
-    ("/search/image", "multipart/form-data; boundary=b", b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n\x89PNG'),
-    ("/admin/reload", "application/json", b'{"force": tr'),
-])
+@pytest.mark.parametrize(
+    "path, content_type, start",
+    [
+        ("/search/text", "application/json", b'{"text": "a cat'),
+        ("/search/image", "application/json", b'{"image_base64": "iVBORw0KGgo'),
+        (
+            "/search/image",
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n\x89PNG',
+        ),
+        ("/admin/reload", "application/json", b'{"force": tr'),
+    ],
+)
 def test_a_body_shorter_than_declared_is_answered_408_and_closed(slow_server, path, content_type, start):
     with connect(slow_server) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\nX-API-Key: test-admin-key\r\n"
-                     f"Content-Length: 1000\r\n\r\n".encode() + start)
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\nX-API-Key: test-admin-key\r\n"
+            f"Content-Length: 1000\r\n\r\n".encode()
+            + start
+        )
         assert_error_then_closed(sock, 408, "request_timeout", "DSCMR_BODY_READ_TIMEOUT_S")
 
 
 def test_a_trickled_body_is_cut_at_the_deadline(slow_server):
     with connect(slow_server) as sock:
-        sock.sendall(b"POST /search/text HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n")
+        sock.sendall(
+            b"POST /search/text HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+        )
         send_slowly(sock, b" " * 1000, 1, 0.3)  # a byte every 0.3 s: never stalled for the 1 s read timeout, 300 s in all
         assert_error_then_closed(sock, 408, "request_timeout", "DSCMR_BODY_TIMEOUT_S")
     # the server is fine afterwards
@@ -147,8 +165,10 @@ def test_prompt_requests_are_unaffected_on_a_kept_alive_connection(slow_server):
     query = json.dumps({"text": "a cat", "k": 2}).encode()
     with connect(slow_server) as sock:
         for _ in range(3):
-            sock.sendall(b"POST /search/text HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(query), query))
+            sock.sendall(
+                b"POST /search/text HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(query), query)
+            )
             status, _, answer = read_response(sock)
             assert status == 200 and len(json.loads(answer)["results"]) == 2, answer
             time.sleep(1.5)  # idle longer than the 1 s head timeout between requests: the keep-alive timeout rules there
@@ -171,7 +191,9 @@ def test_a_head_read_together_with_a_large_body_is_not_taken_for_a_long_head(slo
     # head and 300 kB of body in one send: the server's first read holds both, and only the head counts toward 64 KiB
     body = json.dumps({"text": "a" * 299_000}).encode()
     with connect(slow_server) as sock:
-        sock.sendall(b"POST /search/text HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST /search/text HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         status, _, answer = read_response(sock)
         assert status == 422 and json.loads(answer)["error"] == "text_too_long", answer[:300]

@@ -1,4 +1,5 @@
 """In-process checks of the service's helpers: settings from the environment, base64 decoding, finding the model."""
+
 from __future__ import annotations
 
 import base64
@@ -41,7 +42,7 @@ def test_base64_images_in_every_accepted_spelling():
     standard = base64.b64encode(data).decode()
     assert decode_base64_image(standard, 10_000) == data
     assert decode_base64_image("data:image/png;base64," + standard, 10_000) == data
-    assert decode_base64_image("\n".join(standard[i:i + 76] for i in range(0, len(standard), 76)), 10_000) == data
+    assert decode_base64_image("\n".join(standard[i : i + 76] for i in range(0, len(standard), 76)), 10_000) == data
     assert decode_base64_image(base64.urlsafe_b64encode(data).decode().rstrip("="), 10_000) == data
 
 
@@ -57,8 +58,9 @@ def test_uploads_are_decoded_in_draft_mode_like_the_training_images():
     assert decode_image(buf.getvalue(), 10_000_000).size == (1280, 960)
 
 
-@pytest.mark.parametrize("value, status", [("", 422), ("@@@@", 422), ("data:image/png,xyz", 422),
-                                           (base64.b64encode(b"x" * 2000).decode(), 413)])
+@pytest.mark.parametrize(
+    "value, status", [("", 422), ("@@@@", 422), ("data:image/png,xyz", 422), (base64.b64encode(b"x" * 2000).decode(), 413)]
+)
 def test_base64_refusals(value, status):
     with pytest.raises(ApiError) as caught:
         decode_base64_image(value, 1000)
@@ -95,8 +97,12 @@ def test_a_server_fault_is_a_json_500_and_the_connection_survives(tmp_path):
     from tests.app_fixtures import free_port
 
     # thread counts as they are: the lifespan applies them process-wide, and this process runs other tests too
-    settings = ServiceSettings(index_root=tmp_path / "no-index", reload_poll_s=0, torch_threads=torch.get_num_threads(),
-                               search_threads=faiss.omp_get_max_threads())
+    settings = ServiceSettings(
+        index_root=tmp_path / "no-index",
+        reload_poll_s=0,
+        torch_threads=torch.get_num_threads(),
+        search_threads=faiss.omp_get_max_threads(),
+    )
     app = create_app(settings)
 
     @app.get("/boom")
@@ -143,8 +149,14 @@ def test_the_chinese_segmenter_is_loaded_before_the_service_is_ready(app_artefac
         "load_serving_state(ServiceSettings(index_root=sys.argv[1], device='cpu', verify_files=False))\n"
         "print(json.dumps({'before': before, 'after': jieba.dt.initialized}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(app_artefacts.index_root)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(app_artefacts.index_root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"before": False, "after": True}
 

@@ -1,4 +1,5 @@
 """The saved-model directory: round trip, content hash, and clear refusals of damaged directories."""
+
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ from model.artefact import FORMAT_VERSION, ModelArtefactError, load_model, read_
 from model.encoder import load_encoder
 from training.config import preset, with_dims
 from training.features import FeatureSplits, SplitArrays
-from training.train import evaluate_model, features_spec, save_trained_model, train_dscmr
+from training.train import features_spec, save_trained_model, train_dscmr
 
 
 def tiny_splits(seed=0, n=(60, 20, 20), d_img=12, d_txt=6, c=3) -> FeatureSplits:
@@ -19,8 +20,12 @@ def tiny_splits(seed=0, n=(60, 20, 20), d_img=12, d_txt=6, c=3) -> FeatureSplits
     def part(m):
         cls = np.arange(m) % c
         y = np.eye(c, dtype=np.float32)[cls]
-        return SplitArrays((proto_i[cls] + 0.8 * rng.normal(size=(m, d_img))).astype(np.float32),
-                           (proto_t[cls] + 0.8 * rng.normal(size=(m, d_txt))).astype(np.float32), y, [f"i{k}" for k in range(m)])
+        return SplitArrays(
+            (proto_i[cls] + 0.8 * rng.normal(size=(m, d_img))).astype(np.float32),
+            (proto_t[cls] + 0.8 * rng.normal(size=(m, d_txt))).astype(np.float32),
+            y,
+            [f"i{k}" for k in range(m)],
+        )
 
     return FeatureSplits(part(n[0]), part(n[1]), part(n[2]), [f"c{k}" for k in range(c)], name="tiny")
 
@@ -28,6 +33,7 @@ def tiny_splits(seed=0, n=(60, 20, 20), d_img=12, d_txt=6, c=3) -> FeatureSplits
 def tiny_config(epochs=5, **train):
     cfg = with_dims(preset("paper", epochs=epochs, progress=False, batch_size=16, **train), 12, 6, 3)
     import dataclasses
+
     return dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, hidden_dim=32, common_dim=16))
 
 
@@ -66,6 +72,7 @@ def test_same_model_same_hash_and_metrics_do_not_change_it(saved, tmp_path):
 @pytest.mark.parametrize("damage", ["missing_weights", "truncated_weights", "missing_manifest", "bad_version", "edited_config"])
 def test_damaged_directory_is_refused_with_named_problem(saved, tmp_path, damage):
     import shutil
+
     _, _, out, _ = saved
     bad = tmp_path / "bad"
     shutil.copytree(out, bad)

@@ -1,5 +1,6 @@
 """The imagenet-sample benchmark's ceiling diagnostics: TF-IDF text from training texts only, the linear probe,
 and semantic matching with the true labels as the text side."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -109,7 +110,9 @@ def test_image_feature_variants_match_the_library_path(image_features_bench, tmp
     np.testing.assert_allclose(default, backbone.extract_images(photos).numpy(), rtol=1e-4, atol=1e-5)
     crops = [backbone.preprocess.resize_and_crop(p) for p in photos]
     mirrored_only = backbone.extract(backbone.preprocess.normalise([ImageOps.mirror(c) for c in crops])).numpy()
-    np.testing.assert_allclose(study(paths, "efficientnet-lite0", None, True), (default + mirrored_only) / 2, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        study(paths, "efficientnet-lite0", None, True), (default + mirrored_only) / 2, rtol=1e-4, atol=1e-5
+    )
     larger = study(paths, "efficientnet-lite0", 288, False)
     assert larger.shape == default.shape == (2, 1280) and not np.allclose(larger, default)
 
@@ -119,9 +122,16 @@ def test_loss_weight_selection_keeps_released_run_keys_and_marks_the_choice(benc
     assert bench.loss_weights_suffix(bench.RELEASED_LOSS_WEIGHTS) == ""
     assert bench.loss_weights_suffix((1.0, 0.0)) == "-lam1-eta0"
     assert bench.RELEASED_LOSS_WEIGHTS in bench.LOSS_WEIGHTS and len(set(bench.LOSS_WEIGHTS)) == len(bench.LOSS_WEIGHTS)
-    selection = {"minilm": {"text": "minilm", "chosen": {"lambda_j2": 1.0, "eta_j3": 0.0},
-                            "fold0_val_avg": [{"lambda_j2": 1e-3, "eta_j3": 0.1, "val_avg": 0.5667},
-                                              {"lambda_j2": 1.0, "eta_j3": 0.0, "val_avg": 0.619}]}}
+    selection = {
+        "minilm": {
+            "text": "minilm",
+            "chosen": {"lambda_j2": 1.0, "eta_j3": 0.0},
+            "fold0_val_avg": [
+                {"lambda_j2": 1e-3, "eta_j3": 0.1, "val_avg": 0.5667},
+                {"lambda_j2": 1.0, "eta_j3": 0.0, "val_avg": 0.619},
+            ],
+        }
+    }
     lines = bench._loss_weight_lines(selection)
     header = next(line for line in lines if line.startswith("| row"))
     assert "lambda 0.001, eta 0.1" in header and "lambda 1, eta 0" in header

@@ -1,5 +1,6 @@
 """bench/bench_publish.py at a tiny size: both paths run and write the same files, the JSON holds the breakdown and the
 machine as detected, and --doc regenerates only the marked section of a page (no figures asserted: timings vary)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -27,8 +28,27 @@ def test_small_run_writes_json_with_breakdown_and_regenerates_the_doc_section(tm
     doc = tmp_path / "page.md"
     doc.write_text(f"# Page\n\nkept above\n\n{bench.DOC_START}\nold figures\n{bench.DOC_END}\n\nkept below\n")
     out = tmp_path / "publish.json"
-    assert bench.main(["--size", "3000", "--dim", "32", "--rounds", "2", "--batch", "1000", "--work", str(tmp_path),
-                       "--out", str(out), "--doc", str(doc)]) == 0
+    assert (
+        bench.main(
+            [
+                "--size",
+                "3000",
+                "--dim",
+                "32",
+                "--rounds",
+                "2",
+                "--batch",
+                "1000",
+                "--work",
+                str(tmp_path),
+                "--out",
+                str(out),
+                "--doc",
+                str(doc),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["data"]["n"] == 3000 and len(report["rounds"]) == 2
     assert [r["order"] for r in report["rounds"]] == [["raw", "publish"], ["publish", "raw"]]

@@ -1,4 +1,5 @@
 """Per-direction score calibration: fitted on validation pairs, saved with the model, one scale for mixed answers."""
+
 import numpy as np
 import pytest
 

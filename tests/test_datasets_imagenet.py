@@ -1,5 +1,6 @@
 """The imagenet-sample-wordnet loader: on a folder generated in its layout (every clone) and on the real data in
 ../shared/data (where it is present)."""
+
 import json
 import shutil
 import warnings
@@ -26,7 +27,10 @@ def test_generated_single_label_corpus_and_split(generated):
     assert sorted(i for ids in corpus.splits.values() for i in ids) == sorted(it.id for it in corpus.items)
     tench = corpus.items[corpus.position("n01440764")]
     assert tench.labels == ("fish",) and tench.extra["synset_words"] == ["tench", "Tinca tinca"]
-    assert tench.text == "tench, Tinca tinca: freshwater dace-like game fish of Europe and western Asia noted for surviving out of water"
+    assert (
+        tench.text
+        == "tench, Tinca tinca: freshwater dace-like game fish of Europe and western Asia noted for surviving out of water"
+    )
     assert Path(tench.image_path).is_file() and Path(tench.image_path).is_absolute()
     # stratified: 10 per class -> one of each class in val and in test
     for split in ("val", "test"):
@@ -76,7 +80,10 @@ def test_real_single_label_corpus_and_split():
     assert sorted(i for ids in corpus.splits.values() for i in ids) == sorted(it.id for it in corpus.items)
     tench = corpus.items[corpus.position("n01440764")]
     assert tench.labels == ("fish",)
-    assert tench.text == "tench, Tinca tinca: freshwater dace-like game fish of Europe and western Asia noted for ability to survive outside water"
+    assert (
+        tench.text
+        == "tench, Tinca tinca: freshwater dace-like game fish of Europe and western Asia noted for ability to survive outside water"
+    )
     assert Path(tench.image_path).is_file()
     counts = Counter(it.labels[0] for it in corpus.items)
     assert counts["dog"] == 118 and counts["feline"] == 13

@@ -1,4 +1,5 @@
 """Loaders on small fixture trees in each real layout, with the real-world mess: missing/corrupt files, whitespace, empty texts."""
+
 import csv
 import json
 import warnings
@@ -46,7 +47,9 @@ def _manifest_tree(tmp_path: Path) -> Path:
     for cls, colour in (("cat", (250, 0, 0)), ("dog", (0, 250, 0)), ("fox", (0, 0, 250))):
         for i in range(10):
             write_image(tmp_path / "images" / f"{cls}{i}.jpg", colour)
-            rows.append({"id": f"{cls}{i}", "image": f"images/{cls}{i}.jpg", "text": f"a photo of a {cls} number {i}", "labels": [cls]})
+            rows.append(
+                {"id": f"{cls}{i}", "image": f"images/{cls}{i}.jpg", "text": f"a photo of a {cls} number {i}", "labels": [cls]}
+            )
     rows[0]["labels"] = ["cat", "dog"]  # one multi-label item
     write_image(tmp_path / "images" / "pngs" / "p.png")
     rows.append({"id": "png", "image": "  images/pngs/p.png ", "text": "a png with stray spaces in its path", "labels": ["fox"]})
@@ -66,7 +69,10 @@ def test_manifest_jsonl_loads_skips_and_reports(tmp_path):
     assert len(corpus) == 31 and report.loaded == 31
     assert report.skip_counts() == {"missing image": 1, "corrupt image": 1, "empty text": 1, "bad row": 1}
     assert report.note_counts() == {"stray whitespace in name": 1}
-    assert report.summary() == "31 loaded, 4 skipped: 1 missing image, 1 corrupt image, 1 empty text, 1 bad row; notes: 1 stray whitespace in name"
+    assert (
+        report.summary()
+        == "31 loaded, 4 skipped: 1 missing image, 1 corrupt image, 1 empty text, 1 bad row; notes: 1 stray whitespace in name"
+    )
     assert len(caught) == 1 and "4 skipped" in str(caught[0].message)
     assert corpus.label_names == ["cat", "dog", "fox"] and corpus.multilabel
     png = corpus.items[corpus.position("png")]
@@ -103,7 +109,7 @@ def test_manifest_csv_with_official_train_test_split(tmp_path):
 
 def test_manifest_missing_columns_is_a_clear_error(tmp_path):
     (tmp_path / "m.csv").write_text("image,caption\na.jpg,hello\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['text', 'labels'\]; found \['caption', 'image'\]"):
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['text'\]; found \['caption', 'image'\]"):
         load_manifest(tmp_path / "m.csv")
     (tmp_path / "empty-folder").mkdir()
     with pytest.raises(FileNotFoundError, match="no manifest"):
@@ -131,8 +137,10 @@ def _wikipedia_tree(tmp_path: Path) -> Path:
     for c, cat in enumerate(categories, 1):
         for i in range(14):
             txt, img = f"t{cat}{i}", f"i{cat}{i}"
-            write_image(root / "images" / cat / f"{img}.jpg")
-            (root / "texts" / f"{txt}.xml").write_text(_XML.format(title=txt, body=f"About {cat} number {i}.\n  Second paragraph."), encoding="utf-8")
+            write_image(root / "images" / cat / f"{img}.jpg", (60 * c, 15 * i, 100))  # each image different
+            (root / "texts" / f"{txt}.xml").write_text(
+                _XML.format(title=txt, body=f"About {cat} number {i}.\n  Second paragraph."), encoding="utf-8"
+            )
             lines["train" if i < 10 else "test"].append(f"{txt}\t{img}\t{c}")
     # the mess: malformed XML (bare '&'), a plain .txt text, a missing image, a corrupt image, an empty text,
     # stray whitespace around the ids, a category out of range
@@ -158,7 +166,11 @@ def test_wikipedia_raw_layout(tmp_path):
     assert len(corpus.splits["test"]) == 12
     assert len(corpus.splits["train"]) + len(corpus.splits["val"]) == 27
     assert len(corpus.splits["val"]) == 7  # round(27 * 0.25)
-    assert Counter(corpus.items[corpus.position(i)].labels[0] for i in corpus.splits["val"]) == {"art": 3, "biology": 2, "history": 2}
+    assert Counter(corpus.items[corpus.position(i)].labels[0] for i in corpus.splits["val"]) == {
+        "art": 3,
+        "biology": 2,
+        "history": 2,
+    }
 
     def item(item_id):
         return corpus.items[corpus.position(item_id)]
@@ -171,12 +183,60 @@ def test_wikipedia_raw_layout(tmp_path):
     assert set(report.skipped_items("missing image")) == {"trainset_txt_img_cat.list:11 (tbiology0)"}
 
 
+def test_wikipedia_reports_stray_file_names_and_identical_images_without_changing_the_splits(tmp_path):
+    root = _wikipedia_tree(tmp_path) / "wikipedia_dataset"
+    clean, clean_report, _ = loaded_quietly(load_wikipedia, root.parent, val_fraction=0.25, seed=0)
+    assert clean_report.duplicates == [] and "byte-identical" not in clean_report.summary()
+    images = root / "images"
+    # files whose names carry a space (the real dataset has three): matched by the stripped stem, and reported
+    (images / "art" / "iart3.jpg").rename(images / "art" / "iart3 .jpg")
+    (images / "history" / "ihistory4.jpg").rename(images / "history" / "ihistory4.jpg ")
+    (root / "texts" / "tart2.xml").rename(root / "texts" / "tart2 .xml")
+    # byte-identical images: a pair inside train, a pair across train/test, a triple with two pairs across
+    for source, copies in (
+        ("art/iart6", ["art/iart7"]),
+        ("art/iart2", ["biology/ibiology12"]),
+        ("history/ihistory5", ["history/ihistory6", "history/ihistory11"]),
+    ):
+        for copy in copies:
+            (images / f"{copy}.jpg").write_bytes((images / f"{source}.jpg").read_bytes())
+    corpus, report, caught = loaded_quietly(load_wikipedia, root.parent, val_fraction=0.25, seed=0)
+
+    assert len(caught) == 1 and "3 across official splits" in str(caught[0].message)
+    assert corpus.splits == clean.splits and [it.id for it in corpus.items] == [it.id for it in clean.items]
+    assert Path(corpus.items[corpus.position("tart3")].image_path).name == "iart3 .jpg"
+    assert report.note_counts() == {
+        "malformed XML": 1,
+        "stray whitespace in name": 1,
+        "image file name with stray whitespace": 2,
+        "text file name with stray whitespace": 1,
+    }
+    assert {i.item for i in report.issues if i.reason == "image file name with stray whitespace"} == {
+        "trainset_txt_img_cat.list:4 (tart3)",
+        "trainset_txt_img_cat.list:25 (thistory4)",
+    }
+    assert report.duplicates == [
+        {"ids": ["tart2", "tbiology12"], "splits": ["train", "test"], "across_splits": True},
+        {"ids": ["tart6", "tart7"], "splits": ["train", "train"], "across_splits": False},
+        {"ids": ["thistory5", "thistory6", "thistory11"], "splits": ["train", "train", "test"], "across_splits": True},
+    ]
+    across = [("tart2", "tbiology12"), ("thistory5", "thistory11"), ("thistory6", "thistory11")]
+    assert report.duplicate_pairs(across_splits=True) == across and len(report.duplicate_pairs()) == 5
+    assert (
+        "; 5 byte-identical image pairs, 3 across official splits: tart2=tbiology12, thistory5=thistory11, "
+        "thistory6=thistory11" in report.summary()
+    )
+    record = json.loads(json.dumps(report.as_dict()))
+    assert record["duplicate_image_pairs"] == 5 and record["duplicate_image_pairs_across_splits"] == [list(p) for p in across]
+
+
 def test_wikipedia_reports_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="categories.list"):
         load_wikipedia(tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------- pascal sentence
+
 
 def _sentences(cls: str, i: int) -> str:
     return "".join(f"Sentence {k} about {cls} {i}.\n" for k in range(5))
@@ -194,11 +254,11 @@ def _pascal_tree(tmp_path: Path, layout: str) -> Path:
             (text_dir / f"{stem}.txt").write_text(_sentences(cls, i), encoding="utf-8")
     image_dir = root / ("dataset" if layout == "split" else "")
     text_dir = root / ("sentence" if layout == "split" else "")
-    (text_dir / "bird" / "2008_bird_00.txt").unlink()                      # image without sentences
-    write_corrupt(image_dir / "boat" / "2008_boat_00.jpg")                  # corrupt image
+    (text_dir / "bird" / "2008_bird_00.txt").unlink()  # image without sentences
+    write_corrupt(image_dir / "boat" / "2008_boat_00.jpg")  # corrupt image
     (text_dir / "cow" / "2008_cow_00.txt").write_text("\n \n", encoding="utf-8")  # empty text
     (image_dir / "cow" / "2008_cow_01.jpg").rename(image_dir / "cow" / "2008_cow_01 .jpg")  # whitespace in a name
-    (image_dir / "cow" / "2008_cow_02.jpg").unlink()                        # sentences without image
+    (image_dir / "cow" / "2008_cow_02.jpg").unlink()  # sentences without image
     return root
 
 
@@ -232,6 +292,7 @@ def test_pascal_sentence_common_protocol_sizes(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- registry
+
 
 def test_registry_dispatches_and_explains(tmp_path):
     assert dataset_kinds() == ["emoji-demo", "imagenet-sample", "manifest", "pascal-sentence", "wikipedia"]

@@ -1,4 +1,5 @@
 """Stratified, seeded splits: exact overall sizes, per-class proportions, the at-least-one rule, determinism."""
+
 from collections import Counter
 
 import pytest

@@ -1,4 +1,5 @@
 """torchrun: two CPU processes (gloo) with the same global batch reach the same model as one process."""
+
 import json
 import os
 import subprocess
@@ -15,9 +16,29 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _train(tmp_path, name, nproc, extra=()):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else [sys.executable]
-    cmd = [*launcher, "-m", "training", "train", "--features", str(tmp_path / "f.npz"), "--epochs", "6", "--batch-size", "20",
-           "--out", str(tmp_path / name), "--run-dir", str(tmp_path / f"{name}_run"), "--no-progress", *extra]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+        if nproc > 1
+        else [sys.executable]
+    )
+    cmd = [
+        *launcher,
+        "-m",
+        "training",
+        "train",
+        "--features",
+        str(tmp_path / "f.npz"),
+        "--epochs",
+        "6",
+        "--batch-size",
+        "20",
+        "--out",
+        str(tmp_path / name),
+        "--run-dir",
+        str(tmp_path / f"{name}_run"),
+        "--no-progress",
+        *extra,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = [json.loads(line) for line in (tmp_path / f"{name}_run" / "metrics.jsonl").read_text().splitlines()]

@@ -1,4 +1,5 @@
 """Downloaders against a real local HTTP server (ThreadingHTTPServer with Range support) serving fixture files."""
+
 import hashlib
 import os
 import tarfile
@@ -115,8 +116,9 @@ def test_resume_after_truncated_part(server, tmp_path):
 def test_dropped_connection_is_retried_from_where_it_stopped(server, tmp_path):
     data, digest = _payload(server)
     delays = []
-    download_file(f"{server.url}/flaky/blob.bin", tmp_path / "blob.bin", sha256=digest, progress=False,
-                  backoff_s=0.5, sleep=delays.append)
+    download_file(
+        f"{server.url}/flaky/blob.bin", tmp_path / "blob.bin", sha256=digest, progress=False, backoff_s=0.5, sleep=delays.append
+    )
     assert (tmp_path / "blob.bin").read_bytes() == data
     assert server.requests == [("/flaky/blob.bin", None), ("/flaky/blob.bin", f"bytes={len(data) // 2}-")]
     assert delays == [0.5]
@@ -170,6 +172,7 @@ def test_unwritable_destination_is_a_clear_error(server, tmp_path):
 
 # ----------------------------------------------------------------------------------------------- Wikipedia
 
+
 def test_download_wikipedia_archive_and_load_it(server, tmp_path):
     tree = _wikipedia_tree(tmp_path / "tree")
     archive = server.root / "crossmodal" / "wikipedia_dataset.tgz"
@@ -191,14 +194,18 @@ def test_download_wikipedia_archive_and_load_it(server, tmp_path):
 
 # ----------------------------------------------------------------------------------------------- Pascal Sentence
 
+
 def _uiuc_page(entries: dict[str, list[str]]) -> str:
     # The UIUC page: one table, a row per image: the image, then a nested table with one sentence per row.
     rows = []
     for src, sentences in entries.items():
         cells = "".join(f"<tr><td> {s}</td></tr>\n" for s in sentences)
         rows.append(f'<tr><td><img src="{src}"/></td>\n<td><table>\n{cells}</table></td></tr>\n')
-    return ("<html><head><title>Pascal Sentences</title></head><body>\n<h1>Pascal Sentences</h1>\n<table>\n"
-            + "".join(rows) + "</table>\n</body></html>\n")
+    return (
+        "<html><head><title>Pascal Sentences</title></head><body>\n<h1>Pascal Sentences</h1>\n<table>\n"
+        + "".join(rows)
+        + "</table>\n</body></html>\n"
+    )
 
 
 def _serve_pascal(server, n_per_class=3):
@@ -224,7 +231,9 @@ def test_parse_uiuc_page_structure():
     # the same page with the optional end tags left out, as hand-written HTML often does
     sloppy = page.replace("</td>", "").replace("</tr>", "")
     assert [(e.category, e.stem, e.sentences) for e in parse_pascal_sentence_page(sloppy, "http://example.org/x/")] == [
-        ("cat", "a", ["One cat.", "Two cats."]), ("dog", "b", ["A dog."])]
+        ("cat", "a", ["One cat.", "Two cats."]),
+        ("dog", "b", ["A dog."]),
+    ]
 
 
 def test_download_pascal_sentence_crawls_resumes_and_loads(server, tmp_path):
@@ -255,7 +264,9 @@ def test_download_pascal_sentence_follows_sentence_file_links(server, tmp_path):
         write_image(site / "dataset" / cls / f"{cls}1.jpg")
         (site / "sentence" / cls).mkdir(parents=True)
         (site / "sentence" / cls / f"{cls}1.txt").write_text("".join(f"{cls} line {k}\n" for k in range(5)), encoding="utf-8")
-        links.append(f'<li><a href="dataset/{cls}/{cls}1.jpg">{cls}1.jpg</a> <a href="sentence/{cls}/{cls}1.txt">sentences</a></li>')
+        links.append(
+            f'<li><a href="dataset/{cls}/{cls}1.jpg">{cls}1.jpg</a> <a href="sentence/{cls}/{cls}1.txt">sentences</a></li>'
+        )
     (site / "index.html").write_text("<html><body><ul>" + "\n".join(links) + "</ul></body></html>", encoding="utf-8")
     out = download_pascal_sentence(tmp_path / "ps", base_url=f"{server.url}/ps/index.html", workers=2)
     corpus, report = load_pascal_sentence(out)

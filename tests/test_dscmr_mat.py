@@ -1,4 +1,5 @@
 """The authors' published feature layout (train_img.mat, train_txt.mat, train_img_lab.mat, test_*), on generated files."""
+
 import numpy as np
 import pytest
 from scipy.io import savemat

@@ -1,4 +1,5 @@
 """The emoji demo corpus, built from the real Debian package files (fonts-noto-color-emoji, unicode-cldr-core, unicode-data)."""
+
 from collections import Counter
 from pathlib import Path
 
@@ -10,8 +11,17 @@ from training.datasets import EmojiSources, build_emoji_corpus, load_dataset
 from training.datasets.emoji_demo import read_cldr_annotations, read_emoji_test
 
 SOURCES = EmojiSources()
-GROUPS = ["Smileys & Emotion", "People & Body", "Animals & Nature", "Food & Drink", "Travel & Places",
-          "Activities", "Objects", "Symbols", "Flags"]
+GROUPS = [
+    "Smileys & Emotion",
+    "People & Body",
+    "Animals & Nature",
+    "Food & Drink",
+    "Travel & Places",
+    "Activities",
+    "Objects",
+    "Symbols",
+    "Flags",
+]
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +96,17 @@ def test_emoji_test_parsing_folds_skin_tones_and_drops_components(debian_sources
     groups = list(dict.fromkeys(e.group for e in entries))
     assert groups == GROUPS
     thumbs = [e for e in entries if e.name.startswith("thumbs up")]
-    assert [e.emoji for e in thumbs] == ["\U0001F44D"]
+    assert [e.emoji for e in thumbs] == ["\U0001f44d"]
     assert len(entries) > 1500
 
 
 def test_missing_sources_name_the_debian_package(tmp_path):
-    sources = EmojiSources(font=tmp_path / "NotoColorEmoji.ttf", emoji_test=tmp_path / "emoji-test.txt",
-                           annotations=SOURCES.annotations)
-    with pytest.raises(FileNotFoundError, match=r"fonts-noto-color-emoji.*unicode-data.*apt-get install -y fonts-noto-color-emoji"):
+    sources = EmojiSources(
+        font=tmp_path / "NotoColorEmoji.ttf", emoji_test=tmp_path / "emoji-test.txt", annotations=SOURCES.annotations
+    )
+    with pytest.raises(
+        FileNotFoundError, match=r"fonts-noto-color-emoji.*unicode-data.*apt-get install -y fonts-noto-color-emoji"
+    ):
         build_emoji_corpus(tmp_path / "out", limit=5, sources=sources)
 
 
@@ -113,8 +126,8 @@ def test_group_subgroup_labels_share_one_split(debian_sources, tmp_path):
     assert both.splits == group.splits and both.multilabel and not group.multilabel
     train = set(both.splits["train"])
     trained_subgroups = {it.extra["subgroup"] for it in both.items if it.id in train}
-    assert both.label_names[:len(group.label_names)] == group.label_names
-    assert set(both.label_names[len(group.label_names):]) == trained_subgroups  # only subgroups the train split can teach
+    assert both.label_names[: len(group.label_names)] == group.label_names
+    assert set(both.label_names[len(group.label_names) :]) == trained_subgroups  # only subgroups the train split can teach
     for it in both.items:
         assert it.labels[0] == it.extra["group"]
         assert it.labels[1:] == ((it.extra["subgroup"],) if it.extra["subgroup"] in trained_subgroups else ())
@@ -129,8 +142,28 @@ def test_a_demo_build_without_progress_prints_no_progress_bars_or_alarms(debian_
 
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "training", "demo", "--root", str(tmp_path / "demo"), "--limit", "27", "--epochs", "1",
-                           "--text", text, "--no-progress"], cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "demo",
+            "--root",
+            str(tmp_path / "demo"),
+            "--limit",
+            "27",
+            "--epochs",
+            "1",
+            "--text",
+            text,
+            "--no-progress",
+        ],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     output = proc.stdout + proc.stderr
     assert "%|" not in output and "it/s]" not in output, output[-3000:]

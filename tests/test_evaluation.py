@@ -1,11 +1,25 @@
 """Vectorised retrieval metrics against slow, obvious loop references (ties included)."""
+
 import numpy as np
 import pytest
 import torch
 
-from training.evaluation import (TIE_DECIMALS, CrossModalRecall, CrossModalScores, RecallScores, average_precisions, cross_modal_map,
-                                 cross_modal_map_torch, cross_modal_recall, first_hit_ranks, instance_groups, mean_average_precision, selection_score,
-                                 precision_at_k, precision_recall_curve)
+from training.evaluation import (
+    TIE_DECIMALS,
+    CrossModalRecall,
+    CrossModalScores,
+    RecallScores,
+    average_precisions,
+    cross_modal_map,
+    cross_modal_map_torch,
+    cross_modal_recall,
+    first_hit_ranks,
+    instance_groups,
+    mean_average_precision,
+    precision_at_k,
+    precision_recall_curve,
+    selection_score,
+)
 
 
 def slow_ranking(q, r):

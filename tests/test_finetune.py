@@ -1,4 +1,5 @@
 """End-to-end fine-tuning: backbone blocks train (others stay pretrained), the saved model carries them, index + encoder use them."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,9 +24,14 @@ from training.prepare import PrepareConfig, load_prepared, prepare_corpus, prepa
 
 UNFREEZE = 2
 # Small, CPU-sized run: 16 training images in batches of 8, two epochs, no loader processes.
-CFG = FinetuneConfig(dscmr=preset("wiki-tuned", epochs=2, batch_size=8, progress=False, seed=0, checkpoint_every=1),
-                     unfreeze_blocks=UNFREEZE, backbone_lr_scale=0.1, augment=AugmentConfig(scale=(0.5, 1.0)), workers=0,
-                     eval_batch_size=16)
+CFG = FinetuneConfig(
+    dscmr=preset("wiki-tuned", epochs=2, batch_size=8, progress=False, seed=0, checkpoint_every=1),
+    unfreeze_blocks=UNFREEZE,
+    backbone_lr_scale=0.1,
+    augment=AugmentConfig(scale=(0.5, 1.0)),
+    workers=0,
+    eval_batch_size=16,
+)
 
 
 def make_small_corpus(directory: Path, n_per_class: int = 6) -> Path:
@@ -38,7 +44,9 @@ def make_small_corpus(directory: Path, n_per_class: int = 6) -> Path:
             shape = SHAPES[i % 3]
             path = images / f"{name}{i}.png"
             draw(path, rgb, shape, seed=c * 100 + i)
-            items.append(Item(id=f"{name}{i}", image_path=str(path), text=f"a {name} {shape} on a pale background", labels=(name,)))
+            items.append(
+                Item(id=f"{name}{i}", image_path=str(path), text=f"a {name} {shape} on a pale background", labels=(name,))
+            )
             splits["train" if i < n_per_class - 2 else "val" if i == n_per_class - 2 else "test"].append(f"{name}{i}")
     save_corpus(Corpus(items=items, label_names=list(COLOURS), splits=splits, name="shapes"), directory)
     return directory
@@ -67,8 +75,9 @@ def test_only_the_unfrozen_blocks_change(finetuned):
     result, run_dir = finetuned
     stock = build_image_backbone("efficientnet-lite0")
     tuned_keys = set(stock.block_state_keys(UNFREEZE))
-    assert tuned_keys and all(k.startswith(("network.network._blocks.15.", "network.network._conv_head", "network.network._bn1"))
-                              for k in tuned_keys)
+    assert tuned_keys and all(
+        k.startswith(("network.network._blocks.15.", "network.network._conv_head", "network.network._bn1")) for k in tuned_keys
+    )
     stock_state, tuned_state = stock.state_dict(), result.backbone.state_dict()
     params = {name for name, _ in stock.named_parameters()}
     for key, value in stock_state.items():
@@ -110,7 +119,7 @@ def test_saved_model_carries_the_backbone_and_index_build_uses_it(finetuned, pre
     spec = json.loads((model_dir / "feature_spec.json").read_text())["image"]
     assert spec["finetuned"] is True and spec["unfrozen_blocks"] == UNFREEZE and spec["blocks"] == ["block15", "head"]
     weights = load_file(str(model_dir / "weights.safetensors"))
-    saved = {k[len(FINETUNED_BACKBONE_PREFIX):] for k in weights if k.startswith(FINETUNED_BACKBONE_PREFIX)}
+    saved = {k[len(FINETUNED_BACKBONE_PREFIX) :] for k in weights if k.startswith(FINETUNED_BACKBONE_PREFIX)}
     assert saved == set(result.backbone.block_state_keys(UNFREEZE))
 
     encoder = load_encoder(model_dir, device="cpu")
@@ -132,8 +141,12 @@ def test_saved_model_carries_the_backbone_and_index_build_uses_it(finetuned, pre
 
     # The prepared feature cache holds the stock backbone's features: a fine-tuned model must not take them.
     assert encoder.image_feature_fingerprint is None
-    version = build_index(model_dir, corpus_dir, tmp_path / "index",
-                          BuildConfig(show_progress=False, feature_cache=prepared_feature_cache(prepared_dir)))
+    version = build_index(
+        model_dir,
+        corpus_dir,
+        tmp_path / "index",
+        BuildConfig(show_progress=False, feature_cache=prepared_feature_cache(prepared_dir)),
+    )
     manifest = load_manifest(version)
     assert manifest["model"]["content_hash"] == digest
     assert manifest["embedding"]["image_features_reused"] == 0
@@ -148,10 +161,21 @@ def test_saved_model_carries_the_backbone_and_index_build_uses_it(finetuned, pre
 def test_cli_fine_tunes_one_block(prepared_dir, tmp_path, capsys):
     from training.__main__ import main
 
-    common = ["finetune", "--prepared", str(prepared_dir), "--epochs", "1", "--batch-size", "16", "--workers", "0", "--no-progress"]
+    common = [
+        "finetune",
+        "--prepared",
+        str(prepared_dir),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     assert main([*common, "--out", str(tmp_path / "m"), "--unfreeze-blocks", "1"]) == 0
     out = capsys.readouterr().out
-    report = json.loads(out[out.index("{"):])
+    report = json.loads(out[out.index("{") :])
     assert report["epochs_run"] == 1 and report["amp"] == "fp32" and report["test"]["selected_on"] == "val"
     spec = json.loads((tmp_path / "m" / "feature_spec.json").read_text())["image"]
     assert spec["finetuned"] and spec["blocks"] == ["head"]

@@ -1,4 +1,5 @@
 """Image backbones: preprocessing arithmetic, VGG19 in torchvision's layout, real EfficientNet-Lite weights."""
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,9 @@ BUILDINGS = {PALACE, MONASTERY, BELL_COTE, CASTLE, CHURCH, DOME, STUPA, MOSQUE, 
 
 # torchvision.models.vgg19().state_dict() keys, in order (conv layers sit at these features.* indices).
 TORCHVISION_VGG19_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
-TORCHVISION_VGG19_KEYS = [
-    f"features.{i}.{p}" for i in TORCHVISION_VGG19_CONV_INDICES for p in ("weight", "bias")
-] + [f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")]
+TORCHVISION_VGG19_KEYS = [f"features.{i}.{p}" for i in TORCHVISION_VGG19_CONV_INDICES for p in ("weight", "bias")] + [
+    f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")
+]
 # features index after which torchvision's VGG19 has a 2x2 max-pool
 TORCHVISION_VGG19_POOL_INDICES = (4, 9, 18, 27, 36)
 

@@ -1,4 +1,5 @@
 """load_image on generated files of every awkward kind real photo collections contain."""
+
 from __future__ import annotations
 
 import io
@@ -208,9 +209,14 @@ def test_banded_conversions_match_the_whole_image_reference(monkeypatch, band_pi
     every_16_bit = np.arange(65536, dtype=np.uint16).reshape(256, 256)
     floats = rng.normal(0, 1000, (41, 53)).astype(np.float32)
     floats[0, :3] = [np.nan, np.inf, -np.inf]
-    for values in (every_16_bit, rng.integers(0, 65536, (41, 53)).astype(np.int32),
-                   rng.integers(-5000, 5000, (41, 53)).astype(np.int32), rng.random((41, 53)).astype(np.float32),
-                   (rng.random((41, 53)) * 255).astype(np.float32), floats):
+    for values in (
+        every_16_bit,
+        rng.integers(0, 65536, (41, 53)).astype(np.int32),
+        rng.integers(-5000, 5000, (41, 53)).astype(np.int32),
+        rng.random((41, 53)).astype(np.float32),
+        (rng.random((41, 53)) * 255).astype(np.float32),
+        floats,
+    ):
         got = np.asarray(to_rgb(Image.fromarray(values)))[..., 0]
         assert np.array_equal(got, _high_bit_depth_reference(values)), values.dtype
 
@@ -340,7 +346,7 @@ def test_photos_of_an_imagenet_sample_folder_decode_to_rgb(photo_folder):
     files = [root / item["file"] for item in json.loads((root / "metadata.json").read_text())["items"]]
     # Header-only open is cheap; pick the grayscale photos plus a spread of the others.
     modes = {path: Image.open(path).mode for path in files}
-    chosen = [p for p, m in modes.items() if m != "RGB"][:10] + files[::max(1, len(files) // 10)]
+    chosen = [p for p, m in modes.items() if m != "RGB"][:10] + files[:: max(1, len(files) // 10)]
     assert any(modes[p] != "RGB" for p in chosen), "expected some grayscale photos in the sample"
     for path in chosen:
         image = load_image(path, draft_size=256)

@@ -5,6 +5,7 @@ coarse class of an imagenet-sample-wordnet folder: the generated one (12 classes
 glosses; every clone) and the real ImageNet sample in ../shared/data (22 classes, 66 photos; where it is present). The
 tests build an index with it and query it by text and by image.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +29,6 @@ from model.corpus import Corpus, Item, load_corpus, save_corpus
 from tests.fixtures_data import IMAGENET_SAMPLE, needs_real_imagenet, write_imagenet_sample
 from tests.test_index_fixtures import single_thread_faiss  # noqa: F401
 
-
 REPO = Path(__file__).resolve().parents[1]
 PER_CLASS = 3
 CONFIG = BuildConfig(batch_size=16, show_progress=False)
@@ -51,7 +51,9 @@ def trained(request, tmp_path_factory):
 
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp(request.param)
-    folder = IMAGENET_SAMPLE if request.param == "real" else write_imagenet_sample(base / "imagenet-sample", per_class=PER_CLASS + 1)
+    folder = (
+        IMAGENET_SAMPLE if request.param == "real" else write_imagenet_sample(base / "imagenet-sample", per_class=PER_CLASS + 1)
+    )
     full, _ = load_imagenet_sample(folder, verify_images=False)
     taken: dict[str, int] = {}
     items, spare = [], []
@@ -61,19 +63,26 @@ def trained(request, tmp_path_factory):
             items.append(it)
         elif len(spare) < 4:
             spare.append(it)
-    corpus = Corpus(items=items, label_names=full.label_names, splits={"test": [it.id for it in items]},
-                    name=f"imagenet-{len(items)}")
+    corpus = Corpus(
+        items=items, label_names=full.label_names, splits={"test": [it.id for it in items]}, name=f"imagenet-{len(items)}"
+    )
     corpus_dir = save_corpus(corpus, base / "corpus")
 
-    image_features = build_image_backbone("efficientnet-lite0").extract_images([load_image(it.image_path) for it in items]).numpy()
+    image_features = (
+        build_image_backbone("efficientnet-lite0").extract_images([load_image(it.image_path) for it in items]).numpy()
+    )
     text_features = MiniLMSentenceEncoder().encode([it.text for it in items])
     labels = np.zeros((len(items), len(corpus.label_names)), np.float32)
     for i, it in enumerate(items):
         labels[i, corpus.label_names.index(it.labels[0])] = 1
     split = SplitArrays(image_features.astype(np.float32), text_features.astype(np.float32), labels, [it.id for it in items])
     data = FeatureSplits(split, split, split, corpus.label_names, corpus.name)
-    cfg = with_dims(preset("paper", epochs=80, batch_size=32, lr=1e-3, device="cpu", progress=False, amp=False,
-                           checkpoint_every=10**6), image_features.shape[1], text_features.shape[1], len(corpus.label_names))
+    cfg = with_dims(
+        preset("paper", epochs=80, batch_size=32, lr=1e-3, device="cpu", progress=False, amp=False, checkpoint_every=10**6),
+        image_features.shape[1],
+        text_features.shape[1],
+        len(corpus.label_names),
+    )
     cfg = dataclasses.replace(cfg, network=dataclasses.replace(cfg.network, hidden_dim=256, common_dim=64))
     result = train_dscmr(data, cfg)
     spec = {"image": {"kind": "backbone", "name": "efficientnet-lite0"}, "text": {"kind": "minilm"}}
@@ -145,16 +154,23 @@ def test_manifest_stamps_the_model(trained, built):
     manifest = load_manifest(built[1])
     assert manifest["model"]["content_hash"] == read_model_hash(model_dir)
     assert manifest["model"]["dim"] == 64 and manifest["skipped"]["count"] == 0
-    assert manifest["corpus"]["n_items"] == len(load_corpus(corpus_dir)) and manifest["corpus"]["label_names"] == load_corpus(corpus_dir).label_names
+    assert (
+        manifest["corpus"]["n_items"] == len(load_corpus(corpus_dir))
+        and manifest["corpus"]["label_names"] == load_corpus(corpus_dir).label_names
+    )
 
 
 def test_corrupt_and_missing_images_are_skipped_and_counted(trained, tmp_path):
     model_dir, _, corpus, encoder, _ = trained
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
-    extra = [Item("broken", str(broken), "a broken picture of a fish", ("fish",), {}),
-             Item("missing", str(tmp_path / "gone.jpg"), "a picture that went away", ("fish",), {})]
-    corpus_dir = save_corpus(Corpus(items=corpus.items[:10] + extra, label_names=corpus.label_names, name="with-broken"), tmp_path / "c")
+    extra = [
+        Item("broken", str(broken), "a broken picture of a fish", ("fish",), {}),
+        Item("missing", str(tmp_path / "gone.jpg"), "a picture that went away", ("fish",), {}),
+    ]
+    corpus_dir = save_corpus(
+        Corpus(items=corpus.items[:10] + extra, label_names=corpus.label_names, name="with-broken"), tmp_path / "c"
+    )
     version = build_index(model_dir, corpus_dir, tmp_path / "index", CONFIG, encoder=encoder)
     manifest = load_manifest(version)
     assert manifest["counts"] == {"image": 10, "text": 12}  # their texts are still indexed
@@ -170,9 +186,13 @@ def test_too_elongated_images_are_skipped_and_counted(trained, tmp_path):
     sliver, strip = tmp_path / "sliver.png", tmp_path / "strip.png"
     Image.new("L", (1, 8_400_000), 128).save(sliver)  # overflowed the backbone resize and stopped the build
     Image.new("L", (30, 1), 128).save(strip)
-    extra = [Item("sliver", str(sliver), "a very tall picture", ("fish",), {}),
-             Item("strip", str(strip), "a very wide picture", ("fish",), {})]
-    corpus_dir = save_corpus(Corpus(items=corpus.items[:10] + extra, label_names=corpus.label_names, name="with-thin"), tmp_path / "c")
+    extra = [
+        Item("sliver", str(sliver), "a very tall picture", ("fish",), {}),
+        Item("strip", str(strip), "a very wide picture", ("fish",), {}),
+    ]
+    corpus_dir = save_corpus(
+        Corpus(items=corpus.items[:10] + extra, label_names=corpus.label_names, name="with-thin"), tmp_path / "c"
+    )
     manifest = load_manifest(build_index(model_dir, corpus_dir, tmp_path / "index", CONFIG, encoder=encoder))
     assert manifest["counts"] == {"image": 10, "text": 12}
     reasons = {s["id"]: s["reason"] for s in manifest["skipped"]["items"]}
@@ -213,11 +233,27 @@ def test_cli_build_killed_mid_way_keeps_previous_version_then_resumes(trained, t
     root = tmp_path / "index"
     first = build_index(model_dir, corpus_dir, root, CONFIG, encoder=encoder)
     expected = SearchIndex.load(root).search_vectors(encoder.encode_texts([corpus.items[0].text]), k=5)
-    cmd = [sys.executable, "-m", "index", "build", "--model", str(model_dir), "--corpus", str(corpus_dir), "--root", str(root),
-           "--batch-size", "8", "--no-progress", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "index",
+        "build",
+        "--model",
+        str(model_dir),
+        "--corpus",
+        str(corpus_dir),
+        "--root",
+        str(root),
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*cmd, "--pause-per-step", "0.1"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [*cmd, "--pause-per-step", "0.1"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
     killed = threading.Event()
 
     def watch() -> None:
@@ -248,9 +284,31 @@ def test_cli_add_items_from_a_corpus(trained, tmp_path):
     build_index(model_dir, corpus_dir, root, CONFIG, encoder=encoder)
     new_dir = save_corpus(Corpus(items=spare, label_names=corpus.label_names, name="new"), tmp_path / "new")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "index", "add", "--root", str(root), "--model", str(model_dir), "--corpus",
-                           str(new_dir), "--ids", spare[0].id, spare[1].id, "--no-progress", "--device", "cpu"],
-                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "index",
+            "add",
+            "--root",
+            str(root),
+            "--model",
+            str(model_dir),
+            "--corpus",
+            str(new_dir),
+            "--ids",
+            spare[0].id,
+            spare[1].id,
+            "--no-progress",
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["counts"] == {"image": len(corpus) + 2, "text": len(corpus) + 2}
     index = SearchIndex.load(root, encoder=encoder)

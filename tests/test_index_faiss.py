@@ -1,4 +1,5 @@
 """Index construction: the automatic choice, factory strings, removal support, GPU/CPU agreement."""
+
 from __future__ import annotations
 
 import faiss
@@ -44,8 +45,17 @@ def test_named_kinds_and_factory_strings():
         fi.create_index(fi.IndexSpec("custom", "NoSuchIndex12"), 64)
 
 
-@pytest.mark.parametrize("factory,removable", [("Flat", True), ("HNSW8", False), ("IVF16,PQ8x4", True), ("IVF16,Flat", True),
-                                               ("PCA16,IVF16,Flat", True), ("IVF16,PQ8x4,RFlat", False)])
+@pytest.mark.parametrize(
+    "factory,removable",
+    [
+        ("Flat", True),
+        ("HNSW8", False),
+        ("IVF16,PQ8x4", True),
+        ("IVF16,Flat", True),
+        ("PCA16,IVF16,Flat", True),
+        ("IVF16,PQ8x4,RFlat", False),
+    ],
+)
 def test_every_index_takes_our_keys_and_reconstructs(factory, removable):
     vectors, _, _ = clustered_items(2000)
     index = fi.create_index(fi.choose_index_spec(2000, 32, factory=factory), 32)
@@ -54,7 +64,9 @@ def test_every_index_takes_our_keys_and_reconstructs(factory, removable):
     fi.add_with_keys(index, vectors, keys)
     _, found = index.search(vectors[:20], 1)
     assert np.isin(found, keys).all()
-    assert np.mean(found[:, 0] == keys[:20]) >= (0.5 if ("PQ" in factory or "PCA" in factory) else 0.9)  # lossy codes may swap neighbours
+    assert np.mean(found[:, 0] == keys[:20]) >= (
+        0.5 if ("PQ" in factory or "PCA" in factory) else 0.9
+    )  # lossy codes may swap neighbours
     assert fi.reconstruct_keys(index, keys[:3]).shape == (3, 32)
     assert fi.supports_removal(index) is removable
     if removable:
@@ -107,6 +119,7 @@ def _no_gpu(monkeypatch) -> None:
 
 def _broken_gpu(monkeypatch) -> None:
     """A GPU build that sees a device but cannot put anything on it (driver mismatch, out of memory)."""
+
     def refuse(*args, **kwargs):
         raise RuntimeError("simulated: CUDA error: out of memory")
 
@@ -149,8 +162,9 @@ def test_asking_for_a_gpu_on_a_host_without_one_trains_and_searches_on_the_cpu(m
     index = SearchIndex.load(tmp_path, use_gpu=True)
     queries = data.queries(5)[0]
     _, ref_keys = brute_force(queries, vectors, np.arange(len(items)), 5)
-    assert [[h.id for h in row] for row in index.search_vectors(queries, k=5, target="image")] == \
-        [[items[k].id for k in keys] for keys in ref_keys]
+    assert [[h.id for h in row] for row in index.search_vectors(queries, k=5, target="image")] == [
+        [items[k].id for k in keys] for keys in ref_keys
+    ]
 
 
 def test_a_gpu_that_refuses_the_index_leaves_search_and_training_on_the_cpu(monkeypatch, tmp_path, caplog):
@@ -172,8 +186,9 @@ def test_a_gpu_that_refuses_the_index_leaves_search_and_training_on_the_cpu(monk
     loaded = SearchIndex.load(tmp_path)
     queries = data.queries(5)[0]
     _, ref_keys = brute_force(queries, vectors, np.arange(len(items)), 5)
-    assert [[h.id for h in row] for row in loaded.search_vectors(queries, k=5, target="image")] == \
-        [[items[k].id for k in keys] for keys in ref_keys]
+    assert [[h.id for h in row] for row in loaded.search_vectors(queries, k=5, target="image")] == [
+        [items[k].id for k in keys] for keys in ref_keys
+    ]
 
 
 def test_normalise_rows_refuses_broken_vectors():

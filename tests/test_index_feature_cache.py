@@ -3,6 +3,7 @@
 Real pipeline on 24 drawn PNG shapes: prepare (EfficientNet-Lite0 features into the cache) -> a briefly trained DSCMR
 model -> index builds with and without the cache. The build without it is the reference.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,8 +57,12 @@ def pipeline(tmp_path_factory):
     prepare_corpus(corpus_dir, prepared_dir, PrepareConfig(text=TEXT, batch_size=8, progress=False))
     prepared = load_prepared(prepared_dir)
     data = prepared.feature_splits()
-    cfg = with_dims(preset("wiki-tuned", epochs=3, batch_size=8, progress=False), data.train.image.shape[1],
-                    prepared.text_config.output_dim, len(data.label_names))
+    cfg = with_dims(
+        preset("wiki-tuned", epochs=3, batch_size=8, progress=False),
+        data.train.image.shape[1],
+        prepared.text_config.output_dim,
+        len(data.label_names),
+    )
     train_and_save(data, cfg, base / "model", prepared=prepared)
     return corpus_dir, prepared_dir, base / "model"
 
@@ -142,8 +147,23 @@ def test_a_cache_of_another_backbone_is_not_used_and_a_missing_one_is_an_error(p
     from index.__main__ import main
 
     missing = tmp_path / "nowhere"
-    assert main(["build", "--model", str(model_dir), "--corpus", str(corpus_dir), "--root", str(tmp_path / "cli"),
-                 "--feature-cache", str(missing), "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "build",
+                "--model",
+                str(model_dir),
+                "--corpus",
+                str(corpus_dir),
+                "--root",
+                str(tmp_path / "cli"),
+                "--feature-cache",
+                str(missing),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
 
 
 def test_index_add_takes_cached_features_too(pipeline, tmp_path):
@@ -157,8 +177,12 @@ def test_index_add_takes_cached_features_too(pipeline, tmp_path):
     want = all_scores(reference, queries)
     readded = [it for it in items if it.image_path.endswith(".jpg")][:3]
     delete_items(tmp_path / "index", [it.id for it in readded])
-    version = add_items(tmp_path / "index", readded, encoder,
-                        config=dataclasses.replace(CONFIG, feature_cache=prepared_feature_cache(prepared_dir)))
+    version = add_items(
+        tmp_path / "index",
+        readded,
+        encoder,
+        config=dataclasses.replace(CONFIG, feature_cache=prepared_feature_cache(prepared_dir)),
+    )
     got = all_scores(version, queries)
     np.testing.assert_allclose(np.sort(got[0], axis=1), np.sort(want[0], axis=1), atol=1e-5)
 

@@ -1,4 +1,5 @@
 """Shared helpers of the index tests (no tests here): small real model directories, corpora and shard files."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,15 +42,23 @@ def clustered_items(n: int, dim: int = DIM, seed: int = 0, n_clusters: int = 40,
     return vectors, data.items(0, clusters), data
 
 
-def publish_clustered(root: Path, n: int = 2000, kind: str = "flat", model_hash: str = "m" * 64, seed: int = 0,
-                      with_text: bool = True, **index_options):
+def publish_clustered(
+    root: Path,
+    n: int = 2000,
+    kind: str = "flat",
+    model_hash: str = "m" * 64,
+    seed: int = 0,
+    with_text: bool = True,
+    **index_options,
+):
     """Publish a version with image vectors = clustered data and text vectors = a fixed rotation of them."""
     vectors, items, data = clustered_items(n, seed=seed)
     source = {"image": (vectors, items)}
     if with_text:
         source["text"] = (text_side(vectors), items)
-    version = publish_version(root, ArraySource(source, DIM, batch_size=512), model_hash,
-                              IndexConfig(index_type=kind, seed=seed, **index_options))
+    version = publish_version(
+        root, ArraySource(source, DIM, batch_size=512), model_hash, IndexConfig(index_type=kind, seed=seed, **index_options)
+    )
     return version, vectors, items, data
 
 
@@ -62,11 +71,14 @@ def text_side(vectors: np.ndarray) -> np.ndarray:
 def corpus_for(items: list[Item], directory: Path, label_names: list[str] | None = None) -> Path:
     """Save `items` as a prepared corpus."""
     names = label_names or sorted({lab for it in items for lab in it.labels})
-    return save_corpus(Corpus(items=items, label_names=names, splits={"test": [it.id for it in items]}, name="synthetic"), directory)
+    return save_corpus(
+        Corpus(items=items, label_names=names, splits={"test": [it.id for it in items]}, name="synthetic"), directory
+    )
 
 
-def write_vector_shards(shard_root: Path, vectors: np.ndarray, items: list[Item], n_shards: int, model_hash: str,
-                        corpus_sig: str, batch: int = 100) -> list[Path]:
+def write_vector_shards(
+    shard_root: Path, vectors: np.ndarray, items: list[Item], n_shards: int, model_hash: str, corpus_sig: str, batch: int = 100
+) -> list[Path]:
     """Shard directories holding `vectors` as image embeddings, split like `--shard i/n` would split them."""
     dirs = []
     for i in range(n_shards):
@@ -76,8 +88,18 @@ def write_vector_shards(shard_root: Path, vectors: np.ndarray, items: list[Item]
             e = min(stop, s + batch)
             ids = [it.id for it in items[s:e]]
             write_chunk(d, Chunk("image", b, vectors[s:e], ids, ids, []))
-        write_shard_manifest(d, {"model_hash": model_hash, "corpus_signature": corpus_sig, "shard_index": i, "shard_count": n_shards,
-                                 "dim": int(vectors.shape[1]), "counts": {"image": stop - start}, "skipped": []})
+        write_shard_manifest(
+            d,
+            {
+                "model_hash": model_hash,
+                "corpus_signature": corpus_sig,
+                "shard_index": i,
+                "shard_count": n_shards,
+                "dim": int(vectors.shape[1]),
+                "counts": {"image": stop - start},
+                "skipped": [],
+            },
+        )
         dirs.append(d)
     return dirs
 

@@ -1,5 +1,6 @@
 """Result records: read back exactly (non-ASCII text, where byte and character lengths differ), identical hits from the
 in-memory table and from the memory map (checked against the SQLite metadata), and damage detected."""
+
 import gc
 import json
 import re
@@ -18,9 +19,11 @@ from tests.test_index_fixtures import clustered_items, publish_clustered, single
 
 def test_non_ascii_records_round_trip(tmp_path):
     store = MetadataStore.create(tmp_path / "metadata.sqlite")
-    rows = [EntryRecord(0, "u1f600", "image", "/c/😀.png", None, ("Smileys & Emotion",), {"emoji": "😀"}),
-            EntryRecord(1, "café", "text", None, "grinning face — 笑顔", ("Smileys & Emotion",), {"emoji": "😀"}),
-            EntryRecord(2, "plain", "text", None, "plain ascii", ("Objects",), {})]
+    rows = [
+        EntryRecord(0, "u1f600", "image", "/c/😀.png", None, ("Smileys & Emotion",), {"emoji": "😀"}),
+        EntryRecord(1, "café", "text", None, "grinning face — 笑顔", ("Smileys & Emotion",), {"emoji": "😀"}),
+        EntryRecord(2, "plain", "text", None, "plain ascii", ("Objects",), {}),
+    ]
     store.insert(rows)
     assert export_records(store, tmp_path) == 3
     reader = RecordReader(tmp_path)
@@ -36,6 +39,7 @@ def test_non_ascii_records_round_trip(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- in memory and mapped
+
 
 @pytest.fixture()
 def version(tmp_path):
@@ -72,15 +76,32 @@ def reference_hits(version, rows):
     store = MetadataStore(version / METADATA_FILE)
     records = store.fetch([h.key for row in rows for h in row])
     store.close()
-    return [[(records[h.key].item_id, h.score, records[h.key].modality, records[h.key].labels, records[h.key].text,
-              records[h.key].source_path, records[h.key].extra, h.key) for h in row] for row in rows]
+    return [
+        [
+            (
+                records[h.key].item_id,
+                h.score,
+                records[h.key].modality,
+                records[h.key].labels,
+                records[h.key].text,
+                records[h.key].source_path,
+                records[h.key].extra,
+                h.key,
+            )
+            for h in row
+        ]
+        for row in rows
+    ]
 
 
 def search_all_ways(index, queries):
     """Hits of `queries` through every path that builds results: targets, label filter, k past the collection."""
-    return [index.search_vectors(queries, k=10, target="image"), index.search_vectors(queries, k=7, target="both"),
-            index.search_vectors(queries[:3], k=5, target="text", labels=["label02", "label05"]),
-            index.search_vectors(queries[:2], k=1000, target="both")]
+    return [
+        index.search_vectors(queries, k=10, target="image"),
+        index.search_vectors(queries, k=7, target="both"),
+        index.search_vectors(queries[:3], k=5, target="text", labels=["label02", "label05"]),
+        index.search_vectors(queries[:2], k=1000, target="both"),
+    ]
 
 
 @pytest.mark.parametrize("records_format", [2, 1, "deleted"])
@@ -94,8 +115,12 @@ def test_in_memory_and_mapped_records_give_identical_hits(version, records_forma
         store = MetadataStore(version / METADATA_FILE)
         rows = list(store.iter_rows())
         store.close()
-        lines = [(json.dumps([item_id, modality, path, text, json.loads(labels), json.loads(extra)], ensure_ascii=False)
-                  + "\n").encode() for _, item_id, modality, path, text, labels, extra in rows]
+        lines = [
+            (
+                json.dumps([item_id, modality, path, text, json.loads(labels), json.loads(extra)], ensure_ascii=False) + "\n"
+            ).encode()
+            for _, item_id, modality, path, text, labels, extra in rows
+        ]
         rewrite_records(version, b"", lines, [row[0] for row in rows])
     _, _, data = clustered_items(300)
     queries, _ = data.queries(12, stream=7)
@@ -112,7 +137,9 @@ def test_in_memory_and_mapped_records_give_identical_hits(version, records_forma
     assert sum(len(row) for rows in got_memory for row in rows) == 12 * 10 + 12 * 7 + 3 * 5 + 2 * live
     # the image and the text entry of an item share their field objects in memory
     rows = in_memory.records.rows
-    assert rows[1][0] is rows[301][0] and rows[1][3] is rows[301][3] and in_memory.records.extras[1] is in_memory.records.extras[301]
+    assert (
+        rows[1][0] is rows[301][0] and rows[1][3] is rows[301][3] and in_memory.records.extras[1] is in_memory.records.extras[301]
+    )
     assert search_all_ways(in_memory, queries) == got_memory  # and again, from the same table
     in_memory.close()
     mapped.close()
@@ -166,15 +193,18 @@ def hit_of_key(index, key: int):
     return index.search_vectors(index.faiss_index("image").reconstruct(key), k=1)[0][0]
 
 
-@pytest.mark.parametrize("change, problem, map_notices", [
-    (lambda line: line.replace(b'"vec', b'"vec\xff', 1), "not valid JSON", True),            # not UTF-8
-    (lambda line: line.replace(b"[", b"{", 1), "not valid JSON", True),                       # not JSON
-    (lambda line: line[:-1] + b"[1]\n", "2 records for 1|valid JSON", True),                   # two values on a line
-    (lambda line: line.replace(b",null,", b",null,0,", 1), "do not fit", True),               # a field too many
-    (lambda line: re.sub(rb",\d+,\{", b",29,{", line, count=1), "do not fit", True),           # label set past the header
-    (lambda line: re.sub(rb",\d+,\{", b",-1,{", line, count=1), "non-negative integer", False),  # negative label-set index
-    (lambda line: line.replace(b'{"cluster": 32}', b'["cluster", 32]'), "not a JSON object", False),  # extra not an object
-])
+@pytest.mark.parametrize(
+    "change, problem, map_notices",
+    [
+        (lambda line: line.replace(b'"vec', b'"vec\xff', 1), "not valid JSON", True),  # not UTF-8
+        (lambda line: line.replace(b"[", b"{", 1), "not valid JSON", True),  # not JSON
+        (lambda line: line[:-1] + b"[1]\n", "2 records for 1|valid JSON", True),  # two values on a line
+        (lambda line: line.replace(b",null,", b",null,0,", 1), "do not fit", True),  # a field too many
+        (lambda line: re.sub(rb",\d+,\{", b",29,{", line, count=1), "do not fit", True),  # label set past the header
+        (lambda line: re.sub(rb",\d+,\{", b",-1,{", line, count=1), "non-negative integer", False),  # negative label-set index
+        (lambda line: line.replace(b'{"cluster": 32}', b'["cluster", 32]'), "not a JSON object", False),  # extra not an object
+    ],
+)
 def test_damaged_entries_are_detected_at_load_in_memory_and_at_search_when_mapped(version, change, problem, map_notices):
     damage_entry(version, 5, change)
     with pytest.raises(IndexCorruptError, match=problem):

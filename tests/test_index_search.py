@@ -1,4 +1,5 @@
 """Search library on real FAISS indexes of generated vectors, checked against exact brute force."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -197,9 +198,48 @@ def test_both_merges_by_calibrated_relevance_when_the_query_modality_is_known(fl
     for row_raw, row, img, txt in zip(raw, merged, images, texts):
         rel = [calibration.relevance("text", h.modality, [h.score])[0] for h in row]
         assert rel == sorted(rel, reverse=True)  # ordered by calibrated relevance
-        assert [h.key for h in row if h.modality == "image"] == [h.key for h in img][:sum(h.modality == "image" for h in row)]
-        assert [h.key for h in row if h.modality == "text"] == [h.key for h in txt][:sum(h.modality == "text" for h in row)]
+        assert [h.key for h in row if h.modality == "image"] == [h.key for h in img][: sum(h.modality == "image" for h in row)]
+        assert [h.key for h in row if h.modality == "text"] == [h.key for h in txt][: sum(h.modality == "text" for h in row)]
         assert sum(h.modality == "text" for h in row) > sum(h.modality == "text" for h in row_raw)
     # no query modality (or no calibration): the raw-score merge as before
-    assert [[h.key for h in r] for r in index.search_vectors(queries, k=20, target="both", calibration=calibration)] == \
-        [[h.key for h in r] for r in raw]
+    assert [[h.key for h in r] for r in index.search_vectors(queries, k=20, target="both", calibration=calibration)] == [
+        [h.key for h in r] for r in raw
+    ]
+
+
+def _mapped_bytes(path) -> int:
+    """Bytes of `path` this process maps (from /proc/self/maps; 0 when not mapped)."""
+    total = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            if len(fields) >= 6 and fields[5] == str(path):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                total += end - start
+    return total
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_mmap_vectors_gives_the_same_hits_as_a_loaded_copy(tmp_path, kind):
+    """SearchIndex.load(mmap_vectors=True) maps the stored vectors from the index file (shared between processes)
+    and answers exactly as the copy in memory: same keys and same scores, filtered or not, every target."""
+    version, vectors, items, data = publish_clustered(tmp_path, n=3000, kind=kind)
+    copied = SearchIndex.load(tmp_path)
+    mapped = SearchIndex.load(tmp_path, mmap_vectors=True)
+    image_file = mapped.path / mapped.manifest["modalities"]["image"]["file"]
+    # the vectors are mapped, not read: at least the image vectors' bytes of the file are in this process's maps
+    assert _mapped_bytes(image_file.resolve()) >= vectors.nbytes
+    queries, _ = data.queries(12, stream=2)
+    for target, labels in [
+        ("image", None),
+        ("text", None),
+        ("both", None),
+        ("image", ["label02"]),
+        ("both", ["label04", "label07"]),
+    ]:
+        expected = copied.search_keys(queries, 10, target, labels)
+        got = mapped.search_keys(queries, 10, target, labels)
+        np.testing.assert_array_equal(got[1], expected[1])
+        np.testing.assert_array_equal(got[0], expected[0])
+    single = [mapped.search_vectors(q, k=5, target="text")[0] for q in queries]
+    assert single == [copied.search_vectors(q, k=5, target="text")[0] for q in queries]

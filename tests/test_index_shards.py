@@ -1,4 +1,5 @@
 """Shard files and merge at the vector level: n shards merge into the same index as one build; bad sets are refused."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,14 @@ from index.build import BuildConfig, IndexConfig, merge_shards, publish_version
 from index.errors import ShardError
 from index.search import SearchIndex
 from index.shards import ArraySource, corpus_signature, parse_shard, shard_range
-from tests.test_index_fixtures import (DIM, clustered_items, corpus_for, single_thread_faiss,  # noqa: F401
-                                       vector_model_dir, write_vector_shards)
+from tests.test_index_fixtures import (
+    DIM,
+    clustered_items,
+    corpus_for,
+    single_thread_faiss,  # noqa: F401
+    vector_model_dir,
+    write_vector_shards,
+)
 
 CONFIG = BuildConfig(show_progress=False, keep_shards=True)
 

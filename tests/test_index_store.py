@@ -1,4 +1,5 @@
 """Versioned store: atomic publish, the CURRENT pointer, corruption detection, and crash safety under SIGKILL."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,10 +21,28 @@ from index.metadata import MetadataStore
 from index.records import RecordReader, RecordsWriter, export_records
 from index.search import SearchIndex
 from index.shards import ArraySource, corpus_signature
-from index.store import (CURRENT_FILE, MANIFEST_FILE, METADATA_FILE, STAGING_DIR, VERSIONS_DIR, StagedVersion, list_versions,
-                         load_manifest, prune_versions, read_current, resolve_version, write_manifest)
-from tests.test_index_fixtures import (clustered_items, corpus_for, publish_clustered, single_thread_faiss,  # noqa: F401
-                                       vector_model_dir, write_vector_shards)
+from index.store import (
+    CURRENT_FILE,
+    MANIFEST_FILE,
+    METADATA_FILE,
+    STAGING_DIR,
+    VERSIONS_DIR,
+    StagedVersion,
+    list_versions,
+    load_manifest,
+    prune_versions,
+    read_current,
+    resolve_version,
+    write_manifest,
+)
+from tests.test_index_fixtures import (
+    clustered_items,
+    corpus_for,
+    publish_clustered,
+    single_thread_faiss,  # noqa: F401
+    vector_model_dir,
+    write_vector_shards,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,14 +138,36 @@ def test_pointer_to_missing_version_is_reported(tmp_path):
 
 # ------------------------------------------------------------------------------------------------------ crash safety
 def _merge_command(model_dir: Path, corpus_dir: Path, root: Path, shard_dirs: list[Path], pause: float) -> list[str]:
-    return [sys.executable, "-m", "index", "merge", "--model", str(model_dir), "--corpus", str(corpus_dir), "--root", str(root),
-            "--shard-dirs", *map(str, shard_dirs), "--keep-shards", "--no-progress", "--pause-per-step", str(pause)]
+    return [
+        sys.executable,
+        "-m",
+        "index",
+        "merge",
+        "--model",
+        str(model_dir),
+        "--corpus",
+        str(corpus_dir),
+        "--root",
+        str(root),
+        "--shard-dirs",
+        *map(str, shard_dirs),
+        "--keep-shards",
+        "--no-progress",
+        "--pause-per-step",
+        str(pause),
+    ]
 
 
 def _run_until(cmd: list[str], stage: str | None, delay: float | None = None) -> int:
     """Start `cmd`; SIGKILL it once it announces checkpoint `stage`, or `delay` seconds after its first checkpoint."""
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
     started, reached = threading.Event(), threading.Event()
 
     def watch() -> None:
@@ -204,8 +245,14 @@ def test_build_killed_at_random_moments_then_completes(crash_setup):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "index", *args], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "index", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_cli_info_delete_use_prune(tmp_path):
@@ -241,8 +288,13 @@ def test_manifest_sha256_matches_the_published_bytes_and_the_steps_are_timed(tmp
 
     vectors, items, _ = clustered_items(700)
     timings: dict[str, float] = {}
-    version = publish_version(tmp_path, ArraySource({"image": (vectors, items), "text": (vectors[::-1].copy(), items)}, 32,
-                                                    batch_size=128), "m" * 64, IndexConfig(index_type="flat"), timings=timings)
+    version = publish_version(
+        tmp_path,
+        ArraySource({"image": (vectors, items), "text": (vectors[::-1].copy(), items)}, 32, batch_size=128),
+        "m" * 64,
+        IndexConfig(index_type="flat"),
+        timings=timings,
+    )
     manifest = load_manifest(version)  # verifies every file again
     for name, info in manifest["files"].items():
         data = (version / name).read_bytes()
@@ -296,8 +348,9 @@ class _Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("stage_name", ["index:image:batch", "index:image:written", "index:text:written", "before-rename",
-                                        "before-pointer"])
+@pytest.mark.parametrize(
+    "stage_name", ["index:image:batch", "index:image:written", "index:text:written", "before-rename", "before-pointer"]
+)
 def test_an_interrupted_publish_leaves_current_on_the_old_version(tmp_path, stage_name):
     """An exception at any step (in process, unlike the SIGKILL tests above) leaves CURRENT and the old version as
     they were, and takes the staging directory and the background threads with it."""
@@ -321,4 +374,3 @@ def test_an_interrupted_publish_leaves_current_on_the_old_version(tmp_path, stag
         assert newest != old.name and load_manifest(tmp_path / VERSIONS_DIR / newest)
     else:
         assert list_versions(tmp_path) == [old.name]
-

@@ -1,4 +1,5 @@
 """Add and delete by id without a rebuild: FAISS index and SQLite metadata stay in step, for flat, HNSW and IVF-PQ."""
+
 from __future__ import annotations
 
 import numpy as np

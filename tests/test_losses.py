@@ -1,4 +1,5 @@
 """The DSCMR objective against a direct, slow NumPy transcription of the method's formulas."""
+
 import math
 
 import numpy as np
@@ -16,7 +17,9 @@ def _np_cos(a, b):
 
 def ref_j1(pu, pv, y, form):
     if form == "released":
-        return np.mean([np.linalg.norm(pu[i] - y[i]) for i in range(len(y))]) + np.mean([np.linalg.norm(pv[i] - y[i]) for i in range(len(y))])
+        return np.mean([np.linalg.norm(pu[i] - y[i]) for i in range(len(y))]) + np.mean(
+            [np.linalg.norm(pv[i] - y[i]) for i in range(len(y))]
+        )
     return np.sqrt(((pu - y) ** 2).sum()) / len(y) + np.sqrt(((pv - y) ** 2).sum()) / len(y)
 
 
@@ -45,7 +48,13 @@ def _batch(rng, n, d, c, multilabel):
     y[np.arange(n), rng.integers(0, c, n)] = 1
     if multilabel:
         y = np.maximum(y, rng.random((n, c)) < 0.25)
-    return rng.normal(size=(n, d)), rng.normal(size=(n, d)), rng.normal(size=(n, c)), rng.normal(size=(n, c)), y.astype(np.float64)
+    return (
+        rng.normal(size=(n, d)),
+        rng.normal(size=(n, d)),
+        rng.normal(size=(n, c)),
+        rng.normal(size=(n, c)),
+        y.astype(np.float64),
+    )
 
 
 @pytest.mark.parametrize("multilabel", [False, True])
@@ -76,8 +85,11 @@ def test_ablations_switch_terms_off(ablation):
     u, v, pu, pv, y = (torch.tensor(a, dtype=torch.float64) for a in _batch(rng, 10, 8, 3, False))
     cfg = loss_for_ablation(LossConfig(), ablation)
     terms = dscmr_loss(u, v, pu, pv, y, cfg)
-    expected = (float(j1_label_space(pu, pv, y)) if cfg.use_j1 else 0.0) + (cfg.lambda_j2 * float(j2_common_space(u, v, y)) if cfg.use_j2 else 0.0) + (
-        cfg.eta_j3 * float(j3_modality_invariance(u, v)) if cfg.use_j3 else 0.0)
+    expected = (
+        (float(j1_label_space(pu, pv, y)) if cfg.use_j1 else 0.0)
+        + (cfg.lambda_j2 * float(j2_common_space(u, v, y)) if cfg.use_j2 else 0.0)
+        + (cfg.eta_j3 * float(j3_modality_invariance(u, v)) if cfg.use_j3 else 0.0)
+    )
     assert float(terms.total) == pytest.approx(expected, abs=1e-12)
     assert {"full": 3, "no_j1": 2, "no_j2": 2, "no_j3": 2, "j1_only": 1}[ablation] == sum([cfg.use_j1, cfg.use_j2, cfg.use_j3])
 

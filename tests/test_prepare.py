@@ -1,4 +1,5 @@
 """`training prepare`: cached backbone features with ids, resumable, incremental, sharded; then sentence-CNN training on them."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,9 @@ from training.prepare import CACHE_DIR, PrepareConfig, PreparedDataError, load_p
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (240, 220, 20)}
 SHAPES = ["square", "circle", "triangle"]
 REPO = Path(__file__).resolve().parents[1]
-TEXT = TextEncoderConfig(kind="sentence_cnn", word_vectors="word2vec", embed_dim=16, maps=8, min_count=1, max_len=16,
-                         word2vec_epochs=3)
+TEXT = TextEncoderConfig(
+    kind="sentence_cnn", word_vectors="word2vec", embed_dim=16, maps=8, min_count=1, max_len=16, word2vec_epochs=3
+)
 
 
 def draw(path: Path, colour: tuple[int, int, int], shape: str, seed: int) -> None:
@@ -35,7 +37,9 @@ def draw(path: Path, colour: tuple[int, int, int], shape: str, seed: int) -> Non
     img = Image.fromarray(rng.integers(200, 255, (80, 96, 3), dtype=np.uint8))
     d = ImageDraw.Draw(img)
     box = [10 + seed % 7, 8, 70 + seed % 9, 70]
-    {"square": d.rectangle, "circle": d.ellipse}.get(shape, lambda b, fill: d.polygon([(b[0], b[3]), (b[2], b[3]), (40, b[1])], fill=fill))(box, fill=colour)
+    {"square": d.rectangle, "circle": d.ellipse}.get(
+        shape, lambda b, fill: d.polygon([(b[0], b[3]), (b[2], b[3]), (40, b[1])], fill=fill)
+    )(box, fill=colour)
     img.save(path)
 
 
@@ -48,11 +52,20 @@ def make_corpus(directory: Path, n_per_class: int = 10) -> Path:
             shape = SHAPES[i % 3]
             path = images / f"{name}{i}.png"
             draw(path, rgb, shape, seed=c * 100 + i)
-            items.append(Item(id=f"{name}{i}", image_path=str(path), text=f"a {name} {shape} on a pale background, number {i}",
-                              labels=(name,)))
+            items.append(
+                Item(
+                    id=f"{name}{i}",
+                    image_path=str(path),
+                    text=f"a {name} {shape} on a pale background, number {i}",
+                    labels=(name,),
+                )
+            )
     ids = {name: [f"{name}{i}" for i in range(n_per_class)] for name in COLOURS}
-    splits = {"train": [i for v in ids.values() for i in v[:6]], "val": [i for v in ids.values() for i in v[6:8]],
-              "test": [i for v in ids.values() for i in v[8:]]}
+    splits = {
+        "train": [i for v in ids.values() for i in v[:6]],
+        "val": [i for v in ids.values() for i in v[6:8]],
+        "test": [i for v in ids.values() for i in v[8:]],
+    }
     save_corpus(Corpus(items=items, label_names=list(COLOURS), splits=splits, name="shapes"), directory)
     return directory
 
@@ -94,8 +107,13 @@ def test_features_equal_the_backbone_on_each_image_in_corpus_order(prepared, cor
     assert (len(splits.train), len(splits.val), len(splits.test)) == (24, 8, 8)
     assert splits.text_is_tokens and splits.train.text.dtype == np.int64 and splits.train.text.shape[1] >= 5
     assert splits.val.ids == data.manifest["splits"]["val"]
-    assert data.feature_spec()["image"] == {"kind": "backbone", "name": "efficientnet-lite0", "weights_path": None,
-                                            "weights_sha256": backbone.weights_sha256, "dim": 1280}
+    assert data.feature_spec()["image"] == {
+        "kind": "backbone",
+        "name": "efficientnet-lite0",
+        "weights_path": None,
+        "weights_sha256": backbone.weights_sha256,
+        "dim": 1280,
+    }
 
 
 def test_rerun_is_a_cache_hit_and_a_changed_image_is_the_only_recomputation(prepared, corpus_dir, tmp_path):
@@ -112,6 +130,35 @@ def test_rerun_is_a_cache_hit_and_a_changed_image_is_the_only_recomputation(prep
     old, new = np.load(out / "image_features.npy"), np.load(work_out / "image_features.npy")
     assert not np.allclose(old[row], new[row])
     np.testing.assert_array_equal(np.delete(old, row, 0), np.delete(new, row, 0))
+
+
+def test_content_hash_covers_the_text_configuration(prepared, corpus_dir, tmp_path):
+    """Settings that reach training through the prepared data change its hash even where no stored file changes;
+    the same config (and a different extraction batch size, which cannot change the data) keeps it."""
+    out, first = prepared
+    work_out = tmp_path / "prepared"
+    shutil.copytree(out, work_out)
+
+    def hash_with(text: TextEncoderConfig, **extra) -> str:
+        summary = prepare_corpus(corpus_dir, work_out, PrepareConfig(text=text, progress=False, **{"batch_size": 8, **extra}))
+        assert summary["extracted"] == 0
+        return summary["content_hash"]
+
+    base = first["content_hash"]
+    assert hash_with(TEXT) == base and hash_with(TEXT, batch_size=5) == base
+    variants = {
+        "word_dropout 0.3": dataclasses.replace(TEXT, word_dropout=0.3),
+        "mean_vector": dataclasses.replace(TEXT, mean_vector=True),
+        "maps 12": dataclasses.replace(TEXT, maps=12),
+        "dropout 0.2": dataclasses.replace(TEXT, dropout=0.2),
+        "frozen embeddings": dataclasses.replace(TEXT, freeze_embeddings=True),
+    }
+    hashes = {name: hash_with(text) for name, text in variants.items()}
+    # word dropout alone leaves every stored file byte-identical: the hash is all that tells the runs apart
+    assert (work_out / "text_input.npy").read_bytes() == (out / "text_input.npy").read_bytes()
+    assert base not in hashes.values() and len(set(hashes.values())) == len(hashes), hashes
+    assert hash_with(dataclasses.replace(TEXT, word_dropout=0.3)) == hashes["word_dropout 0.3"]
+    assert hash_with(TEXT) == base
 
 
 def test_interrupted_extraction_resumes_from_stored_chunks(prepared, corpus_dir, tmp_path):
@@ -136,7 +183,9 @@ def test_sharded_extraction_merges_to_the_single_process_result(prepared, corpus
     assert not (tmp_path / "prepared.json").exists()
     merged = prepare_corpus(corpus_dir, tmp_path, cfg)
     assert merged["extracted"] == 0
-    np.testing.assert_allclose(np.load(tmp_path / "image_features.npy"), np.load(out / "image_features.npy"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "image_features.npy"), np.load(out / "image_features.npy"), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_corrupt_and_missing_images_are_reported_and_skipped(corpus_dir, tmp_path):
@@ -187,7 +236,9 @@ def test_sentence_cnn_trains_end_to_end_and_the_saved_model_encodes_raw_inputs(p
     trained = encoder.network.text_encoder.state_dict()
     assert not torch.equal(trained["convs.0.weight"], before["convs.0.weight"])  # the CNN was trained, not frozen
     texts = encoder.encode_texts(["a red circle on a pale background", "a blue square on a pale background"])
-    images = encoder.encode_images([load_image(corpus_dir / "images" / "red9.png"), load_image(corpus_dir / "images" / "blue9.png")])
+    images = encoder.encode_images(
+        [load_image(corpus_dir / "images" / "red9.png"), load_image(corpus_dir / "images" / "blue9.png")]
+    )
     np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
     sims = images @ texts.T
     assert sims[0, 0] > sims[0, 1] and sims[1, 1] > sims[1, 0]
@@ -210,7 +261,11 @@ def test_minilm_text_is_prepared_as_sentence_vectors(corpus_dir, tmp_path):
 
 def _cli(args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else [sys.executable]
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+        if nproc > 1
+        else [sys.executable]
+    )
     proc = subprocess.run([*launcher, "-m", "training", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -218,13 +273,40 @@ def _cli(args: list[str], nproc: int = 1) -> subprocess.CompletedProcess:
 
 def test_prepare_under_torchrun_splits_the_work_and_equals_one_process_then_trains(prepared, corpus_dir, tmp_path):
     out, _ = prepared
-    common = ["--corpus", str(corpus_dir), "--min-count", "1", "--embed-dim", "16", "--max-len", "16", "--batch-size", "8", "--no-progress"]
+    common = [
+        "--corpus",
+        str(corpus_dir),
+        "--min-count",
+        "1",
+        "--embed-dim",
+        "16",
+        "--max-len",
+        "16",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    ]
     _cli(["prepare", *common, "--out", str(tmp_path / "ddp")], nproc=2)
     chunks = sorted((tmp_path / "ddp" / CACHE_DIR).rglob("chunk-*.npz"))
     assert {c.stem.rsplit("-", 1)[1] for c in chunks} == {"r0", "r1"}  # both ranks extracted their half
     # Same images, same weights; only the batch grouping and thread count differ, which moves float sums by ~1e-6.
-    np.testing.assert_allclose(np.load(tmp_path / "ddp" / "image_features.npy"), np.load(out / "image_features.npy"), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "ddp" / "image_features.npy"), np.load(out / "image_features.npy"), rtol=1e-4, atol=1e-5
+    )
     assert load_prepared(tmp_path / "ddp").manifest["ids"] == load_prepared(out).manifest["ids"]
-    _cli(["train", "--prepared", str(tmp_path / "ddp"), "--preset", "wiki-tuned", "--epochs", "3", "--out", str(tmp_path / "model"), "--no-progress"])
+    _cli(
+        [
+            "train",
+            "--prepared",
+            str(tmp_path / "ddp"),
+            "--preset",
+            "wiki-tuned",
+            "--epochs",
+            "3",
+            "--out",
+            str(tmp_path / "model"),
+            "--no-progress",
+        ]
+    )
     spec = json.loads((tmp_path / "model" / "feature_spec.json").read_text())
     assert spec["image"]["kind"] == "backbone" and spec["text"]["kind"] == "sentence_cnn"

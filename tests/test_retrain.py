@@ -1,4 +1,5 @@
 """The retraining job: promote a better candidate, reject a worse one, prune old versions, roll back."""
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,15 @@ from index.store import list_versions, read_current
 from tests.test_prepare import TEXT, make_corpus
 from training.demo import artefact_paths, train_into_models
 from training.prepare import PrepareConfig, load_prepared, prepare_corpus
-from training.retrain import RetrainConfig, RetrainError, rollback, retrain
+from training.retrain import RetrainConfig, RetrainError, retrain, rollback
 
 
 def _train_cfg(prepared, epochs: int):
     from training.config import preset, with_dims
 
-    return with_dims(preset("wiki-tuned", epochs=epochs, progress=False, seed=0), 1280, TEXT.output_dim, len(prepared.manifest["label_names"]))
+    return with_dims(
+        preset("wiki-tuned", epochs=epochs, progress=False, seed=0), 1280, TEXT.output_dim, len(prepared.manifest["label_names"])
+    )
 
 
 @pytest.fixture()
@@ -99,8 +102,11 @@ def tuned_root(tmp_path) -> Path:
     make_corpus(paths["corpus"])
     prepare_corpus(paths["corpus"], paths["prepared"], PrepareConfig(text=TEXT, batch_size=8, progress=False))
     cfg = _train_cfg(load_prepared(paths["prepared"]), 12)
-    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, lambda_j2=0.5, eta_j3=0.0, instance_weight=0.5),
-                              train=dataclasses.replace(cfg.train, select_on="mean", early_stopping_patience=None))
+    cfg = dataclasses.replace(
+        cfg,
+        loss=dataclasses.replace(cfg.loss, lambda_j2=0.5, eta_j3=0.0, instance_weight=0.5),
+        train=dataclasses.replace(cfg.train, select_on="mean", early_stopping_patience=None),
+    )
     served = train_into_models(paths["prepared"], paths["models"], cfg, refit=True)
     build_index(served["model_dir"], paths["corpus"], paths["index"], BuildConfig(show_progress=False))
     return tmp_path
@@ -141,8 +147,9 @@ def test_two_retrains_in_a_row_cannot_drift_below_the_lineage_best(root):
     assert weaker["lineage_best_after"] == good_model and (paths["models"] / good_model).is_dir()
     # the next step down, within the tolerance of the serving (weaker) model, trails the lineage's best: rejected
     tolerance = (s_good - s_weak) / 2
-    again = retrain(root, RetrainConfig(epochs=2, early_stopping=None, seed=1, tolerance=tolerance, progress=False, keep=1,
-                                        reprepare=False))
+    again = retrain(
+        root, RetrainConfig(epochs=2, early_stopping=None, seed=1, tolerance=tolerance, progress=False, keep=1, reprepare=False)
+    )
     scores = again["scores"]
     assert scores["lineage_best"]["judged_by"] == good_model
     s_cand, s_serv, s_best = (scores[k]["val"]["score"] for k in ("candidate", "serving", "lineage_best"))

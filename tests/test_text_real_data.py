@@ -1,5 +1,6 @@
 """The text pipeline on WordNet glosses: those of the generated imagenet-sample folder (every clone) and the real ones of
 the ImageNet sample in ../shared/data (where it is present)."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,15 @@ def test_wordnet_glosses_through_glove_sentence_cnn(wordnet_texts):
     source, wordnet_texts = wordnet_texts
     n_texts, least_vocab = EXPECTED[source]
     assert len(wordnet_texts) == n_texts
-    cfg = TextEncoderConfig(embed_dim=50, maps=20, min_count=1, max_len=48, word_vectors="glove-6b-50d",
-                            word2vec_epochs=1, tokenizer=TokenizerConfig(cjk="bigram"))
+    cfg = TextEncoderConfig(
+        embed_dim=50,
+        maps=20,
+        min_count=1,
+        max_len=48,
+        word_vectors="glove-6b-50d",
+        word2vec_epochs=1,
+        tokenizer=TokenizerConfig(cjk="bigram"),
+    )
     bundle = build_sentence_cnn(cfg, wordnet_texts, seed=0, primary=load_glove_6b_50d())
     cov = bundle.coverage
     # WordNet glosses are plain English: GloVe 6B should know nearly all of their words.

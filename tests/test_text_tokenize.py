@@ -1,4 +1,5 @@
 """Tokenizer and vocabulary behaviour on real multilingual strings."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,16 @@ BIGRAM = TokenizerConfig(cjk="bigram")
 
 def test_english_punctuation_and_case():
     assert tokenize("Hello, World! Don\u2019t stop: state-of-the-art.") == [
-        "hello", ",", "world", "!", "don't", "stop", ":", "state-of-the-art", "."]
+        "hello",
+        ",",
+        "world",
+        "!",
+        "don't",
+        "stop",
+        ":",
+        "state-of-the-art",
+        ".",
+    ]
     assert tokenize("'Quoted' (paren) dogs'") == ["'", "quoted", "'", "(", "paren", ")", "dogs", "'"]
     assert tokenize("Hello, World!", TokenizerConfig(punctuation="drop")) == ["hello", "world"]
 
@@ -34,7 +44,17 @@ def test_numbers_kept_or_placeholder():
     text = "Pi is 3.14, not 1,000 or 42; mp3 at 12:30"
     assert tokenize(text) == ["pi", "is", "3.14", ",", "not", "1,000", "or", "42", ";", "mp3", "at", "12:30"]
     assert tokenize(text, TokenizerConfig(numbers="placeholder", punctuation="drop")) == [
-        "pi", "is", "<num>", "not", "<num>", "or", "<num>", "mp3", "at", "<num>"]
+        "pi",
+        "is",
+        "<num>",
+        "not",
+        "<num>",
+        "or",
+        "<num>",
+        "mp3",
+        "at",
+        "<num>",
+    ]
 
 
 def test_chinese_bigrams_and_unigrams():

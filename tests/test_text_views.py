@@ -1,4 +1,5 @@
 """Training views of each text: random subsets of its segments, used by training only, reproducible and resumable."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,8 +63,12 @@ def test_training_draws_views_reproducibly_and_resumes_with_them(with_views, tmp
 
     def run(prepared, run_dir=None, on_epoch_end=None):
         data = prepared.feature_splits()
-        cfg = with_dims(preset("wiki-tuned", epochs=4, progress=False, seed=0, checkpoint_every=2), 1280, TEXT.output_dim,
-                        len(data.label_names))
+        cfg = with_dims(
+            preset("wiki-tuned", epochs=4, progress=False, seed=0, checkpoint_every=2),
+            1280,
+            TEXT.output_dim,
+            len(data.label_names),
+        )
         return train_dscmr(data, cfg, run_dir=run_dir, text_encoder=prepared.build_text_encoder(), on_epoch_end=on_epoch_end)
 
     class Crash(Exception):

@@ -1,4 +1,5 @@
 """Word vectors: word2vec reproducibility, file formats, bundled GloVe, and the embedding-matrix fill order."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,12 @@ from model.text import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = [f"the {a} {b} near the {c} river".split()
-          for a in ("red", "blue", "green") for b in ("cat", "dog", "bird") for c in ("old", "new", "wide")] * 5
+CORPUS = [
+    f"the {a} {b} near the {c} river".split()
+    for a in ("red", "blue", "green")
+    for b in ("cat", "dog", "bird")
+    for c in ("old", "new", "wide")
+] * 5
 
 
 def test_word2vec_same_seed_same_vectors():
@@ -39,13 +44,14 @@ def test_word2vec_same_seed_same_vectors():
 
 def test_word2vec_reproducible_across_processes_with_different_hash_seeds():
     # gensim once seeded vectors with Python's salted str hash; a process with another hash seed must agree.
-    script = ("import numpy as np; from model.word_vectors import train_word2vec; "
-              "kv = train_word2vec([['a','b','c','d']] * 20, dim=8, seed=1, epochs=2); "
-              "print(kv.vectors.astype(np.float64).sum().hex())")
+    script = (
+        "import numpy as np; from model.word_vectors import train_word2vec; "
+        "kv = train_word2vec([['a','b','c','d']] * 20, dim=8, seed=1, epochs=2); "
+        "print(kv.vectors.astype(np.float64).sum().hex())"
+    )
     here = train_word2vec([["a", "b", "c", "d"]] * 20, dim=8, seed=1, epochs=2)
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == here.vectors.astype(np.float64).sum().hex()
 
 
@@ -62,15 +68,18 @@ def tiny_kv() -> KeyedVectors:
     return kv
 
 
-@pytest.mark.parametrize("name,writer,expected", [
-    ("vecs.bin", lambda kv, p: kv.save_word2vec_format(str(p), binary=True), "word2vec-binary"),
-    ("vecs.dat", lambda kv, p: kv.save_word2vec_format(str(p), binary=True), "word2vec-binary"),
-    ("vecs.txt", lambda kv, p: kv.save_word2vec_format(str(p), binary=False), "word2vec-text"),
-    ("vecs.vectors", lambda kv, p: kv.save_word2vec_format(str(p), binary=False), "word2vec-text"),
-    ("glove.txt", lambda kv, p: kv.save_word2vec_format(str(p), binary=False, write_header=False), "glove-text"),
-    ("vecs.kv", lambda kv, p: kv.save(str(p)), "gensim"),
-    ("vecs.pickle", lambda kv, p: kv.save(str(p)), "gensim"),
-])
+@pytest.mark.parametrize(
+    "name,writer,expected",
+    [
+        ("vecs.bin", lambda kv, p: kv.save_word2vec_format(str(p), binary=True), "word2vec-binary"),
+        ("vecs.dat", lambda kv, p: kv.save_word2vec_format(str(p), binary=True), "word2vec-binary"),
+        ("vecs.txt", lambda kv, p: kv.save_word2vec_format(str(p), binary=False), "word2vec-text"),
+        ("vecs.vectors", lambda kv, p: kv.save_word2vec_format(str(p), binary=False), "word2vec-text"),
+        ("glove.txt", lambda kv, p: kv.save_word2vec_format(str(p), binary=False, write_header=False), "glove-text"),
+        ("vecs.kv", lambda kv, p: kv.save(str(p)), "gensim"),
+        ("vecs.pickle", lambda kv, p: kv.save(str(p)), "gensim"),
+    ],
+)
 def test_load_keyed_vectors_formats(tmp_path, tiny_kv, name, writer, expected):
     path = tmp_path / name
     writer(tiny_kv, path)
@@ -142,8 +151,9 @@ def _kv(words: list[str], vectors) -> KeyedVectors:
 
 
 def test_embedding_matrix_fill_order():
-    vocab = Vocabulary.build(["alpha alpha beta beta gamma gamma delta delta Paris Paris 1990 1990"],
-                             tokenizer=TokenizerConfig(cjk="bigram"))
+    vocab = Vocabulary.build(
+        ["alpha alpha beta beta gamma gamma delta delta Paris Paris 1990 1990"], tokenizer=TokenizerConfig(cjk="bigram")
+    )
     primary = _kv(["alpha", "beta", "Paris", "####"], np.arange(12).reshape(4, 3) + 1.0)
     fallback = _kv(["alpha", "gamma"], [[-1.0, -1.0, -1.0], [-2.0, -2.0, -2.0]])
     matrix, coverage = build_embedding_matrix(vocab, primary, fallback, dim=3, seed=0, align_fallback=False)
@@ -203,8 +213,11 @@ def test_fallback_is_mapped_into_the_primary_space():
     assert (coverage.from_primary, coverage.from_fallback, coverage.alignment_anchors) == (50, 10, 50)
     assert coverage.alignment_r2 > 0.99
     for w in words[50:]:
-        cos = matrix[vocab.id_of(w)] @ truth[int(w[1:])] / (
-            np.linalg.norm(matrix[vocab.id_of(w)]) * np.linalg.norm(truth[int(w[1:])]))
+        cos = (
+            matrix[vocab.id_of(w)]
+            @ truth[int(w[1:])]
+            / (np.linalg.norm(matrix[vocab.id_of(w)]) * np.linalg.norm(truth[int(w[1:])]))
+        )
         assert cos > 0.98, w
 
 
@@ -213,15 +226,35 @@ def test_a_weak_corpus_mapping_is_a_warning_only_when_many_words_depend_on_it(ca
 
     from model.word_vectors import EmbeddingCoverage, _report_poor_alignment
 
-    few = EmbeddingCoverage(vocab_size=1000, dim=50, from_primary=980, from_fallback=10, random=8, pretrained_extra=0,
-                            random_extra=0, alignment_anchors=2400, alignment_r2=0.02, random_examples=[])
+    few = EmbeddingCoverage(
+        vocab_size=1000,
+        dim=50,
+        from_primary=980,
+        from_fallback=10,
+        random=8,
+        pretrained_extra=0,
+        random_extra=0,
+        alignment_anchors=2400,
+        alignment_r2=0.02,
+        random_examples=[],
+    )
     with caplog.at_level(logging.INFO, logger="model.word_vectors"):
         _report_poor_alignment(few)
     assert [r.levelno for r in caplog.records] == [logging.INFO]
     assert "10 of the 998 training words (1.0%)" in caplog.text and "nothing to do" in caplog.text
     caplog.clear()
-    many = EmbeddingCoverage(vocab_size=1000, dim=50, from_primary=700, from_fallback=290, random=8, pretrained_extra=0,
-                             random_extra=0, alignment_anchors=700, alignment_r2=0.05, random_examples=[])
+    many = EmbeddingCoverage(
+        vocab_size=1000,
+        dim=50,
+        from_primary=700,
+        from_fallback=290,
+        random=8,
+        pretrained_extra=0,
+        random_extra=0,
+        alignment_anchors=700,
+        alignment_r2=0.05,
+        random_examples=[],
+    )
     with caplog.at_level(logging.INFO, logger="model.word_vectors"):
         _report_poor_alignment(many)
     assert [r.levelno for r in caplog.records] == [logging.WARNING]

@@ -1,4 +1,5 @@
 """Training: validation-based selection, reproducibility, kill -9 resume, CLI and input validation."""
+
 import json
 import os
 import signal
@@ -22,7 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _cli(*args, **kw):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "training", *args], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "training", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def test_same_seed_same_model_and_selection_on_validation():
@@ -47,7 +56,18 @@ def test_early_stopping_stops_and_keeps_best():
 def test_kill_9_then_resume_gives_the_same_model(tmp_path):
     data = tiny_splits(n=(400, 40, 40), d_img=64, d_txt=32)
     feats = save_feature_splits(data, tmp_path / "feats.npz")
-    common = ["train", "--features", str(feats), "--epochs", "12", "--batch-size", "20", "--checkpoint-every", "1", "--no-progress"]
+    common = [
+        "train",
+        "--features",
+        str(feats),
+        "--epochs",
+        "12",
+        "--batch-size",
+        "20",
+        "--checkpoint-every",
+        "1",
+        "--no-progress",
+    ]
     ref = _cli(*common, "--out", str(tmp_path / "ref"), "--run-dir", str(tmp_path / "ref_run"))
     assert ref.wait(timeout=600) == 0, ref.stderr.read()
 
@@ -80,9 +100,21 @@ def test_kill_9_then_resume_gives_the_same_model(tmp_path):
 def test_evaluate_cli_prints_table_and_writes_json(tmp_path):
     data = tiny_splits()
     feats = save_feature_splits(data, tmp_path / "feats.npz")
-    p = _cli("train", "--features", str(feats), "--epochs", "3", "--batch-size", "16", "--out", str(tmp_path / "m"), "--no-progress")
+    p = _cli(
+        "train", "--features", str(feats), "--epochs", "3", "--batch-size", "16", "--out", str(tmp_path / "m"), "--no-progress"
+    )
     assert p.wait(timeout=300) == 0, p.stderr.read()
-    p = _cli("evaluate", "--features", str(feats), "--model", str(tmp_path / "m"), "--split", "test", "--json", str(tmp_path / "e.json"))
+    p = _cli(
+        "evaluate",
+        "--features",
+        str(feats),
+        "--model",
+        str(tmp_path / "m"),
+        "--split",
+        "test",
+        "--json",
+        str(tmp_path / "e.json"),
+    )
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     assert "I->T" in out and "T->I" in out
@@ -94,8 +126,22 @@ def test_evaluate_cli_prints_table_and_writes_json(tmp_path):
 
 def test_train_cli_sets_the_loss_weights(tmp_path):
     feats = save_feature_splits(tiny_splits(), tmp_path / "feats.npz")
-    p = _cli("train", "--features", str(feats), "--epochs", "2", "--batch-size", "16", "--lambda-j2", "0.5", "--eta-j3", "0",
-             "--out", str(tmp_path / "m"), "--no-progress")
+    p = _cli(
+        "train",
+        "--features",
+        str(feats),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--lambda-j2",
+        "0.5",
+        "--eta-j3",
+        "0",
+        "--out",
+        str(tmp_path / "m"),
+        "--no-progress",
+    )
     assert p.wait(timeout=300) == 0, p.stderr.read()
     loss = json.loads((tmp_path / "m" / "config.json").read_text())["loss"]
     assert (loss["lambda_j2"], loss["eta_j3"]) == (0.5, 0.0)
@@ -176,9 +222,26 @@ def test_wiki_loader_official_split_and_stratified_validation():
 
 def test_train_cli_instance_term_and_selection_criterion_are_saved(tmp_path):
     feats = save_feature_splits(tiny_splits(), tmp_path / "feats.npz")
-    p = _cli("train", "--features", str(feats), "--epochs", "3", "--batch-size", "16", "--instance-weight", "0.5",
-             "--instance-temperature", "0.1", "--select-on", "r10", "--out", str(tmp_path / "m"), "--run-dir", str(tmp_path / "run"),
-             "--no-progress")
+    p = _cli(
+        "train",
+        "--features",
+        str(feats),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--instance-weight",
+        "0.5",
+        "--instance-temperature",
+        "0.1",
+        "--select-on",
+        "r10",
+        "--out",
+        str(tmp_path / "m"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--no-progress",
+    )
     assert p.wait(timeout=300) == 0, p.stderr.read()
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert (config["loss"]["instance_weight"], config["loss"]["instance_temperature"]) == (0.5, 0.1)

@@ -13,6 +13,7 @@ The names below are importable from the package itself; each is loaded on first 
 fine-tuning run are exported as `run_retrain` and `run_finetune`: `training.retrain` and `training.finetune` are their
 modules, and a package attribute named like a submodule is replaced by the module once that is imported.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -20,11 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> (the module that defines it, its name there)
 _EXPORTS = {
-    "train_dscmr": ("training.train", "train_dscmr"), "TrainResult": ("training.train", "TrainResult"),
-    "DSCMRConfig": ("training.config", "DSCMRConfig"), "TrainConfig": ("training.config", "TrainConfig"),
+    "train_dscmr": ("training.train", "train_dscmr"),
+    "TrainResult": ("training.train", "TrainResult"),
+    "DSCMRConfig": ("training.config", "DSCMRConfig"),
+    "TrainConfig": ("training.config", "TrainConfig"),
     "preset": ("training.config", "preset"),
-    "prepare_corpus": ("training.prepare", "prepare_corpus"), "PrepareConfig": ("training.prepare", "PrepareConfig"),
-    "load_prepared": ("training.prepare", "load_prepared"), "PreparedData": ("training.prepare", "PreparedData"),
+    "prepare_corpus": ("training.prepare", "prepare_corpus"),
+    "PrepareConfig": ("training.prepare", "PrepareConfig"),
+    "load_prepared": ("training.prepare", "load_prepared"),
+    "PreparedData": ("training.prepare", "PreparedData"),
     "FeatureSplits": ("training.features", "FeatureSplits"),
     "load_feature_splits": ("training.features", "load_feature_splits"),
     "save_feature_splits": ("training.features", "save_feature_splits"),
@@ -32,10 +37,13 @@ _EXPORTS = {
     "evaluate_model_dir": ("training.pipeline", "evaluate_model_dir"),
     "cross_modal_map": ("training.evaluation", "cross_modal_map"),
     "mean_average_precision": ("training.evaluation", "mean_average_precision"),
-    "build_demo": ("training.demo", "build_demo"), "DemoConfig": ("training.demo", "DemoConfig"),
-    "run_retrain": ("training.retrain", "retrain"), "RetrainConfig": ("training.retrain", "RetrainConfig"),
+    "build_demo": ("training.demo", "build_demo"),
+    "DemoConfig": ("training.demo", "DemoConfig"),
+    "run_retrain": ("training.retrain", "retrain"),
+    "RetrainConfig": ("training.retrain", "RetrainConfig"),
     "rollback": ("training.retrain", "rollback"),
-    "run_finetune": ("training.finetune", "finetune"), "FinetuneConfig": ("training.finetune", "FinetuneConfig"),
+    "run_finetune": ("training.finetune", "finetune"),
+    "FinetuneConfig": ("training.finetune", "FinetuneConfig"),
 }
 __all__ = sorted(_EXPORTS)
 

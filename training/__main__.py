@@ -1,4 +1,5 @@
 """Command line: python -m training {prepare,train,evaluate,demo,retrain,rollback,finetune,figures} ..."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that choose the training data (exactly one)."""
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--wiki-features", type=Path, help="folder with raw_features.mat and the .list files (Wikipedia benchmark)")
-    src.add_argument("--dscmr-mat", type=Path, help="folder with the authors' train_img.mat, train_txt.mat, train_img_lab.mat, test_*.mat")
+    src.add_argument(
+        "--dscmr-mat", type=Path, help="folder with the authors' train_img.mat, train_txt.mat, train_img_lab.mat, test_*.mat"
+    )
     src.add_argument("--features", type=Path, help=".npz with {train,val,test}_{image,text,labels} and label_names")
     src.add_argument("--prepared", type=Path, help="prepared dataset directory from `python -m training prepare`")
 
@@ -46,9 +49,19 @@ def build_config(args: argparse.Namespace, data, prepared=None):
         for section, values in json.loads(Path(args.config).read_text()).items():
             merged[section].update(values)
         cfg = from_dict(DSCMRConfig, merged)
-    overrides = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
-                                   "device": args.device, "early_stopping_patience": args.early_stopping,
-                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "device": args.device,
+            "early_stopping_patience": args.early_stopping,
+            "checkpoint_every": args.checkpoint_every,
+        }.items()
+        if v is not None
+    }
     if args.no_progress:
         overrides["progress"] = False
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
@@ -61,8 +74,15 @@ def build_config(args: argparse.Namespace, data, prepared=None):
         loss = dataclasses.replace(loss, norm_form=args.norm_form)
     if args.classifier_update:
         loss = dataclasses.replace(loss, classifier_update=args.classifier_update)
-    instance = {k: v for k, v in {"instance_weight": args.instance_weight, "instance_temperature": args.instance_temperature,
-                                  "instance_form": args.instance_form}.items() if v is not None}
+    instance = {
+        k: v
+        for k, v in {
+            "instance_weight": args.instance_weight,
+            "instance_temperature": args.instance_temperature,
+            "instance_form": args.instance_form,
+        }.items()
+        if v is not None
+    }
     loss = dataclasses.replace(loss, **instance)
     if args.select_on:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, select_on=args.select_on))
@@ -75,24 +95,39 @@ def build_config(args: argparse.Namespace, data, prepared=None):
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by `train` and `retrain`."""
     parser.add_argument("--preset", default="paper", help="named configuration: paper (default) or wiki-tuned")
-    parser.add_argument("--config", type=Path, help="JSON file {network: {...}, loss: {...}, train: {...}} applied over the preset")
+    parser.add_argument(
+        "--config", type=Path, help="JSON file {network: {...}, loss: {...}, train: {...}} applied over the preset"
+    )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
-    parser.add_argument("--early-stopping", type=int, metavar="EPOCHS", help="stop after this many epochs without a better validation mAP")
+    parser.add_argument(
+        "--early-stopping", type=int, metavar="EPOCHS", help="stop after this many epochs without a better validation mAP"
+    )
     parser.add_argument("--checkpoint-every", type=int)
     parser.add_argument("--ablation", default="full", choices=["full", "no_j1", "no_j2", "no_j3", "j1_only"])
     parser.add_argument("--lambda-j2", type=float, metavar="W", help="weight of J2, the common-space loss (released code: 1e-3)")
-    parser.add_argument("--eta-j3", type=float, metavar="W", help="weight of J3, the modality-invariance loss (released code: 0.1)")
-    parser.add_argument("--instance-weight", type=float, metavar="W",
-                        help="weight of the instance term (beyond the paper: each image nearer its own text than the batch's other "
-                             "texts, and vice versa); 0 (default) reproduces the paper")
+    parser.add_argument(
+        "--eta-j3", type=float, metavar="W", help="weight of J3, the modality-invariance loss (released code: 0.1)"
+    )
+    parser.add_argument(
+        "--instance-weight",
+        type=float,
+        metavar="W",
+        help="weight of the instance term (beyond the paper: each image nearer its own text than the batch's other "
+        "texts, and vice versa); 0 (default) reproduces the paper",
+    )
     parser.add_argument("--instance-temperature", type=float, metavar="T", help="temperature of the instance term (default 0.05)")
-    parser.add_argument("--instance-form", choices=["infonce", "pair_likelihood"], help="form of the instance term (default infonce)")
-    parser.add_argument("--select-on", choices=["map", "r10", "mean"],
-                        help="validation criterion of the kept epoch: average mAP (default), average R@10 of the own pair, or their mean")
+    parser.add_argument(
+        "--instance-form", choices=["infonce", "pair_likelihood"], help="form of the instance term (default infonce)"
+    )
+    parser.add_argument(
+        "--select-on",
+        choices=["map", "r10", "mean"],
+        help="validation criterion of the kept epoch: average mAP (default), average R@10 of the own pair, or their mean",
+    )
     parser.add_argument("--norm-form", choices=["released", "paper"])
     parser.add_argument("--classifier-update", choices=["gradient", "ridge"])
     parser.add_argument("--no-progress", action="store_true")
@@ -100,10 +135,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train and save a model directory."""
+    from training.config import fit_to_labels
     from training.pipeline import train_and_save
 
     data, prepared = load_data(args)
     cfg = build_config(args, data, prepared)
+    # which loss terms the data supports (J1/J2 need labels), said before the run; the saved config and report repeat it
+    print(f"loss: {fit_to_labels(cfg, data.has_labels)[1]}", file=sys.stderr)
     report = train_and_save(data, cfg, args.out, run_dir=args.run_dir, prepared=prepared)
     print(json.dumps(report, indent=2))
     return 0
@@ -115,9 +153,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     data, _ = load_data(args)
     result = evaluate_model_dir(args.model, data, args.split)
-    print(f"{'split':<8}{'n_queries':>10}{'I->T':>9}{'T->I':>9}{'avg':>9}")
-    print(f"{result['split']:<8}{result['n_queries']:>10}{result['i2t']:>9.4f}{result['t2i']:>9.4f}{result['avg']:>9.4f}   (mAP over labels)")
-    print("precision@k:", ", ".join(f"P@{k}={v:.4f}" for k, v in result["precision_at_k"].items()))
+    if result["avg"] is None:
+        print(f"{result['split']}: {result['n_queries']} queries; {result['map_note']}")
+    else:
+        print(f"{'split':<8}{'n_queries':>10}{'I->T':>9}{'T->I':>9}{'avg':>9}")
+        print(
+            f"{result['split']:<8}{result['n_queries']:>10}{result['i2t']:>9.4f}{result['t2i']:>9.4f}{result['avg']:>9.4f}   (mAP over labels)"
+        )
+        print("precision@k:", ", ".join(f"P@{k}={v:.4f}" for k, v in result["precision_at_k"].items()))
     print(f"instance recall (each query's own pair; {result['instances']} distinct texts, items sharing a text count as one):")
     print(f"{'':<8}{'R@1':>8}{'R@5':>8}{'R@10':>8}{'medR':>8}{'MRR':>8}")
     for direction in ("i2t", "t2i", "avg"):
@@ -133,28 +176,58 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Turn a corpus (or a dataset, made into a corpus first) into prepared data: cached features + text input."""
     from model.sentence_cnn import TextEncoderConfig
+    from model.tfidf import TfidfConfig
     from training.distributed import init_from_env
     from training.prepare import PrepareConfig, prepare_corpus
 
+    text = TextEncoderConfig(
+        kind=args.text,
+        word_vectors=args.word_vectors,
+        embed_dim=args.embed_dim or (50 if args.word_vectors == "glove-6b-50d" else 300),
+        min_count=args.min_count,
+        freeze_embeddings=args.freeze_embeddings,
+        max_len=args.max_len,
+        pretrained_vocab=args.pretrained_vocab,
+        word_dropout=args.word_dropout,
+        mean_vector=args.mean_vector,
+        activation=args.map_activation,
+        pool_norm=args.pool_norm,
+        tfidf=TfidfConfig(
+            analyzer=args.tfidf_analyzer,
+            char_ngrams=tuple(args.tfidf_char_ngrams),
+            word_ngrams=tuple(args.tfidf_word_ngrams),
+            sublinear_tf=not args.tfidf_raw_tf,
+            min_df=args.tfidf_min_df,
+            max_df=args.tfidf_max_df,
+            max_features=args.tfidf_max_features or None,
+            dim=args.tfidf_dim,
+        ),
+    )
+    ctx, device = init_from_env(args.device)
+    cfg = PrepareConfig(
+        backbone=args.backbone,
+        weights_path=str(args.weights) if args.weights else None,
+        text=text,
+        batch_size=args.batch_size,
+        device=str(device),
+        seed=args.seed,
+        progress=not args.no_progress,
+        text_views=args.text_views,
+        derive_labels=args.derive_labels,
+        clusters=args.clusters,
+    )
     corpus_dir = args.corpus
     if args.dataset:
         from model.corpus import save_corpus
         from training.datasets.registry import load_dataset
+        from training.prepare import check_preparable
 
         kind, root = args.dataset
         corpus_dir = args.out / "corpus"
         corpus, report = load_dataset(kind, Path(root))
+        check_preparable(corpus, cfg, str(root))  # bad input is refused before OUT/corpus is written
         save_corpus(corpus, corpus_dir)
         print(report)
-    text = TextEncoderConfig(kind=args.text, word_vectors=args.word_vectors,
-                             embed_dim=args.embed_dim or (50 if args.word_vectors == "glove-6b-50d" else 300),
-                             min_count=args.min_count, freeze_embeddings=args.freeze_embeddings, max_len=args.max_len,
-                             pretrained_vocab=args.pretrained_vocab, word_dropout=args.word_dropout,
-                             mean_vector=args.mean_vector)
-    ctx, device = init_from_env(args.device)
-    cfg = PrepareConfig(backbone=args.backbone, weights_path=str(args.weights) if args.weights else None, text=text,
-                        batch_size=args.batch_size, device=str(device), seed=args.seed, progress=not args.no_progress,
-                        text_views=args.text_views)
     shard = None
     if args.shard:
         from index.shards import parse_shard
@@ -180,30 +253,52 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Build the emoji demo (corpus -> prepared data -> model -> index) under --root; stages already done are skipped."""
     from training.demo import DemoConfig, build_demo
 
-    options = {k: v for k, v in {"text": args.text, "labels": args.labels, "instance_weight": args.instance_weight,
-                                 "select_on": args.select_on, "text_views": args.text_views}.items() if v is not None}
-    report = build_demo(args.root, DemoConfig(limit=args.limit, epochs=args.epochs, progress=not args.no_progress,
-                                              refit=not args.no_refit, **options))
+    options = {
+        k: v
+        for k, v in {
+            "text": args.text,
+            "labels": args.labels,
+            "instance_weight": args.instance_weight,
+            "select_on": args.select_on,
+            "text_views": args.text_views,
+        }.items()
+        if v is not None
+    }
+    report = build_demo(
+        args.root,
+        DemoConfig(limit=args.limit, epochs=args.epochs, progress=not args.no_progress, refit=not args.no_refit, **options),
+    )
     print(json.dumps(report, indent=2))
     return 0
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     """Train a candidate, compare it with the serving model on validation, promote (new index version) or reject."""
-    from training.retrain import RetrainConfig, retrain
+    from training.retrain import SERVING, RetrainConfig, retrain
 
-    from training.retrain import SERVING
-
-    chosen = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed, "early_stopping": args.early_stopping}.items() if v is not None}
+    chosen = {
+        k: v
+        for k, v in {"epochs": args.epochs, "seed": args.seed, "early_stopping": args.early_stopping}.items()
+        if v is not None
+    }
     if args.no_early_stopping:
         chosen["early_stopping"] = None
     if args.refit is not None:
         chosen["refit"] = args.refit == "yes"
-    loss = tuple((k, v) for k, v in {"lambda_j2": args.lambda_j2, "eta_j3": args.eta_j3,
-                                     "instance_weight": args.instance_weight}.items() if v is not None)
-    cfg = RetrainConfig(tolerance=args.tolerance, keep=args.keep, preset=args.preset, progress=not args.no_progress,
-                        reprepare=not args.no_reprepare, loss_overrides=loss, **{k: chosen.get(k, SERVING) for k in
-                                                                                 ("epochs", "seed", "early_stopping", "refit")})
+    loss = tuple(
+        (k, v)
+        for k, v in {"lambda_j2": args.lambda_j2, "eta_j3": args.eta_j3, "instance_weight": args.instance_weight}.items()
+        if v is not None
+    )
+    cfg = RetrainConfig(
+        tolerance=args.tolerance,
+        keep=args.keep,
+        preset=args.preset,
+        progress=not args.no_progress,
+        reprepare=not args.no_reprepare,
+        loss_overrides=loss,
+        **{k: chosen.get(k, SERVING) for k in ("epochs", "seed", "early_stopping", "refit")},
+    )
     report = retrain(args.root, cfg)
     print(json.dumps({k: report[k] for k in ("decision", "reason", "serving_after", "report_path", "wall_s")}, indent=2))
     return 0
@@ -224,14 +319,28 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from training.config import preset
     from training.finetune import FinetuneConfig, finetune_and_save
 
-    overrides = {k: v for k, v in {"epochs": args.epochs, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
-                                   "device": args.device, "early_stopping_patience": args.early_stopping,
-                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "device": args.device,
+            "early_stopping_patience": args.early_stopping,
+            "checkpoint_every": args.checkpoint_every,
+        }.items()
+        if v is not None
+    }
     if args.no_progress:
         overrides["progress"] = False
-    cfg = FinetuneConfig(dscmr=preset(args.preset, **overrides), unfreeze_blocks=args.unfreeze_blocks,
-                         backbone_lr_scale=args.backbone_lr_scale, augment=AugmentConfig(scale=tuple(args.crop_scale)),
-                         workers=args.workers)
+    cfg = FinetuneConfig(
+        dscmr=preset(args.preset, **overrides),
+        unfreeze_blocks=args.unfreeze_blocks,
+        backbone_lr_scale=args.backbone_lr_scale,
+        augment=AugmentConfig(scale=tuple(args.crop_scale)),
+        workers=args.workers,
+    )
     report = finetune_and_save(args.prepared, args.out, cfg, run_dir=args.run_dir, corpus_dir=args.corpus)
     print(json.dumps(report, indent=2))
     return 0
@@ -239,14 +348,26 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def add_finetune_command(sub) -> None:
     """The `finetune` subcommand."""
-    p = sub.add_parser("finetune", help="end-to-end: fine-tune the backbone's last blocks with the text branch and heads on raw images")
-    p.add_argument("--prepared", type=Path, required=True, help="prepared-data folder (token ids / sentence vectors, splits, ids)")
+    p = sub.add_parser(
+        "finetune", help="end-to-end: fine-tune the backbone's last blocks with the text branch and heads on raw images"
+    )
+    p.add_argument(
+        "--prepared", type=Path, required=True, help="prepared-data folder (token ids / sentence vectors, splits, ids)"
+    )
     p.add_argument("--out", type=Path, required=True, help="model directory to write (carries the fine-tuned backbone)")
     p.add_argument("--corpus", type=Path, help="corpus folder with the images (default: the one the data was prepared from)")
-    p.add_argument("--unfreeze-blocks", type=int, default=2, help="backbone stages to train, counted from the output side (default 2)")
+    p.add_argument(
+        "--unfreeze-blocks", type=int, default=2, help="backbone stages to train, counted from the output side (default 2)"
+    )
     p.add_argument("--backbone-lr-scale", type=float, default=0.1, help="backbone learning rate = lr x this (default 0.1)")
-    p.add_argument("--crop-scale", type=float, nargs=2, default=(0.08, 1.0), metavar=("LOW", "HIGH"),
-                   help="area fraction range of the random resized crop (default 0.08 1.0)")
+    p.add_argument(
+        "--crop-scale",
+        type=float,
+        nargs=2,
+        default=(0.08, 1.0),
+        metavar=("LOW", "HIGH"),
+        help="area fraction range of the random resized crop (default 0.08 1.0)",
+    )
     p.add_argument("--preset", default="wiki-tuned", help="named DSCMR configuration (default wiki-tuned)")
     p.add_argument("--epochs", type=int, default=30, help="default 30")
     p.add_argument("--seed", type=int)
@@ -259,6 +380,8 @@ def add_finetune_command(sub) -> None:
     p.add_argument("--run-dir", type=Path, help="checkpoint + metrics log directory; an existing checkpoint there is resumed")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_finetune)
+
+
 # --- end finetune ---------------------------------------------------------------------------------------------
 
 
@@ -282,6 +405,8 @@ def add_figures_parser(sub) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--prefix", default="", help="file-name prefix, e.g. imagenet-sample-")
     p.set_defaults(func=cmd_figures)
+
+
 # --- end figures ---
 
 
@@ -292,7 +417,9 @@ def command_name(script: str, module_form: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `python -m training`."""
-    parser = argparse.ArgumentParser(prog=command_name("dscmr-train", "python -m training"), description="Train, evaluate and retrain DSCMR models.")
+    parser = argparse.ArgumentParser(
+        prog=command_name("dscmr-train", "python -m training"), description="Train, evaluate and retrain DSCMR models."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on features or a prepared dataset")
@@ -311,33 +438,101 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("prepare", help="corpus -> cached backbone features, token ids / sentence vectors, labels and splits")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--corpus", type=Path, help="corpus folder (items.jsonl + corpus.json) from `python -m training.datasets prepare`")
-    src.add_argument("--dataset", nargs=2, metavar=("KIND", "ROOT"), help="load a dataset of this kind (manifest, wikipedia, "
-                     "pascal-sentence, imagenet-sample, emoji-demo) and write its corpus to OUT/corpus first")
+    src.add_argument(
+        "--corpus", type=Path, help="corpus folder (items.jsonl + corpus.json) from `python -m training.datasets prepare`"
+    )
+    src.add_argument(
+        "--dataset",
+        nargs=2,
+        metavar=("KIND", "ROOT"),
+        help="load a dataset of this kind (manifest, wikipedia, "
+        "pascal-sentence, imagenet-sample, emoji-demo) and write its corpus to OUT/corpus first",
+    )
     p.add_argument("--out", type=Path, required=True, help="prepared-data folder (rerun to resume or to update)")
     p.add_argument("--backbone", default="efficientnet-lite0", help="efficientnet-lite0 (default), efficientnet-lite2 or vgg19")
     p.add_argument("--weights", type=Path, help="backbone weights file (VGG19: a torchvision-format checkpoint)")
-    p.add_argument("--text", default="sentence_cnn", choices=["sentence_cnn", "minilm"])
-    p.add_argument("--word-vectors", default="word2vec", help="word2vec (trained on the corpus), glove-6b-50d, random, or a vector file")
+    p.add_argument(
+        "--text",
+        default="sentence_cnn",
+        choices=["sentence_cnn", "minilm", "tfidf"],
+        help="sentence_cnn (word vectors + Kim CNN, the paper), minilm (English sentence vectors) or tfidf "
+        "(TF-IDF over character and/or word n-grams reduced by SVD, fitted on the training texts: any "
+        "language, scripts without spaces included; options --tfidf-*)",
+    )
+    p.add_argument(
+        "--tfidf-analyzer",
+        default="char",
+        choices=["char", "word", "char+word"],
+        help="tfidf n-grams: of characters (no segmenter needed), of words (jieba for Chinese when installed), or both",
+    )
+    p.add_argument("--tfidf-char-ngrams", type=int, nargs=2, default=[1, 3], metavar=("MIN", "MAX"))
+    p.add_argument("--tfidf-word-ngrams", type=int, nargs=2, default=[1, 2], metavar=("MIN", "MAX"))
+    p.add_argument("--tfidf-raw-tf", action="store_true", help="raw term counts instead of sublinear 1 + log(tf)")
+    p.add_argument("--tfidf-min-df", type=int, default=2, help="keep n-grams in at least this many training texts")
+    p.add_argument("--tfidf-max-df", type=float, default=1.0, help="and in at most this fraction of them")
+    p.add_argument("--tfidf-max-features", type=int, default=20_000, help="keep the most frequent n-grams (0: all)")
+    p.add_argument("--tfidf-dim", type=int, default=256, help="SVD size of the tfidf text feature")
+    p.add_argument(
+        "--word-vectors", default="word2vec", help="word2vec (trained on the corpus), glove-6b-50d, random, or a vector file"
+    )
     p.add_argument("--embed-dim", type=int, help="word-vector size (default 300; 50 for glove-6b-50d)")
     p.add_argument("--min-count", type=int, default=2)
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--freeze-embeddings", action="store_true")
-    p.add_argument("--pretrained-vocab", type=int, default=0, metavar="N",
-                   help="also give the N most frequent words of the pretrained vectors a vocabulary entry, so that query "
-                        "words the training texts lack keep their meaning (default 0: training words only)")
-    p.add_argument("--word-dropout", type=float, default=0.0, metavar="P",
-                   help="blank each token with probability P while training the sentence CNN (default 0)")
-    p.add_argument("--mean-vector", action="store_true",
-                   help="append each text's mean word vector to the sentence CNN's pooled features")
-    p.add_argument("--text-views", type=int, default=1, metavar="N",
-                   help="training views per text: the whole text plus N-1 random subsets of its segments (names, keywords, "
-                        "clauses), so short queries still find their item (default 1: the whole text only)")
+    p.add_argument(
+        "--pretrained-vocab",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also give the N most frequent words of the pretrained vectors a vocabulary entry, so that query "
+        "words the training texts lack keep their meaning (default 0: training words only)",
+    )
+    p.add_argument(
+        "--word-dropout",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="blank each token with probability P while training the sentence CNN (default 0)",
+    )
+    p.add_argument(
+        "--mean-vector", action="store_true", help="append each text's mean word vector to the sentence CNN's pooled features"
+    )
+    p.add_argument(
+        "--map-activation",
+        default="relu",
+        choices=["relu", "leaky_relu"],
+        help="activation after the sentence CNN's max-over-time pooling: relu (Kim 2014, the paper) or leaky_relu "
+        "(keeps feature maps from dying on small corpora; see the training log's text_live_maps)",
+    )
+    p.add_argument(
+        "--pool-norm", action="store_true", help="batch-normalise the sentence CNN's pooled feature maps before the activation"
+    )
+    p.add_argument(
+        "--text-views",
+        type=int,
+        default=1,
+        metavar="N",
+        help="training views per text: the whole text plus N-1 random subsets of its segments (names, keywords, "
+        "clauses), so short queries still find their item (default 1: the whole text only)",
+    )
+    p.add_argument(
+        "--derive-labels",
+        choices=["none", "clusters"],
+        default="none",
+        help="labels made from the texts for a corpus without labels, so that J1/J2 apply: clusters = k-means over "
+        "the text features, each cluster named by its top terms (default none: train on the pairs alone)",
+    )
+    p.add_argument(
+        "--clusters", type=int, metavar="K", help="number of clusters (default: chosen on validation from 4, 8, 16, 32, 64)"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--shard", help="i/n: extract only shard i of n of the missing features (one per machine); "
-                   "then run once without --shard to assemble. Under torchrun the ranks split the work by themselves")
+    p.add_argument(
+        "--shard",
+        help="i/n: extract only shard i of n of the missing features (one per machine); "
+        "then run once without --shard to assemble. Under torchrun the ranks split the work by themselves",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_prepare)
 
@@ -345,22 +540,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=Path("artifacts"))
     p.add_argument("--limit", type=int, help="use at most this many emoji (default: all)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the demo's)")
-    p.add_argument("--text", choices=["minilm", "glove"], help="text setting (default minilm: MiniLM sentence vectors; glove: "
-                   "the GloVe sentence CNN)")
-    p.add_argument("--labels", choices=["group", "subgroup", "both"], help="emoji labels: Unicode group, subgroup or both (default group)")
-    p.add_argument("--instance-weight", type=float, metavar="W", help="weight of the instance term (default 0.5; 0 = the paper's objective)")
+    p.add_argument(
+        "--text",
+        choices=["minilm", "glove"],
+        help="text setting (default minilm: MiniLM sentence vectors; glove: the GloVe sentence CNN)",
+    )
+    p.add_argument(
+        "--labels", choices=["group", "subgroup", "both"], help="emoji labels: Unicode group, subgroup or both (default group)"
+    )
+    p.add_argument(
+        "--instance-weight", type=float, metavar="W", help="weight of the instance term (default 0.5; 0 = the paper's objective)"
+    )
     p.add_argument("--select-on", choices=["map", "r10", "mean"], help="validation criterion of the kept epoch (default mean)")
-    p.add_argument("--no-refit", action="store_true", help="serve the model trained on the train split instead of its refit on "
-                   "every item")
+    p.add_argument(
+        "--no-refit", action="store_true", help="serve the model trained on the train split instead of its refit on every item"
+    )
     p.add_argument("--text-views", type=int, metavar="N", help="training views per text (see prepare --text-views)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("retrain", help="train a candidate on the current data; promote it only if no worse on validation")
     p.add_argument("--root", type=Path, default=Path("artifacts"), help="artefact root (corpus/, prepared/, models/, index/)")
-    p.add_argument("--tolerance", type=float, default=0.005, help="largest allowed drop of the validation selection score (the "
-                   "serving model's criterion: mAP, R@10 or their mean) against the serving model and the lineage's best "
-                   "(default 0.005)")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.005,
+        help="largest allowed drop of the validation selection score (the "
+        "serving model's criterion: mAP, R@10 or their mean) against the serving model and the lineage's best "
+        "(default 0.005)",
+    )
     p.add_argument("--keep", type=int, default=3, help="model and index versions to keep (default 3)")
     p.add_argument("--preset", help="train a named preset (paper, wiki-tuned) instead of the serving model's own configuration")
     p.add_argument("--epochs", type=int, help="default: the serving model's")
@@ -371,7 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lambda-j2", type=float, metavar="W", help="default: the serving model's")
     p.add_argument("--eta-j3", type=float, metavar="W", help="default: the serving model's")
     p.add_argument("--instance-weight", type=float, metavar="W", help="default: the serving model's")
-    p.add_argument("--no-reprepare", action="store_true", help="train on the prepared data as it is (skip the incremental prepare)")
+    p.add_argument(
+        "--no-reprepare", action="store_true", help="train on the prepared data as it is (skip the incremental prepare)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_retrain)
 

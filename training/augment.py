@@ -3,6 +3,7 @@
 The crop follows torchvision's RandomResizedCrop (area fraction uniform in `scale`, aspect ratio log-uniform in
 `ratio`, 10 attempts, then a centre crop within the ratio bounds), so the recipe is the standard ImageNet one.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,13 @@ def random_resized_crop_box(width: int, height: int, cfg: AugmentConfig, rng: np
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def augment_image(image: Image.Image, size: int, cfg: AugmentConfig, rng: np.random.Generator,
-                  resample: Image.Resampling = Image.Resampling.BILINEAR) -> Image.Image:
+def augment_image(
+    image: Image.Image,
+    size: int,
+    cfg: AugmentConfig,
+    rng: np.random.Generator,
+    resample: Image.Resampling = Image.Resampling.BILINEAR,
+) -> Image.Image:
     """A random resized crop of `image` scaled to size x size, mirrored with probability cfg.flip_prob."""
     image = to_rgb(image)
     left, top, w, h = random_resized_crop_box(image.width, image.height, cfg, rng)

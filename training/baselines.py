@@ -1,4 +1,5 @@
 """Classic baselines in the same harness as DSCMR: regularised CCA and semantic matching, tuned on validation."""
+
 from __future__ import annotations
 
 import itertools
@@ -79,9 +80,15 @@ def run_cca(data: FeatureSplits, ridges=(0.0,), components=None) -> BaselineResu
     test_vectors = cca.transform(data.test.image, data.test.text)
     test = cross_modal_map(*test_vectors, data.test.labels)
     name = "CCA" if tuple(ridges) == (0.0,) else "regularised CCA"
-    return BaselineResult(name, val, test, params, time.perf_counter() - t0,
-                          val_recall=_recall(cca.transform(data.val.image, data.val.text), data.val),
-                          test_recall=_recall(test_vectors, data.test))
+    return BaselineResult(
+        name,
+        val,
+        test,
+        params,
+        time.perf_counter() - t0,
+        val_recall=_recall(cca.transform(data.val.image, data.val.text), data.val),
+        test_recall=_recall(test_vectors, data.test),
+    )
 
 
 def _posteriors(model, x: np.ndarray, multilabel: bool) -> np.ndarray:
@@ -123,6 +130,12 @@ def run_semantic_matching(data: FeatureSplits, cs=(0.01, 0.1, 1.0, 10.0, 100.0),
     mi, mt = img_models[params["C_image"]], txt_models[params["C_text"]]
     test_vectors = space(mi, data.test.image), space(mt, data.test.text)
     test = cross_modal_map(*test_vectors, data.test.labels)
-    return BaselineResult("semantic matching", val, test, params, time.perf_counter() - t0,
-                          val_recall=_recall((img_val[params["C_image"]], txt_val[params["C_text"]]), data.val),
-                          test_recall=_recall(test_vectors, data.test))
+    return BaselineResult(
+        "semantic matching",
+        val,
+        test,
+        params,
+        time.perf_counter() - t0,
+        val_recall=_recall((img_val[params["C_image"]], txt_val[params["C_text"]]), data.val),
+        test_recall=_recall(test_vectors, data.test),
+    )

@@ -1,4 +1,5 @@
 """Training configuration and named presets."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,3 +74,69 @@ def with_dims(cfg: DSCMRConfig, image_dim: int, text_dim: int, num_classes: int)
     """`cfg` with the input sizes and class count of a dataset filled in."""
     net = dataclasses.replace(cfg.network, image_input_dim=image_dim, text_input_dim=text_dim, num_classes=num_classes)
     return dataclasses.replace(cfg, network=net)
+
+
+# Instance-term weight of a run on data without labels when the configuration sets none (the emoji demo's default weight).
+LABEL_FREE_INSTANCE_WEIGHT = 1.0
+
+
+def loss_terms(cfg: DSCMRConfig) -> dict[str, object]:
+    """Which terms of the objective a configuration trains, and their weights (for logs and saved reports)."""
+    loss = cfg.loss
+    return {
+        "j1": loss.use_j1,
+        "j2": loss.use_j2,
+        "j3": loss.use_j3,
+        "lambda_j2": loss.lambda_j2,
+        "eta_j3": loss.eta_j3,
+        "instance": loss.instance_weight > 0,
+        "instance_weight": loss.instance_weight,
+        "select_on": cfg.train.select_on,
+    }
+
+
+def fit_to_labels(cfg: DSCMRConfig, has_labels: bool, partial: bool = False) -> tuple[DSCMRConfig, str]:
+    """`cfg` with the loss terms and the selection criterion the data supports, and one line saying which.
+
+    With labels nothing changes. Without labels J1 (label space) and J2 (label relevance) have nothing to learn from, so
+    they are switched off; J3 and the instance term (each image nearer its own text than the batch's other texts) train
+    on the pairs alone, the instance term at LABEL_FREE_INSTANCE_WEIGHT when the configuration sets no weight; and the
+    kept epoch is chosen on validation R@10 of each query's own pair (ties broken by its mean reciprocal rank), since mAP
+    over labels is undefined.
+
+    With labels on some items only (`partial`), J1 and J2 count the labelled items, J3 and the instance term (at
+    LABEL_FREE_INSTANCE_WEIGHT when none is set) train every pair, and mAP is measured over the labelled items.
+    """
+    if has_labels and partial:
+        weight = cfg.loss.instance_weight if cfg.loss.instance_weight > 0 else LABEL_FREE_INSTANCE_WEIGHT
+        fitted = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, instance_weight=weight))
+        t = loss_terms(fitted)
+        on = [name for name, key in (("J1", "j1"), ("J2", "j2")) if t[key]]
+        rest = (["J3"] if t["j3"] else []) + [f"instance term (weight {weight:g})"]
+        return fitted, (
+            f"data with labels on some items: loss terms {' + '.join(on) or 'none'} over the labelled items, "
+            f"{' + '.join(rest)} over every pair; kept epoch chosen on validation {cfg.train.select_on} (mAP over "
+            "the labelled items)" + ("" if cfg.loss.instance_weight > 0 else f" [instance weight {weight:g} (none was set)]")
+        )
+    if has_labels:
+        t = loss_terms(cfg)
+        on = [name for name, key in (("J1", "j1"), ("J2", "j2"), ("J3", "j3"), ("instance term", "instance")) if t[key]]
+        return (
+            cfg,
+            f"data with labels: loss terms {' + '.join(on) or 'none'}; kept epoch chosen on validation {cfg.train.select_on}",
+        )
+    weight = cfg.loss.instance_weight if cfg.loss.instance_weight > 0 else LABEL_FREE_INSTANCE_WEIGHT
+    loss = dataclasses.replace(cfg.loss, use_j1=False, use_j2=False, instance_weight=weight)
+    fitted = dataclasses.replace(cfg, loss=loss, train=dataclasses.replace(cfg.train, select_on="r10"))
+    terms = " + ".join(["J3"] if loss.use_j3 else []) + (" + " if loss.use_j3 else "") + f"instance term (weight {weight:g})"
+    changed = []
+    if cfg.loss.use_j1 or cfg.loss.use_j2:
+        changed.append("J1 and J2 off (they need labels)")
+    if cfg.loss.instance_weight <= 0:
+        changed.append(f"instance weight {weight:g} (none was set)")
+    if cfg.train.select_on != "r10":
+        changed.append(f"selection on r10 instead of {cfg.train.select_on} (mAP needs labels)")
+    return fitted, (
+        f"data without labels: loss terms {terms}; kept epoch chosen on validation R@10 (ties: MRR)"
+        + (f" [{'; '.join(changed)}]" if changed else "")
+    )

@@ -3,6 +3,7 @@
 Every stage writes under one artefact root (see docs/artefacts in the README) and is skipped when its output is
 already there, so `build_demo` is safe to run at every container start.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,8 +51,16 @@ DEMO_MODEL_POINTER = "DEMO_MODEL"
 # The demo's text setting and loss weights were chosen on the full demo's validation split (val avg mAP: corpus vocabulary with
 # the released weights 0.670, with lambda 1 / eta 0.01 0.688; this text setting with the released weights 0.728, with
 # lambda 1 / eta 0.01 0.729). It is the setting imagenet-sample's validation chose for GloVe, too.
-DEMO_TEXT = TextEncoderConfig(kind="sentence_cnn", word_vectors="glove-6b-50d", embed_dim=50, min_count=1, max_len=48,
-                              pretrained_vocab=100_000, word_dropout=0.3, mean_vector=True)
+DEMO_TEXT = TextEncoderConfig(
+    kind="sentence_cnn",
+    word_vectors="glove-6b-50d",
+    embed_dim=50,
+    min_count=1,
+    max_len=48,
+    pretrained_vocab=100_000,
+    word_dropout=0.3,
+    mean_vector=True,
+)
 DEMO_TEXT_MINILM = TextEncoderConfig(kind="minilm")
 DEMO_LOSS_WEIGHTS = {"lambda_j2": 1.0, "eta_j3": 0.01}
 
@@ -64,8 +73,13 @@ def demo_text_config(cfg: DemoConfig) -> TextEncoderConfig:
 def artefact_paths(root: str | Path) -> dict[str, Path]:
     """Where each stage of the pipeline writes under an artefact root."""
     root = Path(root)
-    return {"corpus": root / "corpus", "prepared": root / "prepared", "models": root / "models", "index": root / "index",
-            "runs": root / "runs"}
+    return {
+        "corpus": root / "corpus",
+        "prepared": root / "prepared",
+        "models": root / "models",
+        "index": root / "index",
+        "runs": root / "runs",
+    }
 
 
 def demo_train_config(prepared, cfg: DemoConfig):
@@ -73,11 +87,20 @@ def demo_train_config(prepared, cfg: DemoConfig):
     from training.config import preset, with_dims
 
     data_dims = prepared.manifest["image"]["dim"], prepared.text_config.output_dim or prepared.manifest["text"]["dim"]
-    base = preset("wiki-tuned", progress=cfg.progress, epochs=cfg.epochs or DEMO_EPOCHS, seed=cfg.seed,
-                  early_stopping_patience=cfg.early_stopping)
-    base = dataclasses.replace(base, loss=dataclasses.replace(base.loss, instance_weight=cfg.instance_weight,
-                                                              instance_temperature=cfg.instance_temperature, **DEMO_LOSS_WEIGHTS),
-                               train=dataclasses.replace(base.train, select_on=cfg.select_on))
+    base = preset(
+        "wiki-tuned",
+        progress=cfg.progress,
+        epochs=cfg.epochs or DEMO_EPOCHS,
+        seed=cfg.seed,
+        early_stopping_patience=cfg.early_stopping,
+    )
+    base = dataclasses.replace(
+        base,
+        loss=dataclasses.replace(
+            base.loss, instance_weight=cfg.instance_weight, instance_temperature=cfg.instance_temperature, **DEMO_LOSS_WEIGHTS
+        ),
+        train=dataclasses.replace(base.train, select_on=cfg.select_on),
+    )
     return with_dims(base, data_dims[0], data_dims[1], len(prepared.manifest["label_names"]))
 
 
@@ -97,8 +120,9 @@ def _publish_model(models_dir: Path, write) -> dict[str, Any]:
     return report
 
 
-def train_into_models(prepared_dir: Path, models_dir: Path, train_cfg, run_dir: Path | None = None, refit: bool = False
-                      ) -> dict[str, Any]:
+def train_into_models(
+    prepared_dir: Path, models_dir: Path, train_cfg, run_dir: Path | None = None, refit: bool = False
+) -> dict[str, Any]:
     """Train on prepared data and publish the model as models/<hash prefix>; returns the training report.
 
     With `refit`, the model trained on the train split (selected on validation) is kept as the held-out twin and a second
@@ -109,12 +133,16 @@ def train_into_models(prepared_dir: Path, models_dir: Path, train_cfg, run_dir: 
     prepared = load_prepared(prepared_dir)
     data = prepared.feature_splits()
     data.validate()
-    heldout = _publish_model(models_dir, lambda staging: train_and_save(data, train_cfg, staging, run_dir=run_dir, prepared=prepared))
+    heldout = _publish_model(
+        models_dir, lambda staging: train_and_save(data, train_cfg, staging, run_dir=run_dir, prepared=prepared)
+    )
     if not refit:
         return heldout
     refit_run = run_dir.with_name(run_dir.name + "-refit") if run_dir is not None else None
-    report = _publish_model(models_dir, lambda staging: refit_and_save(data, train_cfg, staging, heldout["model_dir"],
-                                                                       run_dir=refit_run, prepared=prepared))
+    report = _publish_model(
+        models_dir,
+        lambda staging: refit_and_save(data, train_cfg, staging, heldout["model_dir"], run_dir=refit_run, prepared=prepared),
+    )
     report["heldout"] = heldout
     return report
 
@@ -132,8 +160,9 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
 
     started = time.perf_counter()
     if not (paths["corpus"] / CORPUS_FILE).is_file():
-        corpus, report = build_emoji_corpus(paths["corpus"], limit=cfg.limit, image_size=cfg.image_size, seed=cfg.seed,
-                                            labels=cfg.labels, progress=cfg.progress)
+        corpus, report = build_emoji_corpus(
+            paths["corpus"], limit=cfg.limit, image_size=cfg.image_size, seed=cfg.seed, labels=cfg.labels, progress=cfg.progress
+        )
         save_corpus(corpus, paths["corpus"])
         (paths["corpus"] / "load_report.json").write_text(json.dumps(report.as_dict(), ensure_ascii=False, indent=1))
         log.info("%s", report)
@@ -141,8 +170,11 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
 
     t = time.perf_counter()
     if not (paths["prepared"] / PREPARED_FILE).is_file():
-        prepare_corpus(paths["corpus"], paths["prepared"], PrepareConfig(text=demo_text_config(cfg), seed=cfg.seed, progress=cfg.progress,
-                                                                         text_views=cfg.text_views))
+        prepare_corpus(
+            paths["corpus"],
+            paths["prepared"],
+            PrepareConfig(text=demo_text_config(cfg), seed=cfg.seed, progress=cfg.progress, text_views=cfg.text_views),
+        )
     timings["prepare_s"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
@@ -152,20 +184,34 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
         model_dir = paths["models"] / served.read_text().strip()
         train_report = {"model_dir": str(model_dir), "status": "reused"}
     else:
-        train_report = train_into_models(paths["prepared"], paths["models"], demo_train_config(prepared, cfg),
-                                         run_dir=paths["runs"] / "demo", refit=cfg.refit)
+        train_report = train_into_models(
+            paths["prepared"], paths["models"], demo_train_config(prepared, cfg), run_dir=paths["runs"] / "demo", refit=cfg.refit
+        )
         model_dir = Path(train_report["model_dir"])
         served.write_text(model_dir.name + "\n")
     timings["train_s"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    version = build_index(model_dir, paths["corpus"], paths["index"],
-                          BuildConfig(index=IndexConfig(index_type=cfg.index_type), show_progress=cfg.progress,
-                                      feature_cache=prepared_feature_cache(paths["prepared"])))
+    version = build_index(
+        model_dir,
+        paths["corpus"],
+        paths["index"],
+        BuildConfig(
+            index=IndexConfig(index_type=cfg.index_type),
+            show_progress=cfg.progress,
+            feature_cache=prepared_feature_cache(paths["prepared"]),
+        ),
+    )
     timings["index_s"] = round(time.perf_counter() - t, 2)
     timings["total_s"] = round(time.perf_counter() - started, 2)
     corpus = load_corpus(paths["corpus"])
-    return {"root": str(root), "status": "built", "items": len(corpus), "classes": len(corpus.label_names),
-            "model_dir": str(model_dir), "index_version": str(Path(version).name), "train": train_report,
-            "timings": timings}
-
+    return {
+        "root": str(root),
+        "status": "built",
+        "items": len(corpus),
+        "classes": len(corpus.label_names),
+        "model_dir": str(model_dir),
+        "index_version": str(Path(version).name),
+        "train": train_report,
+        "timings": timings,
+    }

@@ -1,4 +1,5 @@
 """torchrun support: process-group setup from the environment, rank-0 helpers and gradient-carrying all-gather."""
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,11 @@ def init_from_env(device_preference: str = "auto") -> tuple[DistContext, torch.d
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_preference in ("auto", "cuda") or device_preference.startswith("cuda:")
     if use_cuda:
-        device = torch.device(device_preference) if device_preference.startswith("cuda:") and world == 1 else torch.device("cuda", local % max(torch.cuda.device_count(), 1))
+        device = (
+            torch.device(device_preference)
+            if device_preference.startswith("cuda:") and world == 1
+            else torch.device("cuda", local % max(torch.cuda.device_count(), 1))
+        )
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")

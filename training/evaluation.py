@@ -6,6 +6,7 @@ unit-normalised float64 copy of the retrieval set comes on top). Ranking sorts o
 similarity rounded to TIE_DECIMALS in the high bits, the item's position in the low bits -- which is a plain integer
 sort (several times faster than a stable argsort of floats) and yields exactly the stable descending order.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ _BYTES_PER_CELL = 32
 # Similarities equal to this many decimals count as ties, so that rounding noise of different but equally
 # similar vectors cannot reorder them; ties keep the retrieval set's order.
 TIE_DECIMALS = 10
-_TIE_SCALE = 10.0 ** TIE_DECIMALS
+_TIE_SCALE = 10.0**TIE_DECIMALS
 # Rounded similarities times -1e10 lie within +-1e10 (cosines are in [-1, 1]); adding 2^35 makes them non-negative and
 # below 2^36, which leaves 27 low bits of the 63 for the item position.
 _KEY_OFFSET = 1 << 35
@@ -35,8 +36,10 @@ def _unit_rows(x, what: str) -> np.ndarray:
     if x.ndim != 2:
         raise ValueError(f"{what} must be a 2-D array (n, dim); got shape {x.shape}")
     if not np.isfinite(x).all():
-        raise ValueError(f"{what} contain NaN or infinite values (rows {np.where(~np.isfinite(x).all(axis=1))[0][:5].tolist()}); "
-                         "the model output is broken")
+        raise ValueError(
+            f"{what} contain NaN or infinite values (rows {np.where(~np.isfinite(x).all(axis=1))[0][:5].tolist()}); "
+            "the model output is broken"
+        )
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
@@ -87,7 +90,9 @@ def _chunks(queries, retrieval, query_labels, retrieval_labels, chunk: int | Non
     r_unit = _unit_rows(retrieval, "retrieval vectors")
     queries = np.asarray(queries)
     if queries.ndim != 2 or queries.shape[1] != r_unit.shape[1]:
-        raise ValueError(f"query vectors must be a 2-D array of {r_unit.shape[1]}-d rows like the retrieval vectors; got shape {queries.shape}")
+        raise ValueError(
+            f"query vectors must be a 2-D array of {r_unit.shape[1]}-d rows like the retrieval vectors; got shape {queries.shape}"
+        )
     ql = _label_matrix(query_labels, len(queries), "query labels")
     rl = _label_matrix(retrieval_labels, len(r_unit), "retrieval labels")
     if ql.shape[1] != rl.shape[1]:
@@ -130,7 +135,9 @@ def mean_average_precision(queries, retrieval, query_labels, retrieval_labels, c
     return float(average_precisions(queries, retrieval, query_labels, retrieval_labels, chunk).mean())
 
 
-def precision_at_k(queries, retrieval, query_labels, retrieval_labels, ks=(1, 5, 10, 50), chunk: int | None = None) -> dict[int, float]:
+def precision_at_k(
+    queries, retrieval, query_labels, retrieval_labels, ks=(1, 5, 10, 50), chunk: int | None = None
+) -> dict[int, float]:
     """Mean precision of the top k results for each k."""
     sums = {k: 0.0 for k in ks}
     for _, _, rel in _chunks(queries, retrieval, query_labels, retrieval_labels, chunk):
@@ -139,7 +146,9 @@ def precision_at_k(queries, retrieval, query_labels, retrieval_labels, ks=(1, 5,
     return {k: sums[k] / len(queries) for k in ks}
 
 
-def precision_recall_curve(queries, retrieval, query_labels, retrieval_labels, points: int = 11, chunk: int | None = None) -> list[dict[str, float]]:
+def precision_recall_curve(
+    queries, retrieval, query_labels, retrieval_labels, points: int = 11, chunk: int | None = None
+) -> list[dict[str, float]]:
     """Interpolated precision at `points` evenly spaced recall levels, averaged over queries with any relevant item."""
     levels = np.linspace(0.0, 1.0, points)
     total = np.zeros(points)
@@ -235,8 +244,10 @@ def first_hit_ranks(queries, retrieval, query_groups, retrieval_groups, chunk: i
     queries = np.asarray(queries)
     qg, rg = np.asarray(query_groups).reshape(-1), np.asarray(retrieval_groups).reshape(-1)
     if len(qg) != len(queries) or len(rg) != len(r_unit):
-        raise ValueError(f"need one group per vector: {len(qg)} query groups for {len(queries)} queries, "
-                         f"{len(rg)} retrieval groups for {len(r_unit)} items")
+        raise ValueError(
+            f"need one group per vector: {len(qg)} query groups for {len(queries)} queries, "
+            f"{len(rg)} retrieval groups for {len(r_unit)} items"
+        )
     ranks = np.empty(len(queries), dtype=np.int64)
     rows = chunk_rows(len(queries), len(r_unit), chunk, bytes_per_cell=17)
     for start in range(0, len(queries), rows):
@@ -265,8 +276,13 @@ class RecallScores:
         ranks = np.asarray(ranks, dtype=np.float64)
         if not len(ranks):
             return cls(float("nan"), float("nan"), float("nan"), float("nan"), float("nan"))
-        return cls(r1=float((ranks <= 1).mean()), r5=float((ranks <= 5).mean()), r10=float((ranks <= 10).mean()),
-                   median_rank=float(np.median(ranks)), mrr=float((1.0 / ranks).mean()))
+        return cls(
+            r1=float((ranks <= 1).mean()),
+            r5=float((ranks <= 5).mean()),
+            r10=float((ranks <= 10).mean()),
+            median_rank=float(np.median(ranks)),
+            mrr=float((1.0 / ranks).mean()),
+        )
 
     def as_dict(self) -> dict[str, float]:
         """JSON-ready fields."""
@@ -291,15 +307,20 @@ class CrossModalRecall:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields: both directions and their averages."""
-        return {"i2t": self.i2t.as_dict(), "t2i": self.t2i.as_dict(),
-                "avg": {f: self.average(f) for f in ("r1", "r5", "r10", "median_rank", "mrr")}}
+        return {
+            "i2t": self.i2t.as_dict(),
+            "t2i": self.t2i.as_dict(),
+            "avg": {f: self.average(f) for f in ("r1", "r5", "r10", "median_rank", "mrr")},
+        }
 
 
 def cross_modal_recall(image_vecs, text_vecs, groups, chunk: int | None = None) -> CrossModalRecall:
     """Instance recall both ways over a paired set; `groups[i]` is pair i's instance (see `instance_groups`)."""
     groups = np.asarray(groups).reshape(-1)
-    return CrossModalRecall(i2t=RecallScores.from_ranks(first_hit_ranks(image_vecs, text_vecs, groups, groups, chunk)),
-                            t2i=RecallScores.from_ranks(first_hit_ranks(text_vecs, image_vecs, groups, groups, chunk)))
+    return CrossModalRecall(
+        i2t=RecallScores.from_ranks(first_hit_ranks(image_vecs, text_vecs, groups, groups, chunk)),
+        t2i=RecallScores.from_ranks(first_hit_ranks(text_vecs, image_vecs, groups, groups, chunk)),
+    )
 
 
 SELECTION_CRITERIA = ("map", "r10", "mean")

@@ -1,4 +1,5 @@
 """Feature-level training data: paired image / text inputs and labels per split, with input validation and loaders."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -47,12 +48,33 @@ class FeatureSplits:
         for logging only, since a model trained on this has seen them."""
         parts = (self.train, self.val, self.test)
         views = np.concatenate([p.text_views for p in parts]) if all(p.text_views is not None for p in parts) else None
-        everything = SplitArrays(np.concatenate([p.image for p in parts]), np.concatenate([p.text for p in parts]),
-                                 np.concatenate([p.labels for p in parts]), [i for p in parts for i in p.ids], text_views=views)
-        return FeatureSplits(everything, self.val, self.test, list(self.label_names), name=self.name, text_is_tokens=self.text_is_tokens)
+        everything = SplitArrays(
+            np.concatenate([p.image for p in parts]),
+            np.concatenate([p.text for p in parts]),
+            np.concatenate([p.labels for p in parts]),
+            [i for p in parts for i in p.ids],
+            text_views=views,
+        )
+        return FeatureSplits(
+            everything, self.val, self.test, list(self.label_names), name=self.name, text_is_tokens=self.text_is_tokens
+        )
+
+    @property
+    def has_labels(self) -> bool:
+        """False for a corpus without labels (no classes): it trains on the pairs alone (see training/train.py)."""
+        return bool(self.label_names)
+
+    @property
+    def partially_labelled(self) -> bool:
+        """True when the data has classes but some training items have no label (all-zero label rows): J1 and J2 then
+        count the labelled items only, and mAP is measured over them."""
+        return self.has_labels and bool((self.train.labels.sum(1) == 0).any())
 
     def validate(self) -> None:
-        """Refuse data that would train silently wrong: shape mismatches, NaN/inf, empty splits or classes."""
+        """Refuse data that would train silently wrong: shape mismatches, NaN/inf, empty splits or classes.
+
+        Data without labels (no class names, labels of shape (n, 0)) is valid: every item is then unlabelled; so are items
+        without a label (all-zero rows) next to labelled ones, as long as the train split has labelled items."""
         c = len(self.label_names)
         for name in ("train", "val", "test"):
             s = self.split(name)
@@ -66,20 +88,30 @@ class FeatureSplits:
                     )
                 if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
                     bad = np.argwhere(~np.isfinite(arr))[0]
-                    raise DataValidationError(f"{name} split: {what} contain NaN or infinite values (first at row {bad[0]}, column {bad[1]}); clean or impute them")
+                    raise DataValidationError(
+                        f"{name} split: {what} contain NaN or infinite values (first at row {bad[0]}, column {bad[1]}); clean or impute them"
+                    )
             if s.text_views is not None and (len(s.text_views) != n or s.text_views.shape[2:] != s.text.shape[1:]):
-                raise DataValidationError(f"{name} split: text views have shape {s.text_views.shape}; expected ({n}, views, "
-                                          f"{', '.join(map(str, s.text.shape[1:]))}) like the text input")
+                raise DataValidationError(
+                    f"{name} split: text views have shape {s.text_views.shape}; expected ({n}, views, "
+                    f"{', '.join(map(str, s.text.shape[1:]))}) like the text input"
+                )
             if s.labels.ndim != 2 or s.labels.shape[1] != c:
-                raise DataValidationError(f"{name} split: labels have shape {s.labels.shape}, expected (n, {c}) for classes {self.label_names}")
+                raise DataValidationError(
+                    f"{name} split: labels have shape {s.labels.shape}, expected (n, {c}) for classes {self.label_names}"
+                )
             if not np.isin(s.labels, (0, 1)).all():
                 raise DataValidationError(f"{name} split: labels must be 0/1 indicator vectors")
-            if (s.labels.sum(1) == 0).any():
-                row = int(np.argmax(s.labels.sum(1) == 0))
-                raise DataValidationError(f"{name} split: item at row {row} has no label; every item needs at least one class")
+        if c and not (self.train.labels.sum(1) > 0).any():
+            raise DataValidationError(
+                f"no training item has a label (classes {self.label_names}); give some items labels, or "
+                "pass data without classes to train on the pairs alone"
+            )
         empty = [self.label_names[j] for j in np.flatnonzero(self.train.labels.sum(0) == 0)]
         if empty:
-            raise DataValidationError(f"classes {empty} have no training items; drop them from the class list or add training data")
+            raise DataValidationError(
+                f"classes {empty} have no training items; drop them from the class list or add training data"
+            )
 
 
 def one_hot(class_index: np.ndarray, num_classes: int) -> np.ndarray:
@@ -87,7 +119,9 @@ def one_hot(class_index: np.ndarray, num_classes: int) -> np.ndarray:
     class_index = np.asarray(class_index).astype(np.int64).ravel()
     bad = class_index[(class_index < 0) | (class_index >= num_classes)]
     if bad.size:
-        raise DataValidationError(f"label {int(bad[0])} is outside the class list (0..{num_classes - 1}); fix the labels or the class list")
+        raise DataValidationError(
+            f"label {int(bad[0])} is outside the class list (0..{num_classes - 1}); fix the labels or the class list"
+        )
     out = np.zeros((len(class_index), num_classes), dtype=np.float32)
     out[np.arange(len(class_index)), class_index] = 1.0
     return out
@@ -114,7 +148,9 @@ def carve_validation_indices(labels: np.ndarray, fraction: float, seed: int) -> 
 
 
 def _subset(arrays: SplitArrays, idx: np.ndarray) -> SplitArrays:
-    return SplitArrays(arrays.image[idx], arrays.text[idx], arrays.labels[idx], [arrays.ids[i] for i in idx] if arrays.ids else [])
+    return SplitArrays(
+        arrays.image[idx], arrays.text[idx], arrays.labels[idx], [arrays.ids[i] for i in idx] if arrays.ids else []
+    )
 
 
 WIKI_VAL_FRACTION = 0.1
@@ -142,7 +178,9 @@ def load_wiki_features(root: str | Path, val_fraction: float = WIKI_VAL_FRACTION
 
     train_ids, train_cls = read_list("trainset_txt_img_cat.list")
     test_ids, test_cls = read_list("testset_txt_img_cat.list")
-    full_train = SplitArrays(mat["I_tr"].astype(np.float32), mat["T_tr"].astype(np.float32), one_hot(train_cls, len(names)), train_ids)
+    full_train = SplitArrays(
+        mat["I_tr"].astype(np.float32), mat["T_tr"].astype(np.float32), one_hot(train_cls, len(names)), train_ids
+    )
     test = SplitArrays(mat["I_te"].astype(np.float32), mat["T_te"].astype(np.float32), one_hot(test_cls, len(names)), test_ids)
     tr_idx, val_idx = carve_validation_indices(full_train.labels, val_fraction, seed)
     splits = FeatureSplits(_subset(full_train, tr_idx), _subset(full_train, val_idx), test, names, name="wikipedia")
@@ -166,7 +204,9 @@ def load_dscmr_mat_features(root: str | Path, val_fraction: float = 0.1, seed: i
         mat = loadmat(path)
         if name not in mat:
             keys = [k for k in mat if not k.startswith("__")]
-            raise DataValidationError(f"{path} has no variable {name!r} (it has {keys}); the authors' files name the variable after the file")
+            raise DataValidationError(
+                f"{path} has no variable {name!r} (it has {keys}); the authors' files name the variable after the file"
+            )
         return np.asarray(mat[name])
 
     def labels(raw: np.ndarray) -> np.ndarray:
@@ -192,7 +232,9 @@ def load_dscmr_mat_features(root: str | Path, val_fraction: float = 0.1, seed: i
         offset = 1 if min(p[2].min() for p in parts.values()) == 1 else 0
         num_classes = int(max(p[2].max() for p in parts.values())) + 1 - offset
         to_matrix = lambda lab: one_hot(lab - offset, num_classes)  # noqa: E731
-    arrays = {k: SplitArrays(img, txt, to_matrix(lab), [f"{k}-{i}" for i in range(len(img))]) for k, (img, txt, lab) in parts.items()}
+    arrays = {
+        k: SplitArrays(img, txt, to_matrix(lab), [f"{k}-{i}" for i in range(len(img))]) for k, (img, txt, lab) in parts.items()
+    }
     if "valid" in arrays:
         train, val = arrays["train"], arrays["valid"]
     else:
@@ -206,10 +248,16 @@ def load_dscmr_mat_features(root: str | Path, val_fraction: float = 0.1, seed: i
 def save_feature_splits(data: FeatureSplits, path: str | Path) -> Path:
     """Write feature splits to one .npz (the format `--features` reads)."""
     path = Path(path)
-    arrays = {"label_names": np.array(data.label_names), "text_is_tokens": np.array(data.text_is_tokens), "name": np.array(data.name)}
+    arrays = {
+        "label_names": np.array(data.label_names),
+        "text_is_tokens": np.array(data.text_is_tokens),
+        "name": np.array(data.name),
+    }
     for split in ("train", "val", "test"):
         s = data.split(split)
-        arrays.update({f"{split}_image": s.image, f"{split}_text": s.text, f"{split}_labels": s.labels, f"{split}_ids": np.array(s.ids)})
+        arrays.update(
+            {f"{split}_image": s.image, f"{split}_text": s.text, f"{split}_labels": s.labels, f"{split}_ids": np.array(s.ids)}
+        )
     np.savez(path, **arrays)
     return path
 
@@ -223,8 +271,20 @@ def load_feature_splits(path: str | Path) -> FeatureSplits:
         missing = [f"{s}_{k}" for s in ("train", "val", "test") for k in ("image", "text", "labels") if f"{s}_{k}" not in z]
         if missing or "label_names" not in z:
             raise DataValidationError(f"{path} lacks arrays {missing + ([] if 'label_names' in z else ['label_names'])}")
-        parts = {s: SplitArrays(z[f"{s}_image"], z[f"{s}_text"], z[f"{s}_labels"].astype(np.float32),
-                                [str(i) for i in z[f"{s}_ids"]] if f"{s}_ids" in z else []) for s in ("train", "val", "test")}
-        return FeatureSplits(parts["train"], parts["val"], parts["test"], [str(n) for n in z["label_names"]],
-                             name=str(z["name"]) if "name" in z else path.stem,
-                             text_is_tokens=bool(z["text_is_tokens"]) if "text_is_tokens" in z else False)
+        parts = {
+            s: SplitArrays(
+                z[f"{s}_image"],
+                z[f"{s}_text"],
+                z[f"{s}_labels"].astype(np.float32),
+                [str(i) for i in z[f"{s}_ids"]] if f"{s}_ids" in z else [],
+            )
+            for s in ("train", "val", "test")
+        }
+        return FeatureSplits(
+            parts["train"],
+            parts["val"],
+            parts["test"],
+            [str(n) for n in z["label_names"]],
+            name=str(z["name"]) if "name" in z else path.stem,
+            text_is_tokens=bool(z["text_is_tokens"]) if "text_is_tokens" in z else False,
+        )

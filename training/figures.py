@@ -1,4 +1,5 @@
 """The paper's figures from a training run: the loss curve (Fig. 2) and a t-SNE of the common space (Fig. 3)."""
+
 from __future__ import annotations
 
 import json
@@ -82,8 +83,15 @@ def common_space_vectors(model, data: FeatureSplits, split: str) -> tuple[np.nda
     return u.cpu().numpy(), v.cpu().numpy(), part.labels
 
 
-def plot_tsne(image_vecs: np.ndarray, text_vecs: np.ndarray, labels: np.ndarray, label_names: list[str], out_path: str | Path,
-              seed: int = 0, title: str = "t-SNE of the common space") -> Path:
+def plot_tsne(
+    image_vecs: np.ndarray,
+    text_vecs: np.ndarray,
+    labels: np.ndarray,
+    label_names: list[str],
+    out_path: str | Path,
+    seed: int = 0,
+    title: str = "t-SNE of the common space",
+) -> Path:
     """Fig. 3: 2-D t-SNE of unit image and text vectors together; colour = (first) class, o = image, ^ = text."""
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
@@ -107,8 +115,10 @@ def plot_tsne(image_vecs: np.ndarray, text_vecs: np.ndarray, labels: np.ndarray,
         ax.scatter(xy[rows, 0], xy[rows, 1], s=22, marker="o", color=colours[c], edgecolors="none", alpha=0.85)
         ax.scatter(xy[m + rows, 0], xy[m + rows, 1], s=26, marker="^", facecolors="none", edgecolors=[colours[c]], linewidths=1.0)
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[c], label=label_names[c]) for c in np.unique(classes)]
-    handles += [plt.Line2D([], [], marker="o", linestyle="", color="grey", label="image"),
-                plt.Line2D([], [], marker="^", linestyle="", markerfacecolor="none", color="grey", label="text")]
+    handles += [
+        plt.Line2D([], [], marker="o", linestyle="", color="grey", label="image"),
+        plt.Line2D([], [], marker="^", linestyle="", markerfacecolor="none", color="grey", label="text"),
+    ]
     ax.legend(handles=handles, fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -135,8 +145,15 @@ def _class_colours(n: int) -> list:
     return [matplotlib.colormaps["hsv"](i / n) for i in range(n)]
 
 
-def make_figures(run_dir: str | Path, model_dir: str | Path, data: FeatureSplits, out_dir: str | Path, split: str = "test",
-                 prefix: str = "", seed: int = 0) -> dict[str, str]:
+def make_figures(
+    run_dir: str | Path,
+    model_dir: str | Path,
+    data: FeatureSplits,
+    out_dir: str | Path,
+    split: str = "test",
+    prefix: str = "",
+    seed: int = 0,
+) -> dict[str, str]:
     """Write the loss curve of `run_dir` and the t-SNE of `model_dir`'s common space on `split` of `data` into `out_dir`."""
     from model.artefact import load_model
     from model.encoder import build_network
@@ -145,9 +162,18 @@ def make_figures(run_dir: str | Path, model_dir: str | Path, data: FeatureSplits
     loss_png = plot_loss_curve(read_metrics(run_dir), out_dir / f"{prefix}{LOSS_FIGURE}")
     artefact = load_model(model_dir)
     if list(artefact.label_names) != list(data.label_names):
-        raise ValueError(f"the model's classes {artefact.label_names} differ from the data's {data.label_names}; "
-                         "pass the data the model was trained on")
+        raise ValueError(
+            f"the model's classes {artefact.label_names} differ from the data's {data.label_names}; "
+            "pass the data the model was trained on"
+        )
     image_vecs, text_vecs, labels = common_space_vectors(build_network(artefact), data, split)
-    tsne_png = plot_tsne(image_vecs, text_vecs, labels, data.label_names, out_dir / f"{prefix}{TSNE_FIGURE}", seed=seed,
-                         title=f"t-SNE of the common space ({split} split, {len(labels)} items)")
+    tsne_png = plot_tsne(
+        image_vecs,
+        text_vecs,
+        labels,
+        data.label_names,
+        out_dir / f"{prefix}{TSNE_FIGURE}",
+        seed=seed,
+        title=f"t-SNE of the common space ({split} split, {len(labels)} items)",
+    )
     return {"loss_curve": str(loss_png), "tsne": str(tsne_png)}

@@ -12,6 +12,7 @@ and the unfrozen blocks' tensors sit in the model's weights file under `FINETUNE
 hash covers them and `model.encoder` (index build, the service) loads them over the pretrained backbone.
 Meant for GPU hosts (AMP, pinned-memory loader workers); it runs on CPU, slowly, for small corpora and tests.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,8 +42,21 @@ from training.augment import AugmentConfig, augment_image
 from training.config import DSCMRConfig, preset, with_dims
 from training.evaluation import CrossModalScores, cross_modal_map_torch
 from training.prepare import PreparedData, load_prepared
-from training.train import (_amp_context, _atomic_torch_save, _to_tensor, amp_mode, backward_and_step, build_model, check_device,
-                            METRICS_LOG, record_epoch, resolve_device, seed_everything)
+from training.train import (
+    MAP_ACTIVITY_TEXTS,
+    METRICS_LOG,
+    _amp_context,
+    _atomic_torch_save,
+    _to_tensor,
+    amp_mode,
+    backward_and_step,
+    build_model,
+    check_device,
+    record_epoch,
+    resolve_device,
+    seed_everything,
+    text_map_fields,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +80,9 @@ class FinetuneConfig:
         if not self.backbone_lr_scale > 0:
             raise ValueError(f"backbone_lr_scale must be > 0, got {self.backbone_lr_scale}")
         if self.dscmr.loss.classifier_update != "gradient":
-            raise ValueError("fine-tuning trains the classifier by gradient; the ridge closed form is for cached-feature training")
+            raise ValueError(
+                "fine-tuning trains the classifier by gradient; the ridge closed form is for cached-feature training"
+            )
 
 
 @dataclass
@@ -108,8 +124,9 @@ class _ImageRows(Dataset):
         if self.augment is None:
             pixels = self.preprocess.resize_and_crop(image)
         else:
-            pixels = augment_image(image, self.preprocess.crop, self.augment, np.random.default_rng([self.seed, epoch, row]),
-                                   self.resample)
+            pixels = augment_image(
+                image, self.preprocess.crop, self.augment, np.random.default_rng([self.seed, epoch, row]), self.resample
+            )
         return row, self.preprocess.normalise([pixels])[0]
 
 
@@ -136,8 +153,15 @@ class _EpochOrder(Sampler):
 
 
 def _loader(dataset: _ImageRows, sampler: _EpochOrder, batch_size: int, workers: int, device: torch.device) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=_collate, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=_collate,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
 
 
 def _image_paths(prepared: PreparedData, corpus_dir: str | Path | None) -> dict[str, str]:
@@ -147,13 +171,17 @@ def _image_paths(prepared: PreparedData, corpus_dir: str | Path | None) -> dict[
     paths = {it.id: it.image_path for it in corpus.items if it.image_path}
     missing = [i for i in prepared.manifest["ids"] if i not in paths]
     if missing:
-        raise ValueError(f"the corpus at {corpus_path} lacks (images of) items {missing[:5]} of the prepared data in "
-                         f"{prepared.directory}; pass the corpus it was prepared from (--corpus) or prepare again")
+        raise ValueError(
+            f"the corpus at {corpus_path} lacks (images of) items {missing[:5]} of the prepared data in "
+            f"{prepared.directory}; pass the corpus it was prepared from (--corpus) or prepare again"
+        )
     return paths
 
 
 @torch.no_grad()
-def _encode_images(model: DSCMRNet, backbone: ImageBackbone, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_images(
+    model: DSCMRNet, backbone: ImageBackbone, loader: DataLoader, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, common-space vectors) of a split's decodable images, centre-cropped, in eval mode and fp32."""
     was_training = model.training
     model.eval()
@@ -175,13 +203,18 @@ def _split_scores(model, backbone, loader, text: torch.Tensor, labels: torch.Ten
     with torch.no_grad():
         was_training = model.training
         model.eval()
-        v = torch.cat([model.encode_text(text[i:i + 1024]) for i in range(0, len(text), 1024)]).float()
+        v = torch.cat([model.encode_text(text[i : i + 1024]) for i in range(0, len(text), 1024)]).float()
         model.train(was_training)
     return cross_modal_map_torch(u, v[rows], labels[rows])
 
 
-def finetune(prepared_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), run_dir: str | Path | None = None,
-             corpus_dir: str | Path | None = None, on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> FinetuneResult:
+def finetune(
+    prepared_dir: str | Path,
+    cfg: FinetuneConfig = FinetuneConfig(),
+    run_dir: str | Path | None = None,
+    corpus_dir: str | Path | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> FinetuneResult:
     """Fine-tune backbone + text branch + DSCMR heads on a prepared corpus; keep the best validation epoch."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("finetune runs in a single process (one GPU); run it without torchrun")
@@ -196,16 +229,20 @@ def finetune(prepared_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), r
 
     backbone = build_image_backbone(image_spec["name"], weights_path=image_spec.get("weights_path"))
     if backbone.weights_sha256 != image_spec["weights_sha256"]:
-        raise ValueError(f"the {backbone.name} weights here (sha256 {backbone.weights_sha256[:12]}...) differ from those "
-                         f"{prepared.directory} was prepared with ({image_spec['weights_sha256'][:12]}...); prepare again")
+        raise ValueError(
+            f"the {backbone.name} weights here (sha256 {backbone.weights_sha256[:12]}...) differ from those "
+            f"{prepared.directory} was prepared with ({image_spec['weights_sha256'][:12]}...); prepare again"
+        )
     backbone_params = backbone.unfreeze_last_blocks(cfg.unfreeze_blocks)
     backbone.to_device(device)
     text_dim = prepared.text_config.output_dim if data.text_is_tokens else data.train.text.shape[1]
     dscmr_cfg = with_dims(cfg.dscmr, backbone.output_dim, text_dim, len(data.label_names))
     model = build_model(dscmr_cfg, prepared.build_text_encoder()).to(device)
     # The cached features are the stock backbone's centre-crop features: the starting point of fine-tuning.
-    model.fit_input_norm(torch.from_numpy(data.train.image).to(device),
-                         None if data.text_is_tokens else torch.from_numpy(data.train.text).to(device))
+    model.fit_input_norm(
+        torch.from_numpy(data.train.image).to(device),
+        None if data.text_is_tokens else torch.from_numpy(data.train.text).to(device),
+    )
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": tc.lr}]
     if backbone_params:
         groups.append({"params": backbone_params, "lr": tc.lr * cfg.backbone_lr_scale})
@@ -215,16 +252,40 @@ def finetune(prepared_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), r
 
     paths = _image_paths(prepared, corpus_dir)
     train_sampler = _EpochOrder(len(data.train), tc.seed, shuffle=True)
-    train_loader = _loader(_ImageRows([paths[i] for i in data.train.ids], backbone.preprocess, cfg.augment, tc.seed),
-                           train_sampler, tc.batch_size, cfg.workers, device)
-    val_loader = _loader(_ImageRows([paths[i] for i in data.val.ids], backbone.preprocess, None, tc.seed),
-                         _EpochOrder(len(data.val), tc.seed, shuffle=False), cfg.eval_batch_size, cfg.workers, device)
+    train_loader = _loader(
+        _ImageRows([paths[i] for i in data.train.ids], backbone.preprocess, cfg.augment, tc.seed),
+        train_sampler,
+        tc.batch_size,
+        cfg.workers,
+        device,
+    )
+    val_loader = _loader(
+        _ImageRows([paths[i] for i in data.val.ids], backbone.preprocess, None, tc.seed),
+        _EpochOrder(len(data.val), tc.seed, shuffle=False),
+        cfg.eval_batch_size,
+        cfg.workers,
+        device,
+    )
     tr_txt, tr_lab = _to_tensor(data.train.text, device, data.text_is_tokens), _to_tensor(data.train.labels, device)
     va_txt, va_lab = _to_tensor(data.val.text, device, data.text_is_tokens), _to_tensor(data.val.labels, device)
+    activity_sample = (
+        tr_txt[torch.linspace(0, len(tr_txt) - 1, min(len(tr_txt), MAP_ACTIVITY_TEXTS), device=device).long()]
+        if data.text_is_tokens and len(tr_txt)
+        else None
+    )
 
     config_record = {"finetune": to_dict(cfg), "dscmr": to_dict(dscmr_cfg), "prepared_hash": prepared.content_hash}
-    state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "best_val": None, "best_model": None,
-                             "best_backbone": None, "history": [], "stale": 0, "wall_s": 0.0}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "best_score": -math.inf,
+        "best_epoch": 0,
+        "best_val": None,
+        "best_model": None,
+        "best_backbone": None,
+        "history": [],
+        "stale": 0,
+        "wall_s": 0.0,
+    }
     run_path = Path(run_dir) if run_dir is not None else None
     if run_path is not None:
         run_path.mkdir(parents=True, exist_ok=True)
@@ -233,8 +294,10 @@ def finetune(prepared_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), r
             # RNG states must stay CPU tensors; load_state_dict copies the rest onto its device.
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
             if ckpt["config"] != config_record:
-                raise ValueError(f"{ckpt_path} was written by a run with another configuration or other prepared data; "
-                                 "use a new run directory or delete it")
+                raise ValueError(
+                    f"{ckpt_path} was written by a run with another configuration or other prepared data; "
+                    "use a new run directory or delete it"
+                )
             model.load_state_dict(ckpt["model"])
             if ckpt["backbone"]:
                 backbone.load_finetuned_state(ckpt["backbone"], str(ckpt_path))
@@ -249,8 +312,14 @@ def finetune(prepared_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), r
             state = ckpt["state"]
         (run_path / METRICS_LOG).write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
 
-    bar = tqdm(range(state["epoch"], tc.epochs), initial=state["epoch"], total=tc.epochs, desc="finetune", unit="epoch",
-               disable=not tc.progress)
+    bar = tqdm(
+        range(state["epoch"], tc.epochs),
+        initial=state["epoch"],
+        total=tc.epochs,
+        desc="finetune",
+        unit="epoch",
+        disable=not tc.progress,
+    )
     t_start = time.perf_counter() - state["wall_s"]
     for epoch in bar:
         model.train()
@@ -269,27 +338,57 @@ def finetune(prepared_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), r
             terms = dscmr_loss(u.float(), v.float(), pu.float(), pv.float(), tr_lab[rows], dscmr_cfg.loss)
             backward_and_step(terms.total, optimizer, scaler)
             # Loss sums stay on the device; they are read once per epoch.
-            sums += torch.stack([terms.total.detach(), terms.j1.detach(), terms.j2.detach(), terms.j3.detach()]).float() * len(rows)
+            sums += torch.stack([terms.total.detach(), terms.j1.detach(), terms.j2.detach(), terms.j3.detach()]).float() * len(
+                rows
+            )
             seen += len(rows)
         if scheduler is not None:
             scheduler.step()
         loss, j1, j2, j3 = (sums / max(seen, 1)).tolist()
         val = _split_scores(model, backbone, val_loader, va_txt, va_lab, device)
-        record = {"epoch": epoch + 1, "loss": loss, "j1": j1, "j2": j2, "j3": j3, "val_i2t": val.i2t, "val_t2i": val.t2i,
-                  "val_avg": val.avg, "lr": optimizer.param_groups[0]["lr"], "images": seen}
-        stop = record_epoch(state, record, val, lambda: {
-            "best_model": {k: t.detach().clone() for k, t in model.state_dict().items()},
-            "best_backbone": {k: t.clone() for k, t in backbone.finetuned_state().items()}},
-            bar, run_path, on_epoch_end, tc.early_stopping_patience)
+        record = {
+            "epoch": epoch + 1,
+            "loss": loss,
+            "j1": j1,
+            "j2": j2,
+            "j3": j3,
+            "val_i2t": val.i2t,
+            "val_t2i": val.t2i,
+            "val_avg": val.avg,
+            "lr": optimizer.param_groups[0]["lr"],
+            "images": seen,
+            **text_map_fields(model, activity_sample),
+        }
+        stop = record_epoch(
+            state,
+            record,
+            val,
+            lambda: {
+                "best_model": {k: t.detach().clone() for k, t in model.state_dict().items()},
+                "best_backbone": {k: t.clone() for k, t in backbone.finetuned_state().items()},
+            },
+            bar,
+            run_path,
+            on_epoch_end,
+            tc.early_stopping_patience,
+        )
         state["epoch"] = epoch + 1
         state["wall_s"] = time.perf_counter() - t_start
         if run_path is not None and ((epoch + 1) % tc.checkpoint_every == 0 or stop or epoch + 1 == tc.epochs):
             _atomic_torch_save(
-                {"config": config_record, "model": model.state_dict(), "backbone": backbone.finetuned_state(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                 "scaler": scaler.state_dict() if scaler is not None else None, "torch_rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None, "state": state},
-                run_path / CHECKPOINT_FILE)
+                {
+                    "config": config_record,
+                    "model": model.state_dict(),
+                    "backbone": backbone.finetuned_state(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                    "state": state,
+                },
+                run_path / CHECKPOINT_FILE,
+            )
         if stop:
             break
     bar.close()
@@ -301,19 +400,38 @@ def finetune(prepared_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(), r
     best.eval()
     backbone.requires_grad_(False)
     i2t, t2i = state["best_val"] if state["best_val"] is not None else (float("nan"), float("nan"))
-    return FinetuneResult(model=best, backbone=backbone, config=dscmr_cfg, best_epoch=state["best_epoch"],
-                          best_val=CrossModalScores(i2t, t2i), history=state["history"], wall_s=state["wall_s"],
-                          epochs_run=state["epoch"], amp=amp_mode(device, tc.amp))
+    return FinetuneResult(
+        model=best,
+        backbone=backbone,
+        config=dscmr_cfg,
+        best_epoch=state["best_epoch"],
+        best_val=CrossModalScores(i2t, t2i),
+        history=state["history"],
+        wall_s=state["wall_s"],
+        epochs_run=state["epoch"],
+        amp=amp_mode(device, tc.amp),
+    )
 
 
-def evaluate_finetuned(result: FinetuneResult, prepared: PreparedData, split: str, corpus_dir: str | Path | None = None,
-                       batch_size: int = 64, workers: int = 0) -> CrossModalScores:
+def evaluate_finetuned(
+    result: FinetuneResult,
+    prepared: PreparedData,
+    split: str,
+    corpus_dir: str | Path | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+) -> CrossModalScores:
     """mAP of a fine-tuning result on one split, from the corpus images (centre crops) and the prepared text."""
     data = prepared.feature_splits().split(split)
     device = next(result.model.parameters()).device
     paths = _image_paths(prepared, corpus_dir)
-    loader = _loader(_ImageRows([paths[i] for i in data.ids], result.backbone.preprocess, None, 0),
-                     _EpochOrder(len(data), 0, shuffle=False), batch_size, workers, device)
+    loader = _loader(
+        _ImageRows([paths[i] for i in data.ids], result.backbone.preprocess, None, 0),
+        _EpochOrder(len(data), 0, shuffle=False),
+        batch_size,
+        workers,
+        device,
+    )
     text = _to_tensor(data.text, device, prepared.manifest["text"]["kind"] == "sentence_cnn")
     return _split_scores(result.model, result.backbone, loader, text, _to_tensor(data.labels, device), device)
 
@@ -324,42 +442,76 @@ def finetuned_feature_spec(prepared: PreparedData, backbone: ImageBackbone) -> d
     if backbone.unfrozen_blocks == 0:  # nothing in the backbone was trained: the stock backbone serves as it is
         return spec
     names = backbone.block_names()
-    spec["image"] = {**spec["image"], "finetuned": True, "unfrozen_blocks": backbone.unfrozen_blocks,
-                     "blocks": names[len(names) - backbone.unfrozen_blocks:], "state_prefix": FINETUNED_BACKBONE_PREFIX}
+    spec["image"] = {
+        **spec["image"],
+        "finetuned": True,
+        "unfrozen_blocks": backbone.unfrozen_blocks,
+        "blocks": names[len(names) - backbone.unfrozen_blocks :],
+        "state_prefix": FINETUNED_BACKBONE_PREFIX,
+    }
     return spec
 
 
-def save_finetuned_model(result: FinetuneResult, prepared: PreparedData, out_dir: str | Path,
-                         metrics: dict[str, Any] | None = None) -> str:
+def save_finetuned_model(
+    result: FinetuneResult, prepared: PreparedData, out_dir: str | Path, metrics: dict[str, Any] | None = None
+) -> str:
     """Write the network plus the fine-tuned backbone tensors as one model directory; returns its content hash."""
     from model.artefact import ModelArtefact, save_model
 
     state = dict(result.model.state_dict())
     state.update({FINETUNED_BACKBONE_PREFIX + k: v for k, v in result.backbone.finetuned_state().items()})
-    all_metrics = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "wall_s": result.wall_s, "amp": result.amp,
-                   "val": {"i2t": result.best_val.i2t, "t2i": result.best_val.t2i, "avg": result.best_val.avg, "split": "val"},
-                   "prepared_hash": prepared.content_hash}
+    all_metrics = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "wall_s": result.wall_s,
+        "amp": result.amp,
+        "val": {"i2t": result.best_val.i2t, "t2i": result.best_val.t2i, "avg": result.best_val.avg, "split": "val"},
+        "prepared_hash": prepared.content_hash,
+    }
     all_metrics.update(metrics or {})
-    artefact = ModelArtefact(state_dict=state, config=to_dict(result.config), label_names=list(prepared.manifest["label_names"]),
-                             feature_spec=finetuned_feature_spec(prepared, result.backbone), metrics=all_metrics,
-                             vocab=prepared.vocab_dict())
+    artefact = ModelArtefact(
+        state_dict=state,
+        config=to_dict(result.config),
+        label_names=list(prepared.manifest["label_names"]),
+        feature_spec=finetuned_feature_spec(prepared, result.backbone),
+        metrics=all_metrics,
+        vocab=prepared.vocab_dict(),
+    )
     return save_model(artefact, out_dir)
 
 
-def finetune_and_save(prepared_dir: str | Path, out_dir: str | Path, cfg: FinetuneConfig = FinetuneConfig(),
-                      run_dir: str | Path | None = None, corpus_dir: str | Path | None = None) -> dict[str, Any]:
+def finetune_and_save(
+    prepared_dir: str | Path,
+    out_dir: str | Path,
+    cfg: FinetuneConfig = FinetuneConfig(),
+    run_dir: str | Path | None = None,
+    corpus_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """Fine-tune (validation-selected), evaluate on val and test, and write the model directory; returns a report."""
     result = finetune(prepared_dir, cfg, run_dir=run_dir, corpus_dir=corpus_dir)
     prepared = load_prepared(prepared_dir)
     test = evaluate_finetuned(result, prepared, "test", corpus_dir)
     data = prepared.feature_splits()
-    metrics = {"test": {"i2t": test.i2t, "t2i": test.t2i, "avg": test.avg, "split": "test", "selected_on": "val"},
-               "dataset": data.name, "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
-               "finetune": {"unfreeze_blocks": cfg.unfreeze_blocks, "backbone_lr_scale": cfg.backbone_lr_scale,
-                            "augment": dataclasses.asdict(cfg.augment)}}
+    metrics = {
+        "test": {"i2t": test.i2t, "t2i": test.t2i, "avg": test.avg, "split": "test", "selected_on": "val"},
+        "dataset": data.name,
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test),
+        "finetune": {
+            "unfreeze_blocks": cfg.unfreeze_blocks,
+            "backbone_lr_scale": cfg.backbone_lr_scale,
+            "augment": dataclasses.asdict(cfg.augment),
+        },
+    }
     digest = save_finetuned_model(result, prepared, out_dir, metrics)
-    return {"model_dir": str(out_dir), "content_hash": digest, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-            "wall_s": round(result.wall_s, 2), "amp": result.amp,
-            "val": {"i2t": result.best_val.i2t, "t2i": result.best_val.t2i, "avg": result.best_val.avg}, "test": metrics["test"]}
-
-
+    return {
+        "model_dir": str(out_dir),
+        "content_hash": digest,
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "wall_s": round(result.wall_s, 2),
+        "amp": result.amp,
+        "val": {"i2t": result.best_val.i2t, "t2i": result.best_val.t2i, "avg": result.best_val.avg},
+        "test": metrics["test"],
+    }

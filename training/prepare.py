@@ -6,6 +6,7 @@ resumes where it stopped and a changed image or backbone recomputes only what ch
 in corpus order and in bounded memory, into `image_features.npy`. Under torchrun (or with `shard=(i, n)`) each rank
 extracts every n-th missing image; rank 0 assembles once all ranks are done, and the result equals a one-process run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,11 +26,12 @@ from tqdm import tqdm
 
 from model.artefact import sha256_file
 from model.config import from_dict
-from model.corpus import SPLITS, Corpus, Item, load_corpus
+from model.corpus import SPLITS, Corpus, Item, load_corpus, save_corpus
 from model.feature_cache import CACHE_DIR, FeatureCache, backbone_fingerprint, image_file_key
 from model.image_io import ImageDecodeError, load_image
 from model.sentence_cnn import TextEncoderConfig
 from model.text_tokenize import OOV_ID, PAD_ID
+from training.datasets.checks import CorpusInputError, check_trainable
 from training.features import FeatureSplits, SplitArrays
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ TEXT_VIEWS_FILE = "text_views.npy"
 EMBEDDINGS_FILE = "word_embeddings.npy"
 VOCAB_FILE = "vocab.json"
 PREPARED_FORMAT = 1
+# A copy of the corpus labelled with the derived labels (prepare --derive-labels), inside the prepared folder.
+DERIVED_CORPUS_DIR = "corpus-derived"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,10 @@ class PrepareConfig:
     # Training views per text (1: the whole text only; N > 1 adds N - 1 random subsets of its segments, see
     # training/text_views.py); stored as text_views.npy, used by training only.
     text_views: int = 1
+    # Labels derived from the texts (training/derived_labels.py): "none", or "clusters" (k-means over the text features;
+    # `clusters` = k, or None to choose k on validation from a small grid). They replace the corpus's labels for training.
+    derive_labels: str = "none"
+    clusters: int | None = None
 
 
 class PreparedDataError(ValueError):
@@ -88,12 +96,16 @@ def image_keys(items: list[Item], workers: int) -> list[str | None]:
         return list(pool.map(image_file_key, [it.image_path for it in items]))
 
 
-def extract_missing_features(items: list[Item], keys: list[str | None], cache: FeatureCache, backbone, cfg: PrepareConfig,
-                             shard: tuple[int, int]) -> dict[str, Any]:
+def extract_missing_features(
+    items: list[Item], keys: list[str | None], cache: FeatureCache, backbone, cfg: PrepareConfig, shard: tuple[int, int]
+) -> dict[str, Any]:
     """Extract the features of this shard's images (keyed by `keys`) that the cache lacks; returns counts and skipped items."""
     rank, world = shard
-    skipped = [{"id": it.id, "path": it.image_path, "reason": "image file missing or unreadable"}
-               for it, k in zip(items, keys) if k is None]
+    skipped = [
+        {"id": it.id, "path": it.image_path, "reason": "image file missing or unreadable"}
+        for it, k in zip(items, keys)
+        if k is None
+    ]
     cached = cache.load_index()
     unique: dict[str, Item] = {}
     for it, key in zip(items, keys):
@@ -106,8 +118,12 @@ def extract_missing_features(items: list[Item], keys: list[str | None], cache: F
     device = _device(cfg.device)
     backbone.to_device(device)
     n_batches = -(-len(todo) // cfg.batch_size)
-    bar = tqdm(total=len(todo), desc=f"backbone features (rank {rank}/{world})" if world > 1 else "backbone features",
-               unit="img", disable=not cfg.progress)
+    bar = tqdm(
+        total=len(todo),
+        desc=f"backbone features (rank {rank}/{world})" if world > 1 else "backbone features",
+        unit="img",
+        disable=not cfg.progress,
+    )
     extracted = 0
     started = time.perf_counter()
 
@@ -120,7 +136,7 @@ def extract_missing_features(items: list[Item], keys: list[str | None], cache: F
 
     with ThreadPoolExecutor(max_workers=max(1, cfg.decode_workers)) as pool:
         for b in range(n_batches):
-            decoded = list(pool.map(decode, todo[b * cfg.batch_size:(b + 1) * cfg.batch_size]))
+            decoded = list(pool.map(decode, todo[b * cfg.batch_size : (b + 1) * cfg.batch_size]))
             good = [(k, img) for k, _, img, err in decoded if err is None]
             for _, item, _, err in decoded:
                 if err is not None:
@@ -133,12 +149,18 @@ def extract_missing_features(items: list[Item], keys: list[str | None], cache: F
             bar.update(len(decoded))
     bar.close()
     wall = time.perf_counter() - started
-    return {"extracted": extracted, "cached": len(items) - len(skipped) - len(missing), "skipped": skipped,
-            "extract_s": round(wall, 3), "images_per_s": round(extracted / wall, 2) if extracted and wall > 0 else None}
+    return {
+        "extracted": extracted,
+        "cached": len(items) - len(skipped) - len(missing),
+        "skipped": skipped,
+        "extract_s": round(wall, 3),
+        "images_per_s": round(extracted / wall, 2) if extracted and wall > 0 else None,
+    }
 
 
-def assemble_features(items: list[Item], keys: list[str | None], cache: FeatureCache, out_path: Path, dim: int
-                      ) -> tuple[list[str], list[str]]:
+def assemble_features(
+    items: list[Item], keys: list[str | None], cache: FeatureCache, out_path: Path, dim: int
+) -> tuple[list[str], list[str]]:
     """Write the cached features of `items` (in order) to out_path as one .npy, chunk by chunk; returns (kept ids, keys)."""
     index = cache.load_index()
     kept = [(it.id, k) for it, k in zip(items, keys) if k is not None and k in index]
@@ -168,20 +190,111 @@ def _splits_for(corpus: Corpus, seed: int) -> dict[str, list[str]]:
     return stratified_split(corpus.items, corpus.label_names, seed=seed)
 
 
-def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig = PrepareConfig(),
-                   shard: tuple[int, int] | None = None) -> dict[str, Any]:
+def usable_items(corpus: Corpus) -> tuple[list[Item], list[dict[str, str]]]:
+    """The items prepare keeps -- every item with an image and a text, labelled or not -- and why the others go.
+
+    Items without a label train on their pair alone (J3 and the instance term, training/train.py): all of them in a corpus
+    without labels; in a corpus where only some items have labels, J1 and J2 count the labelled ones.
+    """
+    usable, dropped = [], []
+    for it in corpus.items:
+        if not it.image_path or not (it.text or "").strip():
+            dropped.append({"id": it.id, "reason": "no image or no text"})
+        else:
+            usable.append(it)
+    unlabelled = sum(1 for it in usable if not it.labels)
+    if corpus.label_names and unlabelled:
+        log.info(
+            "corpus %s: %d of %d items have no label; they train on their pairs (J3 + instance term)",
+            corpus.name,
+            unlabelled,
+            len(usable),
+        )
+    return usable, dropped
+
+
+def check_preparable(corpus: Corpus, cfg: PrepareConfig, source: str) -> tuple[list[Item], list[dict[str, str]]]:
+    """The items prepare keeps and why the others go (`usable_items`), refusing (CorpusInputError) what cannot be
+    prepared before anything is written: no text at all, one text for every item, too few items, fewer train items
+    than the clusters asked for."""
+    usable, dropped = usable_items(corpus)
+    check_trainable(usable, source, empty_texts=sum(1 for it in corpus.items if not (it.text or "").strip()))
+    _check_derive_request(corpus, usable, cfg, source)
+    return usable, dropped
+
+
+def _check_derive_request(corpus: Corpus, usable: list[Item], cfg: PrepareConfig, source: str) -> None:
+    """Refuse, before anything is written, a label derivation that cannot run: unknown method, or fewer train items than
+    the clusters asked for (or than the smallest k of the grid)."""
+    from training.derived_labels import CLUSTER_GRID, DERIVE_METHODS
+
+    if cfg.derive_labels not in DERIVE_METHODS:
+        raise ValueError(f"derive_labels must be one of {DERIVE_METHODS}, got {cfg.derive_labels!r}")
+    if cfg.derive_labels == "none":
+        if cfg.clusters is not None:
+            raise ValueError("--clusters needs --derive-labels clusters")
+        return
+    if cfg.clusters is not None and cfg.clusters < 2:
+        raise CorpusInputError(f"--clusters must be at least 2, got {cfg.clusters}")
+    ids = {it.id for it in usable}
+    n_train = sum(1 for i in _splits_for(corpus, cfg.seed)["train"] if i in ids)
+    smallest = cfg.clusters if cfg.clusters is not None else min(CLUSTER_GRID)
+    if n_train < smallest:
+        what = f"{smallest} clusters" if cfg.clusters is not None else f"the smallest k of the grid ({smallest})"
+        raise CorpusInputError(
+            f"{source}: the train split has {n_train} item(s), fewer than {what}: bring more items or set a smaller --clusters"
+        )
+    if corpus.label_names:
+        log.warning(
+            "corpus %s has labels; --derive-labels %s replaces them for training (the corpus keeps them)",
+            corpus.name,
+            cfg.derive_labels,
+        )
+
+
+def _derive_labels(kept: list[Item], ids: list[str], splits: dict[str, list[str]], cfg: PrepareConfig, out_dir: Path):
+    """Labels derived from the prepared text features of `kept` (training/derived_labels.py)."""
+    from training.derived_labels import derive_cluster_labels, mean_word_vectors
+
+    text = np.load(out_dir / TEXT_FILE)
+    if cfg.text.kind == "sentence_cnn":
+        features, kind = mean_word_vectors(text, np.load(out_dir / EMBEDDINGS_FILE), (PAD_ID, OOV_ID)), "mean word vectors"
+    else:
+        features, kind = text, f"{cfg.text.kind} sentence vectors"
+    row = {item_id: i for i, item_id in enumerate(ids)}
+    derived = derive_cluster_labels(
+        features,
+        [it.text for it in kept],
+        np.asarray([row[i] for i in splits["train"]], dtype=np.int64),
+        np.asarray([row[i] for i in splits["val"]], dtype=np.int64),
+        k=cfg.clusters,
+        seed=cfg.seed,
+        feature_kind=kind,
+    )
+    log.info(
+        "derived %d labels by %s (k %s, seed %d): %s",
+        derived.k,
+        derived.method,
+        derived.chosen,
+        derived.seed,
+        "; ".join(derived.names),
+    )
+    return derived
+
+
+def prepare_corpus(
+    corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConfig = PrepareConfig(), shard: tuple[int, int] | None = None
+) -> dict[str, Any]:
     """Turn a corpus folder into a prepared-data folder (see the module docstring); returns a summary."""
     from model.image_backbones import build_image_backbone
 
     corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     corpus = load_corpus(corpus_dir)
     rank, world = _rank_and_world(shard)
+    usable, dropped = check_preparable(corpus, cfg, str(corpus_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     backbone = build_image_backbone(cfg.backbone, weights_path=cfg.weights_path)
     cache = FeatureCache(out_dir / CACHE_DIR / backbone_fingerprint(backbone))
-    usable = [it for it in corpus.items if it.image_path and it.text and it.text.strip() and it.labels]
-    usable_ids = {it.id for it in usable}
-    dropped = [{"id": it.id, "reason": "no image, no text or no label"} for it in corpus.items if it.id not in usable_ids]
     keys = image_keys(usable, cfg.decode_workers)
     extraction = extract_missing_features(usable, keys, cache, backbone, cfg, (rank, world))
     if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -189,8 +302,11 @@ def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConf
     if rank != 0:
         return {"rank": rank, "extracted": extraction["extracted"], "note": "rank 0 assembles the prepared data"}
     if world > 1 and shard is not None:
-        return {"rank": rank, "extracted": extraction["extracted"],
-                "note": "shard done; run prepare without --shard once all shards finished to assemble"}
+        return {
+            "rank": rank,
+            "extracted": extraction["extracted"],
+            "note": "shard done; run prepare without --shard once all shards finished to assemble",
+        }
 
     ids, kept_keys = assemble_features(usable, keys, cache, out_dir / FEATURES_FILE, backbone.output_dim)
     kept = [corpus.items[corpus.position(i)] for i in ids]
@@ -198,27 +314,65 @@ def prepare_corpus(corpus_dir: str | Path, out_dir: str | Path, cfg: PrepareConf
     present = set(ids)
     splits = {s: [i for i in v if i in present] for s, v in splits.items()}
     text_summary = _prepare_text(kept, splits["train"], corpus, cfg, out_dir)
-    labels = corpus.label_matrix(kept)
+    labels, label_names, multilabel = corpus.label_matrix(kept), list(corpus.label_names), bool(corpus.multilabel)
+    derived = _derive_labels(kept, ids, splits, cfg, out_dir) if cfg.derive_labels != "none" else None
+    if derived is not None:
+        labels, label_names, multilabel = derived.one_hot(), list(derived.names), False
     np.save(out_dir / "labels.npy", labels)
     manifest = {
-        "format": PREPARED_FORMAT, "corpus_dir": str(corpus_dir.resolve()), "corpus_name": corpus.name,
-        "label_names": list(corpus.label_names), "multilabel": bool(corpus.multilabel),
-        "ids": ids, "image_sha256": kept_keys, "splits": splits,
-        "image": {"kind": "backbone", "name": backbone.name, "weights_path": cfg.weights_path,
-                  "weights_sha256": backbone.weights_sha256, "dim": int(backbone.output_dim),
-                  "fingerprint": backbone_fingerprint(backbone)},
+        "format": PREPARED_FORMAT,
+        "corpus_dir": str(corpus_dir.resolve()),
+        "corpus_name": corpus.name,
+        "label_names": label_names,
+        "multilabel": multilabel,
+        "ids": ids,
+        "image_sha256": kept_keys,
+        "splits": splits,
+        "image": {
+            "kind": "backbone",
+            "name": backbone.name,
+            "weights_path": cfg.weights_path,
+            "weights_sha256": backbone.weights_sha256,
+            "dim": int(backbone.output_dim),
+            "fingerprint": backbone_fingerprint(backbone),
+        },
         "text": text_summary,
-        "config": {"backbone": cfg.backbone, "batch_size": cfg.batch_size, "seed": cfg.seed,
-                   "text": dataclasses.asdict(cfg.text), "text_views": cfg.text_views},
+        "config": {
+            "backbone": cfg.backbone,
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+            "text": dataclasses.asdict(cfg.text),
+            "text_views": cfg.text_views,
+            **({"derive_labels": cfg.derive_labels, "clusters": cfg.clusters} if derived is not None else {}),
+        },
         "skipped": extraction["skipped"] + dropped,
         "extraction": {k: v for k, v in extraction.items() if k != "skipped"},
     }
+    if derived is not None:
+        manifest["derived_labels"] = {**derived.to_dict(), "corpus": DERIVED_CORPUS_DIR}
+        # the kept items with their derived label, for the index build: the service then shows the names as label chips
+        # and filters by them (python -m index build --corpus PREPARED/corpus-derived)
+        save_corpus(
+            Corpus(
+                items=[dataclasses.replace(it, labels=(derived.names[a],)) for it, a in zip(kept, derived.assignment)],
+                label_names=list(derived.names),
+                splits=splits,
+                name=f"{corpus.name}-derived",
+            ),
+            out_dir / DERIVED_CORPUS_DIR,
+        )
     manifest["content_hash"] = _content_hash(out_dir, manifest)
     _atomic_write_text(out_dir / PREPARED_FILE, json.dumps(manifest, ensure_ascii=False, indent=1))
     sizes = {s: len(v) for s, v in splits.items()}
     log.info("prepared %d items (%d skipped): %s", len(ids), len(manifest["skipped"]), sizes)
-    return {"out_dir": str(out_dir), "items": len(ids), "skipped": len(manifest["skipped"]), "splits": sizes,
-            "content_hash": manifest["content_hash"], **manifest["extraction"]}
+    return {
+        "out_dir": str(out_dir),
+        "items": len(ids),
+        "skipped": len(manifest["skipped"]),
+        "splits": sizes,
+        "content_hash": manifest["content_hash"],
+        **manifest["extraction"],
+    }
 
 
 def _content_hash(out_dir: Path, manifest: dict[str, Any]) -> str:
@@ -227,12 +381,21 @@ def _content_hash(out_dir: Path, manifest: dict[str, Any]) -> str:
         if (out_dir / name).is_file():
             digest.update(name.encode() + sha256_file(out_dir / name).encode())
     stable = {k: manifest[k] for k in ("ids", "splits", "label_names", "image", "text")}
+    # The whole preparation config except what cannot change the outputs (the extraction batch size): the text
+    # encoder's settings (word dropout, mean vector, maps, ...) reach training through the prepared data without
+    # always changing a stored file, and a model's recorded prepared_hash must tell them apart.
+    stable["config"] = {k: v for k, v in manifest["config"].items() if k not in _UNHASHED_CONFIG}
     digest.update(json.dumps(stable, sort_keys=True, ensure_ascii=False).encode())
     return digest.hexdigest()
 
 
+# Config fields that do not change the prepared data or the training input, so they stay out of the content hash.
+_UNHASHED_CONFIG = frozenset({"batch_size"})
+
+
 def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
-    """Token ids + vocabulary + word-vector matrix (sentence CNN), or frozen sentence vectors (MiniLM)."""
+    """Token ids + vocabulary + word-vector matrix (sentence CNN), frozen sentence vectors (MiniLM), or TF-IDF -> SVD
+    vectors with the fitted model (tfidf, fitted on the training texts only)."""
     text_cfg = cfg.text
     for stale in (VOCAB_FILE, EMBEDDINGS_FILE, TEXT_VIEWS_FILE):
         (out_dir / stale).unlink(missing_ok=True)
@@ -254,14 +417,19 @@ def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: 
         if views:
             view_ids = bundle.vocab.encode(views, max_len=text_cfg.max_len).numpy().astype(np.int64)
             width = max(view_ids.shape[1], token_ids.shape[1])
-            view_ids = np.pad(view_ids, ((0, 0), (0, width - view_ids.shape[1])), constant_values=PAD_ID)[:, :token_ids.shape[1]]
+            view_ids = np.pad(view_ids, ((0, 0), (0, width - view_ids.shape[1])), constant_values=PAD_ID)[:, : token_ids.shape[1]]
             np.save(out_dir / TEXT_VIEWS_FILE, view_ids.reshape(len(items), cfg.text_views, -1))
         np.save(out_dir / EMBEDDINGS_FILE, bundle.encoder.embedding.weight.detach().cpu().numpy())
         _atomic_write_text(out_dir / VOCAB_FILE, json.dumps(bundle.vocab.to_dict(), ensure_ascii=False))
         real_tokens = int((token_ids > PAD_ID).sum())
         oov = float((token_ids == OOV_ID).sum() / real_tokens) if real_tokens else 0.0
-        return {"kind": "sentence_cnn", "vocab_size": len(bundle.vocab), "max_len": int(token_ids.shape[1]),
-                "coverage": bundle.coverage.to_dict(), "oov_token_fraction": round(oov, 4)}
+        return {
+            "kind": "sentence_cnn",
+            "vocab_size": len(bundle.vocab),
+            "max_len": int(token_ids.shape[1]),
+            "coverage": bundle.coverage.to_dict(),
+            "oov_token_fraction": round(oov, 4),
+        }
     if text_cfg.kind == "minilm":
         from model.text import MiniLMSentenceEncoder
 
@@ -272,7 +440,30 @@ def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: 
             view_vectors = encoder.encode(views, show_progress=cfg.progress).astype(np.float32)
             np.save(out_dir / TEXT_VIEWS_FILE, view_vectors.reshape(len(items), cfg.text_views, -1))
         return {"kind": "minilm", "dim": int(vectors.shape[1])}
-    raise ValueError(f"prepare needs a text encoder that reads raw text ('sentence_cnn' or 'minilm'), got {text_cfg.kind!r}")
+    if text_cfg.kind == "tfidf":
+        from model.tfidf import TfidfTextModel
+
+        train_texts = [corpus.items[corpus.position(i)].text for i in train_ids]
+        tfidf = TfidfTextModel.fit(train_texts, text_cfg.tfidf, seed=cfg.seed)
+        texts = [it.text for it in items]
+        vectors = tfidf.transform(texts)
+        np.save(out_dir / TEXT_FILE, vectors)
+        if views:
+            np.save(out_dir / TEXT_VIEWS_FILE, tfidf.transform(views).reshape(len(items), cfg.text_views, -1))
+        _atomic_write_text(out_dir / VOCAB_FILE, json.dumps(tfidf.to_dict(), ensure_ascii=False))
+        empty = [it.id for it, known in zip(items, tfidf.known_features(texts)) if not known]
+        if empty:
+            log.warning("%d texts have no n-gram the tf-idf model kept (zero vectors), e.g. %s", len(empty), empty[:5])
+        return {
+            "kind": "tfidf",
+            "dim": tfidf.dim,
+            "ngrams": len(tfidf.features),
+            "analyzer": tfidf.cfg.analyzer,
+            "texts_without_known_ngrams": len(empty),
+        }
+    raise ValueError(
+        f"prepare needs a text encoder that reads raw text ('sentence_cnn', 'minilm' or 'tfidf'), got {text_cfg.kind!r}"
+    )
 
 
 @dataclass
@@ -303,10 +494,19 @@ class PreparedData:
         for split in SPLITS:
             ids = self.manifest["splits"][split]
             rows = np.asarray([row[i] for i in ids], dtype=np.int64)
-            parts[split] = SplitArrays(np.ascontiguousarray(features[rows], dtype=np.float32), text[rows], labels[rows], ids,
-                                       text_views=views[rows] if views is not None else None)
-        return FeatureSplits(**parts, label_names=list(self.manifest["label_names"]), name=self.manifest["corpus_name"],
-                             text_is_tokens=self.manifest["text"]["kind"] == "sentence_cnn")
+            parts[split] = SplitArrays(
+                np.ascontiguousarray(features[rows], dtype=np.float32),
+                text[rows],
+                labels[rows],
+                ids,
+                text_views=views[rows] if views is not None else None,
+            )
+        return FeatureSplits(
+            **parts,
+            label_names=list(self.manifest["label_names"]),
+            name=self.manifest["corpus_name"],
+            text_is_tokens=self.manifest["text"]["kind"] == "sentence_cnn",
+        )
 
     def build_text_encoder(self, seed: int | None = None) -> torch.nn.Module | None:
         """A fresh sentence CNN initialised with the prepared word vectors (None for sentence-vector text)."""
@@ -325,14 +525,22 @@ class PreparedData:
         text_kind = self.manifest["text"]["kind"]
         if text_kind == "sentence_cnn":
             text = {"kind": "sentence_cnn", "config": json.loads(json.dumps(self.manifest["config"]["text"]))}
+        elif text_kind == "tfidf":
+            text = {
+                "kind": "tfidf",
+                "dim": self.manifest["text"]["dim"],
+                "config": json.loads(json.dumps(self.manifest["config"]["text"]["tfidf"])),
+            }
         else:
             text = {"kind": "minilm", "dim": self.manifest["text"]["dim"]}
         return {"image": image, "text": text}
 
     def vocab_dict(self) -> dict[str, Any] | None:
-        """The vocabulary a sentence-CNN model saves with itself (None for sentence-vector text)."""
+        """The vocabulary a sentence-CNN model saves with itself, or the fitted tf-idf model (None for MiniLM vectors)."""
         path = self.directory / VOCAB_FILE
-        return json.loads(path.read_text(encoding="utf-8")) if self.manifest["text"]["kind"] == "sentence_cnn" else None
+        return (
+            json.loads(path.read_text(encoding="utf-8")) if self.manifest["text"]["kind"] in ("sentence_cnn", "tfidf") else None
+        )
 
 
 def prepared_feature_cache(prepared_dir: str | Path) -> str | None:
@@ -346,11 +554,18 @@ def load_prepared(directory: str | Path) -> PreparedData:
     directory = Path(directory)
     path = directory / PREPARED_FILE
     if not path.is_file():
-        raise PreparedDataError(f"{directory} is not prepared data (no {PREPARED_FILE}); run `python -m training prepare --corpus DIR --out {directory}`")
+        raise PreparedDataError(
+            f"{directory} is not prepared data (no {PREPARED_FILE}); run `python -m training prepare --corpus DIR --out {directory}`"
+        )
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != PREPARED_FORMAT:
-        raise PreparedDataError(f"{path} has format {manifest.get('format')!r}; this version reads {PREPARED_FORMAT}: prepare the corpus again")
-    needed = [FEATURES_FILE, TEXT_FILE, "labels.npy"] + ([VOCAB_FILE, EMBEDDINGS_FILE] if manifest["text"]["kind"] == "sentence_cnn" else [])
+        raise PreparedDataError(
+            f"{path} has format {manifest.get('format')!r}; this version reads {PREPARED_FORMAT}: prepare the corpus again"
+        )
+    needed = [FEATURES_FILE, TEXT_FILE, "labels.npy"] + {
+        "sentence_cnn": [VOCAB_FILE, EMBEDDINGS_FILE],
+        "tfidf": [VOCAB_FILE],
+    }.get(manifest["text"]["kind"], [])
     missing = [n for n in needed if not (directory / n).is_file()]
     if missing:
         raise PreparedDataError(f"{directory} lacks {missing}; the preparation did not finish: run prepare again (it resumes)")

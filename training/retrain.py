@@ -12,6 +12,7 @@ reported beside it. A promoted candidate gets a new index version, published ato
 CURRENT pointer, so it switches without a restart. Old model and index versions beyond `keep` are pruned, never the
 serving ones, the lineage's best or their twins; `rollback` points CURRENT back at the previous index version (and its model).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,6 +32,7 @@ from model.encoder import CrossModalEncoder, load_encoder
 from training.demo import artefact_paths, train_into_models
 from training.evaluation import cross_modal_map, cross_modal_recall, instance_groups, selection_score
 from training.prepare import PREPARED_FILE, PrepareConfig, PreparedData, load_prepared, prepare_corpus, prepared_feature_cache
+from training.train import UNDEFINED_MAP, finite_or_none
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,9 @@ def current_model_dir(index_root: Path) -> tuple[str, Path]:
 
     version = read_current(index_root)
     if version is None:
-        raise RetrainError(f"{index_root} has no published index version; build one first (python -m training demo, or python -m index build)")
+        raise RetrainError(
+            f"{index_root} has no published index version; build one first (python -m training demo, or python -m index build)"
+        )
     manifest = load_manifest(resolve_version(index_root), verify_files=False)
     return version, Path(manifest["model"]["path"])
 
@@ -83,8 +87,10 @@ def heldout_twin(model_dir: Path) -> Path:
         return Path(model_dir)
     twin = Path(model_dir).parent / twin_hash[:12]
     if not (twin / "manifest.json").is_file():
-        raise RetrainError(f"{model_dir} is a refit judged by its held-out twin {twin_hash[:12]}, which is missing from "
-                           f"{twin.parent}; restore it, or retrain with --preset to start a new lineage")
+        raise RetrainError(
+            f"{model_dir} is a refit judged by its held-out twin {twin_hash[:12]}, which is missing from "
+            f"{twin.parent}; restore it, or retrain with --preset to start a new lineage"
+        )
     return twin
 
 
@@ -102,8 +108,9 @@ def serving_recipe(serving_model: Path, prepared: PreparedData, cfg: RetrainConf
     for name, value in (("epochs", cfg.epochs), ("early_stopping_patience", cfg.early_stopping), ("seed", cfg.seed)):
         if value != SERVING:
             overrides[name] = value
-    base = dataclasses.replace(base, train=dataclasses.replace(base.train, **overrides),
-                               loss=dataclasses.replace(base.loss, **dict(cfg.loss_overrides)))
+    base = dataclasses.replace(
+        base, train=dataclasses.replace(base.train, **overrides), loss=dataclasses.replace(base.loss, **dict(cfg.loss_overrides))
+    )
     dims = prepared.manifest["image"]["dim"], prepared.text_config.output_dim or prepared.manifest["text"]["dim"]
     refit = (recipe_dir != Path(serving_model)) if cfg.refit == SERVING else bool(cfg.refit)
     return with_dims(base, dims[0], dims[1], len(prepared.manifest["label_names"])), refit
@@ -119,19 +126,25 @@ def serving_text_config(serving_model: Path, prepared: PreparedData):
         return from_dict(TextEncoderConfig, spec["config"])
     if spec.get("kind") == "minilm":
         return TextEncoderConfig(kind="minilm")
+    if spec.get("kind") == "tfidf":
+        from model.tfidf import TfidfConfig
+
+        return TextEncoderConfig(kind="tfidf", tfidf=from_dict(TfidfConfig, spec["config"]))
     return prepared.text_config
 
 
-def score_model(encoder: CrossModalEncoder, prepared: PreparedData, split: str, texts: dict[str, str], criterion: str = "map"
-                ) -> dict[str, Any]:
+def score_model(
+    encoder: CrossModalEncoder, prepared: PreparedData, split: str, texts: dict[str, str], criterion: str = "map"
+) -> dict[str, Any]:
     """mAP and instance recall both ways of a saved model on one split of prepared data (cached features or pixels, raw
     texts), with the selection score by `criterion`."""
     ids = prepared.manifest["splits"][split]
     row = {item_id: i for i, item_id in enumerate(prepared.manifest["ids"])}
     rows = np.asarray([row[i] for i in ids], dtype=np.int64)
     labels = np.load(prepared.directory / "labels.npy")[rows]
-    same_backbone = {k: encoder.feature_spec.get("image", {}).get(k) for k in ("name", "weights_sha256")} == \
-        {k: prepared.manifest["image"][k] for k in ("name", "weights_sha256")} and not encoder.feature_spec["image"].get("finetuned")
+    same_backbone = {k: encoder.feature_spec.get("image", {}).get(k) for k in ("name", "weights_sha256")} == {
+        k: prepared.manifest["image"][k] for k in ("name", "weights_sha256")
+    } and not encoder.feature_spec["image"].get("finetuned")
     if same_backbone:
         features = np.load(prepared.directory / "image_features.npy", mmap_mode="r")
         image_vectors = encoder.encode_image_features(np.ascontiguousarray(features[rows]))
@@ -142,10 +155,19 @@ def score_model(encoder: CrossModalEncoder, prepared: PreparedData, split: str, 
         image_vectors = encoder.encode_images([load_image(corpus.items[corpus.position(i)].image_path) for i in ids])
     split_texts = [texts[i] for i in ids]
     text_vectors = encoder.encode_texts(split_texts)
-    result = cross_modal_map(image_vectors, text_vectors, labels)
+    # mAP over the items that have a label (undefined, None, for a corpus without labels: its criterion is R@10)
+    known = labels.sum(1) > 0 if labels.shape[1] else np.zeros(len(ids), dtype=bool)
+    result = cross_modal_map(image_vectors[known], text_vectors[known], labels[known]) if known.any() else UNDEFINED_MAP
     recall = cross_modal_recall(image_vectors, text_vectors, instance_groups(split_texts))
-    return {"i2t": result.i2t, "t2i": result.t2i, "avg": result.avg, "recall": recall.as_dict(), "n": len(ids),
-            "criterion": criterion, "score": selection_score(result, recall, criterion)}
+    return {
+        "i2t": finite_or_none(result.i2t),
+        "t2i": finite_or_none(result.t2i),
+        "avg": finite_or_none(result.avg),
+        "recall": recall.as_dict(),
+        "n": len(ids),
+        "criterion": criterion,
+        "score": selection_score(result, recall, criterion),
+    }
 
 
 def promotion_decision(candidate: float, serving: float | None, lineage_best: float | None, tolerance: float) -> tuple[bool, str]:
@@ -158,8 +180,11 @@ def promotion_decision(candidate: float, serving: float | None, lineage_best: fl
     if candidate < serving - tolerance:
         return False, f"{candidate:.4f} trails the serving model's {serving:.4f} by more than {tolerance}"
     if lineage_best is not None and candidate < lineage_best - tolerance:
-        return False, f"{candidate:.4f} is within {tolerance} of the serving model's {serving:.4f} but trails the lineage's best " \
-                      f"{lineage_best:.4f} by more than {tolerance}"
+        return (
+            False,
+            f"{candidate:.4f} is within {tolerance} of the serving model's {serving:.4f} but trails the lineage's best "
+            f"{lineage_best:.4f} by more than {tolerance}",
+        )
     best = f", lineage best {lineage_best:.4f}" if lineage_best is not None else ""
     return True, f"{candidate:.4f} vs serving {serving:.4f}{best} (tolerance {tolerance})"
 
@@ -180,13 +205,26 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
     if not serving_model.is_dir():
         raise RetrainError(f"the serving index {serving_version} names model {serving_model}, which does not exist")
     if not (paths["prepared"] / PREPARED_FILE).is_file():
-        raise RetrainError(f"{paths['prepared']} holds no prepared data; run `python -m training prepare --corpus {paths['corpus']} --out {paths['prepared']}`")
+        raise RetrainError(
+            f"{paths['prepared']} holds no prepared data; run `python -m training prepare --corpus {paths['corpus']} --out {paths['prepared']}`"
+        )
     if cfg.reprepare:
         before = load_prepared(paths["prepared"])
-        prepare_corpus(paths["corpus"], paths["prepared"],
-                       PrepareConfig(backbone=before.manifest["config"]["backbone"], text=serving_text_config(serving_model, before),
-                                     batch_size=before.manifest["config"]["batch_size"], seed=before.manifest["config"]["seed"],
-                                     text_views=before.manifest["config"].get("text_views", 1), progress=cfg.progress))
+        prepare_corpus(
+            paths["corpus"],
+            paths["prepared"],
+            PrepareConfig(
+                backbone=before.manifest["config"]["backbone"],
+                text=serving_text_config(serving_model, before),
+                batch_size=before.manifest["config"]["batch_size"],
+                seed=before.manifest["config"]["seed"],
+                text_views=before.manifest["config"].get("text_views", 1),
+                progress=cfg.progress,
+                # derived labels are derived again, with the k chosen the first time
+                derive_labels=before.manifest["config"].get("derive_labels", "none"),
+                clusters=(before.manifest.get("derived_labels") or {}).get("k"),
+            ),
+        )
     prepared = load_prepared(paths["prepared"])
     train_cfg, refit = serving_recipe(serving_model, prepared, cfg)
     criterion = train_cfg.train.select_on
@@ -221,17 +259,32 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
     if same_model:
         promote, reason = False, "the candidate is the serving model (same content hash)"
     reason = f"validation {criterion} score: {reason}"
-    report: dict[str, Any] = {"decision": "promoted" if promote else "rejected", "reason": reason, "criterion": criterion,
-                              "serving_before": {"index_version": serving_version, "model_dir": str(serving_model)},
-                              "candidate": {"model_dir": str(candidate_dir), "content_hash": trained["content_hash"],
-                                            "best_epoch": trained.get("best_epoch"), "train_wall_s": trained.get("wall_s"),
-                                            "refit": refit, "heldout_twin": (trained.get("heldout") or {}).get("model_dir")},
-                              "training_config": dataclasses.asdict(train_cfg),
-                              "lineage_best_before": str(lineage_dir) if lineage_dir is not None else None,
-                              "scores": scores, "config": dataclasses.asdict(cfg), "selected_on": "val"}
+    report: dict[str, Any] = {
+        "decision": "promoted" if promote else "rejected",
+        "reason": reason,
+        "criterion": criterion,
+        "serving_before": {"index_version": serving_version, "model_dir": str(serving_model)},
+        "candidate": {
+            "model_dir": str(candidate_dir),
+            "content_hash": trained["content_hash"],
+            "best_epoch": trained.get("best_epoch"),
+            "train_wall_s": trained.get("wall_s"),
+            "refit": refit,
+            "heldout_twin": (trained.get("heldout") or {}).get("model_dir"),
+        },
+        "training_config": dataclasses.asdict(train_cfg),
+        "lineage_best_before": str(lineage_dir) if lineage_dir is not None else None,
+        "scores": scores,
+        "config": dataclasses.asdict(cfg),
+        "selected_on": "val",
+    }
     if promote:
-        version = build_index(candidate_dir, paths["corpus"], paths["index"],
-                              BuildConfig(show_progress=cfg.progress, feature_cache=prepared_feature_cache(paths["prepared"])))
+        version = build_index(
+            candidate_dir,
+            paths["corpus"],
+            paths["index"],
+            BuildConfig(show_progress=cfg.progress, feature_cache=prepared_feature_cache(paths["prepared"])),
+        )
         report["serving_after"] = {"index_version": Path(version).name, "model_dir": str(candidate_dir)}
     else:
         report["serving_after"] = report["serving_before"]
@@ -240,8 +293,10 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
             made = [trained] + ([trained["heldout"]] if trained.get("heldout") else [])
             for made_report in made:
                 model_dir = Path(made_report["model_dir"])
-                if not made_report.get("already_there") and model_dir.resolve() not in (serving_model.resolve(),
-                                                                                         (lineage_dir or serving_model).resolve()):
+                if not made_report.get("already_there") and model_dir.resolve() not in (
+                    serving_model.resolve(),
+                    (lineage_dir or serving_model).resolve(),
+                ):
                     shutil.rmtree(model_dir, ignore_errors=True)
             report["candidate"]["removed"] = not trained.get("already_there")
     report["lineage_best_after"] = _update_lineage(paths["models"], lineage, scores, judged, promote, criterion)
@@ -255,8 +310,9 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
     return report
 
 
-def _update_lineage(models_dir: Path, lineage: dict[str, Any], scores: dict[str, Any], judged: dict[str, Path], promoted: bool,
-                    criterion: str) -> str:
+def _update_lineage(
+    models_dir: Path, lineage: dict[str, Any], scores: dict[str, Any], judged: dict[str, Path], promoted: bool, criterion: str
+) -> str:
     """Record the lineage's best validated model after this run (the best of its previous best, the serving model and a
     promoted candidate, as scored on this run's validation split); returns its directory name."""
     contenders = ["lineage_best", "serving"] + (["candidate"] if promoted else [])
@@ -267,9 +323,16 @@ def _update_lineage(models_dir: Path, lineage: dict[str, Any], scores: dict[str,
     else:
         best_score, best_name = max(ranked)
     best_dir = judged[best_name]
-    record = {"best": {"model": best_dir.name, "criterion": criterion, "val_score": best_score,
-                       "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-              "history": (lineage.get("history") or [])[-50:] + [{"best": best_dir.name, "val_score": best_score, "promoted": promoted}]}
+    record = {
+        "best": {
+            "model": best_dir.name,
+            "criterion": criterion,
+            "val_score": best_score,
+            "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "history": (lineage.get("history") or [])[-50:]
+        + [{"best": best_dir.name, "val_score": best_score, "promoted": promoted}],
+    }
     tmp = models_dir / (LINEAGE_FILE + ".tmp")
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(models_dir / LINEAGE_FILE)
@@ -286,8 +349,11 @@ def prune(paths: dict[str, Path], keep: int) -> dict[str, list[str]]:
     for name in list_versions(paths["index"]):
         manifest = load_manifest(paths["index"] / "versions" / name, verify_files=False)
         in_use.add(Path(manifest["model"]["path"]).resolve())
-    models = sorted((p for p in paths["models"].iterdir() if (p / "manifest.json").is_file()), key=lambda p: p.stat().st_mtime) \
-        if paths["models"].is_dir() else []
+    models = (
+        sorted((p for p in paths["models"].iterdir() if (p / "manifest.json").is_file()), key=lambda p: p.stat().st_mtime)
+        if paths["models"].is_dir()
+        else []
+    )
     recent = set(p.resolve() for p in models[-keep:])
     lineage = read_lineage(paths["models"]) if paths["models"].is_dir() else {}
     protected = in_use | recent | ({(paths["models"] / lineage["best"]["model"]).resolve()} if lineage.get("best") else set())
@@ -321,7 +387,9 @@ def rollback(root: str | Path, to_version: str | None = None) -> dict[str, str]:
         if to_version is None:
             older = [v for v in versions if current is not None and v < current]
             if not older:
-                raise RetrainError(f"no index version older than {current} under {index_root}; nothing to roll back to ({versions})")
+                raise RetrainError(
+                    f"no index version older than {current} under {index_root}; nothing to roll back to ({versions})"
+                )
             to_version = older[-1]
         set_current(index_root, to_version)
     _, model_dir = current_model_dir(index_root)

@@ -4,6 +4,7 @@ People type short phrases ("kitten", "thumbs up") while corpus texts are often a
 clauses. Training on random views of each text, besides the whole text, teaches the text branch that a part of the text
 still means the item; validation, test, indexing and queries always use the whole text.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,9 +1,11 @@
 """The DSCMR training loop: Adam, shuffled mini-batches, validation-selected best model, resumable checkpoints."""
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import json
+import logging
 import math
 import os
 import random
@@ -20,13 +22,23 @@ from tqdm.auto import tqdm
 from model.config import to_dict
 from model.losses import dscmr_loss, ridge_classifier
 from model.network import DSCMRNet
-from training.config import DSCMRConfig
+from training.config import DSCMRConfig, fit_to_labels, loss_terms
 from training.distributed import all_gather_with_grad, all_reduce_sum, broadcast_flag, init_from_env
-from training.evaluation import CrossModalRecall, CrossModalScores, cross_modal_map_torch, cross_modal_recall, instance_groups, selection_score
+from training.evaluation import (
+    CrossModalRecall,
+    CrossModalScores,
+    cross_modal_map_torch,
+    cross_modal_recall,
+    instance_groups,
+    selection_score,
+)
 from training.features import FeatureSplits
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
+MAP_ACTIVITY_TEXTS = 4096
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -39,9 +51,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 def check_device(requested: str, device: torch.device) -> None:
     """Refuse to run on another device type than the one asked for (e.g. --device cuda on a host without CUDA)."""
     if requested != "auto" and torch.device(requested).type != device.type:
-        raise ValueError(f"device {requested!r} was requested but training would run on {device}: "
-                         f"{'CUDA is not available here' if not torch.cuda.is_available() else 'unsupported device'}; "
-                         "use --device auto or cpu")
+        raise ValueError(
+            f"device {requested!r} was requested but training would run on {device}: "
+            f"{'CUDA is not available here' if not torch.cuda.is_available() else 'unsupported device'}; "
+            "use --device auto or cpu"
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -93,7 +107,9 @@ def amp_mode(device: torch.device, enabled: bool = True) -> str:
 
 
 @torch.no_grad()
-def encode_split(model: DSCMRNet, image: torch.Tensor, text: torch.Tensor, batch: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_split(
+    model: DSCMRNet, image: torch.Tensor, text: torch.Tensor, batch: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Common-space vectors of a whole split, in eval mode."""
     was_training = model.training
     model.eval()
@@ -133,31 +149,90 @@ def build_model(cfg: DSCMRConfig, text_encoder: nn.Module | None = None) -> DSCM
     return model
 
 
-def validation_record(u_val: torch.Tensor, v_val: torch.Tensor, labels: torch.Tensor, groups: np.ndarray, criterion: str
-                      ) -> tuple[CrossModalScores, CrossModalRecall, float, dict[str, float]]:
-    """Validation mAP, instance recall, the selection score and the metrics-log fields of one epoch."""
-    val = cross_modal_map_torch(u_val, v_val, labels)
+def text_map_fields(model: DSCMRNet, token_ids: torch.Tensor | None) -> dict[str, float]:
+    """Metrics-log fields of the text encoder's feature maps on `token_ids`: the fraction of maps that fire on at least one
+    text (`text_live_maps`) and of texts on which none fires (`text_silent`); empty for encoders without maps."""
+    encoder = model.text_encoder
+    if token_ids is None or encoder is None or not hasattr(encoder, "map_activity"):
+        return {}
+    activity = encoder.map_activity(token_ids)
+    return {"text_live_maps": round(activity.live_fraction, 4), "text_silent": round(activity.silent_text_fraction, 4)}
+
+
+UNDEFINED_MAP = CrossModalScores(float("nan"), float("nan"))
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """`value`, or None where it is undefined (NaN: mAP of data without labels), for JSON."""
+    return None if value is None or math.isnan(value) else value
+
+
+def labelled_map_torch(u: torch.Tensor, v: torch.Tensor, labels: torch.Tensor) -> CrossModalScores:
+    """mAP both ways over labels, among the items that have a label; undefined (NaN) for data without labels."""
+    if not labels.shape[1]:
+        return UNDEFINED_MAP
+    known = labels.sum(1) > 0
+    if bool(known.all()):
+        return cross_modal_map_torch(u, v, labels)
+    return cross_modal_map_torch(u[known], v[known], labels[known]) if bool(known.any()) else UNDEFINED_MAP
+
+
+def validation_record(
+    u_val: torch.Tensor, v_val: torch.Tensor, labels: torch.Tensor, groups: np.ndarray, criterion: str
+) -> tuple[CrossModalScores, CrossModalRecall, float, dict[str, float]]:
+    """Validation mAP (None in the fields where the data has no labels), instance recall, the selection score and the
+    metrics-log fields of one epoch."""
+    val = labelled_map_torch(u_val, v_val, labels)
     recall = cross_modal_recall(u_val.cpu().numpy(), v_val.cpu().numpy(), groups)
     score = selection_score(val, recall, criterion)
-    fields = {"val_i2t": val.i2t, "val_t2i": val.t2i, "val_avg": val.avg, "val_r1": recall.average("r1"),
-              "val_r5": recall.average("r5"), "val_r10": recall.r10, "val_medr": recall.average("median_rank"),
-              "val_score": score}
+    fields = {
+        "val_i2t": finite_or_none(val.i2t),
+        "val_t2i": finite_or_none(val.t2i),
+        "val_avg": finite_or_none(val.avg),
+        "val_r1": recall.average("r1"),
+        "val_r5": recall.average("r5"),
+        "val_r10": recall.r10,
+        "val_medr": recall.average("median_rank"),
+        "val_score": score,
+    }
     return val, recall, score, fields
 
 
-def record_epoch(state: dict[str, Any], record: dict[str, Any], val: Any, best_snapshot: Callable[[], dict[str, Any]], bar: Any,
-                 run_path: Path | None, on_epoch_end: Callable[[dict[str, Any]], None] | None, patience: int | None,
-                 score: float | None = None, recall: CrossModalRecall | None = None) -> bool:
-    """Book one finished epoch: history, best-so-far by `score` (default: validation average mAP), keeping
-    `best_snapshot()`, progress bar, metrics log and callback; return whether early stopping says stop."""
+def record_epoch(
+    state: dict[str, Any],
+    record: dict[str, Any],
+    val: Any,
+    best_snapshot: Callable[[], dict[str, Any]],
+    bar: Any,
+    run_path: Path | None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+    patience: int | None,
+    score: float | None = None,
+    recall: CrossModalRecall | None = None,
+    tiebreak: float | None = None,
+) -> bool:
+    """Book one finished epoch: history, best-so-far by `score` (default: validation average mAP; with `tiebreak`, an
+    equal score with a higher tiebreak is better too), keeping `best_snapshot()`, progress bar, metrics log and callback;
+    return whether early stopping says stop."""
     state["history"].append(record)
     score = val.avg if score is None else score
-    if score > state["best_score"]:
-        state.update(best_score=score, best_epoch=record["epoch"], best_val=(val.i2t, val.t2i), best_recall=recall, stale=0,
-                     **best_snapshot())
+    best_tiebreak = state.get("best_tiebreak", -math.inf)
+    if score > state["best_score"] or (tiebreak is not None and score == state["best_score"] and tiebreak > best_tiebreak):
+        state.update(
+            best_score=score,
+            best_epoch=record["epoch"],
+            best_val=(val.i2t, val.t2i),
+            best_recall=recall,
+            stale=0,
+            best_tiebreak=-math.inf if tiebreak is None else tiebreak,
+            **best_snapshot(),
+        )
     else:
         state["stale"] += 1
-    bar.set_postfix(loss=f"{record['loss']:.4f}", val=f"{score:.4f}", best=f"{state['best_score']:.4f}@{state['best_epoch']}")
+    live = {"live_maps": f"{record['text_live_maps']:.2f}"} if "text_live_maps" in record else {}
+    bar.set_postfix(
+        loss=f"{record['loss']:.4f}", val=f"{score:.4f}", best=f"{state['best_score']:.4f}@{state['best_epoch']}", **live
+    )
     if run_path is not None:
         with (run_path / METRICS_LOG).open("a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -179,19 +254,26 @@ def train_dscmr(
     ending with the same model as an uninterrupted run of the same seed.
     """
     data.validate()
+    # Data without labels trains J3 and the instance term and selects on R@10 (training/config.py: fit_to_labels).
+    partial = data.partially_labelled
+    cfg, terms_note = fit_to_labels(cfg, data.has_labels, partial=partial)
+    log.info("%s", terms_note)
     tc = cfg.train
     ctx, device = init_from_env(tc.device)
     check_device(tc.device, device)
     if ctx.enabled and cfg.loss.classifier_update == "ridge":
-        raise ValueError("the ridge closed-form classifier is single-process only; use classifier_update='gradient' under torchrun")
+        raise ValueError(
+            "the ridge closed-form classifier is single-process only; use classifier_update='gradient' under torchrun"
+        )
     seed_everything(tc.seed)
     model = build_model(cfg, text_encoder).to(device)
-    model.fit_input_norm(torch.from_numpy(data.train.image).to(device), None if data.text_is_tokens else torch.from_numpy(data.train.text).to(device))
+    model.fit_input_norm(
+        torch.from_numpy(data.train.image).to(device),
+        None if data.text_is_tokens else torch.from_numpy(data.train.text).to(device),
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs) if tc.lr_schedule == "cosine" else None
-    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs) if tc.lr_schedule == "cosine" else None
     autocast, scaler = _amp_context(device, tc.amp)
     step_module: nn.Module = model
     if ctx.enabled:
@@ -213,9 +295,22 @@ def train_dscmr(
     use_instance = cfg.loss.instance_weight > 0
     tr_groups = torch.from_numpy(instance_groups(data.train.text)).to(device) if use_instance else None
     va_groups = instance_groups(data.val.text)
+    # The training texts (evenly spaced, at most MAP_ACTIVITY_TEXTS) on which each epoch counts the live feature maps.
+    activity_sample = (
+        tr_txt[torch.linspace(0, n - 1, min(n, MAP_ACTIVITY_TEXTS), device=device).long()] if data.text_is_tokens else None
+    )
 
-    state: dict[str, Any] = {"epoch": 0, "best_score": -math.inf, "best_epoch": 0, "best_val": None, "best_recall": None, "best_state": None,
-                             "history": [], "stale": 0, "wall_s": 0.0}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "best_score": -math.inf,
+        "best_epoch": 0,
+        "best_val": None,
+        "best_recall": None,
+        "best_state": None,
+        "history": [],
+        "stale": 0,
+        "wall_s": 0.0,
+    }
     run_path = Path(run_dir) if run_dir is not None else None
     if run_path is not None:
         if ctx.is_main:
@@ -225,7 +320,9 @@ def train_dscmr(
             # RNG states must stay CPU tensors; load_state_dict copies weights and optimiser state onto their device.
             ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
             if ckpt["config"] != to_dict(cfg):
-                raise ValueError(f"{ckpt_path} was written by a run with another configuration; use a new run directory or delete it")
+                raise ValueError(
+                    f"{ckpt_path} was written by a run with another configuration; use a new run directory or delete it"
+                )
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             if scheduler is not None:
@@ -244,7 +341,14 @@ def train_dscmr(
             (run_path / METRICS_LOG).write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
 
     start_epoch = state["epoch"]
-    bar = tqdm(range(start_epoch, tc.epochs), initial=start_epoch, total=tc.epochs, desc="train", disable=not (tc.progress and ctx.is_main), unit="epoch")
+    bar = tqdm(
+        range(start_epoch, tc.epochs),
+        initial=start_epoch,
+        total=tc.epochs,
+        desc="train",
+        disable=not (tc.progress and ctx.is_main),
+        unit="epoch",
+    )
     global_j2 = ctx.enabled and cfg.loss.use_j2 and tc.j2_scope == "global"
     global_instance = ctx.enabled and use_instance
     t_start = time.perf_counter() - state["wall_s"]
@@ -269,7 +373,10 @@ def train_dscmr(
             with autocast():
                 if ridge:
                     u, v = model.encode_image(img), model.encode_text(txt)
-                    model.classifier.weight.data.copy_(ridge_classifier(u.detach().float(), v.detach().float(), lab, cfg.loss.ridge))
+                    known = lab.sum(1) > 0 if partial else slice(None)  # the closed form fits the labelled rows
+                    model.classifier.weight.data.copy_(
+                        ridge_classifier(u.detach().float()[known], v.detach().float()[known], lab[known], cfg.loss.ridge)
+                    )
                     pu, pv = model.classifier(u), model.classifier(v)
                 else:
                     u, v, pu, pv = step_module(img, txt)
@@ -283,10 +390,22 @@ def train_dscmr(
             ids = tr_groups[idx] if use_instance else None
             # The instance term, like global J2, compares this process's pairs with the whole all-gathered batch.
             inst_columns = (u_all, v_all, all_gather_with_grad(ids)) if global_instance else None
-            terms = dscmr_loss(u, v, pu, pv, lab, cfg.loss, j2_columns=columns, instance_ids=ids, instance_columns=inst_columns)
+            terms = dscmr_loss(
+                u,
+                v,
+                pu,
+                pv,
+                lab,
+                cfg.loss,
+                j2_columns=columns,
+                instance_ids=ids,
+                instance_columns=inst_columns,
+                partial_labels=partial,
+            )
             backward_and_step(terms.total, optimizer, scaler)
-            sums += torch.stack([terms.total.detach(), terms.j1.detach(), terms.j2.detach(), terms.j3.detach(),
-                                 terms.inst.detach()]).float() * len(idx)
+            sums += torch.stack(
+                [terms.total.detach(), terms.j1.detach(), terms.j2.detach(), terms.j3.detach(), terms.inst.detach()]
+            ).float() * len(idx)
         if scheduler is not None:
             scheduler.step()
         loss, j1, j2, j3, inst = (all_reduce_sum(sums) / n).tolist()
@@ -294,20 +413,50 @@ def train_dscmr(
         if ctx.is_main:
             u_val, v_val = encode_split(model, va_img, va_txt)
             val, recall, score, val_fields = validation_record(u_val, v_val, va_lab, va_groups, tc.select_on)
-            record = {"epoch": epoch + 1, "loss": loss, "j1": j1, "j2": j2, "j3": j3, "inst": inst, **val_fields,
-                      "lr": optimizer.param_groups[0]["lr"]}
-            stop = record_epoch(state, record, val, lambda: {"best_state": {k: t.detach().clone() for k, t in model.state_dict().items()}},
-                                bar, run_path, on_epoch_end, tc.early_stopping_patience, score=score, recall=recall)
+            record = {
+                "epoch": epoch + 1,
+                "loss": loss,
+                "j1": j1,
+                "j2": j2,
+                "j3": j3,
+                "inst": inst,
+                **val_fields,
+                "lr": optimizer.param_groups[0]["lr"],
+                **text_map_fields(model, activity_sample),
+            }
+            # Without labels, R@10 on a small validation split ties often (every pair in the top 10): the mean reciprocal
+            # rank of the own pair breaks ties.
+            tiebreak = None if data.has_labels else recall.average("mrr")
+            stop = record_epoch(
+                state,
+                record,
+                val,
+                lambda: {"best_state": {k: t.detach().clone() for k, t in model.state_dict().items()}},
+                bar,
+                run_path,
+                on_epoch_end,
+                tc.early_stopping_patience,
+                score=score,
+                recall=recall,
+                tiebreak=tiebreak,
+            )
         stop = broadcast_flag(stop, device)
         state["epoch"] = epoch + 1
         state["wall_s"] = time.perf_counter() - t_start
         if ctx.is_main and run_path is not None and ((epoch + 1) % tc.checkpoint_every == 0 or stop or epoch + 1 == tc.epochs):
             _atomic_torch_save(
-                {"config": to_dict(cfg), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                 "scaler": scaler.state_dict() if scaler is not None else None,
-                 "shuffle_rng": shuffle_gen.get_state(), "view_rng": view_gen.get_state(), "torch_rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None, "state": state},
+                {
+                    "config": to_dict(cfg),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "shuffle_rng": shuffle_gen.get_state(),
+                    "view_rng": view_gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                    "state": state,
+                },
                 run_path / CHECKPOINT_FILE,
             )
         if stop:
@@ -316,15 +465,33 @@ def train_dscmr(
     best = copy.deepcopy(model)
     if tc.keep == "last":
         last = state["history"][-1] if state["history"] else None
-        state.update(best_epoch=state["epoch"], best_val=(last["val_i2t"], last["val_t2i"]) if last else None,
-                     best_score=last["val_score"] if last else float("nan"), best_recall=None)
+        undefined = float("nan")
+        state.update(
+            best_epoch=state["epoch"],
+            best_val=(_or(last["val_i2t"], undefined), _or(last["val_t2i"], undefined)) if last else None,
+            best_score=last["val_score"] if last else float("nan"),
+            best_recall=None,
+        )
     elif state["best_state"] is not None:
         best.load_state_dict(state["best_state"])
     best.eval()
     i2t, t2i = state["best_val"] if state["best_val"] is not None else (float("nan"), float("nan"))
-    return TrainResult(model=best, best_epoch=state["best_epoch"], best_val=CrossModalScores(i2t, t2i), history=state["history"],
-                       wall_s=state["wall_s"], config=cfg, epochs_run=state["epoch"], best_val_recall=state.get("best_recall"),
-                       best_score=state["best_score"])
+    return TrainResult(
+        model=best,
+        best_epoch=state["best_epoch"],
+        best_val=CrossModalScores(i2t, t2i),
+        history=state["history"],
+        wall_s=state["wall_s"],
+        config=cfg,
+        epochs_run=state["epoch"],
+        best_val_recall=state.get("best_recall"),
+        best_score=state["best_score"],
+        extra={"loss_terms": {**loss_terms(cfg), "note": terms_note}},
+    )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def evaluate_model(model: DSCMRNet, data: FeatureSplits, split: str) -> CrossModalScores:
@@ -337,8 +504,9 @@ def evaluate_split(model: DSCMRNet, data: FeatureSplits, split: str) -> tuple[Cr
     device = next(model.parameters()).device
     s = data.split(split)
     u, v = encode_split(model, _to_tensor(s.image, device), _to_tensor(s.text, device, data.text_is_tokens))
-    return cross_modal_map_torch(u, v, _to_tensor(s.labels, device)), cross_modal_recall(u.cpu().numpy(), v.cpu().numpy(),
-                                                                                         instance_groups(s.text))
+    return labelled_map_torch(u, v, _to_tensor(s.labels, device)), cross_modal_recall(
+        u.cpu().numpy(), v.cpu().numpy(), instance_groups(s.text)
+    )
 
 
 def save_trained_model(
@@ -352,11 +520,25 @@ def save_trained_model(
     """Write the selected model as a model directory; returns its content hash."""
     from model.artefact import ModelArtefact, save_model
 
-    val = {"i2t": result.best_val.i2t, "t2i": result.best_val.t2i, "avg": result.best_val.avg, "split": "val"}
+    val = {
+        "i2t": finite_or_none(result.best_val.i2t),
+        "t2i": finite_or_none(result.best_val.t2i),
+        "avg": finite_or_none(result.best_val.avg),
+        "split": "val",
+    }
+    if not label_names:
+        val["map_note"] = MAP_UNDEFINED_NOTE
     if result.best_val_recall is not None:
         val["recall"] = result.best_val_recall.as_dict()
-    all_metrics = {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run, "wall_s": result.wall_s, "val": val,
-                   "selection": {"criterion": result.config.train.select_on, "score": result.best_score, "split": "val"}}
+    all_metrics = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
+        "wall_s": result.wall_s,
+        "val": val,
+        "selection": {"criterion": result.config.train.select_on, "score": result.best_score, "split": "val"},
+    }
+    if "loss_terms" in result.extra:
+        all_metrics["loss_terms"] = result.extra["loss_terms"]
     all_metrics.update(metrics or {})
     artefact = ModelArtefact(
         state_dict={k: v for k, v in result.model.state_dict().items()},
@@ -367,6 +549,9 @@ def save_trained_model(
         vocab=vocab,
     )
     return save_model(artefact, out_dir)
+
+
+MAP_UNDEFINED_NOTE = "mAP is undefined without labels (no item is relevant to another by label); see recall"
 
 
 def features_spec(image_dim: int, text_dim: int) -> dict[str, Any]:

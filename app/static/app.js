@@ -124,12 +124,18 @@ function clearPreview() {
   els.preview.hidden = true;
 }
 
+const QUERY_PROBLEMS = {
+  no_known_words: "No results: the model knows none of these words. Try other words.",
+  degenerate_vector: "No results: the model cannot tell this text apart from others. Try more or other words.",
+};
+
 function render(data, what) {
   els.results.replaceChildren(...data.results.map(card));
   const n = data.results.length;
   const unknown = data.unknown_words || [];
-  showMessage(`${n} result${n === 1 ? "" : "s"} for ${what} in ${data.took_ms.toFixed(1)} ms` +
-    (unknown.length ? `; words the model does not know: ${unknown.join(", ")}` : ""));
+  const problem = QUERY_PROBLEMS[data.query_problem] || "";
+  showMessage((problem ? `${problem} ` : `${n} result${n === 1 ? "" : "s"} for ${what} in ${data.took_ms.toFixed(1)} ms`) +
+    (unknown.length ? `${problem ? "W" : "; w"}ords the model does not know: ${unknown.join(", ")}` : ""));
   showVersion(data.model_hash, data.index_version);
 }
 

@@ -1,4 +1,6 @@
 """Dataset loaders that turn raw layouts into the shared Corpus, with a LoadReport of what was skipped and why."""
+
+from training.datasets.checks import CorpusInputError, check_trainable
 from training.datasets.emoji_demo import EmojiSources, build_emoji_corpus
 from training.datasets.imagenet_sample import load_imagenet_sample
 from training.datasets.manifest import load_manifest
@@ -10,12 +12,14 @@ from training.datasets.wikipedia import load_wikipedia
 
 __all__ = [
     "LOADERS",
+    "CorpusInputError",
     "EmojiSources",
     "LoadIssue",
     "LoadReport",
     "LoadWarning",
     "build_emoji_corpus",
     "carve_validation",
+    "check_trainable",
     "dataset_kinds",
     "load_dataset",
     "load_imagenet_sample",

@@ -1,4 +1,5 @@
 """CLI: `python -m training.datasets prepare KIND ROOT --out DIR` and `python -m training.datasets download NAME DEST`."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     prepare.add_argument("kind", choices=dataset_kinds())
     prepare.add_argument("root", type=Path, help="dataset folder / manifest file (emoji-demo: output folder for the images)")
     prepare.add_argument("--out", type=Path, required=True, help="corpus folder to write")
-    prepare.add_argument("-o", "--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                         help="loader option, e.g. -o multilabel=true -o seed=1 -o limit=200")
+    prepare.add_argument(
+        "-o",
+        "--option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="loader option, e.g. -o multilabel=true -o seed=1 -o limit=200",
+    )
     download = sub.add_parser("download", help="download a public dataset (resumable)")
     download.add_argument("name", choices=["wikipedia", "pascal-sentence"])
     download.add_argument("dest", type=Path)
@@ -42,11 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
 
     if args.command == "prepare":
-        corpus, report = load_dataset(args.kind, args.root, **dict(args.option))
+        try:
+            corpus, report = load_dataset(args.kind, args.root, **dict(args.option))
+        except (ValueError, FileNotFoundError) as exc:  # refused before anything is written
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         out = save_corpus(corpus, args.out)
         (out / "load_report.json").write_text(json.dumps(report.as_dict(), ensure_ascii=False, indent=1), encoding="utf-8")
         sizes = ", ".join(f"{k} {len(v):,}" for k, v in corpus.splits.items())
-        print(f"{report}\nwrote {out} ({len(corpus.label_names)} classes; {sizes})")
+        classes = f"{len(corpus.label_names)} classes" if corpus.label_names else "no labels"
+        print(f"{report}\nwrote {out} ({classes}; {sizes})")
         return 0
     options = {"base_url": args.base_url} if args.base_url else {}
     if args.name == "wikipedia":

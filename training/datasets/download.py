@@ -3,6 +3,7 @@
 Every file streams into `<name>.part` and resumes with an HTTP Range request, retries with exponential backoff on
 network errors and 5xx/429, and is checked against a sha256 when one is given. Base URLs are parameters.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,10 @@ class ChecksumMismatchError(DownloadError):
     """The downloaded bytes do not have the expected sha256."""
 
     def __init__(self, url: str, expected: str, actual: str) -> None:
-        super().__init__(f"{url}: sha256 mismatch: expected {expected}, got {actual}. The download was deleted; "
-                         f"run again, and if it persists the file on the server changed (check the expected checksum)")
+        super().__init__(
+            f"{url}: sha256 mismatch: expected {expected}, got {actual}. The download was deleted; "
+            f"run again, and if it persists the file on the server changed (check the expected checksum)"
+        )
         self.expected, self.actual = expected, actual
 
 
@@ -95,8 +98,9 @@ def download_file(
         except _Retryable as exc:
             attempt += 1
             if attempt > retries:
-                raise DownloadError(f"{url}: giving up after {attempt} attempts; last error: {exc}. "
-                                    f"Run again to resume from {part}") from None
+                raise DownloadError(
+                    f"{url}: giving up after {attempt} attempts; last error: {exc}. Run again to resume from {part}"
+                ) from None
             delay = backoff_s * 2 ** (attempt - 1)
             logger.warning("%s: %s; retry %d/%d in %.1fs", url, exc, attempt, retries, delay)
             sleep(delay)
@@ -142,8 +146,15 @@ def _fetch_into(url: str, part: Path, timeout_s: float, progress: bool) -> None:
         length = response.headers.get("Content-Length")
         expected_total = offset + int(length) if length and length.isdigit() else None
         written = offset
-        bar = tqdm(total=expected_total, initial=offset, unit="B", unit_scale=True, desc=part.name[:-5],
-                   disable=not progress, leave=False)
+        bar = tqdm(
+            total=expected_total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            desc=part.name[:-5],
+            disable=not progress,
+            leave=False,
+        )
         try:
             with part.open(mode) as fh:
                 while True:
@@ -156,8 +167,9 @@ def _fetch_into(url: str, part: Path, timeout_s: float, progress: bool) -> None:
                     try:
                         fh.write(chunk)
                     except OSError as exc:
-                        raise DownloadError(f"cannot write {part}: {exc.strerror or exc}; free disk space or "
-                                            f"choose another folder") from exc
+                        raise DownloadError(
+                            f"cannot write {part}: {exc.strerror or exc}; free disk space or choose another folder"
+                        ) from exc
                     written += len(chunk)
                     bar.update(len(chunk))
         except OSError as exc:
@@ -198,8 +210,9 @@ def download_wikipedia(
 ) -> Path:
     """Download wikipedia_dataset.tgz into `dest_dir` and extract it; returns the dataset folder (or the archive if extract=False)."""
     dest_dir = Path(dest_dir)
-    archive = download_file(urljoin(_as_folder(base_url), archive_name), dest_dir / archive_name, sha256=sha256,
-                            **download_options)
+    archive = download_file(
+        urljoin(_as_folder(base_url), archive_name), dest_dir / archive_name, sha256=sha256, **download_options
+    )
     if sha256 is None:
         logger.info("%s sha256 %s (pass it as sha256= to pin it)", archive, sha256_of(archive))
     if not extract:
@@ -212,7 +225,9 @@ def download_wikipedia(
         except (tarfile.TarError, EOFError) as exc:
             raise DownloadError(f"{archive} is not a readable tar archive ({exc}); delete it and download again") from exc
         except OSError as exc:
-            raise DownloadError(f"cannot extract {archive} into {dest_dir}: {exc}; free disk space or choose another folder") from exc
+            raise DownloadError(
+                f"cannot extract {archive} into {dest_dir}: {exc}; free disk space or choose another folder"
+            ) from exc
         marker.write_text(archive_name + "\n", encoding="utf-8")
     return find_wikipedia_root(dest_dir)
 
@@ -349,8 +364,13 @@ def download_pascal_sentence(
     def fetch(entry: PascalPageEntry) -> str | None:
         image_name = PurePosixPath(unquote(urlparse(entry.image_url).path)).name
         try:
-            download_file(entry.image_url, dest_dir / "dataset" / entry.category / image_name,
-                          timeout_s=timeout_s, progress=False, **download_options)
+            download_file(
+                entry.image_url,
+                dest_dir / "dataset" / entry.category / image_name,
+                timeout_s=timeout_s,
+                progress=False,
+                **download_options,
+            )
             sentence_path = dest_dir / "sentence" / entry.category / f"{entry.stem}.txt"
             if entry.sentence_url:
                 download_file(entry.sentence_url, sentence_path, timeout_s=timeout_s, progress=False, **download_options)
@@ -366,11 +386,13 @@ def download_pascal_sentence(
         return None
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        failures = [f for f in tqdm(pool.map(fetch, entries), total=len(entries), desc="pascal-sentence", unit="image")
-                    if f is not None]
+        failures = [
+            f for f in tqdm(pool.map(fetch, entries), total=len(entries), desc="pascal-sentence", unit="image") if f is not None
+        ]
     if failures:
-        raise DownloadError(f"{len(failures)} of {len(entries)} Pascal Sentence files failed (run again to resume); "
-                            f"first: {failures[:3]}")
+        raise DownloadError(
+            f"{len(failures)} of {len(entries)} Pascal Sentence files failed (run again to resume); first: {failures[:3]}"
+        )
     return dest_dir
 
 

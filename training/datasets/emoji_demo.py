@@ -1,10 +1,11 @@
 """A built-in demo corpus built from Debian packages: Noto Color Emoji images, Unicode/CLDR names and keywords, emoji groups as labels."""
+
 from __future__ import annotations
 
+import dataclasses
 import os
 import unicodedata
 import xml.etree.ElementTree as ET
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,7 +23,7 @@ NOTO_STRIKE_SIZE = 109
 SKIN_TONES = frozenset(range(0x1F3FB, 0x1F400))
 VARIATION_SELECTOR_16 = "\ufe0f"
 DEFAULT_DROP_GROUPS = ("Component",)
-_REFERENCE_EMOJI = "\U0001F600"
+_REFERENCE_EMOJI = "\U0001f600"
 EmojiLabels = Literal["group", "subgroup", "both"]
 
 
@@ -37,14 +38,19 @@ class EmojiSources:
 
     def check(self) -> None:
         """Raise FileNotFoundError naming the Debian package to install for each absent file."""
-        needed = [(self.font, "fonts-noto-color-emoji"), (self.emoji_test, "unicode-data"),
-                  (self.annotations, "unicode-cldr-core")]
+        needed = [
+            (self.font, "fonts-noto-color-emoji"),
+            (self.emoji_test, "unicode-data"),
+            (self.annotations, "unicode-cldr-core"),
+        ]
         missing = [(path, package) for path, package in needed if not Path(path).is_file()]
         if missing:
             lines = "; ".join(f"{path} (Debian package {package})" for path, package in missing)
             packages = " ".join(sorted({package for _, package in missing}))
-            raise FileNotFoundError(f"emoji demo sources missing: {lines}. Install them with "
-                                    f"`apt-get install -y {packages}` or pass EmojiSources(...) with their paths")
+            raise FileNotFoundError(
+                f"emoji demo sources missing: {lines}. Install them with "
+                f"`apt-get install -y {packages}` or pass EmojiSources(...) with their paths"
+            )
 
 
 @dataclass(frozen=True)
@@ -163,8 +169,15 @@ def build_emoji_corpus(
         text = emoji_text(entry, annotations)
         if entry.emoji.replace(VARIATION_SELECTOR_16, "") not in annotations:
             report.note("no CLDR keywords", label)
-        items.append(Item(id=entry.item_id, image_path=str(path.resolve()), text=text, labels=(entry.group,),
-                          extra={"emoji": entry.emoji, "name": entry.name, "group": entry.group, "subgroup": entry.subgroup}))
+        items.append(
+            Item(
+                id=entry.item_id,
+                image_path=str(path.resolve()),
+                text=text,
+                labels=(entry.group,),
+                extra={"emoji": entry.emoji, "name": entry.name, "group": entry.group, "subgroup": entry.subgroup},
+            )
+        )
     groups = list(dict.fromkeys(it.labels[0] for it in items))
     splits = stratified_split(items, groups, seed=seed)
     if labels == "subgroup":
@@ -175,8 +188,12 @@ def build_emoji_corpus(
         # learned); the items of the others keep their group alone.
         in_train = {it.extra["subgroup"] for it in items if it.id in set(splits["train"])}
         subgroups = [g for g in dict.fromkeys(it.extra["subgroup"] for it in items) if g in in_train]
-        items = [dataclasses.replace(it, labels=(it.extra["group"],) + ((it.extra["subgroup"],) if it.extra["subgroup"] in in_train
-                                                                        else ())) for it in items]
+        items = [
+            dataclasses.replace(
+                it, labels=(it.extra["group"],) + ((it.extra["subgroup"],) if it.extra["subgroup"] in in_train else ())
+            )
+            for it in items
+        ]
         groups = groups + subgroups
     corpus = Corpus(items=items, label_names=groups, name="emoji-demo", multilabel=labels == "both")
     corpus.splits = splits
@@ -229,8 +246,10 @@ class _Renderer:
         try:
             self.font = ImageFont.truetype(str(font_path), NOTO_STRIKE_SIZE, layout_engine=layout)
         except OSError as exc:
-            raise OSError(f"cannot load the emoji font {font_path} at size {NOTO_STRIKE_SIZE}: {exc} "
-                          f"(expected Noto Color Emoji from the Debian package fonts-noto-color-emoji)") from exc
+            raise OSError(
+                f"cannot load the emoji font {font_path} at size {NOTO_STRIKE_SIZE}: {exc} "
+                f"(expected Noto Color Emoji from the Debian package fonts-noto-color-emoji)"
+            ) from exc
         self.advance = self.font.getlength(_REFERENCE_EMOJI)
         self.has_raqm = layout == ImageFont.Layout.RAQM
 

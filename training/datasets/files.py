@@ -1,6 +1,8 @@
 """File checks shared by the loaders: cheap image verification, tolerant text reading, whitespace-tolerant lookup."""
+
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -53,14 +55,40 @@ def resolve_listed(base: Path, name: str, report: LoadReport, item: str) -> Path
 
 
 def index_files(directory: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> dict[str, list[Path]]:
-    """Map each file's stripped stem to its paths under `directory` (recursive), for lists that name files by stem."""
+    """Map each file's stripped stem to its paths under `directory` (recursive), for lists that name files by stem.
+
+    Whitespace around the stem or after the suffix ('x .jpg', 'x.jpg ') is ignored for the match; the loader reports
+    such files (`stray_whitespace`), since a list that names 'x' then silently reads a file that is not called 'x.jpg'.
+    """
     index: dict[str, list[Path]] = {}
     if not directory.is_dir():
         return index
     for dirpath, dirnames, filenames in os.walk(directory):
         dirnames.sort()
         for filename in sorted(filenames):
-            path = Path(dirpath) / filename
-            if path.suffix.lower() in suffixes and not filename.startswith("."):
-                index.setdefault(path.stem.strip(), []).append(path)
+            clean = Path(filename.strip())
+            if clean.suffix.lower() in suffixes and not filename.startswith("."):
+                index.setdefault(clean.stem.strip(), []).append(Path(dirpath) / filename)
     return index
+
+
+def stray_whitespace(path: Path) -> bool:
+    """Whether a file's name has whitespace around its stem or suffix (which `index_files` matched regardless)."""
+    name = path.name
+    clean = Path(name.strip())
+    return name != name.strip() or clean.stem != clean.stem.strip()
+
+
+def identical_files(paths: dict[str, Path]) -> list[list[str]]:
+    """Groups (two or more keys, in the order given) whose files are byte-identical; sizes first, then sha256."""
+    by_size: dict[int, list[str]] = {}
+    for key, path in paths.items():
+        by_size.setdefault(path.stat().st_size, []).append(key)
+    groups: dict[str, list[str]] = {}
+    for keys in by_size.values():
+        if len(keys) < 2:
+            continue
+        for key in keys:
+            groups.setdefault(hashlib.sha256(paths[key].read_bytes()).hexdigest(), []).append(key)
+    order = {key: i for i, key in enumerate(paths)}
+    return sorted((sorted(g, key=order.__getitem__) for g in groups.values() if len(g) > 1), key=lambda g: order[g[0]])

@@ -1,4 +1,5 @@
 """ImageNet sample (1 photo per ILSVRC class) with WordNet text and coarse labels, from its metadata.json."""
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,9 @@ def load_imagenet_sample(
     root = Path(root)
     meta_path = root / METADATA_FILE
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} is missing: {root} is not the imagenet-sample-wordnet folder (see its MANIFEST.txt)")
+        raise FileNotFoundError(
+            f"{meta_path} is missing: {root} is not the imagenet-sample-wordnet folder (see its MANIFEST.txt)"
+        )
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     for key in ("coarse_classes", "items"):
         if key not in meta:
@@ -59,10 +62,21 @@ def load_imagenet_sample(
             report.skip("corrupt image", item_id, f"{image_path}: {problem}")
             continue
         seen.add(item_id)
-        items.append(Item(id=item_id, image_path=str(image_path.resolve()), text=text, labels=tuple(labels),
-                          extra={"imagenet_index": record.get("imagenet_index"), "synset_words": record.get("synset_words", [])}))
-    corpus = Corpus(items=items, label_names=classes, multilabel=multilabel,
-                    name="imagenet-sample-multilabel" if multilabel else "imagenet-sample")
+        items.append(
+            Item(
+                id=item_id,
+                image_path=str(image_path.resolve()),
+                text=text,
+                labels=tuple(labels),
+                extra={"imagenet_index": record.get("imagenet_index"), "synset_words": record.get("synset_words", [])},
+            )
+        )
+    corpus = Corpus(
+        items=items,
+        label_names=classes,
+        multilabel=multilabel,
+        name="imagenet-sample-multilabel" if multilabel else "imagenet-sample",
+    )
     corpus.splits = stratified_split(items, classes, fractions, seed)
     return corpus, report.finish(len(items))
 

@@ -1,4 +1,5 @@
 """Pascal Sentence (UIUC, 1000 images x 5 sentences, 20 classes): combined or UIUC's dataset/ + sentence/ layout."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,7 +48,9 @@ def load_pascal_sentence(
             report.skip("missing text", item_id, f"no sentence file {stem}.txt for {image_path}")
             continue
         if any(p.stem != p.stem.strip() or p.parent.name != cls for p in (image_path, sentence_path)):
-            report.note("stray whitespace in name", item_id, f"{image_path.relative_to(root)} / {sentence_path.relative_to(root)}")
+            report.note(
+                "stray whitespace in name", item_id, f"{image_path.relative_to(root)} / {sentence_path.relative_to(root)}"
+            )
         if verify_images and (problem := image_problem(image_path)):
             report.skip("corrupt image", item_id, f"{image_path}: {problem}")
             continue
@@ -58,8 +61,11 @@ def load_pascal_sentence(
             continue
         if len(lines) != SENTENCES_PER_IMAGE:
             report.note(f"not {SENTENCES_PER_IMAGE} sentences", item_id, f"{len(lines)} in {sentence_path}")
-        items.append(Item(id=item_id, image_path=str(image_path.resolve()), text=" ".join(lines), labels=(cls,),
-                          extra={"sentences": lines}))
+        items.append(
+            Item(
+                id=item_id, image_path=str(image_path.resolve()), text=" ".join(lines), labels=(cls,), extra={"sentences": lines}
+            )
+        )
     corpus = Corpus(items=items, label_names=classes, name="pascal-sentence")
     corpus.splits = stratified_split(items, classes, seed=seed, per_class=per_class or PER_CLASS_SPLIT)
     return corpus, report.finish(len(items))

@@ -1,4 +1,5 @@
 """One entry point for every dataset kind: load_dataset(kind, root, **options) -> (Corpus, LoadReport)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

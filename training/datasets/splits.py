@@ -1,4 +1,5 @@
 """Seeded, stratified train/val/test splits whose sizes match the requested fractions exactly overall."""
+
 from __future__ import annotations
 
 import math
@@ -77,7 +78,9 @@ def allocate(
         unknown = sorted(set(per_class) - set(split_names))
         rest = [s for s in split_names if s not in per_class]
         if unknown or len(rest) != 1:
-            raise ValueError(f"per_class must name all splits but one of {split_names} (that one takes the rest); got {dict(per_class)}")
+            raise ValueError(
+                f"per_class must name all splits but one of {split_names} (that one takes the rest); got {dict(per_class)}"
+            )
         counts = {g: _counts_fixed(len(ids), split_names, per_class) for g, ids in groups.items()}
     position = {item_id: i for i, item_id in enumerate(order)}
     assignment: dict[str, str] = {}
@@ -87,7 +90,7 @@ def allocate(
         random.Random(f"{seed}/{group}").shuffle(ids)
         start = 0
         for split, n in zip(split_names, counts[group]):
-            for item_id in ids[start:start + n]:
+            for item_id in ids[start : start + n]:
                 assignment[item_id] = split
             start += n
     out: dict[str, list[str]] = {s: [] for s in split_names}
@@ -123,7 +126,9 @@ def _counts_by_fraction(sizes: dict[str, int], fractions: list[float]) -> dict[s
                 c[s] -= 1
     need_group = {g: sizes[g] - sum(counts[g]) for g in groups}
     need_split = [targets[s] - sum(counts[g][s] for g in groups) for s in range(n_splits)]
-    cells = sorted(((g, s) for g in groups for s in active), key=lambda gs: (-(ideal[gs[0]][gs[1]] - counts[gs[0]][gs[1]]), gs[0], gs[1]))
+    cells = sorted(
+        ((g, s) for g in groups for s in active), key=lambda gs: (-(ideal[gs[0]][gs[1]] - counts[gs[0]][gs[1]]), gs[0], gs[1])
+    )
     for g, s in cells:
         if need_group[g] > 0 and need_split[s] > 0:
             counts[g][s] += 1

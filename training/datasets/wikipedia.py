@@ -1,4 +1,5 @@
 """The Wikipedia cross-modal benchmark (Rasiwasia et al., ACM MM 2010) in the layout of UCSD SVCL's wikipedia_dataset.tgz."""
+
 from __future__ import annotations
 
 import html
@@ -9,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from model.corpus import Corpus, Item
-from training.datasets.files import image_problem, index_files, read_text
+from training.datasets.files import identical_files, image_problem, index_files, read_text, stray_whitespace
 from training.datasets.report import LoadReport
 from training.datasets.splits import carve_validation
 
@@ -36,7 +37,9 @@ def load_wikipedia(
     """Load the raw Wikipedia benchmark: official train/test lists, val carved from train (stratified, seeded)."""
     root = find_wikipedia_root(Path(root))
     report = LoadReport(dataset="wikipedia")
-    categories = [line.strip() for line in read_text(root / CATEGORIES_FILE, report, CATEGORIES_FILE).splitlines() if line.strip()]
+    categories = [
+        line.strip() for line in read_text(root / CATEGORIES_FILE, report, CATEGORIES_FILE).splitlines() if line.strip()
+    ]
     if not categories:
         raise ValueError(f"{root / CATEGORIES_FILE} is empty; it must list the category names, one a line")
     rows: list[tuple[str, str, list[str]]] = []
@@ -71,6 +74,12 @@ def load_wikipedia(
         if image_path is None:
             report.skip("missing image", item, f"no image {img_id}.* under {root / 'images'}")
             continue
+        if stray_whitespace(image_path):
+            report.note(
+                "image file name with stray whitespace",
+                item,
+                f"list names {img_id!r}, matched file {image_path.name!r} in {image_path.parent}",
+            )
         if verify_images and (problem := image_problem(image_path)):
             report.skip("corrupt image", item, f"{image_path}: {problem}")
             continue
@@ -78,14 +87,26 @@ def load_wikipedia(
         if text_path is None:
             report.skip("missing text", item, f"no {txt_id}.xml or {txt_id}.txt under {root / 'texts'}")
             continue
-        text = article_text(read_text(text_path, report, item), report, item) if text_path.suffix.lower() == ".xml" \
+        text = (
+            article_text(read_text(text_path, report, item), report, item)
+            if text_path.suffix.lower() == ".xml"
             else read_text(text_path, report, item).strip()
+        )
+        if stray_whitespace(text_path):
+            report.note("text file name with stray whitespace", item, f"list names {txt_id!r}, matched file {text_path.name!r}")
         if not text:
             report.skip("empty text", item, str(text_path))
             continue
         official[txt_id] = split
-        items.append(Item(id=txt_id, image_path=str(image_path.resolve()), text=text, labels=(category,),
-                          extra={"img_id": img_id, "official_split": split}))
+        items.append(
+            Item(
+                id=txt_id,
+                image_path=str(image_path.resolve()),
+                text=text,
+                labels=(category,),
+                extra={"img_id": img_id, "official_split": split},
+            )
+        )
     corpus = Corpus(items=items, label_names=categories, name="wikipedia")
     train = [it.id for it in items if official[it.id] == "train"]
     train_labels = {it.id: it.labels[0] for it in items}
@@ -94,6 +115,8 @@ def load_wikipedia(
     else:
         val = []
     corpus.splits = {"train": train, "val": val, "test": [it.id for it in items if official[it.id] == "test"]}
+    # Byte-identical images are reported, not removed: the official lists define the benchmark.
+    report.duplicate_images(identical_files({it.id: Path(it.image_path) for it in items}), official)
     return corpus, report.finish(len(items))
 
 

@@ -1,0 +1,144 @@
+"""Dying sentence-CNN feature maps: how many maps still fire after DSCMR training, how many texts get an all-zero text
+feature, and the mAP, per choice of what follows max-over-time pooling (issue 19, item 7).
+
+    .venv/bin/python bench/sentence_cnn_maps.py                              # the recorded run
+    .venv/bin/python bench/sentence_cnn_maps.py --epochs 5 --seeds 0 --out /tmp/maps.json   # a quick look
+
+Data: a generated topic corpus (`tests.fixtures_data.topic_corpus`): `--items` pairs in 10 classes; each text draws its words from a
+Zipf-distributed common vocabulary and, with probability 0.2 per word, from its class's 60 topic words; 5% of texts
+are 1-3 words long (the rest 8-39). Image features are the class's random prototype plus Gaussian noise (`--noise`).
+The split is 70/15/15 in item order. Text: the sentence CNN on word2vec trained on the training texts (as
+`training prepare --text sentence_cnn` builds it). Training: the wiki-tuned preset (Adam lr 1e-3, cosine, no dropout:
+the setting in which the defect was found), `--epochs`, selected on validation mAP.
+
+Variants: relu (Kim 2014 and the paper: ReLU after pooling), leaky_relu (slope 0.01), pool_norm (batch norm of the
+pooled maps before ReLU). Per variant and seed: live maps (a positive pooled value on at least one training text) at
+initialisation, at the selected epoch and at the last epoch; texts of all splits on which no map fires (all-zero
+features with ReLU); validation and test average mAP of the selected model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+VARIANTS = {"relu": {}, "leaky_relu": {"activation": "leaky_relu"}, "pool_norm": {"pool_norm": True}}
+
+
+def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train one variant on the corpus of `seed`; return its map and mAP figures."""
+    import numpy as np
+    import torch
+
+    from model.sentence_cnn import TextEncoderConfig
+    from model.text import build_sentence_cnn
+    from tests.fixtures_data import topic_corpus
+    from training.config import preset, with_dims
+    from training.features import FeatureSplits, SplitArrays
+    from training.train import evaluate_model, train_dscmr
+
+    torch.set_num_threads(args.threads)
+    texts, labels, images = topic_corpus(args.items, seed=seed, noise=args.noise)
+    y = np.eye(labels.max() + 1, dtype=np.float32)[labels]
+    n = len(texts)
+    rows = np.arange(n)
+    parts = {"train": rows[: int(0.7 * n)], "val": rows[int(0.7 * n) : int(0.85 * n)], "test": rows[int(0.85 * n) :]}
+    text_cfg = TextEncoderConfig(
+        kind="sentence_cnn", embed_dim=args.embed_dim, maps=args.maps, min_count=2, max_len=64, **VARIANTS[variant]
+    )
+    torch.manual_seed(seed)
+    bundle = build_sentence_cnn(text_cfg, [texts[i] for i in parts["train"]], seed=seed)
+    ids = bundle.vocab.encode(texts, max_len=text_cfg.max_len).numpy().astype(np.int64)
+    splits = {k: SplitArrays(images[r], ids[r], y[r], [str(i) for i in r]) for k, r in parts.items()}
+    data = FeatureSplits(**splits, label_names=[str(c) for c in range(y.shape[1])], name="topic-corpus", text_is_tokens=True)
+    cfg = preset("wiki-tuned", epochs=args.epochs, progress=False, device="cpu", seed=seed)
+    cfg = with_dims(cfg, images.shape[1], bundle.encoder.output_dim, y.shape[1])
+    train_ids = torch.from_numpy(ids[parts["train"]])
+    init = bundle.encoder.map_activity(train_ids)
+    started = time.perf_counter()
+    result = train_dscmr(data, cfg, text_encoder=bundle.encoder)
+    wall = time.perf_counter() - started
+    selected = result.model.text_encoder
+    at_best = selected.map_activity(train_ids)
+    everything = selected.map_activity(torch.from_numpy(ids))
+    test = evaluate_model(result.model, data, "test")
+    last = result.history[-1]
+    return {
+        "variant": variant,
+        "seed": seed,
+        "maps": init.maps,
+        "live_init": init.live_fraction,
+        "live_selected": at_best.live_fraction,
+        "live_last": last.get("text_live_maps"),
+        "silent_texts_selected": everything.silent_texts,
+        "texts": everything.texts,
+        "silent_last": last.get("text_silent"),
+        "best_epoch": result.best_epoch,
+        "val_map": result.best_val.avg,
+        "test_map": test.avg,
+        "train_wall_s": round(wall, 1),
+        "live_per_epoch": [h.get("text_live_maps") for h in result.history],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=800)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--embed-dim", type=int, default=100)
+    parser.add_argument("--maps", type=int, default=100, help="maps per kernel width (3 widths)")
+    parser.add_argument("--noise", type=float, default=2.0, help="image-feature noise around the class prototype")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per case")
+    parser.add_argument("--jobs", type=int, default=2, help="cases trained at once (processes)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "sentence_cnn_maps.json")
+    args = parser.parse_args(argv)
+    from bench.machine import describe, detect_machine
+
+    before = detect_machine()
+    cases = [(v, int(s)) for s in args.seeds.split(",") for v in args.variants.split(",")]
+    if args.jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = list(pool.map(run_variant, *zip(*cases), [args] * len(cases)))
+    else:
+        rows = [run_variant(v, s, args) for v, s in cases]
+    after = detect_machine()
+    print(
+        f"{'variant':<12}{'seed':>5}{'live init':>10}{'live sel':>10}{'live last':>10}{'silent':>8}{'best ep':>8}"
+        f"{'val mAP':>9}{'test mAP':>9}"
+    )
+    for r in rows:
+        print(
+            f"{r['variant']:<12}{r['seed']:>5}{r['live_init']:>10.3f}{r['live_selected']:>10.3f}{r['live_last']:>10.3f}"
+            f"{r['silent_texts_selected']:>8}{r['best_epoch']:>8}{r['val_map']:>9.4f}{r['test_map']:>9.4f}"
+        )
+    print(describe(before, after))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "machine_before": before,
+                "machine_after": after,
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,6 +11,20 @@ from pathlib import Path
 from model.config import loss_for_ablation
 
 
+def train_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The training-schedule options given on the command line (train and finetune share them)."""
+    given = {
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "device": args.device,
+        "early_stopping_patience": args.early_stopping,
+        "checkpoint_every": args.checkpoint_every,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that choose the training data (exactly one)."""
     src = parser.add_mutually_exclusive_group(required=True)
@@ -49,19 +63,7 @@ def build_config(args: argparse.Namespace, data, prepared=None):
         for section, values in json.loads(Path(args.config).read_text()).items():
             merged[section].update(values)
         cfg = from_dict(DSCMRConfig, merged)
-    overrides = {
-        k: v
-        for k, v in {
-            "epochs": args.epochs,
-            "seed": args.seed,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "device": args.device,
-            "early_stopping_patience": args.early_stopping,
-            "checkpoint_every": args.checkpoint_every,
-        }.items()
-        if v is not None
-    }
+    overrides = train_overrides(args)
     if args.no_progress:
         overrides["progress"] = False
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
@@ -319,19 +321,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from training.config import preset
     from training.finetune import FinetuneConfig, finetune_and_save
 
-    overrides = {
-        k: v
-        for k, v in {
-            "epochs": args.epochs,
-            "seed": args.seed,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "device": args.device,
-            "early_stopping_patience": args.early_stopping,
-            "checkpoint_every": args.checkpoint_every,
-        }.items()
-        if v is not None
-    }
+    overrides = train_overrides(args)
     if args.no_progress:
         overrides["progress"] = False
     cfg = FinetuneConfig(

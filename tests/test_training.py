@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from tests.fixtures_data import WIKI_CATEGORIES, WIKI_FEATURES, needs_real_wiki, write_wiki_features
 from tests.test_artefact import tiny_config, tiny_splits
 from training.features import DataValidationError, load_wiki_features, one_hot, save_feature_splits
-from training.train import train_dscmr
+from training.train import make_adam, train_dscmr
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,6 +45,29 @@ def test_same_seed_same_model_and_selection_on_validation():
     assert set(a.history[0]) >= {"j1", "j2", "j3", "val_i2t", "val_t2i", "val_avg"}
     c = train_dscmr(data, tiny_config(6, seed=1))
     assert not torch.equal(a.model.shared.weight, c.model.shared.weight)
+
+
+def test_multi_tensor_adam_gives_the_weights_of_the_per_parameter_loop():
+    """The trainer's Adam (multi-tensor, also on CPU for speed) against PyTorch's plain per-parameter loop."""
+    cfg = tiny_config()
+    data = tiny_splits()
+    weights = {}
+    for name, make in (
+        ("trainer", lambda params: make_adam(params, cfg.train)),
+        ("reference", lambda params: torch.optim.Adam(params, lr=cfg.train.lr, betas=cfg.train.betas, foreach=False)),
+    ):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(data.train.image.shape[1], 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+        opt = make(net.parameters())
+        x = torch.from_numpy(data.train.image)
+        for step in range(30):
+            loss = (net(x) ** 2).mean() + step * 1e-3 * net[0].weight.abs().sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        weights[name] = net.state_dict()
+    for key, ref in weights["reference"].items():
+        assert torch.equal(weights["trainer"][key], ref), key
 
 
 def test_early_stopping_stops_and_keeps_best():

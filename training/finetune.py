@@ -52,6 +52,7 @@ from training.train import (
     backward_and_step,
     build_model,
     check_device,
+    make_adam,
     record_epoch,
     resolve_device,
     seed_everything,
@@ -246,7 +247,7 @@ def finetune(
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": tc.lr}]
     if backbone_params:
         groups.append({"params": backbone_params, "lr": tc.lr * cfg.backbone_lr_scale})
-    optimizer = torch.optim.Adam(groups, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    optimizer = make_adam(groups, tc)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs) if tc.lr_schedule == "cosine" else None
     autocast, scaler = _amp_context(device, tc.amp)
 

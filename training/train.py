@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from model.config import to_dict
 from model.losses import dscmr_loss, ridge_classifier
 from model.network import DSCMRNet
-from training.config import DSCMRConfig, fit_to_labels, loss_terms
+from training.config import DSCMRConfig, TrainConfig, fit_to_labels, loss_terms
 from training.distributed import all_gather_with_grad, all_reduce_sum, broadcast_flag, init_from_env
 from training.evaluation import (
     CrossModalRecall,
@@ -138,6 +138,15 @@ def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scal
     else:
         loss.backward()
         optimizer.step()
+
+
+def make_adam(params: Any, tc: TrainConfig) -> torch.optim.Adam:
+    """Adam with the multi-tensor update on every device.
+
+    PyTorch only defaults to it on CUDA; on CPU the per-parameter loop took about a third of each step of the paper
+    preset, and the multi-tensor form computes the same weights bit for bit (tests/test_training.py checks it).
+    """
+    return torch.optim.Adam(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, foreach=True)
 
 
 def build_model(cfg: DSCMRConfig, text_encoder: nn.Module | None = None) -> DSCMRNet:
@@ -272,7 +281,7 @@ def train_dscmr(
         None if data.text_is_tokens else torch.from_numpy(data.train.text).to(device),
     )
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay)
+    optimizer = make_adam(params, tc)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs) if tc.lr_schedule == "cosine" else None
     autocast, scaler = _amp_context(device, tc.amp)
     step_module: nn.Module = model

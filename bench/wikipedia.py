@@ -435,6 +435,17 @@ def render(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_results(
+    out: Path, json_name: str, page_name: str, payload: dict[str, Any], render_page: Callable[[dict[str, Any]], str]
+) -> int:
+    """Write OUT/results/JSON_NAME whole and OUT/PAGE_NAME rendered from it; the exit status."""
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    (out / "results" / json_name).write_text(json.dumps(payload, indent=1, default=str))
+    (out / page_name).write_text(render_page(payload))
+    print(f"wrote {out / 'results' / json_name} and {out / page_name}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the JSON and Markdown results."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -475,11 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine_before": machine_before,
             "machine_after": detect_machine(),
         }
-        (out / "results").mkdir(parents=True, exist_ok=True)
-        (out / "results" / "wikipedia-sweep.json").write_text(json.dumps(payload, indent=1, default=str))
-        (out / "results-wikipedia-sweep.md").write_text(render_sweep(payload))
-        print(f"wrote {out / 'results' / 'wikipedia-sweep.json'} and {out / 'results-wikipedia-sweep.md'}")
-        return 0
+        return write_results(out, "wikipedia-sweep.json", "results-wikipedia-sweep.md", payload, render_sweep)
     sweep = None if args.skip_sweep else run_sweep(data, dims, cache, args.epochs)
 
     methods["DSCMR (paper)"] = run_dscmr("DSCMR (paper)", data, configured("paper", dims, args.epochs), cache)
@@ -538,11 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine_before": machine_before,
         "machine_after": detect_machine(),
     }
-    (out / "results").mkdir(parents=True, exist_ok=True)
-    (out / "results" / "wikipedia.json").write_text(json.dumps(payload, indent=1, default=str))
-    (out / "results.md").write_text(render(payload))
-    print(f"wrote {out / 'results' / 'wikipedia.json'} and {out / 'results.md'}")
-    return 0
+    return write_results(out, "wikipedia.json", "results.md", payload, render)
 
 
 if __name__ == "__main__":

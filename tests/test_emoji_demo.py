@@ -200,6 +200,8 @@ def test_locale_texts_are_in_its_script_with_english_where_it_has_no_name(debian
         assert it.text == texts_en[it.id]
     name = read_cldr_annotations(*locale_annotation_files(locale, SOURCES))["\U0001f600"][0]
     assert corpus.items[corpus.position("u1f600")].text.startswith(name + ". ")
+    face = corpus.items[corpus.position("u1f600")].extra
+    assert (face["name"], face["name_en"]) == (name, "grinning face")  # the service's caption is in the locale
     assert load_corpus(save_corpus(corpus, tmp_path / "corpus")).language == locale
 
 

@@ -229,7 +229,7 @@ def build_emoji_corpus(
             if problem:
                 report.skip(problem, label)
                 continue
-        text, language = emoji_text(entry, annotations), "en" if translated else locale
+        text, language, name = emoji_text(entry, annotations), "en" if translated else locale, entry.name
         if entry.emoji.replace(VARIATION_SELECTOR_16, "") not in annotations:
             report.note("no CLDR keywords", label)
         if translated:
@@ -237,7 +237,7 @@ def build_emoji_corpus(
             if own is None:
                 report.note(f"no {locale} name, English text", label)
             else:
-                text, language = own, locale
+                text, language, name = own, locale, local[entry.emoji.replace(VARIATION_SELECTOR_16, "")][0]
         items.append(
             Item(
                 id=entry.item_id,
@@ -246,7 +246,9 @@ def build_emoji_corpus(
                 labels=(entry.group,),
                 extra={
                     "emoji": entry.emoji,
-                    "name": entry.name,
+                    # the service shows it as the picture's caption: in the texts' language, the English one beside it
+                    "name": name,
+                    **({"name_en": entry.name} if name != entry.name else {}),
                     "group": entry.group,
                     "subgroup": entry.subgroup,
                     **({"text_language": language} if locale != "en" else {}),

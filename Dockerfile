@@ -17,16 +17,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-# The demo's source data (emoji font, CLDR keywords, emoji-test.txt; of CLDR only the English annotations, not its other
-# 230 MB), libfribidi0 (Pillow's wheels load it at run time for libraqm, which renders multi-code-point emoji such as
+# The demo's source data (emoji font, CLDR keywords, emoji-test.txt; of CLDR only the emoji annotations of every locale,
+# about 90 MB, so that DSCMR_DEMO_LOCALE can pick the demo's language, not its other 140 MB), libfribidi0 (Pillow's wheels load it at run time for libraqm, which renders multi-code-point emoji such as
 # family and flag sequences), and a user without privileges that owns /data, so that a new named volume mounted there
 # is writable by it. Versions are not pinned: Debian's archive drops superseded ones, and the base tag pins the release.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends fonts-noto-color-emoji unicode-cldr-core unicode-data libfribidi0 \
     && rm -rf /var/lib/apt/lists/* \
-    && find /usr/share/unicode/cldr -type f ! -path '*/common/annotations/en.xml' \
-        ! -path '*/common/annotationsDerived/en.xml' -delete \
+    && find /usr/share/unicode/cldr -type f ! -path '*/common/annotations/*.xml' \
+        ! -path '*/common/annotationsDerived/*.xml' -delete \
     && groupadd --system --gid 10001 dscmr \
     && useradd --no-log-init --uid 10001 --gid dscmr --create-home --home-dir /home/dscmr --shell /usr/sbin/nologin dscmr \
     && install -d -o dscmr -g dscmr /data
@@ -80,8 +80,10 @@ RUN pip install --no-deps --no-build-isolation /tmp/dscmr-src \
     && dscmr-serve --help >/dev/null && dscmr-index --help >/dev/null && dscmr-train --help >/dev/null
 
 # Artefacts live on the /data volume; the service binds every interface inside the container.
+# DSCMR_DEMO_LOCALE: the CLDR locale of the demo's texts (`python -m training demo --locale`), English by default.
 ENV DSCMR_ARTIFACTS=/data \
     DSCMR_INDEX_ROOT=/data/index \
+    DSCMR_DEMO_LOCALE=en \
     DSCMR_HOST=0.0.0.0 \
     DSCMR_PORT=8000 \
     OMP_WAIT_POLICY=PASSIVE

@@ -155,10 +155,15 @@ class SearchResponse(BaseModel):
     took_ms: float = Field(description="time spent in the service for this request")
     unknown_words: list[str] | None = Field(
         None,
-        description="text searches with a word-vector model: the query's words (character n-grams for scripts written "
-        "without spaces) that the model's vocabulary lacks; each reaches the model as the one unknown-word "
-        "token, so a query made only of them finds nothing in particular (see query_problem). With a tf-idf "
-        "model: the words none of whose longest character n-grams (or the word itself) the model knows",
+        description="text searches: the query's words that reach the model as unknown, in order, once each; "
+        "punctuation is never listed; null for a sentence-embedding model (MiniLM), which has no word list. "
+        "With a word-vector model: the tokens its vocabulary lacks (words; for Chinese, jieba's words, and for "
+        "other scripts written without spaces, characters and character pairs); a Chinese compound the "
+        "vocabulary lacks (篮球比赛) is first split into the known words it is made of (篮球, 比赛), so only "
+        "characters no known word covers are listed, adjacent ones together. Each listed token reaches the "
+        "model as the one unknown-word token, so a query made only of them finds nothing in particular (see "
+        "query_problem). With a tf-idf model: the words none of whose longest character n-grams (or the word "
+        "itself, compounds split as above) the model knows",
     )
     query_problem: Literal["no_known_words", "degenerate_vector"] | None = Field(
         None,

@@ -33,6 +33,8 @@ class Corpus:
     splits: dict[str, list[str]] = field(default_factory=dict)
     multilabel: bool = False
     name: str = "corpus"
+    # The language of the texts as a CLDR locale ("zh", "ar", "en_GB"), when the source says (the emoji demo does).
+    language: str | None = None
 
     def __post_init__(self) -> None:
         ids = [it.id for it in self.items]
@@ -80,6 +82,8 @@ def save_corpus(corpus: Corpus, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     _atomic_write(directory / ITEMS_FILE, "".join(json.dumps(asdict(it), ensure_ascii=False) + "\n" for it in corpus.items))
     meta = {"name": corpus.name, "label_names": corpus.label_names, "splits": corpus.splits, "multilabel": corpus.multilabel}
+    if corpus.language is not None:
+        meta["language"] = corpus.language
     _atomic_write(directory / CORPUS_FILE, json.dumps(meta, ensure_ascii=False, indent=1))
     return directory
 
@@ -113,6 +117,7 @@ def load_corpus(directory: str | Path) -> Corpus:
         splits={k: list(v) for k, v in meta.get("splits", {}).items()},
         multilabel=bool(meta.get("multilabel", False)),
         name=meta.get("name", directory.name),
+        language=meta.get("language"),
     )
 
 

@@ -217,6 +217,19 @@ class MiniLMSentenceEncoder:
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.output_dim = int(dimension())
 
+    def unknown_token_fraction(self, texts: Sequence[str]) -> float:
+        """The share of the word pieces of `texts` that the model's vocabulary lacks ([UNK]), 0 for no pieces.
+
+        MiniLM's vocabulary is BERT's English word pieces: most Chinese, Japanese and Korean characters are [UNK], so
+        a corpus in those languages reaches the model as a string of one unknown token."""
+        tokenizer = self.model.tokenizer
+        unknown = tokenizer.unk_token_id
+        pieces = unknowns = 0
+        for ids in tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]:
+            pieces += len(ids)
+            unknowns += sum(1 for i in ids if i == unknown)
+        return unknowns / pieces if pieces else 0.0
+
     def encode(self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
         """Unit-length sentence vectors, float32 N x output_dim, in the order of `texts`."""
         if isinstance(texts, str):

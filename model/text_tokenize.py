@@ -15,6 +15,10 @@ Decisions (documented here because a saved vocabulary depends on them):
   Chinese (a Han run in a text without kana) with jieba when the vocabulary was built with it, otherwise
   every such run becomes overlapping units and bigrams in reading order: "东京都" -> 东, 东京, 京, 京都, 都
   (a unit is a grapheme cluster, so Thai vowels and tone marks stay on their consonant).
+* jieba keeps compounds whole ("篮球比赛", basketball match, is one word). Given the vocabulary
+  (`Vocabulary.tokenize`, `tokenize(..., known=...)`), a jieba word the vocabulary lacks is split into the
+  fewest known parts ("篮球", "比赛"); only characters no known part covers stay unknown, adjacent ones kept
+  together as one token. Building a vocabulary does not split: the corpus's own words are the vocabulary.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import os
 import tempfile
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -144,6 +148,54 @@ def _jieba_words(run: str) -> list[str]:
     return [w for w in _jieba().lcut(run) if w.strip()]
 
 
+# Longest known part tried when splitting a compound; Chinese dictionary words rarely exceed it.
+_MAX_PART_UNITS = 8
+
+
+def split_compound(word: str, known: Callable[[str], bool]) -> list[str]:
+    """`word` itself when `known`, else its split into the fewest unknown characters, then the fewest parts.
+
+    Parts are known substrings (grapheme clusters as units); runs of characters that no known part covers stay
+    together as one token, so a wholly unknown word comes back unchanged."""
+    if known(word):
+        return [word]
+    units = _GRAPHEME.findall(word)
+    n = len(units)
+    # best[i]: (unknown units, parts, previous cut, whether the last part is unknown) for units[:i]
+    best: list[tuple[int, int, int, bool] | None] = [None] * (n + 1)
+    best[0] = (0, 0, 0, False)
+    for end in range(1, n + 1):
+        for start in range(max(0, end - _MAX_PART_UNITS), end):
+            prev = best[start]
+            if prev is None:
+                continue
+            piece = "".join(units[start:end])
+            if known(piece):
+                cost = (prev[0], prev[1] + 1, start, False)
+            elif end - start == 1:
+                cost = (prev[0] + 1, prev[1] + 1, start, True)
+            else:
+                continue
+            if best[end] is None or cost[:2] < best[end][:2]:
+                best[end] = cost
+    parts: list[tuple[str, bool]] = []
+    end = n
+    while end > 0:
+        _, _, start, unknown = best[end]
+        parts.append(("".join(units[start:end]), unknown))
+        end = start
+    parts.reverse()
+    out: list[str] = []
+    previous_unknown = False
+    for piece, unknown in parts:
+        if unknown and previous_unknown:
+            out[-1] += piece  # one unknown token per uncovered run, as the word was before the split
+        else:
+            out.append(piece)
+        previous_unknown = unknown
+    return out
+
+
 def load_segmenter(config: TokenizerConfig) -> bool:
     """Load the Chinese segmenter's dictionary now when `config` segments with jieba (True), else do nothing (False).
 
@@ -163,8 +215,9 @@ def _is_punctuation(token: str) -> bool:
     return all(unicodedata.category(ch).startswith("P") for ch in token)
 
 
-def tokenize(text: str, config: TokenizerConfig | None = None) -> list[str]:
-    """Split `text` into normalised word tokens (see the module docstring for the rules)."""
+def tokenize(text: str, config: TokenizerConfig | None = None, known: Callable[[str], bool] | None = None) -> list[str]:
+    """Split `text` into normalised word tokens (see the module docstring for the rules); with `known`, jieba words
+    it rejects are split into known parts (`split_compound`)."""
     if not isinstance(text, str):
         raise TypeError(f"tokenize expects a str, got {type(text).__name__}")
     config = (config or TokenizerConfig()).resolved()
@@ -175,7 +228,8 @@ def tokenize(text: str, config: TokenizerConfig | None = None) -> list[str]:
         kind, piece = match.lastgroup, match.group()
         if kind == "nospace":
             if config.cjk == "jieba" and not japanese and _HAN.search(piece) and not _KANA.search(piece):
-                tokens.extend(_jieba_words(piece))
+                for word in _jieba_words(piece):
+                    tokens.extend(split_compound(word, known) if known else [word])
             else:
                 tokens.extend(_unit_bigrams(piece))
             continue
@@ -280,8 +334,8 @@ class Vocabulary:
         return self._ids.get(token, OOV_ID)
 
     def tokenize(self, text: str) -> list[str]:
-        """Tokens of `text` under the tokenizer this vocabulary was built with."""
-        return tokenize(text, self.tokenizer)
+        """Tokens of `text` under the tokenizer this vocabulary was built with, compounds it lacks split into known parts."""
+        return tokenize(text, self.tokenizer, known=self._ids.__contains__)
 
     def ids(self, text: str) -> list[int]:
         """Token ids of one text (no padding, no truncation)."""

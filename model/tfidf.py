@@ -17,7 +17,7 @@ import base64
 import dataclasses
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -64,8 +64,9 @@ class TfidfConfig:
             raise ValueError(f"tfidf dim must be >= 1 and max_features >= 2 (or None), got {self.dim} and {self.max_features}")
 
 
-def analyze(text: str, cfg: TfidfConfig) -> list[str]:
-    """The n-grams of `text` under `cfg` (character n-grams prefixed 'c:', word n-grams 'w:', so they never collide)."""
+def analyze(text: str, cfg: TfidfConfig, known: Callable[[str], bool] | None = None) -> list[str]:
+    """The n-grams of `text` under `cfg` (character n-grams prefixed 'c:', word n-grams 'w:', so they never collide);
+    with `known`, Chinese compounds it rejects are split into known words first (`text_tokenize.split_compound`)."""
     features: list[str] = []
     if cfg.analyzer in ("char", "char+word"):
         clean = " ".join(_clean(text).split())
@@ -73,7 +74,7 @@ def analyze(text: str, cfg: TfidfConfig) -> list[str]:
         for n in range(low, high + 1):
             features += ["c:" + clean[i : i + n] for i in range(len(clean) - n + 1) if not clean[i : i + n].isspace()]
     if cfg.analyzer in ("word", "char+word"):
-        tokens = [t for t in tokenize(text, cfg.tokenizer) if any(ch.isalnum() for ch in t)]
+        tokens = [t for t in tokenize(text, cfg.tokenizer, known) if any(ch.isalnum() for ch in t)]
         low, high = cfg.word_ngrams
         for n in range(low, high + 1):
             features += ["w:" + " ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
@@ -134,7 +135,7 @@ class TfidfTextModel:
 
         rows, cols, values = [], [], []
         for r, text in enumerate(texts):
-            counts = Counter(self.index[f] for f in analyze(text, self.cfg) if f in self.index)
+            counts = Counter(self.index[f] for f in analyze(text, self.cfg, self.knows_word) if f in self.index)
             if not counts:
                 continue
             cs = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
@@ -156,17 +157,24 @@ class TfidfTextModel:
 
     def known_features(self, texts: Sequence[str]) -> list[int]:
         """How many of each text's n-grams the model knows (0: the text reaches the model as nothing)."""
-        return [sum(1 for f in analyze(t, self.cfg) if f in self.index) for t in texts]
+        return [sum(1 for f in analyze(t, self.cfg, self.knows_word) if f in self.index) for t in texts]
 
     def unknown_words(self, text: str) -> list[str]:
         """The words of `text` (project tokenizer, alphanumeric tokens) the model does not know: neither the word itself
         (word n-grams) nor any of its longest character n-grams (the word's length, capped at the largest n); single
-        characters alone do not make a word known."""
+        characters alone do not make a word known. A Chinese compound the model lacks as a word is split into the words
+        it knows first, so only the uncovered characters are listed."""
         return list(
             dict.fromkeys(
-                t for t in tokenize(text, self.cfg.tokenizer) if any(ch.isalnum() for ch in t) and not self._word_known(t)
+                t
+                for t in tokenize(text, self.cfg.tokenizer, self.knows_word)
+                if any(ch.isalnum() for ch in t) and not self._word_known(t)
             )
         )
+
+    def knows_word(self, word: str) -> bool:
+        """Whether `word` is one of the model's word unigrams (what a compound may be split into)."""
+        return "w:" + word in self.index
 
     def _word_known(self, token: str) -> bool:
         if self.cfg.analyzer in ("word", "char+word") and "w:" + token in self.index:

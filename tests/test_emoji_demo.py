@@ -1,5 +1,9 @@
 """The emoji demo corpus, built from the real Debian package files (fonts-noto-color-emoji, unicode-cldr-core, unicode-data)."""
 
+import dataclasses
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -7,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model.corpus import load_corpus, save_corpus
 from training.datasets import EmojiSources, build_emoji_corpus, load_dataset
-from training.datasets.emoji_demo import read_cldr_annotations, read_emoji_test
+from training.datasets.emoji_demo import available_locales, locale_annotation_files, read_cldr_annotations, read_emoji_test
+from training.demo import DemoConfig, build_demo, demo_text_config, demo_text_option
 
 SOURCES = EmojiSources()
 GROUPS = [
@@ -168,3 +174,78 @@ def test_a_demo_build_without_progress_prints_no_progress_bars_or_alarms(debian_
     output = proc.stdout + proc.stderr
     assert "%|" not in output and "it/s]" not in output, output[-3000:]
     assert "WARNING" not in output and "map poorly" not in output, output[-3000:]
+
+
+# --- the demo in other languages (issue 19, item 2) ------------------------------------------------------------------
+SCRIPTS = {"zh": r"\p{Han}", "ar": r"\p{Arabic}", "de": r"[äöüßÄÖÜ]|\bGesicht\b"}
+
+
+@pytest.mark.parametrize("locale", ["zh", "ar", "de"])
+def test_locale_texts_are_in_its_script_with_english_where_it_has_no_name(debian_sources, built, tmp_path, locale):
+    import regex
+
+    out, english, _ = built
+    corpus, report = build_emoji_corpus(out, limit=90, image_size=64, locale=locale)  # the English build's images reused
+    assert corpus.language == locale and [it.id for it in corpus.items] == [it.id for it in english.items]
+    assert corpus.splits == english.splits and corpus.label_names == english.label_names
+    own = [it for it in corpus.items if it.extra["text_language"] == locale]
+    fallback = [it for it in corpus.items if it.extra["text_language"] == "en"]
+    assert len(own) >= 85 and len(own) + len(fallback) == 90
+    assert report.counts == {f"texts in {locale}": len(own), "texts in English (fallback)": len(fallback)}
+    script = regex.compile(SCRIPTS[locale])
+    assert all(script.search(it.text) for it in own if locale != "de")
+    assert sum(1 for it in own if script.search(it.text)) > 20  # German shares the Latin script: umlauts or "Gesicht"
+    texts_en = {it.id: it.text for it in english.items}
+    for it in fallback:  # an emoji newer than the locale's CLDR data keeps its English text
+        assert it.text == texts_en[it.id]
+    name = read_cldr_annotations(*locale_annotation_files(locale, SOURCES))["\U0001f600"][0]
+    assert corpus.items[corpus.position("u1f600")].text.startswith(name + ". ")
+    face = corpus.items[corpus.position("u1f600")].extra
+    assert (face["name"], face["name_en"]) == (name, "grinning face")  # the service's caption is in the locale
+    assert load_corpus(save_corpus(corpus, tmp_path / "corpus")).language == locale
+
+
+def test_an_item_the_locale_lacks_falls_back_to_english(debian_sources, built, tmp_path):
+    """A locale (written here) that names only the grinning face: every other item keeps its English text."""
+    out, english, _ = built
+    cldr = tmp_path / "cldr"
+    (cldr / "annotations").mkdir(parents=True)
+    (cldr / "annotations" / "xx.xml").write_text(
+        '<ldml><annotations><annotation cp="😀">rire | visage</annotation>'
+        '<annotation cp="😀" type="tts">visage rieur</annotation></annotations></ldml>',
+        encoding="utf-8",
+    )
+    sources = dataclasses.replace(SOURCES, cldr_dir=cldr)
+    corpus, report = build_emoji_corpus(out, limit=90, image_size=64, locale="xx", sources=sources)
+    assert corpus.items[corpus.position("u1f600")].text == "visage rieur. rire, visage"
+    assert [it.text for it in corpus.items if it.id != "u1f600"] == [it.text for it in english.items if it.id != "u1f600"]
+    assert report.counts == {"texts in xx": 1, "texts in English (fallback)": 89}
+
+
+def test_an_unknown_locale_lists_the_available_ones(debian_sources, tmp_path):
+    with pytest.raises(ValueError, match=r"no CLDR emoji annotations for locale 'klingon'; available: .*\bar\b.*\bde\b.*\bzh\b"):
+        build_emoji_corpus(tmp_path, limit=5, locale="klingon")
+    assert "root" not in available_locales(SOURCES) and {"ja", "ko", "he", "zh_Hant"} <= set(available_locales(SOURCES))
+
+
+def test_the_demo_picks_a_text_option_for_its_language(tmp_path):
+    assert demo_text_option(DemoConfig()) == "minilm" and demo_text_option(DemoConfig(locale="en_GB")) == "minilm"
+    assert {demo_text_option(DemoConfig(locale=loc)) for loc in ("zh", "ja", "ar", "de")} == {"tfidf"}
+    assert demo_text_option(DemoConfig(locale="zh", text="glove")) == "glove"
+    assert demo_text_config(DemoConfig(locale="ar")).kind == "tfidf"
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "demo", "--root", str(tmp_path), "--no-progress"],
+        env={**os.environ, "DSCMR_DEMO_LOCALE": "klingon"},
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2 and "no CLDR emoji annotations for locale 'klingon'" in done.stderr
+
+
+def test_a_root_built_in_another_locale_is_refused(built, tmp_path):
+    _, english, _ = built
+    save_corpus(english, tmp_path / "corpus")
+    with pytest.raises(ValueError, match=r"built in locale 'en', not 'zh'.*docker compose down -v"):
+        build_demo(tmp_path, DemoConfig(locale="zh", limit=90))

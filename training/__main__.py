@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -259,6 +260,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         k: v
         for k, v in {
             "text": args.text,
+            "locale": args.locale,
             "labels": args.labels,
             "instance_weight": args.instance_weight,
             "select_on": args.select_on,
@@ -531,9 +533,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="use at most this many emoji (default: all)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the demo's)")
     p.add_argument(
+        "--locale",
+        default=os.environ.get("DSCMR_DEMO_LOCALE") or None,
+        help="CLDR locale of the texts: en (default), zh, ja, ko, de, ar, ... (any that unicode-cldr-core has emoji "
+        "annotations for; emoji the locale has no name for keep their English text). Default: $DSCMR_DEMO_LOCALE or en",
+    )
+    p.add_argument(
         "--text",
-        choices=["minilm", "glove"],
-        help="text setting (default minilm: MiniLM sentence vectors; glove: the GloVe sentence CNN)",
+        choices=["auto", "minilm", "glove", "tfidf"],
+        help="text setting (default auto: MiniLM sentence vectors for English, tf-idf character n-grams for any other "
+        "locale; glove: the GloVe sentence CNN, English)",
     )
     p.add_argument(
         "--labels", choices=["group", "subgroup", "both"], help="emoji labels: Unicode group, subgroup or both (default group)"

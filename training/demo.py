@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from model.corpus import CORPUS_FILE, load_corpus, save_corpus
 from model.sentence_cnn import TextEncoderConfig
+from model.tfidf import TfidfConfig
 from training.datasets.emoji_demo import EmojiLabels
 from training.prepare import PREPARED_FILE, PrepareConfig, load_prepared, prepare_corpus, prepared_feature_cache
 
@@ -34,7 +35,10 @@ class DemoConfig:
     seed: int = 0
     index_type: str = "flat"
     progress: bool = True
-    text: Literal["minilm", "glove"] = "minilm"
+    # The texts' CLDR locale (training.datasets.emoji_demo): "en", "zh", "ja", "ar", "de", ...
+    locale: str = "en"
+    # "auto": MiniLM for English, tf-idf character n-grams for every other language (MiniLM reads English word pieces).
+    text: Literal["auto", "minilm", "glove", "tfidf"] = "auto"
     labels: EmojiLabels = "group"
     instance_weight: float = 0.5
     instance_temperature: float = 0.05
@@ -62,12 +66,23 @@ DEMO_TEXT = TextEncoderConfig(
     mean_vector=True,
 )
 DEMO_TEXT_MINILM = TextEncoderConfig(kind="minilm")
+# Character 1-3-grams need no segmenter and no pretrained vocabulary, so they read every CLDR language alike.
+DEMO_TEXT_TFIDF = TextEncoderConfig(kind="tfidf", tfidf=TfidfConfig(analyzer="char", char_ngrams=(1, 3), min_df=2, dim=256))
 DEMO_LOSS_WEIGHTS = {"lambda_j2": 1.0, "eta_j3": 0.01}
 
 
+def demo_text_option(cfg: DemoConfig) -> str:
+    """The text option the demo builds with: `cfg.text`, or for "auto" MiniLM in English and tf-idf otherwise."""
+    from training.datasets.emoji_demo import is_english
+
+    if cfg.text != "auto":
+        return cfg.text
+    return "minilm" if is_english(cfg.locale) else "tfidf"
+
+
 def demo_text_config(cfg: DemoConfig) -> TextEncoderConfig:
-    """The text setting of the demo: MiniLM sentence vectors, or the GloVe sentence CNN."""
-    return DEMO_TEXT_MINILM if cfg.text == "minilm" else DEMO_TEXT
+    """The text setting of the demo: MiniLM sentence vectors, the GloVe sentence CNN or tf-idf character n-grams."""
+    return {"minilm": DEMO_TEXT_MINILM, "glove": DEMO_TEXT, "tfidf": DEMO_TEXT_TFIDF}[demo_text_option(cfg)]
 
 
 def artefact_paths(root: str | Path) -> dict[str, Path]:
@@ -147,21 +162,43 @@ def train_into_models(
     return report
 
 
+def _check_root_locale(corpus_dir: Path, locale: str) -> None:
+    """Refuse to go on with an artefact root whose corpus is in another locale (a build is never mixed)."""
+    if not (corpus_dir / CORPUS_FILE).is_file():
+        return
+    built = load_corpus(corpus_dir).language or "en"  # corpora from before the locale option are English
+    if built != locale:
+        raise ValueError(
+            f"the demo under {corpus_dir.parent} is built in locale {built!r}, not {locale!r}: build into another root, "
+            "or delete this one first (Docker: `docker compose down -v` removes the artefact volume)"
+        )
+
+
 def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     """Build (or finish building) the emoji demo under `root`; returns what each stage did and how long it took."""
     from index.build import BuildConfig, IndexConfig, build_index
     from index.store import read_current
-    from training.datasets.emoji_demo import build_emoji_corpus
+    from training.datasets.emoji_demo import EmojiSources, build_emoji_corpus, normalise_locale
 
     paths = artefact_paths(root)
     timings: dict[str, Any] = {}
+    locale = cfg.locale if cfg.locale == "en" else normalise_locale(cfg.locale, EmojiSources())
+    text_option = demo_text_option(cfg)
+    _check_root_locale(paths["corpus"], locale)
     if read_current(paths["index"]) is not None:
-        return {"root": str(root), "status": "already built", "index_version": read_current(paths["index"])}
+        return {"root": str(root), "status": "already built", "index_version": read_current(paths["index"]), "locale": locale}
 
+    log.info("emoji demo in locale %s with text option %s", locale, text_option)
     started = time.perf_counter()
     if not (paths["corpus"] / CORPUS_FILE).is_file():
         corpus, report = build_emoji_corpus(
-            paths["corpus"], limit=cfg.limit, image_size=cfg.image_size, seed=cfg.seed, labels=cfg.labels, progress=cfg.progress
+            paths["corpus"],
+            limit=cfg.limit,
+            image_size=cfg.image_size,
+            seed=cfg.seed,
+            labels=cfg.labels,
+            progress=cfg.progress,
+            locale=locale,
         )
         save_corpus(corpus, paths["corpus"])
         (paths["corpus"] / "load_report.json").write_text(json.dumps(report.as_dict(), ensure_ascii=False, indent=1))
@@ -210,6 +247,8 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
         "status": "built",
         "items": len(corpus),
         "classes": len(corpus.label_names),
+        "locale": locale,
+        "text": text_option,
         "model_dir": str(model_dir),
         "index_version": str(Path(version).name),
         "train": train_report,

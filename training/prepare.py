@@ -66,6 +66,9 @@ class PrepareConfig:
     # `clusters` = k, or None to choose k on validation from a small grid). They replace the corpus's labels for training.
     derive_labels: str = "none"
     clusters: int | None = None
+    # MiniLM reads English word pieces: above this share of unknown pieces ([UNK]) in the corpus's texts, prepare warns
+    # and suggests a text option that reads the corpus's language (the Chinese emoji demo measures about 0.6).
+    minilm_unknown_warning: float = 0.05
 
 
 class PreparedDataError(ValueError):
@@ -371,6 +374,7 @@ def prepare_corpus(
         "skipped": len(manifest["skipped"]),
         "splits": sizes,
         "content_hash": manifest["content_hash"],
+        "text": text_summary,
         **manifest["extraction"],
     }
 
@@ -439,7 +443,18 @@ def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: 
         if views:
             view_vectors = encoder.encode(views, show_progress=cfg.progress).astype(np.float32)
             np.save(out_dir / TEXT_VIEWS_FILE, view_vectors.reshape(len(items), cfg.text_views, -1))
-        return {"kind": "minilm", "dim": int(vectors.shape[1])}
+        unknown = encoder.unknown_token_fraction([it.text for it in items])
+        summary: dict[str, Any] = {"kind": "minilm", "dim": int(vectors.shape[1]), "unknown_token_fraction": round(unknown, 4)}
+        if unknown > cfg.minilm_unknown_warning:
+            summary["suggested_text"] = "tfidf"
+            log.warning(
+                "MiniLM's English word-piece vocabulary lacks %.0f%% of the word pieces of these texts ([UNK], above %.0f%%): "
+                "the model cannot read them and their vectors say little. Prepare with --text tfidf (character n-grams, any "
+                "language and script) or --text sentence_cnn (word vectors trained on this corpus)",
+                100 * unknown,
+                100 * cfg.minilm_unknown_warning,
+            )
+        return summary
     if text_cfg.kind == "tfidf":
         from model.tfidf import TfidfTextModel
 

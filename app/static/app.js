@@ -1,5 +1,7 @@
 // The search page: text box, image upload / drag and drop, results grid; clicking a result searches with it.
 // Plain browser JavaScript, no build step. All data goes into the page through textContent / attributes, never innerHTML.
+// Texts from the corpus or the visitor may be in any script: each is rendered with dir="auto" (or in a <bdi>), so an
+// Arabic or Hebrew text runs right to left and an English one left to right, whatever the page around it.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -9,8 +11,15 @@ const els = {
 };
 let previewUrl = null;
 
-function showMessage(text, isError = false) {
-  els.message.textContent = text;
+// A message is a string or a list of parts: strings, and {isolate: text} for words from the query or the corpus, put
+// in a <bdi> so that a right-to-left query does not reorder the English sentence around it.
+function showMessage(parts, isError = false) {
+  els.message.replaceChildren(...(Array.isArray(parts) ? parts : [parts]).map((part) => {
+    if (typeof part === "string") return document.createTextNode(part);
+    const bdi = document.createElement("bdi");
+    bdi.textContent = part.isolate;
+    return bdi;
+  }));
   els.message.classList.toggle("error", isError);
 }
 
@@ -87,7 +96,7 @@ async function searchText(text, record = true) {
     const data = await callApi("/search/text", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
-    render(data, `“${query}”`);
+    render(data, ["“", { isolate: query }, "”"]);
   } catch (err) {
     failure(err);
   }
@@ -104,7 +113,7 @@ async function searchImage(blob, name) {
   if (opts.labels) opts.labels.forEach((label) => form.append("labels", label));
   try {
     const data = await callApi("/search/image", { method: "POST", body: form });
-    render(data, name ? `the image ${name}` : "the image");
+    render(data, name ? ["the image ", { isolate: name }] : ["the image"]);
   } catch (err) {
     failure(err);
   }
@@ -134,8 +143,12 @@ function render(data, what) {
   const n = data.results.length;
   const unknown = data.unknown_words || [];
   const problem = QUERY_PROBLEMS[data.query_problem] || "";
-  showMessage((problem ? `${problem} ` : `${n} result${n === 1 ? "" : "s"} for ${what} in ${data.took_ms.toFixed(1)} ms`) +
-    (unknown.length ? `${problem ? "W" : "; w"}ords the model does not know: ${unknown.join(", ")}` : ""));
+  const parts = problem ? [`${problem} `] : [`${n} result${n === 1 ? "" : "s"} for `, ...what, ` in ${data.took_ms.toFixed(1)} ms`];
+  if (unknown.length) {
+    parts.push(`${problem ? "W" : "; w"}ords the model does not know: `);
+    unknown.forEach((word, i) => parts.push(...(i ? [", "] : []), { isolate: word }));
+  }
+  showMessage(parts);
   showVersion(data.model_hash, data.index_version);
 }
 
@@ -153,6 +166,7 @@ function card(hit) {
     if (hit.caption) {
       const caption = document.createElement("p");
       caption.className = "caption";
+      caption.dir = "auto";
       caption.textContent = hit.caption;
       el.append(caption);
     }
@@ -161,6 +175,7 @@ function card(hit) {
   } else {
     const p = document.createElement("p");
     p.className = "snippet";
+    p.dir = "auto";
     p.textContent = hit.text;
     el.append(p);
     el.title = "Search with this text";
@@ -174,6 +189,7 @@ function card(hit) {
   for (const name of hit.labels) {
     const chip = document.createElement("span");
     chip.className = "chip";
+    chip.dir = "auto";
     chip.textContent = name;
     labels.append(chip);
   }

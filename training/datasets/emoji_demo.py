@@ -1,4 +1,9 @@
-"""A built-in demo corpus built from Debian packages: Noto Color Emoji images, Unicode/CLDR names and keywords, emoji groups as labels."""
+"""A built-in demo corpus built from Debian packages: Noto Color Emoji images, Unicode/CLDR names and keywords, emoji groups as labels.
+
+The texts are in any CLDR locale that unicode-cldr-core ships annotations for (`locale="zh"`, "ja", "ar", "de", ...):
+each emoji's CLDR short name and keywords in that locale (a regional locale such as "de_CH" inherits from "de"), or its
+English text where the locale has no name for it. English is the default and keeps its Unicode names.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ class EmojiSources:
     emoji_test: Path = Path("/usr/share/unicode/emoji/emoji-test.txt")
     annotations: Path = Path("/usr/share/unicode/cldr/common/annotations/en.xml")
     annotations_derived: Path | None = Path("/usr/share/unicode/cldr/common/annotationsDerived/en.xml")
+    # The CLDR tree whose annotations/ and annotationsDerived/ hold the other locales' files.
+    cldr_dir: Path = Path("/usr/share/unicode/cldr/common")
 
     def check(self) -> None:
         """Raise FileNotFoundError naming the Debian package to install for each absent file."""
@@ -103,15 +110,61 @@ def read_cldr_annotations(*paths: Path | None) -> dict[str, tuple[str, list[str]
         for node in ET.parse(path).getroot().iter("annotation"):
             cp = (node.get("cp") or "").replace(VARIATION_SELECTOR_16, "")
             text = (node.text or "").strip()
-            if not cp or not text:
+            if not cp or not text or text == _INHERITED:
                 continue
             if node.get("type") == "tts":
                 names[cp] = text
             else:
-                keywords[cp] = [k.strip() for k in text.split("|") if k.strip()]
+                keywords[cp] = [k.strip() for k in text.split("|") if k.strip() and k.strip() != _INHERITED]
         for cp in names.keys() | keywords.keys():
             out.setdefault(cp, (names.get(cp, ""), keywords.get(cp, [])))
     return out
+
+
+# CLDR marks a value a regional locale inherits from its parent with this placeholder.
+_INHERITED = "\u2191\u2191\u2191"
+
+
+def available_locales(sources: EmojiSources) -> list[str]:
+    """The CLDR locales with emoji annotations under `sources.cldr_dir` (root, which has no names, left out)."""
+    folder = Path(sources.cldr_dir) / "annotations"
+    return sorted(p.stem for p in folder.glob("*.xml") if p.stem != "root")
+
+
+def normalise_locale(locale: str, sources: EmojiSources) -> str:
+    """`locale` as CLDR spells it ('zh-hant' -> 'zh_Hant'); ValueError listing the available ones when it has no file."""
+    available = available_locales(sources)
+    wanted = locale.strip().replace("-", "_").casefold()
+    for name in available:
+        if name.casefold() == wanted:
+            return name
+    if not available:
+        raise FileNotFoundError(
+            f"no CLDR annotations under {Path(sources.cldr_dir) / 'annotations'}: install the Debian package unicode-cldr-core"
+        )
+    raise ValueError(f"no CLDR emoji annotations for locale {locale!r}; available: {', '.join(available)}")
+
+
+def locale_annotation_files(locale: str, sources: EmojiSources) -> list[Path]:
+    """The annotation files of `locale` and its parents, nearest first ('de_CH': de_CH, then de), derived after each."""
+    parts = locale.split("_")
+    chain = ["_".join(parts[:n]) for n in range(len(parts), 0, -1)]
+    folder = Path(sources.cldr_dir)
+    return [folder / sub / f"{name}.xml" for name in chain for sub in ("annotations", "annotationsDerived")]
+
+
+def is_english(locale: str) -> bool:
+    """Whether `locale` is English (en, en_GB, ...): the demo's texts then keep their Unicode names."""
+    return locale.split("_")[0].casefold() == "en"
+
+
+def localized_text(entry: EmojiEntry, annotations: dict[str, tuple[str, list[str]]]) -> str | None:
+    """'<CLDR name>. <keyword>, <keyword>, ...' in the annotations' locale; None when it has no name for the emoji."""
+    name, keywords = annotations.get(entry.emoji.replace(VARIATION_SELECTOR_16, ""), ("", []))
+    if not name:
+        return None
+    extra = [k for k in keywords if k.casefold() != name.casefold()]
+    return f"{name}. {', '.join(extra)}" if extra else name
 
 
 def emoji_text(entry: EmojiEntry, annotations: dict[str, tuple[str, list[str]]]) -> str:
@@ -140,12 +193,14 @@ def build_emoji_corpus(
     background: tuple[int, int, int] = (255, 255, 255),
     labels: EmojiLabels = "group",
     progress: bool = True,
+    locale: str = "en",
 ) -> tuple[Corpus, LoadReport]:
     """Render the emoji into out_dir/images/<id>.png (kept if already there) and return the corpus with a stratified 80/10/10 split.
 
     `limit` (total) and `per_group` pick evenly spread emoji, balanced across the groups. `labels`: each item's Unicode
     group (9 classes), its subgroup (about 100: face-smiling, animal-mammal, food-fruit ...) or both (multi-label, the
-    group first). The split is stratified by the group either way, so the three settings share one split.
+    group first). The split is stratified by the group either way, so the three settings share one split. `locale`: the
+    CLDR locale of the texts (see the module docstring); an item the locale has no name for keeps its English text.
     """
     if labels not in ("group", "subgroup", "both"):
         raise ValueError(f"labels must be 'group', 'subgroup' or 'both', got {labels!r}")
@@ -153,6 +208,14 @@ def build_emoji_corpus(
     sources.check()
     entries = _select(read_emoji_test(sources.emoji_test, drop_groups), limit, per_group)
     annotations = read_cldr_annotations(sources.annotations, sources.annotations_derived)
+    locale = "en" if locale == "en" else normalise_locale(locale, sources)
+    translated = not is_english(locale)
+    local = read_cldr_annotations(*locale_annotation_files(locale, sources)) if translated else {}
+    if locale != "en" and not translated:
+        # A regional English keeps the English text form, with its own spellings before en.xml's.
+        annotations = read_cldr_annotations(
+            *locale_annotation_files(locale, sources), sources.annotations, sources.annotations_derived
+        )
     renderer = _Renderer(sources.font)
     images_dir = Path(out_dir) / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -166,16 +229,30 @@ def build_emoji_corpus(
             if problem:
                 report.skip(problem, label)
                 continue
-        text = emoji_text(entry, annotations)
+        text, language, name = emoji_text(entry, annotations), "en" if translated else locale, entry.name
         if entry.emoji.replace(VARIATION_SELECTOR_16, "") not in annotations:
             report.note("no CLDR keywords", label)
+        if translated:
+            own = localized_text(entry, local)
+            if own is None:
+                report.note(f"no {locale} name, English text", label)
+            else:
+                text, language, name = own, locale, local[entry.emoji.replace(VARIATION_SELECTOR_16, "")][0]
         items.append(
             Item(
                 id=entry.item_id,
                 image_path=str(path.resolve()),
                 text=text,
                 labels=(entry.group,),
-                extra={"emoji": entry.emoji, "name": entry.name, "group": entry.group, "subgroup": entry.subgroup},
+                extra={
+                    "emoji": entry.emoji,
+                    # the service shows it as the picture's caption: in the texts' language, the English one beside it
+                    "name": name,
+                    **({"name_en": entry.name} if name != entry.name else {}),
+                    "group": entry.group,
+                    "subgroup": entry.subgroup,
+                    **({"text_language": language} if locale != "en" else {}),
+                },
             )
         )
     groups = list(dict.fromkeys(it.labels[0] for it in items))
@@ -195,8 +272,11 @@ def build_emoji_corpus(
             for it in items
         ]
         groups = groups + subgroups
-    corpus = Corpus(items=items, label_names=groups, name="emoji-demo", multilabel=labels == "both")
+    corpus = Corpus(items=items, label_names=groups, name="emoji-demo", multilabel=labels == "both", language=locale)
     corpus.splits = splits
+    if locale != "en":
+        own = sum(1 for it in items if it.extra["text_language"] == locale)
+        report.counts.update({f"texts in {locale}": own, "texts in English (fallback)": len(items) - own})
     return corpus, report.finish(len(items))
 
 

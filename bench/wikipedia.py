@@ -429,7 +429,8 @@ def render(payload: dict[str, Any]) -> str:
         "ImageNet-sample results (real photos, sentence CNN / MiniLM text): see "
         "[results-imagenet-sample.md](results-imagenet-sample.md). The emoji demo's setting: "
         "[results-demo-setting.md](results-demo-setting.md). The sweep that chose `wiki-tuned`: "
-        "[results-wikipedia-sweep.md](results-wikipedia-sweep.md) (`python bench/wikipedia.py --sweep-only`).",
+        "`python bench/wikipedia.py --sweep-only` (it writes results-wikipedia-sweep.md). Corpora whose "
+        "labels are hidden from training (derived labels, instance term, CCA): [results-unlabelled.md](results-unlabelled.md).",
         "",
     ]
     return "\n".join(lines)
@@ -464,7 +465,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run only the sweep that chose `wiki-tuned`; writes results/wikipedia-sweep.json and results-wikipedia-sweep.md",
     )
+    ap.add_argument(
+        "--from-json", action="store_true", help="measure nothing: render OUT's page again from its results/wikipedia.json"
+    )
     args = ap.parse_args(argv)
+    if args.from_json:
+        out = args.out or REPO / "docs"
+        (out / "results.md").write_text(render(json.loads((out / "results" / "wikipedia.json").read_text())))
+        print(f"rendered {out / 'results.md'} from {out / 'results' / 'wikipedia.json'}")
+        return 0
     if not args.data.is_dir():
         print(f"Wikipedia features not found at {args.data}; pass --data", file=sys.stderr)
         return 2

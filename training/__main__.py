@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     data, prepared = load_data(args)
     cfg = build_config(args, data, prepared)
     # which loss terms the data supports (J1/J2 need labels), said before the run; the saved config and report repeat it
-    print(f"loss: {fit_to_labels(cfg, data.has_labels)[1]}", file=sys.stderr)
+    print(f"loss: {fit_to_labels(cfg, data.has_labels, partial=data.partially_labelled)[1]}", file=sys.stderr)
     report = train_and_save(data, cfg, args.out, run_dir=args.run_dir, prepared=prepared)
     print(json.dumps(report, indent=2))
     return 0
@@ -180,6 +180,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     """Turn a corpus (or a dataset, made into a corpus first) into prepared data: cached features + text input."""
     from model.sentence_cnn import TextEncoderConfig
     from model.tfidf import TfidfConfig
+    from training.derived_labels import KeywordConfig
     from training.distributed import init_from_env
     from training.prepare import PrepareConfig, prepare_corpus
 
@@ -218,6 +219,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         text_views=args.text_views,
         derive_labels=args.derive_labels,
         clusters=args.clusters,
+        keywords=KeywordConfig(
+            count=args.keywords, min_df=args.keyword_min_df, max_df=args.keyword_max_df, max_words=args.keyword_words
+        ),
     )
     corpus_dir = args.corpus
     if args.dataset:
@@ -509,13 +513,45 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--derive-labels",
-        choices=["none", "clusters"],
+        choices=["none", "clusters", "keywords"],
         default="none",
         help="labels made from the texts for a corpus without labels, so that J1/J2 apply: clusters = k-means over "
-        "the text features, each cluster named by its top terms (default none: train on the pairs alone)",
+        "the text features, each cluster named by its top terms; keywords = each item tagged with the frequent content "
+        "words of its text (multi-label, named by the word) (default none: train on the pairs alone)",
     )
     p.add_argument(
         "--clusters", type=int, metavar="K", help="number of clusters (default: chosen on validation from 4, 8, 16, 32, 64)"
+    )
+    from training.derived_labels import KeywordConfig
+
+    kw = KeywordConfig()
+    p.add_argument(
+        "--keywords",
+        type=int,
+        default=kw.count,
+        metavar="N",
+        help=f"keyword labels: the N most frequent keywords within the df bounds (default {kw.count})",
+    )
+    p.add_argument(
+        "--keyword-min-df",
+        type=int,
+        default=kw.min_df,
+        metavar="D",
+        help=f"keyword labels: a keyword is in at least D train texts (default {kw.min_df})",
+    )
+    p.add_argument(
+        "--keyword-max-df",
+        type=float,
+        default=kw.max_df,
+        metavar="F",
+        help=f"keyword labels: a keyword is in at most this share of the train texts (default {kw.max_df})",
+    )
+    p.add_argument(
+        "--keyword-words",
+        type=int,
+        default=kw.max_words,
+        choices=[1, 2],
+        help="keyword labels: 1 = words, 2 = words and two-word phrases of adjacent content words (default 1)",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)

@@ -32,6 +32,7 @@ from model.image_io import ImageDecodeError, load_image
 from model.sentence_cnn import TextEncoderConfig
 from model.text_tokenize import OOV_ID, PAD_ID
 from training.datasets.checks import CorpusInputError, check_trainable
+from training.derived_labels import KeywordConfig
 from training.features import FeatureSplits, SplitArrays
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,15 @@ class PrepareConfig:
     # Training views per text (1: the whole text only; N > 1 adds N - 1 random subsets of its segments, see
     # training/text_views.py); stored as text_views.npy, used by training only.
     text_views: int = 1
-    # Labels derived from the texts (training/derived_labels.py): "none", or "clusters" (k-means over the text features;
-    # `clusters` = k, or None to choose k on validation from a small grid). They replace the corpus's labels for training.
+    # Labels derived from the texts (training/derived_labels.py): "none", "clusters" (k-means over the text features;
+    # `clusters` = k, or None to choose k on validation from a small grid) or "keywords" (keyword tags as multi-labels,
+    # chosen by `keywords`). They replace the corpus's labels for training.
     derive_labels: str = "none"
     clusters: int | None = None
     # MiniLM reads English word pieces: above this share of unknown pieces ([UNK]) in the corpus's texts, prepare warns
     # and suggests a text option that reads the corpus's language (the Chinese emoji demo measures about 0.6).
     minilm_unknown_warning: float = 0.05
+    keywords: KeywordConfig = field(default_factory=KeywordConfig)
 
 
 class PreparedDataError(ValueError):
@@ -227,15 +230,33 @@ def check_preparable(corpus: Corpus, cfg: PrepareConfig, source: str) -> tuple[l
 
 
 def _check_derive_request(corpus: Corpus, usable: list[Item], cfg: PrepareConfig, source: str) -> None:
-    """Refuse, before anything is written, a label derivation that cannot run: unknown method, or fewer train items than
-    the clusters asked for (or than the smallest k of the grid)."""
-    from training.derived_labels import CLUSTER_GRID, DERIVE_METHODS
+    """Refuse, before anything is written, a label derivation that cannot run: unknown method, fewer train items than
+    the clusters asked for (or than the smallest k of the grid), or no keyword within the document-frequency bounds."""
+    from training.derived_labels import CLUSTER_GRID, DERIVE_METHODS, select_keywords
 
     if cfg.derive_labels not in DERIVE_METHODS:
         raise ValueError(f"derive_labels must be one of {DERIVE_METHODS}, got {cfg.derive_labels!r}")
+    if cfg.derive_labels != "clusters" and cfg.clusters is not None:
+        raise ValueError("--clusters needs --derive-labels clusters")
+    if cfg.derive_labels != "keywords" and cfg.keywords != KeywordConfig():
+        raise ValueError("--keywords, --keyword-min-df, --keyword-max-df and --keyword-words need --derive-labels keywords")
     if cfg.derive_labels == "none":
-        if cfg.clusters is not None:
-            raise ValueError("--clusters needs --derive-labels clusters")
+        return
+    if corpus.label_names:
+        log.warning(
+            "corpus %s has labels; --derive-labels %s replaces them for training (the corpus keeps them)",
+            corpus.name,
+            cfg.derive_labels,
+        )
+    if cfg.derive_labels == "keywords":
+        by_id = {it.id: it for it in usable}
+        train_texts = [by_id[i].text for i in _splits_for(corpus, cfg.seed)["train"] if i in by_id]
+        cfg.keywords.validate()
+        if not select_keywords(train_texts, cfg.keywords)[0]:
+            raise CorpusInputError(
+                f"{source}: no keyword of the {len(train_texts)} train texts is in at least {cfg.keywords.min_df} texts and "
+                f"at most {cfg.keywords.max_df:g} of them: lower --keyword-min-df or raise --keyword-max-df"
+            )
         return
     if cfg.clusters is not None and cfg.clusters < 2:
         raise CorpusInputError(f"--clusters must be at least 2, got {cfg.clusters}")
@@ -247,28 +268,33 @@ def _check_derive_request(corpus: Corpus, usable: list[Item], cfg: PrepareConfig
         raise CorpusInputError(
             f"{source}: the train split has {n_train} item(s), fewer than {what}: bring more items or set a smaller --clusters"
         )
-    if corpus.label_names:
-        log.warning(
-            "corpus %s has labels; --derive-labels %s replaces them for training (the corpus keeps them)",
-            corpus.name,
-            cfg.derive_labels,
-        )
 
 
 def _derive_labels(kept: list[Item], ids: list[str], splits: dict[str, list[str]], cfg: PrepareConfig, out_dir: Path):
-    """Labels derived from the prepared text features of `kept` (training/derived_labels.py)."""
-    from training.derived_labels import derive_cluster_labels, mean_word_vectors
+    """Labels derived from the prepared text features (clusters) or the texts (keywords) of `kept` (training/derived_labels.py)."""
+    from training.derived_labels import derive_cluster_labels, derive_keyword_labels, mean_word_vectors
 
+    row = {item_id: i for i, item_id in enumerate(ids)}
+    train_rows = np.asarray([row[i] for i in splits["train"]], dtype=np.int64)
+    if cfg.derive_labels == "keywords":
+        derived = derive_keyword_labels([it.text for it in kept], train_rows, cfg.keywords, seed=cfg.seed)
+        log.info(
+            "derived %d keyword labels (%d of %d items have none; J1/J2 count the tagged ones): %s",
+            derived.k,
+            derived.without_label["all"],
+            len(kept),
+            "; ".join(derived.names[:20]) + (" ..." if derived.k > 20 else ""),
+        )
+        return derived
     text = np.load(out_dir / TEXT_FILE)
     if cfg.text.kind == "sentence_cnn":
         features, kind = mean_word_vectors(text, np.load(out_dir / EMBEDDINGS_FILE), (PAD_ID, OOV_ID)), "mean word vectors"
     else:
         features, kind = text, f"{cfg.text.kind} sentence vectors"
-    row = {item_id: i for i, item_id in enumerate(ids)}
     derived = derive_cluster_labels(
         features,
         [it.text for it in kept],
-        np.asarray([row[i] for i in splits["train"]], dtype=np.int64),
+        train_rows,
         np.asarray([row[i] for i in splits["val"]], dtype=np.int64),
         k=cfg.clusters,
         seed=cfg.seed,
@@ -320,7 +346,7 @@ def prepare_corpus(
     labels, label_names, multilabel = corpus.label_matrix(kept), list(corpus.label_names), bool(corpus.multilabel)
     derived = _derive_labels(kept, ids, splits, cfg, out_dir) if cfg.derive_labels != "none" else None
     if derived is not None:
-        labels, label_names, multilabel = derived.one_hot(), list(derived.names), False
+        labels, label_names, multilabel = derived.one_hot(), list(derived.names), derived.multilabel
     np.save(out_dir / "labels.npy", labels)
     manifest = {
         "format": PREPARED_FORMAT,
@@ -347,20 +373,22 @@ def prepare_corpus(
             "text": dataclasses.asdict(cfg.text),
             "text_views": cfg.text_views,
             **({"derive_labels": cfg.derive_labels, "clusters": cfg.clusters} if derived is not None else {}),
+            **({"keywords": dataclasses.asdict(cfg.keywords)} if cfg.derive_labels == "keywords" else {}),
         },
         "skipped": extraction["skipped"] + dropped,
         "extraction": {k: v for k, v in extraction.items() if k != "skipped"},
     }
     if derived is not None:
         manifest["derived_labels"] = {**derived.to_dict(), "corpus": DERIVED_CORPUS_DIR}
-        # the kept items with their derived label, for the index build: the service then shows the names as label chips
+        # the kept items with their derived labels, for the index build: the service then shows the names as label chips
         # and filters by them (python -m index build --corpus PREPARED/corpus-derived)
         save_corpus(
             Corpus(
-                items=[dataclasses.replace(it, labels=(derived.names[a],)) for it, a in zip(kept, derived.assignment)],
+                items=[dataclasses.replace(it, labels=names) for it, names in zip(kept, derived.item_labels())],
                 label_names=list(derived.names),
                 splits=splits,
                 name=f"{corpus.name}-derived",
+                multilabel=derived.multilabel,
             ),
             out_dir / DERIVED_CORPUS_DIR,
         )

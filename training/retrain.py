@@ -27,9 +27,11 @@ from typing import Any
 import numpy as np
 
 from model.artefact import CONFIG_FILE, METRICS_FILE
+from model.config import from_dict
 from model.corpus import load_corpus
 from model.encoder import CrossModalEncoder, load_encoder
 from training.demo import artefact_paths, train_into_models
+from training.derived_labels import KeywordConfig
 from training.evaluation import cross_modal_map, cross_modal_recall, instance_groups, selection_score
 from training.prepare import PREPARED_FILE, PrepareConfig, PreparedData, load_prepared, prepare_corpus, prepared_feature_cache
 from training.train import UNDEFINED_MAP, finite_or_none
@@ -222,7 +224,11 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
                 progress=cfg.progress,
                 # derived labels are derived again, with the k chosen the first time
                 derive_labels=before.manifest["config"].get("derive_labels", "none"),
-                clusters=(before.manifest.get("derived_labels") or {}).get("k"),
+                clusters=(before.manifest.get("derived_labels") or {}).get("k")
+                if before.manifest["config"].get("derive_labels") == "clusters"
+                else None,
+                # keyword labels are selected again with the same settings (the new texts may change which words)
+                keywords=from_dict(KeywordConfig, before.manifest["config"].get("keywords") or {}),
             ),
         )
     prepared = load_prepared(paths["prepared"])
@@ -279,9 +285,11 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
         "selected_on": "val",
     }
     if promote:
+        # derived labels reach the service (label chips, filters) through the prepared data's relabelled corpus
+        derived = prepared.manifest.get("derived_labels")
         version = build_index(
             candidate_dir,
-            paths["corpus"],
+            paths["prepared"] / derived["corpus"] if derived else paths["corpus"],
             paths["index"],
             BuildConfig(show_progress=cfg.progress, feature_cache=prepared_feature_cache(paths["prepared"])),
         )

@@ -75,6 +75,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def shape_image(shape: str, rgb: tuple[int, int, int], margin: int) -> Image.Image:
+    """A 96x96 white picture with one filled circle, square or triangle, `margin` pixels from the edges."""
+    image = Image.new("RGB", (96, 96), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    box = (margin, margin, 96 - margin, 96 - margin)
+    if shape == "circle":
+        draw.ellipse(box, fill=rgb)
+    elif shape == "square":
+        draw.rectangle(box, fill=rgb)
+    else:
+        draw.polygon([(48, margin), (96 - margin, 96 - margin), (margin, 96 - margin)], fill=rgb)
+    return image
+
+
 def draw_shapes_corpus(directory: Path) -> None:
     """Write a small corpus of coloured shapes (images + 'a red circle ...' texts, labelled by shape)."""
     from model.corpus import Corpus, Item, save_corpus
@@ -85,16 +99,7 @@ def draw_shapes_corpus(directory: Path) -> None:
     for shape in SHAPES:
         for colour, rgb in SHAPE_COLOURS.items():
             for variant in range(4):
-                image = Image.new("RGB", (96, 96), (255, 255, 255))
-                draw = ImageDraw.Draw(image)
-                margin = 10 + 6 * variant
-                box = (margin, margin, 96 - margin, 96 - margin)
-                if shape == "circle":
-                    draw.ellipse(box, fill=rgb)
-                elif shape == "square":
-                    draw.rectangle(box, fill=rgb)
-                else:
-                    draw.polygon([(48, margin), (96 - margin, 96 - margin), (margin, 96 - margin)], fill=rgb)
+                image = shape_image(shape, rgb, margin=10 + 6 * variant)
                 item_id = f"{colour}-{shape}-{variant}"
                 path = images / f"{item_id}.png"
                 image.save(path)

@@ -13,6 +13,7 @@ import regex
 from playwright import sync_api
 
 from tests.app_fixtures import DEMO_EPOCHS, DEMO_LIMIT, ServerHandle, start_server, stop_server, wait_ready
+from tests.test_app_browser import browser  # noqa: F401 -- the same headless Chromium fixture
 from training.datasets.emoji_demo import EmojiSources
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -68,23 +69,8 @@ def test_arabic_queries_are_answered_and_unknown_words_named(arabic_server):
         assert body["unknown_words"] == ["ქართული"] and body["query_problem"] == "no_known_words" and body["results"] == []
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """A headless Chromium (the system's, not a Playwright download)."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: the web-page tests drive the system's Chromium (apt-get install -y chromium)")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]
-        )
-        try:
-            yield chromium
-        finally:
-            chromium.close()
-
-
 @pytest.fixture()
-def page(browser, arabic_server):
+def page(browser, arabic_server):  # noqa: F811 -- `browser` is the imported fixture
     """A fresh desktop-sized page on the Arabic demo's server."""
     context = browser.new_context(viewport={"width": 1000, "height": 900}, bypass_csp=True)
     page = context.new_page()

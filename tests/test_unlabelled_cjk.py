@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 
-from tests.app_fixtures import start_server, stop_server, wait_ready
+from tests.app_fixtures import shape_image, start_server, stop_server, wait_ready
 from tests.fixtures_data import REPO
 
 # colour -> (RGB, Chinese name); shape -> Chinese name; one size word per variant
@@ -31,16 +30,7 @@ def write_cjk_manifest(root: Path) -> Path:
     for shape, shape_zh in SHAPES.items():
         for colour, (rgb, colour_zh) in COLOURS.items():
             for variant, size_zh in enumerate(SIZES):
-                image = Image.new("RGB", (96, 96), (255, 255, 255))
-                draw = ImageDraw.Draw(image)
-                margin = 8 + 8 * variant
-                box = (margin, margin, 96 - margin, 96 - margin)
-                if shape == "circle":
-                    draw.ellipse(box, fill=rgb)
-                elif shape == "square":
-                    draw.rectangle(box, fill=rgb)
-                else:
-                    draw.polygon([(48, margin), (96 - margin, 96 - margin), (margin, 96 - margin)], fill=rgb)
+                image = shape_image(shape, rgb, margin=8 + 8 * variant)
                 name = f"images/{colour}-{shape}-{variant}.png"
                 image.save(root / name)
                 rows.append({"image": name, "text": f"一个{size_zh}{colour_zh}{shape_zh}，白色背景"})

@@ -75,6 +75,7 @@ from app.schemas import (
 )
 from app.settings import ServiceSettings
 from app.state import ReloadOutcome, ServingHolder, ServingState
+from model.caption import encode_text_queries_with_captions
 from model.image_io import DEFAULT_MAX_ASPECT_RATIO, ImageAspectRatioError, ImageDecodeError, load_image
 
 log = logging.getLogger(__name__)
@@ -164,11 +165,15 @@ class Service:
         own search; per query ((hits, unknown words, query problem), stage seconds) or the exception it raised."""
         faiss.omp_set_num_threads(self.settings.search_threads)
         results: list[Any] = [None] * len(queries)
-        for positions in group_by([q.state.encoder for q in queries]).values():
-            encoder = queries[positions[0]].state.encoder
+        # a caption encoder belongs to one model's encoder (app/state.py), so it identifies the group as well
+        for positions in group_by([q.state.captions or q.state.encoder for q in queries]).values():
+            state = queries[positions[0]].state
             started = time.perf_counter()
             try:
-                vectors, problems = encoder.encode_text_queries([queries[i].text for i in positions])
+                with_captions = any(queries[i].caption_weight for i in positions)
+                vectors, problems, caption_vectors = encode_text_queries(
+                    state, [queries[i].text for i in positions], with_captions
+                )
             except Exception as exc:  # noqa: BLE001 -- raised by each request of the group
                 for i in positions:
                     results[i] = exc
@@ -176,7 +181,8 @@ class Service:
             encoded = time.perf_counter() - started
             for row, i in enumerate(positions):
                 try:
-                    results[i] = search_text_vectors(queries[i], vectors[row : row + 1], problems[row], encoded)
+                    caption_row = None if caption_vectors is None else caption_vectors[row : row + 1]
+                    results[i] = search_text_vectors(queries[i], vectors[row : row + 1], problems[row], encoded, caption_row)
                 except Exception as exc:  # noqa: BLE001 -- raised by this query's request only
                     results[i] = exc
         return results
@@ -232,6 +238,7 @@ class TextQuery(NamedTuple):
     k: int
     target: Target
     labels: list[str] | None
+    caption_weight: float  # 0: no caption match (see caption_weight_for)
 
 
 class ImageQuery(NamedTuple):
@@ -255,8 +262,26 @@ def batching_enabled(settings: ServiceSettings) -> bool:
     return torch.cuda.is_available()
 
 
+def caption_weight_for(state: ServingState, settings: ServiceSettings, target: Target, requested: float | None) -> float:
+    """The weight of the caption match in one text search: the request's, else DSCMR_CAPTION_WEIGHT, else the index
+    version's own; 0 (the cross-modal score alone) without caption vectors or for target 'both'."""
+    if state.captions is None or target == "both":
+        return 0.0
+    if requested is not None:
+        return requested
+    return settings.caption_weight if settings.caption_weight is not None else state.index.caption_weight
+
+
+def encode_text_queries(state: ServingState, texts: list[str], with_captions: bool):
+    """(common-space vectors, problems, caption vectors or None) of text queries under the served model."""
+    if with_captions and state.captions is not None:
+        return encode_text_queries_with_captions(state.encoder, state.captions, texts)
+    vectors, problems = state.encoder.encode_text_queries(texts)
+    return vectors, problems, None
+
+
 def search_text_vectors(
-    query: TextQuery, vectors, problem: str | None, encoded_s: float
+    query: TextQuery, vectors, problem: str | None, encoded_s: float, caption_vectors=None
 ) -> tuple[tuple[list, list[str] | None, str | None], dict[str, float]]:
     """The rest of a text search once its text is encoded: the unknown words (timed with the encoding) and the search.
 
@@ -266,7 +291,14 @@ def search_text_vectors(
     state = query.state
     unknown = state.encoder.unknown_words(query.text)
     searched = time.perf_counter()
-    hits = [] if problem else state.index.search_vectors(vectors, query.k, query.target, query.labels, query_modality="text")[0]
+    if problem:
+        hits = []
+    elif query.caption_weight and caption_vectors is not None:
+        hits = state.index.search_vectors_fused(
+            vectors, caption_vectors, query.k, query.target, query.labels, query.caption_weight
+        )[0]
+    else:
+        hits = state.index.search_vectors(vectors, query.k, query.target, query.labels, query_modality="text")[0]
     return (hits, unknown, problem), {"encode": encoded_s + searched - started, "search": time.perf_counter() - searched}
 
 
@@ -594,6 +626,7 @@ def search_response(
     unknown_words: list[str] | None = None,
     query_modality: str | None = None,
     query_problem: str | None = None,
+    caption_weight: float | None = None,
 ) -> JSONResponse:
     """The response of a search: a SearchResponse's JSON, built from plain dicts.
 
@@ -601,7 +634,8 @@ def search_response(
     returned model against response_model and its serialisation cost ~0.6 ms a query on this 2-core machine (as much as
     searching), and a relevance computed hit by hit another ~0.5 ms. The shape is SearchResponse's, field for field
     (tests validate answers against it); response_model still documents it."""
-    calibration = state.encoder.calibration if query_modality is not None else None
+    # the calibration maps cross-modal scores; a caption-matched score is another quantity
+    calibration = state.encoder.calibration if query_modality is not None and not caption_weight else None
     relevances: list[float | None] = [None] * len(hits)
     if calibration is not None and hits:
         for modality in {hit.modality for hit in hits}:
@@ -654,6 +688,7 @@ def search_response(
             "query_problem": query_problem,
             "k": k,
             "target": target,
+            "caption_weight": caption_weight,
             "stages_ms": {name: round(s * 1000, 3) for name, s in stages.items()},
         }
     )
@@ -781,12 +816,13 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         text = check_text(body.text, settings)
         check_query(state, body.target, body.labels, "text")
 
-        query = TextQuery(state, text, body.k, body.target, body.labels)
+        weight = caption_weight_for(state, settings, body.target, body.caption_weight)
+        query = TextQuery(state, text, body.k, body.target, body.labels, weight)
 
         def work():
             started = time.perf_counter()
-            vectors, problems = state.encoder.encode_text_queries([text])
-            return search_text_vectors(query, vectors, problems[0], time.perf_counter() - started)
+            vectors, problems, caption_vectors = encode_text_queries(state, [text], weight > 0)
+            return search_text_vectors(query, vectors, problems[0], time.perf_counter() - started, caption_vectors)
 
         service.searches_in_flight += 1
         try:
@@ -804,7 +840,16 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         service.record_text_work(stages)
         service.metrics.observe_stages("/search/text", stages)
         return search_response(
-            request, state, hits, body.k, body.target, stages, unknown_words=unknown, query_modality="text", query_problem=problem
+            request,
+            state,
+            hits,
+            body.k,
+            body.target,
+            stages,
+            unknown_words=unknown,
+            query_modality="text",
+            query_problem=problem,
+            caption_weight=weight or None,
         )
 
     @app.post(
@@ -968,6 +1013,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             loaded_at=state.loaded_at,
             detail=detail,
             worker_pid=os.getpid(),
+            caption_weight=caption_weight_for(state, settings, "image", None) if state.captions is not None else None,
         )
 
     @app.get(

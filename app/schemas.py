@@ -5,7 +5,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+)
 
 Target = Literal["image", "text", "both"]
 MAX_K = 100
@@ -61,6 +71,14 @@ class TextSearchRequest(BaseModel):
     k: StrictInt = _K
     target: Target = Field("image", description="what to find: images, texts or both")
     labels: list[LabelName] | None = _LABELS
+    caption_weight: StrictFloat | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="targets 'image' and 'text' on an index with caption vectors: how much each result's score takes "
+        "from the match between the query and the result's own text (0: the cross-modal score alone); unset: "
+        "the service's setting (DSCMR_CAPTION_WEIGHT, else the index version's own); see GET /readyz",
+    )
 
 
 class ImageSearchForm(BaseModel):
@@ -101,14 +119,15 @@ class SearchResult(BaseModel):
     id: str = Field(description="corpus item id (GET /items/{id})")
     score: float = Field(
         description="cosine similarity in the common space, -1..1; comparable within one modality only "
-        "(a query's own modality scores higher), see relevance"
+        "(a query's own modality scores higher), see relevance. With caption match (caption_weight > 0 in the "
+        "response): (1 - w) x that cosine + w x the cosine between the query and the result's own text"
     )
     relevance: float | None = Field(
         None,
         description="calibrated probability (0..1) that the result shares a label with the "
         "query, fitted per search direction on the model's validation split; one "
         "scale for images and texts (target 'both' is ranked by it); null for a "
-        "model saved without a calibration",
+        "model saved without a calibration, and for caption-matched results (it calibrates the cross-modal score only)",
     )
     modality: Literal["image", "text"] = Field(description="which side of the item matched")
     labels: list[str]
@@ -174,6 +193,11 @@ class SearchResponse(BaseModel):
     )
     k: int
     target: Target
+    caption_weight: float | None = Field(
+        None,
+        description="text searches with target 'image' or 'text': the weight the caption match had in each score "
+        "(see SearchResult.score); null when the scores are the cross-modal ones alone",
+    )
     stages_ms: dict[str, float] = Field(default_factory=dict, description="time per stage: queue, decode, encode, search")
 
 
@@ -229,6 +253,11 @@ class ReadyResponse(BaseModel):
     worker_pid: int | None = Field(
         None,
         description="process id of the server process that answered (one of DSCMR_WORKERS; each loads and reloads on its own)",
+    )
+    caption_weight: float | None = Field(
+        None,
+        description="the weight of the caption match in text searches that leave caption_weight unset; null when the "
+        "served index version has no caption vectors",
     )
 
 

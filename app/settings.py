@@ -84,6 +84,13 @@ class ServiceSettings(BaseSettings):
         description="longest wait of a query for others to join its batch (a batch also grows while it waits for a CPU slot)",
     )
     batch_max_size: int = Field(32, ge=1, le=1024, description="most queries in one batch")
+    caption_weight: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="weight of the caption match in text searches (0: the cross-modal score alone); unset: the weight "
+        "the served index version was published with (index/captions.py); no effect on a version without caption vectors",
+    )
     thumbnail_cache_items: int = Field(1024, ge=0, description="thumbnails kept in memory")
 
     # Slow clients (see app/server.py): each limit is answered with a 408 and the connection closed.

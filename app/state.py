@@ -21,6 +21,7 @@ from index.errors import IndexStoreError, NoIndexVersionError
 from index.search import SearchIndex
 from index.store import load_manifest, read_current, resolve_version
 from model.artefact import ModelArtefactError, read_model_hash
+from model.caption import CaptionEncoder, caption_encoder_from_spec
 from model.encoder import CrossModalEncoder, load_encoder
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class ServingState:
     model_dir: Path
     loaded_at: float
     label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    captions: CaptionEncoder | None = None  # encodes text queries for the caption match (index versions with captions)
 
     @property
     def index_version(self) -> str:
@@ -101,7 +103,39 @@ def load_serving_state(settings: ServiceSettings, previous: ServingState | None 
         encoder.warm_up()  # before the state is served: the first Chinese query must not load a dictionary
     index = SearchIndex.load(version_dir, encoder=encoder, verify=settings.verify_files, mmap_vectors=settings.mmap_index)
     label_counts = {m: index.metadata.label_counts(m) for m in index.modalities}
-    return ServingState(index=index, encoder=encoder, model_dir=Path(model_dir), loaded_at=time.time(), label_counts=label_counts)
+    captions = None
+    if index.has_captions:
+        spec = index.manifest["captions"]["encoder"]
+        if (
+            previous is not None
+            and previous.captions is not None
+            and previous.encoder is encoder
+            and previous.captions.spec() == spec
+        ):
+            captions = previous.captions
+        else:
+            try:
+                captions = caption_encoder_from_spec(
+                    spec, device=None if settings.device == "auto" else settings.device, shared=encoder
+                )
+            except (ImportError, OSError, ValueError) as exc:
+                # the model's own ranking still works: serve it rather than nothing
+                log.warning(
+                    "index version %s has caption vectors but their encoder %s cannot be loaded (%s: %s); text searches "
+                    "use the cross-modal score alone",
+                    index.version,
+                    spec,
+                    type(exc).__name__,
+                    exc,
+                )
+    return ServingState(
+        index=index,
+        encoder=encoder,
+        model_dir=Path(model_dir),
+        loaded_at=time.time(),
+        label_counts=label_counts,
+        captions=captions,
+    )
 
 
 @dataclass(frozen=True)

@@ -232,10 +232,23 @@ class RawWork:
         self.encoder = load_encoder(manifest["model"]["path"], device="cpu")
         self.index = SearchIndex.load(index_root, encoder=self.encoder, mmap_vectors=True)
         from app.settings import ServiceSettings
+        from model.caption import caption_encoder_from_spec
 
         self.settings = ServiceSettings()
+        # an index with caption vectors: the server mixes in the caption match by default (index/captions.py)
+        self.captions = (
+            caption_encoder_from_spec(manifest["captions"]["encoder"], device="cpu", shared=self.encoder)
+            if self.index.has_captions
+            else None
+        )
 
     def text(self, query: dict) -> list:
+        from model.caption import encode_text_queries_with_captions
+
+        if self.captions is not None and query["target"] != "both":
+            vectors, _, caption_vectors = encode_text_queries_with_captions(self.encoder, self.captions, [query["text"]])
+            self.encoder.unknown_words(query["text"])
+            return self.index.search_vectors_fused(vectors, caption_vectors, query["k"], query["target"])[0]
         vectors = self.encoder.encode_texts([query["text"]])
         self.encoder.unknown_words(query["text"])
         return self.index.search_vectors(vectors, query["k"], query["target"], query_modality="text")[0]

@@ -9,7 +9,18 @@ with target "image" and with target "text" (k = 100, the API's maximum). In the 
 items by the MiniLM cosine between the query and each item's own text (no image involved: how well the texts alone
 answer). Reports R@1, R@10 and MRR (the rank of the first hit; a hit beyond the first 100 counts 0 in MRR) per route,
 and for target "both" (k = 10) how many answers hold both images and texts.
+Each text route runs twice in the same service: with the caption match the demo's index was published with (the
+served default: the cross-modal score mixed with the match between the query and each result's own text, see
+index/captions.py) and with caption_weight 0 (the cross-modal score alone, DSCMR's common space).
 Writes docs/results/demo-queries.json and docs/demo-queries.md.
+
+    python bench/demo_queries.py --choose-weight      # choose the caption weight on the validation queries
+
+--choose-weight sends bench/data/demo_queries_validation.json (other queries, naming other emoji than the benchmark's)
+with target "image" at each caption weight of WEIGHT_GRID and keeps the smallest weight whose MRR is within
+WEIGHT_MRR_SLACK of the best: the most the pictures can weigh at almost no cost to the user. Writes
+docs/results/demo-caption-weight.json and docs/demo-caption-weight.md; training/demo.py's DEMO_CAPTION_WEIGHT must be
+the weight it chose (`--check-default` says whether it is).
 """
 
 from __future__ import annotations
@@ -34,6 +45,17 @@ sys.path.insert(0, str(REPO))
 from bench.machine import describe, detect_machine  # noqa: E402
 
 QUERIES_FILE = REPO / "bench" / "data" / "demo_queries.json"
+VALIDATION_QUERIES_FILE = REPO / "bench" / "data" / "demo_queries_validation.json"
+WEIGHT_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+WEIGHT_MRR_SLACK = 0.01
+# (route name, target, caption weight: None = the service's default)
+ROUTES = (
+    ("text -> image (service, caption match)", "image", None),
+    ("text -> image (cross-modal only)", "image", 0.0),
+    ("text -> text (service, caption match)", "text", None),
+    ("text -> text (cross-modal only)", "text", 0.0),
+)
+ANCHOR = "text-only anchor (MiniLM, query vs item text)"
 K = 100
 VARIATION_SELECTOR_16 = "\ufe0f"
 TARGETS = {"R@10": 0.9, "R@1": 0.6}  # what target "image" must reach (the instance-aware search issue)
@@ -124,39 +146,161 @@ def render_page(report: dict[str, Any]) -> str:
         "",
         f"Produced by `{report['command']}` on {report['date']}; {len(report['queries'])} queries from "
         f"`bench/data/demo_queries.json`, sent to the running service (model `{report['model_hash'][:12]}`, index "
-        f"`{report['index_version']}`).",
+        f"`{report['index_version']}`, caption weight {report['caption_weight']} by default).",
         "",
         f"Machine: {describe(report['machine_before'], report['machine_after'])}.",
         "",
-        "| route | R@1 | R@10 | MRR | found in top 100 |",
-        "|---|---|---|---|---|",
+        "| route | R@1 | R@10 | MRR | found in top 100 | same group in top 10 |",
+        "|---|---|---|---|---|---|",
     ]
-    for name in ("text -> image (service)", "text -> text (service)", "text-only anchor (MiniLM, query vs item text)"):
+    for name in [r[0] for r in ROUTES] + [ANCHOR]:
         row = s[name]
-        lines.append(f"| {name} | {row['R@1']:.3f} | {row['R@10']:.3f} | {row['MRR']:.3f} | {row[f'found in top {K}']:.3f} |")
-    image = s["text -> image (service)"]
+        group = f"{row['same group in top 10']:.3f}" if "same group in top 10" in row else "-"
+        lines.append(
+            f"| {name} | {row['R@1']:.3f} | {row['R@10']:.3f} | {row['MRR']:.3f} | {row[f'found in top {K}']:.3f} | {group} |"
+        )
+    image = s[ROUTES[0][0]]
     verdict = ", ".join(f"{k} {image[k]:.3f} {'>=' if image[k] >= v else '<'} {v}" for k, v in TARGETS.items())
     both = report["both"]
     lines += [
         "",
-        f"Targets for text -> image: {verdict} ({'met' if report['targets_met'] else 'NOT met'}).",
-        f'Target "both" (k = 10): {both["mixed"]} of {both["answers"]} answers hold images and texts '
+        f"Targets for text -> image as served: {verdict} ({'met' if report['targets_met'] else 'NOT met'}).",
+        f'Target "both" (k = 10; not caption-matched): {both["mixed"]} of {both["answers"]} answers hold images and texts '
         f"(on average {both['images_per_answer']:.1f} images and {both['texts_per_answer']:.1f} texts).",
         "",
         "R@K: share of queries whose first hit (any emoji the query lists) is within the first K results. "
-        "The served model is the demo's refit on every item (see [results-demo-setting.md](results-demo-setting.md)); "
-        "the queries were written by hand as people type them and took no part in choosing any setting.",
+        "The served model is the demo's refit on every item (see [results-demo-setting.md](results-demo-setting.md)). "
+        "*Caption match*: each result's score is (1 - w) x its cross-modal cosine + w x the MiniLM cosine between the "
+        "query and the item's own text (index/captions.py), w as the demo's index was published with; "
+        "*cross-modal only*: the same request with caption_weight 0, DSCMR's common space alone. "
+        f"w was chosen on other queries ([demo-caption-weight.md](demo-caption-weight.md)); the {len(report['queries'])} "
+        "queries here were written by hand as people type them and took no part in choosing any setting. "
+        "The anchor ranks the items by their text alone, with no picture involved. *Same group in top 10*: the share "
+        "of the first 10 results that carry an emoji group (the demo's label) of the emoji the query names, the "
+        "category side of the ranking.",
         "",
-        "| query | hits | rank (image) | rank (text) | rank (anchor) | first 3 images returned |",
-        "|---|---|---|---|---|---|",
+        "| query | hits | rank (image, caption match) | rank (image, cross-modal) | rank (text, caption match) | "
+        "rank (anchor) | first 3 images returned |",
+        "|---|---|---|---|---|---|---|",
     ]
     for q in report["queries"]:
         fmt = lambda r: "-" if r is None else str(r)  # noqa: E731
         lines.append(
-            f"| {q['query']} | {''.join(q['hits'])} | {fmt(q['rank_image'])} | {fmt(q['rank_text'])} | "
-            f"{q['rank_anchor']} | {''.join(q['top_images'])} |"
+            f"| {q['query']} | {''.join(q['hits'])} | {fmt(q['rank_image'])} | {fmt(q['rank_image_cross'])} | "
+            f"{fmt(q['rank_text'])} | {q['rank_anchor']} | {''.join(q['top_images'])} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def choose_weight(mrr_by_weight: dict[float, float]) -> float:
+    """The smallest weight whose MRR is within WEIGHT_MRR_SLACK of the best one's."""
+    best = max(mrr_by_weight.values())
+    return min(w for w, mrr in mrr_by_weight.items() if mrr >= best - WEIGHT_MRR_SLACK)
+
+
+def render_weight_page(report: dict[str, Any]) -> str:
+    """The docs page of the caption-weight choice."""
+    lines = [
+        "# Caption weight of the emoji demo, chosen on validation queries",
+        "",
+        f"Produced by `{report['command']}` on {report['date']}; {report['queries']} queries from "
+        f"`bench/data/demo_queries_validation.json` (written apart from the benchmark's, naming none of its emoji), "
+        f'sent with target "image" to the running service (model `{report["model_hash"][:12]}`, index '
+        f"`{report['index_version']}`) at each caption weight.",
+        "",
+        f"Machine: {describe(report['machine_before'], report['machine_after'])}.",
+        "",
+        "| caption weight | R@1 | R@10 | MRR |",
+        "|---|---|---|---|",
+    ]
+    for row in report["grid"]:
+        mark = " (chosen)" if row["weight"] == report["chosen"] else ""
+        lines.append(f"| {row['weight']}{mark} | {row['R@1']:.3f} | {row['R@10']:.3f} | {row['MRR']:.3f} |")
+    lines += [
+        "",
+        f"Rule: the smallest weight whose MRR is within {WEIGHT_MRR_SLACK} of the best weight's, so that the picture keeps "
+        "as much say as costs the user almost nothing. Weight 1 (the caption alone) is left out: it ranks an image by "
+        "its text only, and an image without a text by nothing. "
+        f"Chosen: **{report['chosen']}**; training/demo.py's DEMO_CAPTION_WEIGHT is {report['demo_default']} "
+        f"({'the same' if report['chosen'] == report['demo_default'] else 'DIFFERENT: update it'}).",
+        "",
+        f"The same queries ranked by their text alone (MiniLM, the anchor): R@1 {report['anchor']['R@1']:.3f}, "
+        f"R@10 {report['anchor']['R@10']:.3f}, MRR {report['anchor']['MRR']:.3f}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def load_queries(path: Path, corpus) -> tuple[list[dict[str, Any]], list[set[str]]]:
+    """The queries of `path` and, for each, the ids of the demo items that count as a hit."""
+    by_emoji = {it.extra["emoji"].replace(VARIATION_SELECTOR_16, ""): it for it in corpus.items}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    queries = data["queries"]
+    hit_ids = []
+    for q in queries:
+        missing = [h for h in q["hits"] if h.replace(VARIATION_SELECTOR_16, "") not in by_emoji]
+        if missing:
+            raise SystemExit(f"query {q['query']!r} of {path.name} names emoji the demo corpus lacks: {missing}")
+        hit_ids.append({by_emoji[h.replace(VARIATION_SELECTOR_16, "")].id for h in q["hits"]})
+    return queries, hit_ids
+
+
+def _search_ids(url: str, query: str, target: str, weight: float | None, k: int = K) -> list[dict[str, Any]]:
+    body: dict[str, Any] = {"text": query, "k": k, "target": target}
+    if weight is not None:
+        body["caption_weight"] = weight
+    return _post(url + "/search/text", body)["results"]
+
+
+def run_weight_choice(args: argparse.Namespace, corpus, machine_before: dict[str, Any]) -> int:
+    """Send the validation queries at every weight of WEIGHT_GRID; write the choice's JSON and page."""
+    from training.demo import DEMO_CAPTION_WEIGHT
+
+    queries, hit_ids = load_queries(VALIDATION_QUERIES_FILE, corpus)
+    log_path = Path(os.environ.get("TMPDIR", "/tmp")) / "demo-queries-service.log"
+    process, url = start_service(args.root, log_path)
+    try:
+        ready = json.loads(urllib.request.urlopen(url + "/readyz", timeout=10).read())
+        ranks: dict[float, list[int | None]] = {w: [] for w in WEIGHT_GRID}
+        for q, hits in zip(queries, hit_ids):  # weights interleaved query by query
+            for w in WEIGHT_GRID:
+                ranks[w].append(first_hit_rank([r["id"] for r in _search_ids(url, q["query"], "image", w)], hits))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    grid = [{"weight": w, **summarise(ranks[w])} for w in WEIGHT_GRID]
+    chosen = choose_weight({row["weight"]: row["MRR"] for row in grid})
+    report = {
+        "command": "python bench/demo_queries.py --choose-weight"
+        + (f" --root {args.root}" if args.root != REPO / "artifacts" else ""),
+        "date": time.strftime("%Y-%m-%d"),
+        "model_hash": ready["model_hash"],
+        "index_version": ready["index_version"],
+        "queries": len(queries),
+        "grid": grid,
+        "rule": f"smallest weight with MRR >= best MRR - {WEIGHT_MRR_SLACK}",
+        "chosen": chosen,
+        "demo_default": DEMO_CAPTION_WEIGHT,
+        "anchor": summarise(anchor_ranks(queries, corpus.items, hit_ids)),
+        "machine_before": machine_before,
+        "machine_after": detect_machine(),
+    }
+    out = args.out.parent / "demo-caption-weight.json"
+    out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    page = args.page.parent / "demo-caption-weight.md"
+    page.write_text(render_weight_page(report), encoding="utf-8")
+    for row in grid:
+        print(f"weight {row['weight']:<4} R@1 {row['R@1']:.3f}  R@10 {row['R@10']:.3f}  MRR {row['MRR']:.3f}")
+    print(f"chosen {chosen} (DEMO_CAPTION_WEIGHT {DEMO_CAPTION_WEIGHT}); wrote {out} and {page}")
+    return 0
+
+
+def check_default(out_dir: Path) -> int:
+    """0 when training/demo.py's DEMO_CAPTION_WEIGHT is the weight the committed choice made, else 1."""
+    from training.demo import DEMO_CAPTION_WEIGHT
+
+    chosen = json.loads((out_dir / "demo-caption-weight.json").read_text(encoding="utf-8"))["chosen"]
+    print(f"chosen on validation: {chosen}; DEMO_CAPTION_WEIGHT: {DEMO_CAPTION_WEIGHT}")
+    return 0 if chosen == DEMO_CAPTION_WEIGHT else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,21 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=REPO / "artifacts", help="demo artefact root (built when absent)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "demo-queries.json")
     parser.add_argument("--page", type=Path, default=REPO / "docs" / "demo-queries.md")
+    parser.add_argument("--choose-weight", action="store_true", help="choose the caption weight on the validation queries")
+    parser.add_argument("--check-default", action="store_true", help="is DEMO_CAPTION_WEIGHT the committed choice?")
     args = parser.parse_args(argv)
+    if args.check_default:
+        return check_default(args.out.parent)
     from model.corpus import load_corpus
     from training.demo import artefact_paths, build_demo
 
     machine_before = detect_machine()
     build_demo(args.root)  # a no-op on a built root
     corpus = load_corpus(artefact_paths(args.root)["corpus"])
-    by_emoji = {it.extra["emoji"].replace(VARIATION_SELECTOR_16, ""): it for it in corpus.items}
-    queries = json.loads(QUERIES_FILE.read_text(encoding="utf-8"))["queries"]
-    hit_ids = []
-    for q in queries:
-        missing = [h for h in q["hits"] if h.replace(VARIATION_SELECTOR_16, "") not in by_emoji]
-        if missing:
-            raise SystemExit(f"query {q['query']!r} names emoji the demo corpus lacks: {missing}")
-        hit_ids.append({by_emoji[h.replace(VARIATION_SELECTOR_16, "")].id for h in q["hits"]})
+    if args.choose_weight:
+        return run_weight_choice(args, corpus, machine_before)
+    queries, hit_ids = load_queries(QUERIES_FILE, corpus)
     emoji_of = {it.id: it.extra["emoji"] for it in corpus.items}
     log_path = Path(os.environ.get("TMPDIR", "/tmp")) / "demo-queries-service.log"
     process, url = start_service(args.root, log_path)
@@ -187,20 +330,28 @@ def main(argv: list[str] | None = None) -> int:
         rows, ready = [], json.loads(urllib.request.urlopen(url + "/readyz", timeout=10).read())
         mixed, images_total, texts_total = 0, 0, 0
         for q, hits in zip(queries, hit_ids):
-            image = _post(url + "/search/text", {"text": q["query"], "k": K, "target": "image"})["results"]
-            text = _post(url + "/search/text", {"text": q["query"], "k": K, "target": "text"})["results"]
-            both = _post(url + "/search/text", {"text": q["query"], "k": 10, "target": "both"})["results"]
+            answers = {name: _search_ids(url, q["query"], target, weight) for name, target, weight in ROUTES}
+            both = _search_ids(url, q["query"], "both", None, k=10)
             modalities = [r["modality"] for r in both]
             mixed += len(set(modalities)) == 2
             images_total += modalities.count("image")
             texts_total += modalities.count("text")
+            ranks = {name: first_hit_rank([r["id"] for r in answer], hits) for name, answer in answers.items()}
+            groups = {lab for it in corpus.items if it.id in hits for lab in it.labels}
+            same_group = {
+                name: sum(bool(groups & set(r["labels"])) for r in answer[:10]) / max(1, len(answer[:10]))
+                for name, answer in answers.items()
+            }
             rows.append(
                 {
                     "query": q["query"],
                     "hits": q["hits"],
-                    "rank_image": first_hit_rank([r["id"] for r in image], hits),
-                    "rank_text": first_hit_rank([r["id"] for r in text], hits),
-                    "top_images": [emoji_of[r["id"]] for r in image[:3]],
+                    "rank_image": ranks[ROUTES[0][0]],
+                    "rank_image_cross": ranks[ROUTES[1][0]],
+                    "rank_text": ranks[ROUTES[2][0]],
+                    "rank_text_cross": ranks[ROUTES[3][0]],
+                    "top_images": [emoji_of[r["id"]] for r in answers[ROUTES[0][0]][:3]],
+                    "same_group_top10": same_group,
                 }
             )
     finally:
@@ -208,17 +359,18 @@ def main(argv: list[str] | None = None) -> int:
         process.wait(timeout=30)
     for row, rank in zip(rows, anchor_ranks(queries, corpus.items, hit_ids)):
         row["rank_anchor"] = rank
-    summary = {
-        "text -> image (service)": summarise([r["rank_image"] for r in rows]),
-        "text -> text (service)": summarise([r["rank_text"] for r in rows]),
-        "text-only anchor (MiniLM, query vs item text)": summarise([r["rank_anchor"] for r in rows]),
-    }
-    image = summary["text -> image (service)"]
+    keys = ("rank_image", "rank_image_cross", "rank_text", "rank_text_cross")
+    summary = {name: summarise([r[key] for r in rows]) for (name, _, _), key in zip(ROUTES, keys)}
+    for name, _, _ in ROUTES:
+        summary[name]["same group in top 10"] = sum(r["same_group_top10"][name] for r in rows) / len(rows)
+    summary[ANCHOR] = summarise([r["rank_anchor"] for r in rows])
+    image = summary[ROUTES[0][0]]
     report = {
         "command": "python bench/demo_queries.py" + (f" --root {args.root}" if args.root != REPO / "artifacts" else ""),
         "date": time.strftime("%Y-%m-%d"),
         "model_hash": ready["model_hash"],
         "index_version": ready["index_version"],
+        "caption_weight": ready.get("caption_weight"),
         "summary": summary,
         "targets": TARGETS,
         "targets_met": all(image[k] >= v for k, v in TARGETS.items()),
@@ -237,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     args.page.write_text(render_page(report), encoding="utf-8")
     for name, row in summary.items():
         print(f"{name:<48} R@1 {row['R@1']:.3f}  R@10 {row['R@10']:.3f}  MRR {row['MRR']:.3f}")
-    print(f"targets (text -> image): {'met' if report['targets_met'] else 'NOT met'}; wrote {args.out} and {args.page}")
+    print(f"targets (text -> image as served): {'met' if report['targets_met'] else 'NOT met'}; wrote {args.out} and {args.page}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""CLI of the indexing job: build, merge, add, delete, info, use, prune.
+"""CLI of the indexing job: build, merge, add, delete, captions, info, use, prune.
 
 python -m index build  --model MODEL_DIR --corpus CORPUS_DIR --root INDEX_ROOT [--index-type flat|hnsw|ivfpq|auto]
 python -m index build  ... --feature-cache PREPARED/feature_cache   # reuse the backbone features prepare cached
@@ -6,6 +6,7 @@ python -m index build  ... --shard 2/8          # embed shard 2 of 8 only (one p
 python -m index merge  --model MODEL_DIR --corpus CORPUS_DIR --root INDEX_ROOT [--shard-dirs DIR ...]
 python -m index add    --root INDEX_ROOT --model MODEL_DIR --corpus NEW_ITEMS_CORPUS [--ids ID ...] [--replace]
 python -m index delete --root INDEX_ROOT ID [ID ...] [--ids-file FILE]
+python -m index captions --root INDEX_ROOT --weight 0.8  # caption vectors for the caption match of text queries
 python -m index info   --root INDEX_ROOT [--no-verify]
 python -m index use    --root INDEX_ROOT VERSION          # point CURRENT at an older version (rollback)
 python -m index prune  --root INDEX_ROOT --keep N
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 
 from index.build import BuildConfig, IndexConfig, build_index, embed_shard, merge_shards
+from index.captions import check_weight
 from index.errors import IndexStoreError
 from index.faiss_index import INDEX_KINDS
 from index.shards import parse_shard
@@ -73,6 +75,13 @@ def _embed_options(p: argparse.ArgumentParser) -> None:
         help="a prepared-data folder's feature_cache (from `python -m training prepare`): "
         "images it holds for the model's backbone reuse their features instead of running the backbone again",
     )
+    p.add_argument(
+        "--caption-weight",
+        type=float,
+        default=0.0,
+        help="also store caption vectors (MiniLM) of the texts, for text searches that mix in the match between the query "
+        "and each result's own text with this weight (0-1; default 0: none); see `python -m index captions`",
+    )
     p.add_argument("--pause-per-step", type=float, default=0.0, help=argparse.SUPPRESS)  # test hook: slow each step down
 
 
@@ -99,6 +108,7 @@ def _config(args: argparse.Namespace) -> BuildConfig:
         show_progress=not args.no_progress,
         keep_shards=args.keep_shards,
         pause_per_step_s=args.pause_per_step,
+        caption_weight=check_weight(args.caption_weight),
         feature_cache=str(args.feature_cache) if args.feature_cache else None,
     )
 
@@ -151,6 +161,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ids-file", type=Path, help="a file with one item id per line")
     p.add_argument("--modalities", default=",".join(MODALITIES))
     p.add_argument("--missing-ok", action="store_true", help="ignore ids that are not indexed")
+
+    p = sub.add_parser(
+        "captions",
+        help="add caption vectors (MiniLM) of every indexed text to the current version: text searches then mix the "
+        "cross-modal score with the match between the query and each result's own text",
+    )
+    p.add_argument("--root", required=True, type=Path)
+    p.add_argument(
+        "--weight",
+        type=float,
+        required=True,
+        help="0-1: the caption match's share of each text search's score by default (the service and each request can "
+        "override it); bench/demo_queries.py --choose-weight chooses it on validation queries",
+    )
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("info", help="describe the current (or a given) version and list all versions")
     p.add_argument("--root", required=True, type=Path)
@@ -207,6 +232,10 @@ def _run(args: argparse.Namespace) -> int:
             ids += [line.strip() for line in args.ids_file.read_text(encoding="utf-8").splitlines() if line.strip()]
         modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
         _print_version(delete_items(args.root, ids, modalities, missing_ok=args.missing_ok))
+    elif args.command == "captions":
+        from index.captions import attach_captions
+
+        _print_version(attach_captions(args.root, args.weight, show_progress=not args.no_progress))
     elif args.command == "info":
         version = resolve_version(args.root / "versions" / args.version if args.version else args.root)
         manifest = load_manifest(version, verify_files=not args.no_verify)
@@ -242,6 +271,7 @@ def _print_version(version: Path) -> None:
                 "counts": manifest["counts"],
                 "skipped": manifest.get("skipped", {}).get("count", 0),
                 "index": {m: info["spec"]["factory"] for m, info in manifest["modalities"].items()},
+                "caption_weight": (manifest.get("captions") or {}).get("weight"),
             }
         )
     )

@@ -120,6 +120,9 @@ class BuildConfig:
     # A feature cache written by `training prepare` (PREPARED/feature_cache): images whose bytes and backbone it holds
     # reuse their cached backbone features instead of running the backbone again.
     feature_cache: str | None = None
+    # Caption vectors of the texts for the caption match of text queries (index/captions.py): the weight a text search
+    # gives them by default; 0 publishes none.
+    caption_weight: float = 0.0
     # Test/debug hook: sleep this long at every step (batch, file write, rename) so a build can be killed mid-way.
     pause_per_step_s: float = 0.0
 
@@ -148,10 +151,13 @@ def publish_version(
     show_progress: bool = False,
     make_current: bool = True,
     timings: dict[str, float] | None = None,
+    caption_weight: float = 0.0,
+    caption_encoder: Any = None,
 ) -> Path:
     """Build one FAISS index per modality of `source` plus the metadata, publish them as a new version; return its path.
 
-    `timings`, when given, receives the seconds of each step (see PUBLISH_STEPS).
+    `timings`, when given, receives the seconds of each step (see PUBLISH_STEPS). With `caption_weight` > 0 the version
+    also gets caption vectors of its texts (index/captions.py; `caption_encoder`, MiniLM by default) before it is published.
     """
     root = Path(root)
     checkpoint = checkpoint or (lambda stage: None)
@@ -194,6 +200,19 @@ def publish_version(
                 "timings": {k: round(v, 3) for k, v in info_timings.items()},
             }
             del index
+        caption_fields: dict[str, Any] = {}
+        if caption_weight > 0:
+            from index.captions import CAPTION_KEYS_FILE, CAPTIONS_FILE, build_captions
+
+            if caption_encoder is None:
+                from model.caption import MiniLMCaptionEncoder
+
+                caption_encoder = MiniLMCaptionEncoder()
+            staged = {"modalities": modalities_info}
+            build_captions(stage.path, staged, metadata, caption_encoder, caption_weight, show_progress)
+            caption_fields["captions"] = staged["captions"]
+            for name in (CAPTIONS_FILE, CAPTION_KEYS_FILE):
+                stage.seal(name)
         t0 = time.perf_counter()
         records.finish(metadata.next_key())
         metadata.close()
@@ -210,6 +229,7 @@ def publish_version(
             "counts": {m: info["count"] for m, info in modalities_info.items()},
             "libraries": library_versions(),
             "build_seconds": round(time.perf_counter() - started, 3),
+            **caption_fields,
             **(fields or {}),
         }
         version = stage.publish(manifest_fields, make_current=make_current, checkpoint=checkpoint)
@@ -579,7 +599,16 @@ def merge_shards(
             "image_features_reused": sum(int(m.get("image_features_reused", 0)) for _, m in source.shards),
         },
     }
-    version = publish_version(out_root, source, model_hash, config.index, fields, config.checkpoint(), config.show_progress)
+    version = publish_version(
+        out_root,
+        source,
+        model_hash,
+        config.index,
+        fields,
+        config.checkpoint(),
+        config.show_progress,
+        caption_weight=config.caption_weight,
+    )
     if not config.keep_shards:
         for d in shard_dirs:
             shutil.rmtree(d, ignore_errors=True)

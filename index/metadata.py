@@ -251,6 +251,10 @@ class MetadataStore:
                 out[item_id] = key
         return out
 
+    def keys_by_item(self, modality: str) -> dict[str, int]:
+        """{item_id: key} of every live entry of `modality`."""
+        return dict(self._conn.execute("SELECT item_id, key FROM entries WHERE modality = ?", (modality,)))
+
     def keys_with_labels(self, modality: str, labels: Iterable[str]) -> np.ndarray:
         """Sorted int64 keys of the `modality` entries carrying at least one of `labels` (cached per label set)."""
         cache_key = (modality, frozenset(labels))

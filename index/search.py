@@ -38,6 +38,8 @@ Target = Literal["image", "text", "both"]
 DEFAULT_EXACT_SUBSET_MAX = 20_000
 _EXACT_CHUNK = 16_384
 _WIDEN_STEPS = (4, 16)
+# Candidates a caption-matched search takes from each of its two rankings before mixing their scores.
+DEFAULT_FUSION_POOL = 100
 
 
 class SearchHit(NamedTuple):
@@ -107,6 +109,9 @@ class SearchIndex:
         self._build_hits = general if records.rows is None else _hit_builder(records.rows, records.extras, general)
         self.exact_subset_max = exact_subset_max
         self.encoder = None
+        self._captions: _ModalityIndex | None = None
+        # key -> key of the same item's other side (-1: none), for the caption match; built with the caption index
+        self._pair_of: dict[str, np.ndarray] = {}
         self._selectors: dict[tuple[str, frozenset[str]], tuple[np.ndarray, _KeySelector | None]] = {}
         self._selectors_lock = threading.Lock()
         self.dim = int(manifest["model"]["dim"])
@@ -178,6 +183,11 @@ class SearchIndex:
                 "the version is inconsistent: rebuild it"
             )
         search_index = cls(version, manifest, indexes, metadata, records, exact_subset_max)
+        captions = manifest.get("captions")
+        if captions is not None and "text" in indexes:
+            search_index._attach_captions(
+                fi.read_index(version / captions["file"], mmap=mmap_vectors), indexes["text"].tombstones, use_gpu
+            )
         if encoder is not None:
             search_index.attach_encoder(encoder)
         return search_index
@@ -193,7 +203,33 @@ class SearchIndex:
         self._build_hits = functools.partial(_hits_from_records, self.records)  # drops the table the closure held
         self.metadata.close()
 
+    def _attach_captions(self, index: faiss.Index, text_tombstones: np.ndarray, use_gpu: bool | None) -> None:
+        info = self.manifest["captions"]
+        if index.d != int(info["dim"]):
+            raise IndexCorruptError(f"{self.path / info['file']} holds {index.d}-d vectors but the manifest says {info['dim']}")
+        self._captions = _ModalityIndex("text", index, text_tombstones, use_gpu)
+        size = self.metadata.next_key()
+        keys_of = {m: self.metadata.keys_by_item(m) for m in MODALITIES if m in self._indexes}
+        for modality, other in (("image", "text"), ("text", "image")):
+            pair = np.full(size, -1, dtype=np.int64)
+            if modality in keys_of and other in keys_of:
+                theirs = keys_of[other]
+                for item_id, key in keys_of[modality].items():
+                    pair[key] = theirs.get(item_id, -1)
+            pair.setflags(write=False)
+            self._pair_of[modality] = pair
+
     # ---------------------------------------------------------------------------------------------------- properties
+    @property
+    def has_captions(self) -> bool:
+        """True when this version carries caption vectors (index/captions.py) for the caption match of text queries."""
+        return self._captions is not None
+
+    @property
+    def caption_weight(self) -> float:
+        """The weight of the caption match that this version was published with (0 without caption vectors)."""
+        return float(self.manifest["captions"]["weight"]) if self._captions is not None else 0.0
+
     @property
     def version(self) -> str:
         """The version name (directory name under versions/)."""
@@ -308,6 +344,87 @@ class SearchIndex:
             np.lexsort((keys, -scores, -merge_on), axis=1)[:, :k] if scores.shape[1] else np.zeros((len(q), 0), dtype=np.int64)
         )
         return np.take_along_axis(scores, order, axis=1), np.take_along_axis(keys, order, axis=1)
+
+    def search_fused(
+        self,
+        queries: np.ndarray,
+        caption_queries: np.ndarray,
+        k: int = 10,
+        target: Target = "image",
+        labels: Iterable[str] | None = None,
+        weight: float | None = None,
+        pool: int = DEFAULT_FUSION_POOL,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Text queries ranked by cross-modal score mixed with caption match; (scores, keys) like search_keys.
+
+        score = (1 - weight) * cosine(query, item in the common space) + weight * cosine(query, item's own text under the
+        caption encoder), where an image's own text is the text entry of the same item id. Candidates are the `pool`
+        best of each score (label filter applied to both); both scores are then computed exactly for each candidate.
+        An item without a text of its own gets the lowest caption score among its query's candidates, so that it is
+        neither lifted nor dropped for lacking one. `weight` defaults to the version's own (manifest captions.weight);
+        0 gives exactly the cross-modal ranking. Target 'both' is not mixed (its modalities are merged by calibrated
+        relevance instead; see search_keys).
+        """
+        if self._captions is None:
+            raise IndexStoreError(
+                f"index version {self.version} has no caption vectors; add them with `python -m index captions`"
+            )
+        weight = self.caption_weight if weight is None else float(weight)
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"the caption weight must be between 0 and 1, got {weight}")
+        if target not in ("image", "text"):
+            raise ValueError(f"the caption match ranks one modality: target must be 'image' or 'text', got {target!r}")
+        if weight == 0.0:
+            return self.search_keys(queries, k, target, labels)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        qc = np.atleast_2d(np.asarray(caption_queries, dtype=np.float32))
+        if q.ndim != 2 or q.shape[1] != self.dim or qc.shape != (len(q), self._captions.index.d):
+            raise ValueError(
+                f"need (n, {self.dim}) query vectors and (n, {self._captions.index.d}) caption vectors; got {q.shape} and {qc.shape}"
+            )
+        q, qc = _normalise_queries(q), _normalise_queries(qc)
+        self._targets(target)
+        label_set = None if labels is None else self._label_set(labels)
+        mi = self._indexes[target]
+        depth = max(k, pool)
+        _, cross_keys = self._search_modality(mi, q, min(depth, max(mi.live, 1)), label_set)
+        _, caption_keys = self._search_modality(self._captions, qc, min(depth, max(self._captions.live, 1)), label_set)
+        to_text = self._pair_of["image"] if target == "image" else None
+        from_text = self._pair_of["text"] if target == "image" else None
+        out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        out_keys = np.full((len(q), k), -1, dtype=np.int64)
+        for row in range(len(q)):
+            found = caption_keys[row][caption_keys[row] >= 0]
+            candidates = np.union1d(cross_keys[row][cross_keys[row] >= 0], found if from_text is None else from_text[found])
+            candidates = candidates[candidates >= 0]
+            if not len(candidates):
+                continue
+            cross = fi.reconstruct_keys(mi.index, candidates) @ q[row]
+            text_keys = candidates if to_text is None else to_text[candidates]
+            has_text = text_keys >= 0
+            caption = np.zeros(len(candidates), dtype=np.float32)
+            if has_text.any():
+                caption[has_text] = fi.reconstruct_keys(self._captions.index, text_keys[has_text]) @ qc[row]
+                caption[~has_text] = caption[has_text].min()
+            fused = ((1.0 - weight) * cross + weight * caption).astype(np.float32)
+            order = np.lexsort((candidates, -fused))[:k]
+            out_scores[row, : len(order)] = fused[order]
+            out_keys[row, : len(order)] = candidates[order]
+        return out_scores, out_keys
+
+    def search_vectors_fused(
+        self,
+        queries: np.ndarray,
+        caption_queries: np.ndarray,
+        k: int = 10,
+        target: Target = "image",
+        labels: Iterable[str] | None = None,
+        weight: float | None = None,
+    ) -> list[list[SearchHit]]:
+        """search_fused's results as hits (the score is the mixed one)."""
+        return self._build_hits(*self.search_fused(queries, caption_queries, k, target, labels, weight))
 
     # ------------------------------------------------------------------------------------------------------ internals
     def _require_encoder(self, what: str) -> Any:

@@ -15,6 +15,7 @@ import numpy as np
 
 from index import faiss_index as fi
 from index.build import BuildConfig, Encoder, IndexConfig, eligible, embed_batch, entry_records, image_feature_source
+from index.captions import sync_captions
 from index.errors import IndexModelMismatchError, IndexStoreError
 from index.metadata import MetadataStore
 from index.records import export_records
@@ -153,7 +154,13 @@ def delete_items(
 
 
 # --------------------------------------------------------------------------------------------------------- internals
-def _update(root: Path, change) -> Path:
+def update_version(root: str | Path, change, caption_encoder=None) -> Path:
+    """Copy-on-write update of the CURRENT version under the store lock: `change(version, fields, stage, metadata)`
+    edits the staged copy and returns what it did; caption vectors (index/captions.py) are then brought in step."""
+    return _update(Path(root), change, caption_encoder)
+
+
+def _update(root: Path, change, caption_encoder=None) -> Path:
     """Copy-on-write update of the CURRENT version under the store lock."""
     cleanup_staging(root)
     with store_lock(root):
@@ -165,6 +172,8 @@ def _update(root: Path, change) -> Path:
             fields = {k: v for k, v in manifest.items() if k not in ("files", "checksum", "version", "format_version")}
             fields["modalities"] = {m: dict(info) for m, info in manifest["modalities"].items()}
             operation = change(version, fields, stage, metadata)
+            if "captions" in fields:
+                operation["captions"] = sync_captions(version, stage.path, fields, metadata, caption_encoder)
             export_records(metadata, stage.path)
             metadata.close()
             for info in fields["modalities"].values():

@@ -158,6 +158,11 @@ class CrossModalEncoder:
         return backbone_fingerprint(self._backbone)
 
     @property
+    def sentence_encoder(self) -> Any:
+        """The MiniLM sentence encoder that makes this model's text input (None for other text encoders)."""
+        return self._sentence_encoder
+
+    @property
     def can_encode_texts(self) -> bool:
         """True when the model carries a text encoder (raw sentences can be encoded)."""
         return self._text_kind in ("sentence_cnn", "minilm", "tfidf")

@@ -131,7 +131,10 @@ def build_artefact_root(root: Path) -> ArtefactRoot:
         draw_shapes_corpus(paths["corpus"])  # build_demo keeps a corpus that is already there
         source = "shapes"
     # The GloVe sentence CNN keeps the vocabulary path (unknown words) under test; MiniLM has its own tests.
-    build_demo(root, DemoConfig(limit=DEMO_LIMIT, epochs=DEMO_EPOCHS, text="glove", progress=False))  # a no-op on a built root
+    # No caption vectors: the shared server ranks by the model alone; tests/test_app_caption_match.py adds them to a copy.
+    build_demo(
+        root, DemoConfig(limit=DEMO_LIMIT, epochs=DEMO_EPOCHS, text="glove", progress=False, caption_weight=0.0)
+    )  # a no-op on a built root
     corpus = load_corpus(paths["corpus"])
     manifest = load_manifest(resolve_version(paths["index"]), verify_files=False)
     return ArtefactRoot(

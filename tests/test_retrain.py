@@ -155,3 +155,17 @@ def test_two_retrains_in_a_row_cannot_drift_below_the_lineage_best(root):
     s_cand, s_serv, s_best = (scores[k]["val"]["score"] for k in ("candidate", "serving", "lineage_best"))
     assert s_cand >= s_serv - tolerance and s_cand < s_best - tolerance
     assert again["decision"] == "rejected" and "lineage" in again["reason"]
+
+
+def test_a_promoted_model_keeps_the_serving_versions_caption_match(root):
+    """Caption vectors do not depend on the model: the promoted model's index version gets them again, same weight."""
+    from index.captions import attach_captions
+
+    paths = artefact_paths(root)
+    attach_captions(paths["index"], 0.6)
+    report = retrain(root, RetrainConfig(epochs=60, early_stopping=None, progress=False, keep=5))
+    assert report["decision"] == "promoted", report["reason"]
+    served = SearchIndex.load(paths["index"])
+    assert served.version == report["serving_after"]["index_version"]
+    assert served.has_captions and served.caption_weight == 0.6
+    assert served.manifest["captions"]["count"] == served.count("text")

@@ -45,9 +45,15 @@ class DemoConfig:
     select_on: Literal["map", "r10", "mean"] = "mean"
     refit: bool = True  # serve a refit on every item (see training.pipeline.refit_and_save)
     text_views: int = 1  # training views per text (training/text_views.py)
+    # Weight of the caption match in text searches (index/captions.py): None = DEMO_CAPTION_WEIGHT for English texts
+    # and 0 (no caption vectors) for other locales, whose texts MiniLM mostly reads as unknown word pieces.
+    caption_weight: float | None = None
 
 
 DEMO_EPOCHS = 60
+# Chosen on validation queries written apart from the benchmark's (bench/data/demo_queries_validation.json) by
+# `python bench/demo_queries.py --choose-weight`: the smallest weight whose validation MRR is within 0.01 of the best.
+DEMO_CAPTION_WEIGHT = 0.8
 # Which model under models/ the demo serves (a build stopped after training resumes with it instead of training again).
 DEMO_MODEL_POINTER = "DEMO_MODEL"
 # GloVe 6B gives words the corpus never saw a sensible vector; min_count 1 keeps rare emoji names. The 100,000 most frequent
@@ -69,6 +75,15 @@ DEMO_TEXT_MINILM = TextEncoderConfig(kind="minilm")
 # Character 1-3-grams need no segmenter and no pretrained vocabulary, so they read every CLDR language alike.
 DEMO_TEXT_TFIDF = TextEncoderConfig(kind="tfidf", tfidf=TfidfConfig(analyzer="char", char_ngrams=(1, 3), min_df=2, dim=256))
 DEMO_LOSS_WEIGHTS = {"lambda_j2": 1.0, "eta_j3": 0.01}
+
+
+def demo_caption_weight(cfg: DemoConfig) -> float:
+    """The caption match's weight the demo's index is published with: `cfg.caption_weight`, else the chosen one in English."""
+    from training.datasets.emoji_demo import is_english
+
+    if cfg.caption_weight is not None:
+        return cfg.caption_weight
+    return DEMO_CAPTION_WEIGHT if is_english(cfg.locale) else 0.0
 
 
 def demo_text_option(cfg: DemoConfig) -> str:
@@ -174,9 +189,16 @@ def _check_root_locale(corpus_dir: Path, locale: str) -> None:
         )
 
 
+def _current_has_captions(index_root: Path) -> bool:
+    from index.store import load_manifest, resolve_version
+
+    return "captions" in load_manifest(resolve_version(index_root), verify_files=False)
+
+
 def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     """Build (or finish building) the emoji demo under `root`; returns what each stage did and how long it took."""
     from index.build import BuildConfig, IndexConfig, build_index
+    from index.captions import attach_captions
     from index.store import read_current
     from training.datasets.emoji_demo import EmojiSources, build_emoji_corpus, normalise_locale
 
@@ -185,7 +207,8 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
     locale = cfg.locale if cfg.locale == "en" else normalise_locale(cfg.locale, EmojiSources())
     text_option = demo_text_option(cfg)
     _check_root_locale(paths["corpus"], locale)
-    if read_current(paths["index"]) is not None:
+    caption_weight = demo_caption_weight(cfg)
+    if read_current(paths["index"]) is not None and (caption_weight == 0 or _current_has_captions(paths["index"])):
         return {"root": str(root), "status": "already built", "index_version": read_current(paths["index"]), "locale": locale}
 
     log.info("emoji demo in locale %s with text option %s", locale, text_option)
@@ -229,17 +252,22 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
     timings["train_s"] = round(time.perf_counter() - t, 2)
 
     t = time.perf_counter()
-    version = build_index(
-        model_dir,
-        paths["corpus"],
-        paths["index"],
-        BuildConfig(
-            index=IndexConfig(index_type=cfg.index_type),
-            show_progress=cfg.progress,
-            feature_cache=prepared_feature_cache(paths["prepared"]),
-        ),
-    )
+    if read_current(paths["index"]) is None:
+        build_index(
+            model_dir,
+            paths["corpus"],
+            paths["index"],
+            BuildConfig(
+                index=IndexConfig(index_type=cfg.index_type),
+                show_progress=cfg.progress,
+                feature_cache=prepared_feature_cache(paths["prepared"]),
+                caption_weight=caption_weight,
+            ),
+        )
+    elif caption_weight > 0 and not _current_has_captions(paths["index"]):
+        attach_captions(paths["index"], caption_weight, show_progress=cfg.progress)  # a build stopped before its captions
     timings["index_s"] = round(time.perf_counter() - t, 2)
+    version = read_current(paths["index"])
     timings["total_s"] = round(time.perf_counter() - started, 2)
     corpus = load_corpus(paths["corpus"])
     return {
@@ -250,7 +278,8 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
         "locale": locale,
         "text": text_option,
         "model_dir": str(model_dir),
-        "index_version": str(Path(version).name),
+        "index_version": version,
+        "caption_weight": caption_weight,
         "train": train_report,
         "timings": timings,
     }

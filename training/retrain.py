@@ -21,6 +21,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +235,9 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
     prepared = load_prepared(paths["prepared"])
     train_cfg, refit = serving_recipe(serving_model, prepared, cfg)
     criterion = train_cfg.train.select_on
-    run_dir = paths["runs"] / f"retrain-{time.strftime('%Y%m%dT%H%M%S')}"
+    # microseconds: two retrains started within one second (a script, a test) must not share a run directory or report
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    run_dir = paths["runs"] / f"retrain-{stamp}"
     trained = train_into_models(paths["prepared"], paths["models"], train_cfg, run_dir=run_dir, refit=refit)
     candidate_dir = Path(trained["model_dir"])
 
@@ -291,7 +294,11 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
             candidate_dir,
             paths["prepared"] / derived["corpus"] if derived else paths["corpus"],
             paths["index"],
-            BuildConfig(show_progress=cfg.progress, feature_cache=prepared_feature_cache(paths["prepared"])),
+            BuildConfig(
+                show_progress=cfg.progress,
+                feature_cache=prepared_feature_cache(paths["prepared"]),
+                caption_weight=serving_caption_weight(paths["index"]),
+            ),
         )
         report["serving_after"] = {"index_version": Path(version).name, "model_dir": str(candidate_dir)}
     else:
@@ -312,7 +319,7 @@ def retrain(root: str | Path, cfg: RetrainConfig = RetrainConfig()) -> dict[str,
     report["wall_s"] = round(time.perf_counter() - started, 2)
     reports = Path(root) / "reports"
     reports.mkdir(parents=True, exist_ok=True)
-    out = reports / f"retrain-{time.strftime('%Y%m%dT%H%M%S')}-{report['decision']}.json"
+    out = reports / f"retrain-{stamp}-{report['decision']}.json"
     out.write_text(json.dumps(report, indent=2))
     report["report_path"] = str(out)
     return report
@@ -382,6 +389,13 @@ def _twin_if_any(model_dir: Path) -> Path | None:
     except (RetrainError, OSError, ValueError):
         return None
     return twin if twin != Path(model_dir) else None
+
+
+def serving_caption_weight(index_root: Path) -> float:
+    """The caption weight of the serving index version (0 without caption vectors): a promoted model's version keeps it."""
+    from index.store import load_manifest, resolve_version
+
+    return float((load_manifest(resolve_version(index_root), verify_files=False).get("captions") or {}).get("weight", 0.0))
 
 
 def rollback(root: str | Path, to_version: str | None = None) -> dict[str, str]:

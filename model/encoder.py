@@ -208,12 +208,14 @@ class CrossModalEncoder:
         return self._backbone.extract_images(list(images), self.device).float().to(self.device)
 
     def warm_up(self) -> None:
-        """Load now what the first query would otherwise load: the Chinese segmenter's dictionary when the vocabulary
-        segments with jieba (seconds, on the first Chinese text otherwise)."""
-        if self._vocab is not None:
-            from model.text_tokenize import load_segmenter
+        """Load now what the first query would otherwise load: the Chinese segmenter's dictionary when the vocabulary or
+        the tf-idf model segments with jieba (seconds, on the first Chinese text otherwise)."""
+        from model.text_tokenize import load_segmenter
 
+        if self._vocab is not None:
             load_segmenter(self._vocab.tokenizer)
+        if self._tfidf is not None:  # its word n-grams and its unknown-word list both go through the tokenizer
+            load_segmenter(self._tfidf.cfg.tokenizer)
 
     def unknown_words(self, text: str) -> list[str] | None:
         """Words of `text` that the model's vocabulary lacks, in order, once each (None for text encoders without one)."""

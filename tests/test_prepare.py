@@ -233,6 +233,12 @@ def test_sentence_cnn_trains_end_to_end_and_the_saved_model_encodes_raw_inputs(p
     assert report["val"]["avg"] > 0.9 and report["test"]["avg"] > 0.9, report  # colour names the class on both sides
     encoder = load_encoder(tmp_path / "model", device="cpu")
     assert encoder.can_encode_images and encoder.can_encode_texts
+    # the thread count changes the figures in the last digits: every saved model records it
+    assert encoder.metrics["environment"] == {
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+    }
     trained = encoder.network.text_encoder.state_dict()
     assert not torch.equal(trained["convs.0.weight"], before["convs.0.weight"])  # the CNN was trained, not frozen
     texts = encoder.encode_texts(["a red circle on a pale background", "a blue square on a pale background"])

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -207,3 +209,16 @@ def test_prepare_train_and_serve_a_tfidf_model_end_to_end(tmp_path):
     vectors, problems = encoder.encode_text_queries([texts[0], "ʘʘʘ ❖❖"])
     assert problems == [None, "no_known_words"] and np.isfinite(vectors).all()
     assert encoder.unknown_words("a red zqxv") == ["zqxv"]
+    # the service warms the encoder up before it says ready: a tf-idf model tokenizes Chinese with jieba (unknown words,
+    # word n-grams), so its dictionary is loaded then, not on the first Chinese query (checked in a fresh process)
+    code = (
+        "import json, sys, jieba\n"
+        "from model.encoder import load_encoder\n"
+        "encoder = load_encoder(sys.argv[1], device='cpu')\n"
+        "before = jieba.dt.initialized\n"
+        "encoder.warm_up()\n"
+        "print(json.dumps([before, jieba.dt.initialized]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(report["model_dir"])], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [False, True]

@@ -83,6 +83,12 @@ def train_and_save(
             **({} if data.has_labels else {"map_note": MAP_UNDEFINED_NOTE}),
         },
         "dataset": data.name,
+        # results depend on the thread count (float sums in another order): recorded with every saved model
+        "environment": {
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "device": str(next(result.model.parameters()).device),
+        },
         "n_train": len(data.train),
         "n_val": len(data.val),
         "n_test": len(data.test),

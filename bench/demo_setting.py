@@ -36,7 +36,14 @@ sys.path.insert(0, str(REPO))
 
 from bench.machine import code_fingerprint, describe, detect_machine, git_commit  # noqa: E402
 from training.datasets.emoji_demo import build_emoji_corpus  # noqa: E402
-from training.demo import DEMO_TEXT, DEMO_TEXT_MINILM, DemoConfig, demo_text_option, demo_train_config  # noqa: E402
+from training.demo import (  # noqa: E402
+    DEMO_TEXT,
+    DEMO_TEXT_MINILM,
+    DemoConfig,
+    demo_instance_weight,
+    demo_text_option,
+    demo_train_config,
+)
 from training.evaluation import cross_modal_map, cross_modal_recall, instance_groups, selection_score  # noqa: E402
 from training.features import FeatureSplits, SplitArrays  # noqa: E402
 from training.prepare import PrepareConfig, load_prepared, prepare_corpus  # noqa: E402
@@ -250,7 +257,7 @@ def defaults_match(chosen: dict[str, Any]) -> bool:
     ) == (
         demo_text_option(defaults),
         defaults.labels,
-        defaults.instance_weight,
+        demo_instance_weight(defaults),
         defaults.instance_temperature,
         defaults.text_views,
         "infonce",

@@ -311,4 +311,43 @@ echo "second demo-init: exit 0 in $(( SECONDS - t )) s, $(grep -m1 -o '"status":
 compose run --rm index >"$work/index_info.log" 2>&1 || { cat "$work/index_info.log" >&2; fail "index info job failed"; }
 head -5 "$work/index_info.log" | sed 's/^/  /'
 
+# json_field FILE KEY...: a field of the last JSON document a job printed (its summary; log lines may come before it).
+json_field() {
+    python3 - "$@" <<'PY'
+import json, sys
+text, decoder, found = open(sys.argv[1]).read(), json.JSONDecoder(), None
+for at in (i for i, c in enumerate(text) if c == "{" and (i == 0 or text[i - 1] == "\n")):
+    try:
+        found = decoder.raw_decode(text, at)[0]
+    except ValueError:
+        pass
+if found is None:
+    sys.exit(f"no JSON summary in {sys.argv[1]}")
+for key in sys.argv[2:]:
+    found = found[key]
+print(json.dumps(found) if isinstance(found, (dict, list)) else found)
+PY
+}
+
+step "label-free corpus: demo-init --labels none into /data/labelfree, then retrain on it (issue 16)"
+# The demo's emoji with their groups hidden stand for a user's captioned pictures without labels: k-means clusters of
+# the texts train DSCMR, and the retraining job derives them again with the same settings (docs/docker.md).
+t=$SECONDS
+compose run --rm --no-deps demo-init python -m training demo --root /data/labelfree --labels none --limit 200 \
+    --clusters 8 --epochs 10 --no-progress >"$work/labelfree_demo.log" 2>&1 \
+    || { tail -40 "$work/labelfree_demo.log" >&2; fail "the label-free demo build failed"; }
+[[ "$(json_field "$work/labelfree_demo.log" derived_labels)" == clusters ]] || fail "the label-free demo has no derived labels"
+echo "label-free demo: $(json_field "$work/labelfree_demo.log" items) items, $(json_field "$work/labelfree_demo.log" classes)" \
+    "cluster labels, in $(( SECONDS - t )) s"
+t=$SECONDS
+# another seed than the demo's, so that the candidate is a new model; --tolerance 1 promotes it whatever its score
+compose run --rm retrain --root /data/labelfree --no-progress --seed 1 --tolerance 1 >"$work/labelfree_retrain.log" 2>&1 \
+    || { tail -40 "$work/labelfree_retrain.log" >&2; fail "docker compose run --rm retrain failed on the label-free root"; }
+decision="$(json_field "$work/labelfree_retrain.log" decision)"
+[[ "$decision" == promoted ]] || fail "retrain on the label-free root: $decision ($(json_field "$work/labelfree_retrain.log" reason))"
+echo "retrain on the label-free root: $decision in $(( SECONDS - t )) s ($(json_field "$work/labelfree_retrain.log" reason))"
+compose run --rm index info --root /data/labelfree/index >"$work/labelfree_info.log" 2>&1 \
+    || { cat "$work/labelfree_info.log" >&2; fail "index info on the label-free root failed"; }
+echo "its index's labels: $(json_field "$work/labelfree_info.log" manifest corpus label_names)"
+
 step "docker compose down -v"

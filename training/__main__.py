@@ -266,6 +266,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "text": args.text,
             "locale": args.locale,
             "labels": args.labels,
+            "clusters": args.clusters,
             "instance_weight": args.instance_weight,
             "select_on": args.select_on,
             "text_views": args.text_views,
@@ -582,10 +583,17 @@ def main(argv: list[str] | None = None) -> int:
         "locale; glove: the GloVe sentence CNN, English)",
     )
     p.add_argument(
-        "--labels", choices=["group", "subgroup", "both"], help="emoji labels: Unicode group, subgroup or both (default group)"
+        "--labels",
+        choices=["group", "subgroup", "both", "none"],
+        help="emoji labels: Unicode group, subgroup or both (default group); none builds the demo as a corpus without "
+        "labels, trained on k-means clusters of its texts (--clusters)",
     )
+    p.add_argument("--clusters", type=int, metavar="K", help="with --labels none: the number of clusters (default 32)")
     p.add_argument(
-        "--instance-weight", type=float, metavar="W", help="weight of the instance term (default 0.5; 0 = the paper's objective)"
+        "--instance-weight",
+        type=float,
+        metavar="W",
+        help="weight of the instance term (default 0.5, 0.3 with --labels none; 0 = the paper's objective)",
     )
     p.add_argument("--select-on", choices=["map", "r10", "mean"], help="validation criterion of the kept epoch (default mean)")
     p.add_argument(

@@ -39,8 +39,11 @@ class DemoConfig:
     locale: str = "en"
     # "auto": MiniLM for English, tf-idf character n-grams for every other language (MiniLM reads English word pieces).
     text: Literal["auto", "minilm", "glove", "tfidf"] = "auto"
+    # "none" builds the demo as a corpus without labels: k-means clusters of the texts (`clusters`) train J1/J2/J3.
     labels: EmojiLabels = "group"
-    instance_weight: float = 0.5
+    clusters: int = 32
+    # None: DEMO_INSTANCE_WEIGHT, or DEMO_UNLABELLED_INSTANCE_WEIGHT when labels is "none"
+    instance_weight: float | None = None
     instance_temperature: float = 0.05
     select_on: Literal["map", "r10", "mean"] = "mean"
     refit: bool = True  # serve a refit on every item (see training.pipeline.refit_and_save)
@@ -75,6 +78,17 @@ DEMO_TEXT_MINILM = TextEncoderConfig(kind="minilm")
 # Character 1-3-grams need no segmenter and no pretrained vocabulary, so they read every CLDR language alike.
 DEMO_TEXT_TFIDF = TextEncoderConfig(kind="tfidf", tfidf=TfidfConfig(analyzer="char", char_ngrams=(1, 3), min_df=2, dim=256))
 DEMO_LOSS_WEIGHTS = {"lambda_j2": 1.0, "eta_j3": 0.01}
+DEMO_INSTANCE_WEIGHT = 0.5
+# Without labels: k-means clusters of the MiniLM texts with k 32 and instance weight 0.3, the emoji demo's setting chosen
+# without labels (by validation R@10) on docs/results-unlabelled.md (`python bench/unlabelled.py`).
+DEMO_UNLABELLED_INSTANCE_WEIGHT = 0.3
+
+
+def demo_instance_weight(cfg: DemoConfig) -> float:
+    """The instance term's weight the demo trains with: `cfg.instance_weight`, else the default for its labels."""
+    if cfg.instance_weight is not None:
+        return cfg.instance_weight
+    return DEMO_UNLABELLED_INSTANCE_WEIGHT if cfg.labels == "none" else DEMO_INSTANCE_WEIGHT
 
 
 def demo_caption_weight(cfg: DemoConfig) -> float:
@@ -127,7 +141,10 @@ def demo_train_config(prepared, cfg: DemoConfig):
     base = dataclasses.replace(
         base,
         loss=dataclasses.replace(
-            base.loss, instance_weight=cfg.instance_weight, instance_temperature=cfg.instance_temperature, **DEMO_LOSS_WEIGHTS
+            base.loss,
+            instance_weight=demo_instance_weight(cfg),
+            instance_temperature=cfg.instance_temperature,
+            **DEMO_LOSS_WEIGHTS,
         ),
         train=dataclasses.replace(base.train, select_on=cfg.select_on),
     )
@@ -233,7 +250,13 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
         prepare_corpus(
             paths["corpus"],
             paths["prepared"],
-            PrepareConfig(text=demo_text_config(cfg), seed=cfg.seed, progress=cfg.progress, text_views=cfg.text_views),
+            PrepareConfig(
+                text=demo_text_config(cfg),
+                seed=cfg.seed,
+                progress=cfg.progress,
+                text_views=cfg.text_views,
+                **({"derive_labels": "clusters", "clusters": cfg.clusters} if cfg.labels == "none" else {}),
+            ),
         )
     timings["prepare_s"] = round(time.perf_counter() - t, 2)
 
@@ -253,9 +276,11 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
 
     t = time.perf_counter()
     if read_current(paths["index"]) is None:
+        derived = prepared.manifest.get("derived_labels")
         build_index(
             model_dir,
-            paths["corpus"],
+            # derived labels reach the index through the prepared corpus copy that carries them (label chips, filters)
+            paths["prepared"] / derived["corpus"] if derived else paths["corpus"],
             paths["index"],
             BuildConfig(
                 index=IndexConfig(index_type=cfg.index_type),
@@ -274,7 +299,8 @@ def build_demo(root: str | Path, cfg: DemoConfig = DemoConfig()) -> dict[str, An
         "root": str(root),
         "status": "built",
         "items": len(corpus),
-        "classes": len(corpus.label_names),
+        "classes": len(prepared.manifest["label_names"]),
+        **({"derived_labels": prepared.manifest["derived_labels"]["method"]} if "derived_labels" in prepared.manifest else {}),
         "locale": locale,
         "text": text_option,
         "model_dir": str(model_dir),

@@ -389,6 +389,7 @@ def prepare_corpus(
                 splits=splits,
                 name=f"{corpus.name}-derived",
                 multilabel=derived.multilabel,
+                language=corpus.language,
             ),
             out_dir / DERIVED_CORPUS_DIR,
         )

@@ -29,7 +29,7 @@ SKIN_TONES = frozenset(range(0x1F3FB, 0x1F400))
 VARIATION_SELECTOR_16 = "\ufe0f"
 DEFAULT_DROP_GROUPS = ("Component",)
 _REFERENCE_EMOJI = "\U0001f600"
-EmojiLabels = Literal["group", "subgroup", "both"]
+EmojiLabels = Literal["group", "subgroup", "both", "none"]
 
 
 @dataclass(frozen=True)
@@ -199,11 +199,12 @@ def build_emoji_corpus(
 
     `limit` (total) and `per_group` pick evenly spread emoji, balanced across the groups. `labels`: each item's Unicode
     group (9 classes), its subgroup (about 100: face-smiling, animal-mammal, food-fruit ...) or both (multi-label, the
-    group first). The split is stratified by the group either way, so the three settings share one split. `locale`: the
+    group first), or none (a corpus without labels, as a user's captioned pictures: the group stays in `extra` only). The
+    split is stratified by the group either way, so the four settings share one split. `locale`: the
     CLDR locale of the texts (see the module docstring); an item the locale has no name for keeps its English text.
     """
-    if labels not in ("group", "subgroup", "both"):
-        raise ValueError(f"labels must be 'group', 'subgroup' or 'both', got {labels!r}")
+    if labels not in ("group", "subgroup", "both", "none"):
+        raise ValueError(f"labels must be 'group', 'subgroup', 'both' or 'none', got {labels!r}")
     sources = sources or EmojiSources()
     sources.check()
     entries = _select(read_emoji_test(sources.emoji_test, drop_groups), limit, per_group)
@@ -272,6 +273,9 @@ def build_emoji_corpus(
             for it in items
         ]
         groups = groups + subgroups
+    elif labels == "none":
+        items = [dataclasses.replace(it, labels=()) for it in items]
+        groups = []
     corpus = Corpus(items=items, label_names=groups, name="emoji-demo", multilabel=labels == "both", language=locale)
     corpus.splits = splits
     if locale != "en":

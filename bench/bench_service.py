@@ -245,10 +245,11 @@ class RawWork:
     def text(self, query: dict) -> list:
         from model.caption import encode_text_queries_with_captions
 
-        if self.captions is not None and query["target"] != "both":
+        weight = query.get("caption_weight", self.index.caption_weight if self.captions is not None else 0.0)
+        if self.captions is not None and query["target"] != "both" and weight > 0:
             vectors, _, caption_vectors = encode_text_queries_with_captions(self.encoder, self.captions, [query["text"]])
             self.encoder.unknown_words(query["text"])
-            return self.index.search_vectors_fused(vectors, caption_vectors, query["k"], query["target"])[0]
+            return self.index.search_vectors_fused(vectors, caption_vectors, query["k"], query["target"], weight=weight)[0]
         vectors = self.encoder.encode_texts([query["text"]])
         self.encoder.unknown_words(query["text"])
         return self.index.search_vectors(vectors, query["k"], query["target"], query_modality="text")[0]
@@ -262,12 +263,12 @@ class RawWork:
         return self.index.search_vectors(vectors, k, "text", query_modality="image")[0]
 
 
-def overhead(raw: RawWork, servers: list[Server], text_pairs: int, image_pairs: int, image: bytes) -> dict:
+def overhead(raw: RawWork, servers: list[Server], text_pairs: int, image_pairs: int, image: bytes, text_query: dict) -> dict:
     """Part 1: alternate raw work and the same request to each server, one at a time; medians per path."""
-    text_body = json.dumps(TEXT_QUERY).encode()
+    text_body = json.dumps(text_query).encode()
     image_body = multipart_body(image, "query.png")
     kinds = {
-        "text": ("/search/text", text_body, "application/json", lambda: raw.text(TEXT_QUERY), text_pairs),
+        "text": ("/search/text", text_body, "application/json", lambda: raw.text(text_query), text_pairs),
         "image": (
             "/search/image",
             image_body,
@@ -488,7 +489,8 @@ def run(args: argparse.Namespace) -> dict:
     image = Path(sample.image_path).read_bytes()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    (work / "text.json").write_text(json.dumps(TEXT_QUERY))
+    text_query = {**TEXT_QUERY, **({} if args.caption_weight is None else {"caption_weight": args.caption_weight})}
+    (work / "text.json").write_text(json.dumps(text_query))
     (work / "image.multipart").write_bytes(multipart_body(image, Path(sample.image_path).name))
     payloads = {
         "text": ("/search/text", work / "text.json", "application/json"),
@@ -512,7 +514,7 @@ def run(args: argparse.Namespace) -> dict:
         ready = {name: server.wait_ready() for name, server in servers.items()}
         raw = RawWork(index_root)
         compared = [servers["off"]] + ([servers["baseline"]] if "baseline" in servers else [])
-        part1 = overhead(raw, compared, args.text_pairs, args.image_pairs, image)
+        part1 = overhead(raw, compared, args.text_pairs, args.image_pairs, image, text_query)
         del raw
         part2 = load_levels(
             [servers["off"], servers["on"]] + ([servers["baseline"]] if "baseline" in servers else []),
@@ -558,7 +560,7 @@ def run(args: argparse.Namespace) -> dict:
         "servers": {name: {"settings": {**BASE_ENV, **settings}, "what": what} for name, (settings, what) in SERVERS.items()},
         "baseline_commit": baseline_commit,
         "payloads": {
-            "text": f"JSON {json.dumps(TEXT_QUERY)}",
+            "text": f"JSON {json.dumps(text_query)}",
             "image": f"multipart upload of a corpus image ({len(image):,} B, k={IMAGE_K}, target text)",
         },
         "overhead": part1,
@@ -600,6 +602,12 @@ def _cell(value: float | None, fmt: str = ".1f") -> str:
     return "–" if value is None else format(value, fmt)
 
 
+def _results_file(command: str) -> str:
+    """The JSON file a recorded command wrote (its --out, else the default)."""
+    words = command.split()
+    return words[words.index("--out") + 1] if "--out" in words[:-1] else "docs/results/service.json"
+
+
 def markdown(results: dict) -> str:
     """docs/service-benchmark.md from the results."""
     m, after, ix = results["machine"], results["machine_after"], results["index"]
@@ -608,7 +616,7 @@ def markdown(results: dict) -> str:
         "# Service benchmark",
         "",
         f"`{results['command']}` ({results['created_at']}, commit `{(results['git_commit'] or 'unknown')[:12]}`, "
-        f"{results['wall_s']:.0f} s). Written by that command; the raw figures are in `docs/results/service.json`.",
+        f"{results['wall_s']:.0f} s). Written by that command; the raw figures are in `{_results_file(results['command'])}`.",
         "",
         f"- **Machine:** {describe(m, after)}. Load averages (1, 5, 15 min) before: {m['load_average']}, after: "
         f"{after['load_average']}.",
@@ -707,6 +715,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="run every load level this many times (medians)")
     parser.add_argument("--text-pairs", type=int, default=300, help="raw / HTTP pairs of text queries in part 1")
     parser.add_argument("--image-pairs", type=int, default=60, help="raw / HTTP pairs of image queries in part 1")
+    parser.add_argument(
+        "--caption-weight",
+        type=float,
+        metavar="W",
+        help="send caption_weight W with every text query (0: the cross-modal score alone; default: the index's weight)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "service.json")
     parser.add_argument("--md", type=Path, default=REPO / "docs" / "service-benchmark.md")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "out" / "service")

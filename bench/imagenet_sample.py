@@ -335,16 +335,27 @@ def cached_run(work: Path, key: str, fn: Callable[[], dict[str, Any]], what: dic
     return row
 
 
-def cached_probe(work: Path, fold: int, probes: dict[str, tuple[FeatureSplits, str]]) -> dict[str, float]:
-    """Linear-probe test accuracy of each (data, modality) on one fold, kept under WORK/runs/ like the runs.
+def _features_digest(data: FeatureSplits, modality: str) -> str:
+    """A hash of one modality's feature arrays in every split (what a linear probe reads)."""
+    import hashlib
 
-    As with cached_run, the cache is keyed by names only: delete WORK/runs/probes-f*.json after changing a feature."""
-    path = work / "runs" / f"probes-f{fold}.json"
-    done = json.loads(path.read_text()) if path.is_file() else {}
-    if set(done) != set(probes):
-        done = {name: linear_probe_accuracy(data, modality) for name, (data, modality) in probes.items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(done))
+    digest = hashlib.sha256()
+    for split in (data.train, data.val, data.test):
+        values = np.ascontiguousarray(split.image if modality == "image" else split.text)
+        digest.update(str(values.shape).encode() + values.tobytes() + np.ascontiguousarray(split.labels).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_probe(work: Path, fold: int, probes: dict[str, tuple[FeatureSplits, str]]) -> dict[str, float]:
+    """Linear-probe test accuracy of each (data, modality) on one fold, kept under WORK/runs/ like the runs: keyed by the
+    probes' names, a hash of the features each one reads and the code (run_name), so a changed feature is probed again."""
+    what = {name: [modality, _features_digest(data, modality)] for name, (data, modality) in sorted(probes.items())}
+    path = work / "runs" / f"{run_name(f'probes-f{fold}', what)}.json"
+    if CODE is not None and path.is_file():
+        return json.loads(path.read_text())
+    done = {name: linear_probe_accuracy(data, modality) for name, (data, modality) in probes.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(done))
     return done
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compose.sh"
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "compose.sh"
 
 
 def _stand_in(directory: Path, name: str, body: str) -> None:
@@ -57,3 +58,14 @@ def test_without_any_compose_the_script_says_how_to_install_one(bin_dir):
     done = _run(bin_dir, "up")
     assert done.returncode == 127
     assert "docker-compose-plugin" in done.stderr and "apt-get install docker-compose" in done.stderr
+
+
+def test_every_compose_job_that_builds_or_trains_runs_without_progress_bars():
+    """demo-init and both retrain services pass --no-progress (issue 17, item 17): a container log holds no bar redraws."""
+    import yaml
+
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    for name in ("demo-init", "retrain", "retrain-gpu"):
+        service = services[name]
+        argv = [*(service.get("entrypoint") or []), *(service.get("command") or [])]
+        assert "--no-progress" in argv, f"{name}: {argv}"

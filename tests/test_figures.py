@@ -284,3 +284,68 @@ def test_gpu_check_renders_a_gpu_hosts_json(tmp_path):
     assert "NVIDIA H100 80GB HBM3" in text and "No GPU figure" not in text
     assert "GPU speed-up over this machine's CPU: train 10.0x, extract 10.0x, search 10.0x." in text
     assert "top-1 ids agreeing with the CPU's: 100.0%" in text
+
+
+# Pages that their script writes whole from its JSON (the JSON is the published record): re-rendering changes nothing.
+WHOLE_PAGES = {
+    "docs/service-benchmark.md": ("bench.bench_service", "markdown", "service.json"),
+    "docs/service-benchmark-glove.md": ("bench.bench_service", "markdown", "service-glove.json"),
+    "docs/demo-queries.md": ("bench.demo_queries", "render_page", "demo-queries.json"),
+    "docs/demo-caption-weight.md": ("bench.demo_queries", "render_weight_page", "demo-caption-weight.json"),
+    "docs/results-demo-setting.md": ("bench.demo_setting", "render_page", "demo-setting.json"),
+    "docs/results-imagenet-sample.md": ("bench.imagenet_sample", "render_markdown", "imagenet-sample.json"),
+    "docs/results.md": ("bench.wikipedia", "render", "wikipedia.json"),
+    "docs/results-wikipedia-sweep.md": ("bench.wikipedia", "render_sweep", "wikipedia-sweep.json"),
+}
+
+
+@pytest.mark.parametrize("page", sorted(WHOLE_PAGES))
+def test_whole_pages_are_what_their_scripts_render_from_the_committed_json(page):
+    import importlib
+
+    module, function, name = WHOLE_PAGES[page]
+    render = getattr(importlib.import_module(module), function)
+    rendered = render(json.loads((REPO / "docs" / "results" / name).read_text()))
+    assert rendered == (REPO / page).read_text(), f"{page} differs from what {module}.{function} renders from {name}"
+
+
+def test_every_page_under_docs_with_figures_has_a_rendering_test():
+    """A results page is either a rendered section (RENDERED), a whole rendered page, or one of the prose pages."""
+    covered = {page for _, page, _ in RENDERED.values()} | set(WHOLE_PAGES) | {"docs/results-imagenet-image-features.md"}
+    prose = {"docs/docker.md"}
+    pages = {str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")}
+    assert pages - covered - prose == set(), "add the page's renderer to WHOLE_PAGES or RENDERED"
+
+
+# --- cached benchmark runs are keyed by what produced them (issue 17, item 11) ----------------------------------------
+def test_imagenet_sample_runs_are_cached_by_config_and_code(tmp_path, monkeypatch):
+    from bench import imagenet_sample
+
+    assert imagenet_sample.CODE is not None  # a git checkout: the code is fingerprinted
+    calls = []
+
+    def run() -> dict:
+        calls.append(1)
+        return {"avg": 0.5, "i2t": 0.5, "t2i": 0.5, "val_avg": 0.5}
+
+    imagenet_sample.cached_run(tmp_path, "dscmr-f0", run, {"lr": 1e-4})
+    imagenet_sample.cached_run(tmp_path, "dscmr-f0", run, {"lr": 1e-4})
+    assert len(calls) == 1  # the same config and code: reused
+    imagenet_sample.cached_run(tmp_path, "dscmr-f0", run, {"lr": 1e-3})
+    assert len(calls) == 2  # another config under the same name: run again
+    monkeypatch.setattr(imagenet_sample, "CODE", "another-code")
+    imagenet_sample.cached_run(tmp_path, "dscmr-f0", run, {"lr": 1e-4})
+    assert len(calls) == 3  # other code: run again
+
+
+def test_imagenet_sample_probes_are_cached_by_the_features_they_read(tmp_path, monkeypatch):
+    from bench import imagenet_sample
+
+    probed = []
+    monkeypatch.setattr(imagenet_sample, "linear_probe_accuracy", lambda data, modality: probed.append(modality) or 0.5)
+    data = tiny_splits(0)
+    imagenet_sample.cached_probe(tmp_path, 0, {"image": (data, "image")})
+    imagenet_sample.cached_probe(tmp_path, 0, {"image": (data, "image")})
+    assert probed == ["image"]
+    imagenet_sample.cached_probe(tmp_path, 0, {"image": (tiny_splits(1), "image")})  # same name, other features
+    assert probed == ["image", "image"]

@@ -58,6 +58,7 @@ if [[ ${#need_apt[@]} -gt 0 ]]; then
 fi
 if docker compose version >/dev/null 2>&1; then compose_bin=(docker compose); else compose_bin=(docker-compose); fi
 compose() { "${compose_bin[@]}" -p "$project" "$@"; }
+compose_labelfree() { "${compose_bin[@]}" -p "$project-labelfree" "$@"; }
 
 dockerd_pid=""
 wheel_server_pid=""
@@ -75,6 +76,7 @@ cleanup() {
             fi
             compose down -v --remove-orphans >/dev/null 2>&1 || true
         fi
+        compose_labelfree down -v --remove-orphans >/dev/null 2>&1 || true
     fi
     if [[ -n "$dockerd_pid" && ( $keep -eq 0 || $rc -ne 0 ) ]]; then
         kill "$dockerd_pid" 2>/dev/null || true
@@ -329,25 +331,29 @@ print(json.dumps(found) if isinstance(found, (dict, list)) else found)
 PY
 }
 
-step "label-free corpus: demo-init --labels none into /data/labelfree, then retrain on it (issue 16)"
-# The demo's emoji with their groups hidden stand for a user's captioned pictures without labels: k-means clusters of
-# the texts train DSCMR, and the retraining job derives them again with the same settings (docs/docker.md).
+step "label-free volume: demo-init --labels none, then docker compose run --rm retrain on it (issue 16)"
+# A second compose project, so that its `artifacts` volume is a fresh one whose root /data holds a corpus without labels:
+# the demo's emoji with their groups hidden stand for a user's captioned pictures. k-means clusters of the texts train
+# DSCMR, and the retraining job derives them again with the same settings (docs/docker.md).
 t=$SECONDS
-compose run --rm --no-deps demo-init python -m training demo --root /data/labelfree --labels none --limit 200 \
+compose_labelfree down -v --remove-orphans >/dev/null 2>&1 || true
+compose_labelfree run --rm --no-deps demo-init python -m training demo --root /data --labels none --limit 200 \
     --clusters 8 --epochs 10 --no-progress >"$work/labelfree_demo.log" 2>&1 \
     || { tail -40 "$work/labelfree_demo.log" >&2; fail "the label-free demo build failed"; }
 [[ "$(json_field "$work/labelfree_demo.log" derived_labels)" == clusters ]] || fail "the label-free demo has no derived labels"
-echo "label-free demo: $(json_field "$work/labelfree_demo.log" items) items, $(json_field "$work/labelfree_demo.log" classes)" \
-    "cluster labels, in $(( SECONDS - t )) s"
+echo "label-free volume: $(json_field "$work/labelfree_demo.log" items) items, $(json_field "$work/labelfree_demo.log" classes)" \
+    "cluster labels, built in $(( SECONDS - t )) s"
 t=$SECONDS
-# another seed than the demo's, so that the candidate is a new model; --tolerance 1 promotes it whatever its score
-compose run --rm retrain --root /data/labelfree --no-progress --seed 1 --tolerance 1 >"$work/labelfree_retrain.log" 2>&1 \
-    || { tail -40 "$work/labelfree_retrain.log" >&2; fail "docker compose run --rm retrain failed on the label-free root"; }
+# the service's own command (--root /data --no-progress) plus another seed than the demo's, so that the candidate is a
+# new model, and --tolerance 1, which promotes it whatever its score
+compose_labelfree run --rm retrain --root /data --no-progress --seed 1 --tolerance 1 >"$work/labelfree_retrain.log" 2>&1 \
+    || { tail -40 "$work/labelfree_retrain.log" >&2; fail "docker compose run --rm retrain failed on the label-free volume"; }
 decision="$(json_field "$work/labelfree_retrain.log" decision)"
-[[ "$decision" == promoted ]] || fail "retrain on the label-free root: $decision ($(json_field "$work/labelfree_retrain.log" reason))"
-echo "retrain on the label-free root: $decision in $(( SECONDS - t )) s ($(json_field "$work/labelfree_retrain.log" reason))"
-compose run --rm index info --root /data/labelfree/index >"$work/labelfree_info.log" 2>&1 \
-    || { cat "$work/labelfree_info.log" >&2; fail "index info on the label-free root failed"; }
+[[ "$decision" == promoted ]] || fail "retrain on the label-free volume: $decision ($(json_field "$work/labelfree_retrain.log" reason))"
+echo "docker compose run --rm retrain: $decision in $(( SECONDS - t )) s ($(json_field "$work/labelfree_retrain.log" reason))"
+compose_labelfree run --rm index >"$work/labelfree_info.log" 2>&1 \
+    || { cat "$work/labelfree_info.log" >&2; fail "index info on the label-free volume failed"; }
 echo "its index's labels: $(json_field "$work/labelfree_info.log" manifest corpus label_names)"
+compose_labelfree down -v --remove-orphans >/dev/null 2>&1 || true
 
 step "docker compose down -v"

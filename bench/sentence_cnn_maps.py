@@ -1,8 +1,12 @@
 """Dying sentence-CNN feature maps: how many maps still fire after DSCMR training, how many texts get an all-zero text
 feature, and the mAP, per choice of what follows max-over-time pooling (issue 19, item 7).
 
-    .venv/bin/python bench/sentence_cnn_maps.py                              # the recorded run
+    .venv/bin/python bench/sentence_cnn_maps.py                              # the default setting (bench/out)
     .venv/bin/python bench/sentence_cnn_maps.py --epochs 5 --seeds 0 --out /tmp/maps.json   # a quick look
+    .venv/bin/python bench/sentence_cnn_maps.py --embed-dim 300 --items 2193 --epochs 50 \
+        --out docs/results/sentence-cnn-maps.json --doc docs/results-sentence-cnn-maps.md   # the published page
+    .venv/bin/python bench/sentence_cnn_maps.py --from-json --out docs/results/sentence-cnn-maps.json \
+        --doc docs/results-sentence-cnn-maps.md                              # the page again from its JSON
 
 Data: a generated topic corpus (`tests.fixtures_data.topic_corpus`): `--items` pairs in 10 classes; each text draws its words from a
 Zipf-distributed common vocabulary and, with probability 0.2 per word, from its class's 60 topic words; 5% of texts
@@ -88,6 +92,64 @@ def run_variant(variant: str, seed: int, args: argparse.Namespace) -> dict[str, 
     }
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def render(report: dict[str, Any]) -> str:
+    """The page, from the JSON alone."""
+    from bench.provenance import load_note, provenance_line
+
+    st = report["settings"]
+    lines = [
+        "# Sentence CNN: feature maps that stop firing",
+        "",
+        provenance_line(report) + " " + load_note(report),
+        "",
+        f"A generated topic corpus (`tests.fixtures_data.topic_corpus`): {st['items']:,} pairs in 10 classes, texts drawn "
+        "from a Zipf-distributed common vocabulary and, with probability 0.2 per word, from their class's topic words; image "
+        f"features are the class's prototype plus Gaussian noise ({st['noise']}). Split 70/15/15 in item order. The sentence "
+        f"CNN reads word2vec ({st['embed_dim']}-d) trained on the training texts, {st['maps']} maps per kernel width 3, 4, "
+        f"5; DSCMR trains with the wiki-tuned preset (Adam lr 1e-3, cosine, no dropout) for at most {st['epochs']} epochs "
+        "and keeps the epoch with the best validation mAP. A map is *live* when its pooled maximum is positive on at least "
+        "one training text; a *silent* text is one on which no map fires (an all-zero feature with ReLU). Variants: what "
+        "follows max-over-time pooling: ReLU (Kim 2014 and the paper, the default), leaky ReLU (slope 0.01), batch "
+        "norm of the pooled maps before ReLU (pool norm).",
+        "",
+        "| variant | seed | live at init | after epoch 1 | at the kept epoch | at the last epoch | silent texts | kept epoch "
+        "| val mAP | test mAP |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        first = r["live_per_epoch"][0] if r["live_per_epoch"] else None
+        lines.append(
+            f"| {r['variant']} | {r['seed']} | {r['live_init']:.3f} | {'-' if first is None else f'{first:.3f}'} | "
+            f"{r['live_selected']:.3f} | {r['live_last']:.3f} | {r['silent_texts_selected']} of {r['texts']:,} | "
+            f"{r['best_epoch']} | {r['val_map']:.4f} | {r['test_map']:.4f} |"
+        )
+    variants = list(dict.fromkeys(r["variant"] for r in report["rows"]))
+    means = {
+        v: {k: _mean([r[k] for r in report["rows"] if r["variant"] == v]) for k in ("live_selected", "val_map", "test_map")}
+        for v in variants
+    }
+    lines += ["", "Means over seeds:", ""]
+    lines += ["| variant | live at the kept epoch | val mAP | test mAP |", "|---|---|---|---|"]
+    for v in variants:
+        m = means[v]
+        lines.append(f"| {v} | {m['live_selected']:.3f} | {m['val_map']:.4f} | {m['test_map']:.4f} |")
+    if "relu" in means:
+        base = means["relu"]
+        notes = [
+            f"{v}: {means[v]['live_selected'] - base['live_selected']:+.3f} live share, "
+            f"{means[v]['val_map'] - base['val_map']:+.4f} val mAP, {means[v]['test_map'] - base['test_map']:+.4f} test mAP"
+            for v in variants
+            if v != "relu"
+        ]
+        if notes:
+            lines += ["", "Against ReLU (the default): " + "; ".join(notes) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=800)
@@ -100,10 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per case")
     parser.add_argument("--jobs", type=int, default=2, help="cases trained at once (processes)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "sentence_cnn_maps.json")
+    parser.add_argument("--doc", type=Path, help="also write this page from the results (docs/results-sentence-cnn-maps.md)")
+    parser.add_argument("--from-json", action="store_true", help="with --doc: render the page from --out, run nothing")
     args = parser.parse_args(argv)
-    from bench.machine import describe, detect_machine
+    from bench.machine import describe
+    from bench.provenance import finish_record, run_record
 
-    before = detect_machine()
+    if args.from_json:
+        if args.doc is None:
+            parser.error("--from-json needs --doc")
+        args.doc.write_text(render(json.loads(args.out.read_text())))
+        print(f"written {args.doc} from {args.out}")
+        return 0
+    record = run_record("sentence_cnn_maps.py", argv)
     cases = [(v, int(s)) for s in args.seeds.split(",") for v in args.variants.split(",")]
     if args.jobs > 1:
         import multiprocessing
@@ -113,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = list(pool.map(run_variant, *zip(*cases), [args] * len(cases)))
     else:
         rows = [run_variant(v, s, args) for v, s in cases]
-    after = detect_machine()
+    finish_record(record)
     print(
         f"{'variant':<12}{'seed':>5}{'live init':>10}{'live sel':>10}{'live last':>10}{'silent':>8}{'best ep':>8}"
         f"{'val mAP':>9}{'test mAP':>9}"
@@ -123,20 +194,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['variant']:<12}{r['seed']:>5}{r['live_init']:>10.3f}{r['live_selected']:>10.3f}{r['live_last']:>10.3f}"
             f"{r['silent_texts_selected']:>8}{r['best_epoch']:>8}{r['val_map']:>9.4f}{r['test_map']:>9.4f}"
         )
-    print(describe(before, after))
+    print(describe(record["machine_before"], record["machine_after"]))
+    report = {
+        **record,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                "machine_before": before,
-                "machine_after": after,
-                "rows": rows,
-            },
-            indent=1,
-        )
-    )
+    args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")
+    if args.doc is not None:
+        args.doc.write_text(render(report))
+        print(f"wrote {args.doc}")
     return 0
 
 

@@ -143,6 +143,7 @@ RECORDED = {
     **{name: script for name, (script, _, _) in RENDERED.items()},
     "imagenet-image-features.json": "imagenet_image_features.py",
     "image-budget.json": "bench_image_budget.py",
+    "sentence-cnn-maps.json": "sentence_cnn_maps.py",
 }
 
 
@@ -296,6 +297,7 @@ WHOLE_PAGES = {
     "docs/results-imagenet-sample.md": ("bench.imagenet_sample", "render_markdown", "imagenet-sample.json"),
     "docs/results.md": ("bench.wikipedia", "render", "wikipedia.json"),
     "docs/results-wikipedia-sweep.md": ("bench.wikipedia", "render_sweep", "wikipedia-sweep.json"),
+    "docs/results-sentence-cnn-maps.md": ("bench.sentence_cnn_maps", "render", "sentence-cnn-maps.json"),
 }
 
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end check of the Docker packaging: lint the Dockerfile, validate docker-compose.yml, build the image, run
 # `docker compose up` on an empty artefact volume (demo-init builds the emoji demo, api serves it), wait for /readyz and
-# the container healthcheck, query POST /search/text and POST /search/image, run two jobs, tear everything down.
+# the container healthcheck, query POST /search/text and POST /search/image, run two jobs, build the demo without labels
+# on a second volume and retrain it there (`docker compose run --rm retrain`), tear everything down.
 #
 #   scripts/verify_docker.sh [--offline] [--keep]
 #
@@ -26,7 +27,7 @@ for arg in "$@"; do
     case "$arg" in
         --offline) offline=1 ;;
         --keep) keep=1 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown option $arg (see --help)" >&2; exit 2 ;;
     esac
 done

@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.machine import code_fingerprint, describe, detect_machine  # noqa: E402
+from bench.machine import code_fingerprint, data_fingerprint, describe, detect_machine  # noqa: E402
 from model.config import loss_for_ablation  # noqa: E402
 from model.corpus import SPLITS, Corpus, save_corpus  # noqa: E402
 from model.sentence_cnn import TextEncoderConfig  # noqa: E402
@@ -335,21 +335,10 @@ def cached_run(work: Path, key: str, fn: Callable[[], dict[str, Any]], what: dic
     return row
 
 
-def _features_digest(data: FeatureSplits, modality: str) -> str:
-    """A hash of one modality's feature arrays in every split (what a linear probe reads)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for split in (data.train, data.val, data.test):
-        values = np.ascontiguousarray(split.image if modality == "image" else split.text)
-        digest.update(str(values.shape).encode() + values.tobytes() + np.ascontiguousarray(split.labels).tobytes())
-    return digest.hexdigest()[:16]
-
-
 def cached_probe(work: Path, fold: int, probes: dict[str, tuple[FeatureSplits, str]]) -> dict[str, float]:
     """Linear-probe test accuracy of each (data, modality) on one fold, kept under WORK/runs/ like the runs: keyed by the
-    probes' names, a hash of the features each one reads and the code (run_name), so a changed feature is probed again."""
-    what = {name: [modality, _features_digest(data, modality)] for name, (data, modality) in sorted(probes.items())}
+    probes' names, a hash of the data each one reads and the code (run_name), so a changed feature is probed again."""
+    what = {name: [modality, data_fingerprint(data)] for name, (data, modality) in sorted(probes.items())}
     path = work / "runs" / f"{run_name(f'probes-f{fold}', what)}.json"
     if CODE is not None and path.is_file():
         return json.loads(path.read_text())

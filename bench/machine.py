@@ -105,3 +105,18 @@ def code_fingerprint(*folders: str) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return digest.hexdigest()[:16]
+
+
+def data_fingerprint(data: Any) -> str:
+    """A hash of a FeatureSplits' arrays (image, text, labels of every split), so a cached run is never reused for other
+    data."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        part = data.split(split)
+        for array in (part.image, part.text, part.labels):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]

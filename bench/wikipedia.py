@@ -33,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.machine import code_fingerprint, describe, detect_machine  # noqa: E402
+from bench.machine import code_fingerprint, data_fingerprint, describe, detect_machine  # noqa: E402
 from model.config import loss_for_ablation  # noqa: E402
 from model.losses import dscmr_loss  # noqa: E402
 from model.network import DSCMRNet  # noqa: E402
@@ -62,16 +62,6 @@ SWEEP_DROPOUTS = (0.0, 0.5)
 
 
 # ------------------------------------------------------------------------------------------------------ runs
-def data_fingerprint(data: FeatureSplits) -> str:
-    """A hash of the arrays (so a cached run is never reused for other data)."""
-    digest = hashlib.sha256()
-    for split in ("train", "val", "test"):
-        part = data.split(split)
-        for array in (part.image, part.text, part.labels):
-            digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:16]
-
-
 class RunCache:
     """Finished runs as JSON under WORK/runs, keyed by what produced them (configuration, data, code)."""
 

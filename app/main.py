@@ -6,7 +6,8 @@ Request flow of a search: validate the input (4xx JSON on any problem) -> take t
 decode / encode / search in a worker thread, at most `cpu_workers` at a time, or micro-batched with other queries
 (DSCMR_BATCHING) -> answer with the results, the model hash and index version that produced them, and the time taken.
 The event loop does no CPU work while other requests are in progress; a lone text search (a few ms) runs on it directly
-when text searches are cheap (DSCMR_INLINE_TEXT_MAX_MS), which saves two thread wake-ups.
+when text searches are cheap (DSCMR_INLINE_TEXT_MAX_MS), which saves two thread wake-ups. A valid POST /search/text
+skips FastAPI's per-request machinery (app/fast_path.py, DSCMR_TEXT_FAST_PATH).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from app.errors import (
     unparsable_json_error,
     validation_error,
 )
+from app.fast_path import JSONRouteFastPath, is_json_media_type
 from app.media import THUMBNAIL_MAX, THUMBNAIL_MIN, ThumbnailCache, item_image_file
 from app.metrics import MetricsMiddleware, ServiceMetrics
 from app.schemas import (
@@ -435,7 +437,7 @@ class JSONBodyRoute(APIRoute):
                 or request.headers.get("content-length", "0") != "0"
                 or "transfer-encoding" in request.headers
             )
-            if request.method in ("POST", "PUT", "PATCH") and has_body and not _is_json(content_type):
+            if request.method in ("POST", "PUT", "PATCH") and has_body and not is_json_media_type(content_type):
                 raise ApiError(
                     415,
                     "unsupported_media_type",
@@ -449,11 +451,6 @@ class JSONBodyRoute(APIRoute):
 
 def _media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
-
-
-def _is_json(content_type: str | None) -> bool:
-    media = _media_type(content_type)
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
 # ------------------------------------------------------------------------------------------------- input checks
@@ -866,7 +863,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         media = _media_type(content_type)
         if media == "multipart/form-data":
             data, options = await read_multipart_image(request, settings)
-        elif _is_json(content_type):
+        elif is_json_media_type(content_type):
             data, options = await read_json_image(request, settings)
         else:
             raise ApiError(
@@ -1083,6 +1080,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")
 
+    if settings.text_fast_path:
+        # innermost: the body limit, timeouts, metrics, error catch-all and security headers apply to it as to any route
+        app.add_middleware(
+            JSONRouteFastPath,
+            route=next(r for r in json_routes.routes if isinstance(r, APIRoute) and r.path == "/search/text"),
+            endpoint=search_text,
+            body_model=TextSearchRequest,
+            exception_handlers=app.exception_handlers,
+        )
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(
         BodyTimeoutMiddleware, read_timeout_s=settings.body_read_timeout_s, total_timeout_s=settings.body_timeout_s
@@ -1090,7 +1096,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_middleware(
         MetricsMiddleware,
         metrics=service.metrics,
-        known_paths=frozenset(r.path for r in app.routes if "{" not in getattr(r, "path", "{")),
+        # json_routes' own list too: FastAPI lists an included router in app.routes as one entry, without its paths
+        known_paths=frozenset(r.path for r in [*app.routes, *json_routes.routes] if "{" not in getattr(r, "path", "{")),
     )
     app.add_middleware(InternalErrorMiddleware)  # added late = outer: it also answers for the middlewares above
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: its headers go on every answer, a 500 included

@@ -76,7 +76,8 @@ def from_dict(cls: type, data: dict[str, Any]):
     unknown = set(data) - names
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(names)}")
-    kwargs = {}
+    # a field added after configs were saved may have a default for new configs that old ones were not trained with
+    kwargs = {k: v for k, v in getattr(cls, "SAVED_BEFORE_DEFAULTS", {}).items() if k not in data}
     for key, value in data.items():
         ftype = hints[key]
         if dataclasses.is_dataclass(ftype) and isinstance(value, dict):

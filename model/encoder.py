@@ -235,9 +235,9 @@ class CrossModalEncoder:
         """Common-space vectors of raw texts, each with what makes it unfit to rank by (None when nothing does).
 
         "no_known_words": the vocabulary knows no token of the text, so the model sees only the unknown-word token (or
-        nothing) and its vector says nothing about the text. "degenerate_vector": the text encoder's feature is all
-        zero (no sentence-CNN map fires on it), a vector every such text shares, which would rank items by nothing
-        the text says, all with the same score. The vectors are returned either way.
+        nothing) and its vector says nothing about the text. "degenerate_vector": every sentence-CNN map sits at the
+        activation's floor on the text (with ReLU: no map fires, an all-zero feature; with ELU: every map far below
+        zero), a vector every such text shares, which would rank items by nothing the text says, all with one score. The vectors are returned either way.
         """
         texts = list(texts)
         if self._tfidf is not None:
@@ -254,7 +254,7 @@ class CrossModalEncoder:
             h = self.network.text_feature(chunk)
             vectors.append(_unit(self.network.encode_text_feature(h)))
             known = (chunk > OOV_ID).any(1).tolist()
-            silent = (h == 0).all(1).tolist()
+            silent = self.network.text_encoder.silent_features(h).tolist()
             problems += [
                 None if k and not z else ("no_known_words" if not k else "degenerate_vector") for k, z in zip(known, silent)
             ]

@@ -497,10 +497,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--map-activation",
-        default="relu",
-        choices=["relu", "leaky_relu"],
-        help="activation after the sentence CNN's max-over-time pooling: relu (Kim 2014, the paper) or leaky_relu "
-        "(keeps feature maps from dying on small corpora; see the training log's text_live_maps)",
+        default="elu",
+        choices=["elu", "relu", "leaky_relu"],
+        help="activation after the sentence CNN's max-over-time pooling: elu (default: its maps keep firing, see "
+        "docs/results-sentence-cnn-maps.md), relu (Kim 2014, the paper; many maps stop firing for good on small "
+        "corpora, see the training log's text_live_maps) or leaky_relu",
     )
     p.add_argument(
         "--pool-norm", action="store_true", help="batch-normalise the sentence CNN's pooled feature maps before the activation"

@@ -34,6 +34,11 @@ class TrainConfig:
     # "best": the epoch the criterion prefers on validation; "last": the final epoch (a refit on every item, whose
     # epoch count was chosen on validation beforehand, has no held-out data left to choose on).
     keep: Literal["best", "last"] = "best"
+    # Learning rate of a trained text encoder (the sentence CNN and its word vectors) relative to `lr`. Adam moves every
+    # weight by about lr a step whatever its gradient's size, which for the CNN's small convolution weights (±0.03 at
+    # initialisation) is large: with 1.0 many feature maps stop firing for good within the first epoch (see
+    # docs/results-sentence-cnn-maps.md).
+    text_lr_scale: float = 1.0
 
 
 @dataclass(frozen=True)

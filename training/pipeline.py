@@ -54,11 +54,11 @@ def selected_map_activity(model, data: FeatureSplits) -> dict[str, Any] | None:
     }
     if activity.live_fraction < LIVE_MAPS_WARNING:
         log.warning(
-            "only %d of %d text feature maps fire on any training text (%d texts get no firing map): consider "
-            "--map-activation leaky_relu",
+            "only %d of %d text feature maps fire on any training text (%d texts get no firing map)%s",
             activity.live,
             activity.maps,
             activity.silent_texts,
+            "" if encoder.activation == "elu" else f" with {encoder.activation}: consider --map-activation elu",
         )
     return record
 

@@ -149,6 +149,19 @@ def make_adam(params: Any, tc: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay, foreach=True)
 
 
+def parameter_groups(model: DSCMRNet, tc: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters as optimiser groups: the text encoder's at lr * text_lr_scale, the rest at lr."""
+    if not tc.text_lr_scale > 0:
+        raise ValueError(f"text_lr_scale must be > 0, got {tc.text_lr_scale}")
+    text_ids = {id(p) for p in model.text_encoder.parameters()} if model.text_encoder is not None else set()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    rest = [p for p in trainable if id(p) not in text_ids]
+    text = [p for p in trainable if id(p) in text_ids]
+    if not text or tc.text_lr_scale == 1.0:
+        return [{"params": trainable}]
+    return [{"params": rest}, {"params": text, "lr": tc.lr * tc.text_lr_scale}]
+
+
 def build_model(cfg: DSCMRConfig, text_encoder: nn.Module | None = None) -> DSCMRNet:
     """A freshly initialised network for `cfg` (seeded by the caller)."""
     model = DSCMRNet(cfg.network, text_encoder=text_encoder)
@@ -280,8 +293,7 @@ def train_dscmr(
         torch.from_numpy(data.train.image).to(device),
         None if data.text_is_tokens else torch.from_numpy(data.train.text).to(device),
     )
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_adam(params, tc)
+    optimizer = make_adam(parameter_groups(model, tc), tc)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs) if tc.lr_schedule == "cosine" else None
     autocast, scaler = _amp_context(device, tc.amp)
     step_module: nn.Module = model

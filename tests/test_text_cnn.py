@@ -32,13 +32,15 @@ def _reference(cnn: SentenceCNN, ids: list[int]) -> torch.Tensor:
     for width, conv in zip(cnn.widths, cnn.convs):
         x = emb if len(ids) >= width else torch.cat([emb, torch.zeros(width - len(ids), cnn.embed_dim)])
         windows = [conv(x[t : t + width].T.unsqueeze(0)).squeeze() for t in range(x.shape[0] - width + 1)]
-        feats.append(torch.stack(windows).max(0).values.relu())
-    return torch.cat(feats)
+        feats.append(torch.stack(windows).max(0).values)
+    pooled = torch.cat(feats)
+    return {"relu": F.relu, "elu": F.elu, "leaky_relu": lambda x: F.leaky_relu(x, 0.01)}[cnn.activation](pooled)
 
 
-def test_output_shape_and_matches_reference_whatever_the_padding():
+@pytest.mark.parametrize("activation", ["elu", "relu", "leaky_relu"])
+def test_output_shape_and_matches_reference_whatever_the_padding(activation):
     torch.manual_seed(0)
-    cnn = SentenceCNN(vocab_size=30, embed_dim=8, widths=(3, 4, 5), maps=6, dropout=0.5).eval()
+    cnn = SentenceCNN(vocab_size=30, embed_dim=8, widths=(3, 4, 5), maps=6, dropout=0.5, activation=activation).eval()
     sentences = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [], [2, 2, 2, 2, 2], [7]]
     assert cnn.output_dim == 18
     for width in (7, 9, 20):
@@ -301,7 +303,7 @@ def test_mean_vector_appends_the_mean_word_vector_whatever_the_padding():
 
 def test_map_activity_counts_maps_that_fire_and_texts_on_which_none_fires():
     torch.manual_seed(4)
-    cnn = SentenceCNN(vocab_size=40, embed_dim=6, widths=(2, 3), maps=4, dropout=0.5)
+    cnn = SentenceCNN(vocab_size=40, embed_dim=6, widths=(2, 3), maps=4, dropout=0.5, activation="relu")
     with torch.no_grad():
         for conv in cnn.convs:
             conv.bias.fill_(-100.0)  # every map dead ...
@@ -319,7 +321,13 @@ def test_map_activity_counts_maps_that_fire_and_texts_on_which_none_fires():
     assert dead.live == 0 and dead.silent_text_fraction == 1.0
     cnn.eval()
     with torch.no_grad():
-        assert (cnn(ids) == 0).all()  # with ReLU, dead maps leave an all-zero feature: the same for every text
+        features = cnn(ids)
+    assert (features == 0).all()  # with ReLU, dead maps leave an all-zero feature: the same for every text
+    assert cnn.silent_features(features).all()
+    cnn.activation = "elu"  # the same dead maps under ELU: every map at its floor, -1
+    with torch.no_grad():
+        features = cnn(ids)
+    assert torch.allclose(features, torch.full_like(features, -1.0)) and cnn.silent_features(features).all()
 
 
 def test_leaky_activation_and_pool_norm_keep_a_gradient_and_an_informative_feature_for_dead_maps():

@@ -9,8 +9,9 @@ which leaves the order within each modality unchanged.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -34,10 +35,16 @@ class ScoreCalibration:
     def relevance(self, query_modality: str, result_modality: str, scores) -> np.ndarray:
         """Calibrated probability of relevance for cosine `scores` of one direction (-inf scores give 0)."""
         slope, intercept = self.params[direction(query_modality, result_modality)]
-        z = slope * np.asarray(scores, dtype=np.float64) + intercept
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # 0 * inf (slope 0, a -inf score) is NaN, mapped to 0
+            z = slope * np.asarray(scores, dtype=np.float64) + intercept
             p = 1.0 / (1.0 + np.exp(-z))
         return np.nan_to_num(p, nan=0.0)
+
+    def relevance_values(self, query_modality: str, result_modality: str, scores: Sequence[float]) -> list[float]:
+        """`relevance` for a short list of scores as Python floats (a search answer's k hits: numpy's per-call cost is
+        most of the time at that size); the same values to within rounding (tests/test_calibration.py)."""
+        slope, intercept = self.params[direction(query_modality, result_modality)]
+        return [_logistic(slope * float(score) + intercept) for score in scores]
 
     def covers(self, query_modality: str, result_modalities) -> bool:
         """True when every direction from `query_modality` to `result_modalities` is calibrated."""
@@ -61,3 +68,13 @@ class ScoreCalibration:
         return cls(
             params=params, relevant_means=data.get("relevant_means", cls.relevant_means), fitted_on=data.get("fitted_on", "val")
         )
+
+
+def _logistic(z: float) -> float:
+    """1 / (1 + exp(-z)) without overflow (0 for NaN, as relevance's nan_to_num)."""
+    if z != z:
+        return 0.0
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)

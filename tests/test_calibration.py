@@ -41,3 +41,15 @@ def test_round_trip_and_degenerate_input():
     rng = np.random.default_rng(1)
     one_class = np.ones((20, 1), np.float32)
     assert fit_score_calibration(rng.normal(size=(20, 4)), rng.normal(size=(20, 4)), one_class) is None
+
+
+@pytest.mark.parametrize("slope, intercept", [(12.0, -3.0), (-7.5, 2.0), (0.0, 1.0), (900.0, -10.0)])
+def test_python_relevance_matches_numpy_reference(slope, intercept):
+    """The per-answer path (Python floats) gives the array path's values, the edges included (overflow, -inf, NaN)."""
+    calibration = ScoreCalibration({"text->image": (slope, intercept)})
+    scores = [-np.inf, -2.0, -1.0, -0.25, 0.0, 0.1, 0.25, 0.5, 0.999, 1.0, 3.0, np.inf, np.nan]
+    reference = calibration.relevance("text", "image", scores)
+    values = calibration.relevance_values("text", "image", scores)
+    assert all(isinstance(v, float) for v in values)
+    assert values == pytest.approx(reference.tolist(), rel=1e-12, abs=1e-300)
+    assert calibration.relevance_values("text", "image", []) == []

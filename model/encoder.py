@@ -39,12 +39,16 @@ def build_text_encoder(text_spec: dict[str, Any], vocab: dict[str, Any] | None) 
 
 
 def build_network(artefact: ModelArtefact) -> DSCMRNet:
-    """Rebuild the DSCMR network of a loaded artefact, with its weights."""
+    """Rebuild the DSCMR network of a loaded artefact, with its weights.
+
+    The network's tensors are the artefact's own (assign=True), which safetensors maps from weights.safetensors
+    copy-on-write: processes serving one model (uvicorn workers, the indexing job beside the service) share its pages
+    instead of each holding a copy, and a network trained further writes private copies of the pages it changes."""
     net_cfg = from_dict(NetworkConfig, artefact.config["network"])
     net = DSCMRNet(net_cfg, text_encoder=build_text_encoder(artefact.feature_spec.get("text", {}), artefact.vocab))
     prefix = _finetuned_prefix(artefact.feature_spec)
     state = {k: v for k, v in artefact.state_dict.items() if not (prefix and k.startswith(prefix))}
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing, unexpected = net.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ModelArtefactError(
             f"model weights do not fit the configured network: missing {missing[:5]}, unexpected {unexpected[:5]}"

@@ -63,6 +63,35 @@ def test_round_trip_gives_identical_vectors(saved):
         enc.encode_texts(["a cat"])
 
 
+def _mapped_ranges(name: str) -> list[tuple[int, int]]:
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if line.rstrip().endswith(name):
+                low, high = line.split()[0].split("-")
+                ranges.append((int(low, 16), int(high, 16)))
+    return ranges
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="reads Linux's /proc/self/maps")
+def test_loaded_weights_stay_memory_mapped_and_copy_on_write(saved):
+    """A served network's weights are the file's pages (processes serving one model share them), and writing to them
+    changes neither the file nor another load."""
+    data, result, out, digest = saved
+    first, second = load_encoder(out, device="cpu"), load_encoder(out, device="cpu")
+    ranges = _mapped_ranges("weights.safetensors")
+    assert ranges, "weights.safetensors is not mapped into the process"
+    for name, param in first.network.named_parameters():
+        assert any(low <= param.data_ptr() < high for low, high in ranges), f"{name} was copied out of the mapping"
+    before = second.encode_image_features(data.test.image)
+    with torch.no_grad():
+        for param in first.network.parameters():
+            param.add_(1.0)
+    np.testing.assert_array_equal(second.encode_image_features(data.test.image), before)
+    np.testing.assert_array_equal(load_encoder(out, device="cpu").encode_image_features(data.test.image), before)
+    assert read_model_hash(out) == digest and load_model(out).content_hash == digest
+
+
 def test_same_model_same_hash_and_metrics_do_not_change_it(saved, tmp_path):
     data, result, out, digest = saved
     again = save_trained_model(result, tmp_path / "again", data.label_names, features_spec(12, 6), metrics={"note": "different"})

@@ -8,8 +8,8 @@ Every locale is the same emoji (the demo's corpus, same images, same stratified 
 texts from that locale's CLDR names and keywords (`training.datasets.emoji_demo`, English per item where the locale has
 no name), so the rows differ only by language and text option. Image features come from one shared feature cache.
 Text options: tf-idf word 1-2-grams (the project tokenizer: jieba words for Chinese, character units and bigrams for
-Japanese), tf-idf character 1-3-grams (the demo's option for non-English locales), the word2vec sentence CNN (word2vec
-trained on the training texts) and MiniLM (English word pieces; English only, its share of unknown word pieces is
+Japanese), tf-idf character 1-3-grams (the demo's option for non-English locales), both n-gram kinds in one tf-idf,
+the word2vec sentence CNN (word2vec trained on the training texts) and MiniLM (English word pieces; English only, its share of unknown word pieces is
 measured in every locale). DSCMR trains with the demo's schedule and loss (wiki-tuned, up to 60 epochs, early stopping
 after 15, lambda 1 / eta 0.01, instance term 0.5, epoch kept by the mean of validation mAP and R@10), and a second time
 for category search (instance term 0.1, epoch kept by validation mAP; DSCMR_SETTINGS). Semantic
@@ -48,6 +48,7 @@ from training.prepare import PrepareConfig, load_prepared, prepare_corpus  # noq
 from training.train import evaluate_split, train_dscmr  # noqa: E402
 
 PAGE_SECTION = "languages"
+README_SECTION = "languages-summary"
 LOCALES = ("en", "zh", "ja", "ar")
 LANGUAGE_NAMES = {"en": "English", "zh": "Chinese", "ja": "Japanese", "ar": "Arabic"}
 # Text option -> (prepare setting, name on the page). MiniLM reads English word pieces, so it runs for English only.
@@ -57,6 +58,12 @@ TEXT_OPTIONS: dict[str, tuple[TextEncoderConfig, str]] = {
         "tf-idf word 1-2-grams",
     ),
     "tfidf-char": (DEMO_TEXT_TFIDF, "tf-idf char 1-3-grams"),
+    "tfidf-char+word": (
+        TextEncoderConfig(
+            kind="tfidf", tfidf=TfidfConfig(analyzer="char+word", char_ngrams=(1, 3), word_ngrams=(1, 2), min_df=2, dim=256)
+        ),
+        "tf-idf char 1-3 + word 1-2-grams",
+    ),
     "word2vec": (
         TextEncoderConfig(
             kind="sentence_cnn",
@@ -339,6 +346,66 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_readme(report: dict[str, Any]) -> str:
+    """The README's summary: per language and text option, the chosen DSCMR setting's test mAP (semantic matching on the
+    same feature), the best per language in bold, and the target's outcome."""
+    summary, rows = report["summary"], report["rows"]
+    options = list(dict.fromkeys(r["option"] for r in rows))
+
+    def cell(locale: str, option: str) -> str:
+        mine = [r for r in rows if (r["locale"], r["option"]) == (locale, option)]
+        dscmr = [r for r in mine if r["method"].startswith("DSCMR")]
+        if not dscmr:
+            return "-"
+        chosen = max(dscmr, key=lambda r: r["val"]["map"])
+        sm = next(r for r in mine if r["method"] == "semantic matching")
+        text = f"{chosen['test']['map']:.4f}"
+        best = (summary[locale]["best_option"], summary[locale]["best_method"]) == (option, chosen["method"])
+        return f"{'**' + text + '**' if best else text} ({sm['test']['map']:.4f})"
+
+    lines = [
+        f"Test mAP over the 9 emoji groups of DSCMR (per option, the setting with the better validation mAP; bold: the "
+        f"best option on validation) and, in brackets, semantic matching (SM) on the same feature. From "
+        f"docs/results/languages.json ({report['date']}, commit {report['git_commit'][:7]}).",
+        "",
+        "| language | " + " | ".join(f"{TEXT_OPTIONS[o][1]} (SM)" for o in options) + " |",
+        "|---|" + "---|" * len(options),
+    ]
+    for locale in summary:
+        lines.append(f"| {LANGUAGE_NAMES.get(locale, locale)} | " + " | ".join(cell(locale, o) for o in options) + " |")
+    unknown = report["minilm_unknown_token_fraction"]
+    lines += [
+        "",
+        "MiniLM's share of unknown word pieces ([UNK]) on each language's texts: "
+        + ", ".join(f"{LANGUAGE_NAMES.get(k, k)} {100 * v:.1f}%" for k, v in unknown.items())
+        + ".",
+    ]
+    ahead = [d for s in summary.values() for d in s["dscmr_minus_sm_test_map"].values()]
+    english = summary["en"]["best_test_map"] if "en" in summary else None
+    within = [LANGUAGE_NAMES.get(k, k) for k, s in summary.items() if k != "en" and s["within_target"]]
+    missed = [f"{LANGUAGE_NAMES.get(k, k)} ({-s['gap_to_english']:+.4f})" for k, s in summary.items() if not s["within_target"]]
+    lines += [
+        "",
+        f"- **DSCMR against semantic matching:** ahead on the same feature in {sum(d > 0 for d in ahead)} of {len(ahead)} "
+        f"option rows ({min(ahead):+.4f} to {max(ahead):+.4f} test mAP).",
+        f"- **Within {MAP_GAP} test mAP of the English demo's best ({english:.4f}):** "
+        f"{', '.join(within) if within else 'no other language'}" + (f"; not reached: {', '.join(missed)}." if missed else "."),
+    ]
+    best_en = summary.get("en")
+    if best_en:
+        pair = [r for r in rows if (r["locale"], r["option"]) == ("en", best_en["best_option"])]
+        demo = next((r for r in pair if r["method"] == "DSCMR"), None)
+        other = next((r for r in pair if r["method"] == best_en["best_method"]), None)
+        if demo is not None and other is not None and demo is not other:
+            lines.append(
+                f"- **The demo's own setting** (instance term 0.5) gives up category mAP for finding the own pair: English "
+                f"{TEXT_OPTIONS[best_en['best_option']][1]} {demo['test']['map']:.4f} test mAP, R@10 "
+                f"{demo['test']['recall']['avg']['r10']:.3f}, against {other['test']['map']:.4f} and R@10 "
+                f"{other['test']['recall']['avg']['r10']:.3f} in the category setting."
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the grid (or read its JSON) and write the JSON and the page's section."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -349,13 +416,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=REPO / "bench" / "out" / "languages")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "results" / "languages.json")
     p.add_argument("--doc", type=Path, help=f"write the '{PAGE_SECTION}' section of this page (docs/results-languages.md)")
+    p.add_argument("--readme", type=Path, help=f"also write the '{README_SECTION}' section of this file (README.md)")
     p.add_argument("--from-json", action="store_true", help="with --doc: render from --out without running anything")
     args = p.parse_args(argv)
     if args.from_json:
         if args.doc is None:
             p.error("--from-json needs --doc")
-        write_section(args.doc, PAGE_SECTION, "languages.py", render(json.loads(args.out.read_text())))
+        report = json.loads(args.out.read_text())
+        write_section(args.doc, PAGE_SECTION, "languages.py", render(report))
         print(f"written {args.doc} from {args.out}")
+        if args.readme:
+            write_section(args.readme, README_SECTION, "languages.py", render_readme(report), flag="--readme")
+            print(f"written {args.readme} from {args.out}")
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -373,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.doc:
         write_section(args.doc, PAGE_SECTION, "languages.py", render(report))
         print(f"written {args.doc}")
+    if args.readme:
+        write_section(args.readme, README_SECTION, "languages.py", render_readme(report), flag="--readme")
+        print(f"written {args.readme}")
     print(render(report))
     return 0
 

@@ -64,14 +64,14 @@ def load_note(record: dict[str, Any]) -> str:
     return f"The 1-minute load average stayed at or below {worst:.1f} on {cores} cores."
 
 
-def section_markers(name: str, script: str) -> tuple[str, str]:
+def section_markers(name: str, script: str, flag: str = "--doc") -> tuple[str, str]:
     """The start and end comments that delimit a generated section of a page."""
-    return (f"<!-- {name}:start (written by bench/{script} --doc; do not edit by hand) -->", f"<!-- {name}:end -->")
+    return (f"<!-- {name}:start (written by bench/{script} {flag}; do not edit by hand) -->", f"<!-- {name}:end -->")
 
 
-def write_section(page: Path, name: str, script: str, body: str) -> None:
+def write_section(page: Path, name: str, script: str, body: str, flag: str = "--doc") -> None:
     """Replace the section `name` of `page` (between its markers, which must be there once) with `body`."""
-    start, end = section_markers(name, script)
+    start, end = section_markers(name, script, flag)
     text = page.read_text()
     if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
         raise ValueError(f"{page} has no single '{start}' ... '{end}' section to write")

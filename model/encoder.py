@@ -47,7 +47,13 @@ def build_network(artefact: ModelArtefact) -> DSCMRNet:
     net_cfg = from_dict(NetworkConfig, artefact.config["network"])
     net = DSCMRNet(net_cfg, text_encoder=build_text_encoder(artefact.feature_spec.get("text", {}), artefact.vocab))
     prefix = _finetuned_prefix(artefact.feature_spec)
-    state = {k: v for k, v in artefact.state_dict.items() if not (prefix and k.startswith(prefix))}
+    own = net.state_dict()
+    state = {
+        # assign=True keeps a tensor's dtype, where copying into the module's tensor would cast it
+        k: v if k not in own or v.dtype == own[k].dtype else v.to(own[k].dtype)
+        for k, v in artefact.state_dict.items()
+        if not (prefix and k.startswith(prefix))
+    }
     missing, unexpected = net.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ModelArtefactError(

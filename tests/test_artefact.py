@@ -130,3 +130,19 @@ def test_damaged_directory_is_refused_with_named_problem(saved, tmp_path, damage
 def test_missing_directory_says_how_to_make_one(tmp_path):
     with pytest.raises(ModelArtefactError, match="python -m training train"):
         load_encoder(tmp_path / "nope")
+
+
+def test_weights_of_another_dtype_are_cast_to_the_network_s(saved):
+    """Keeping the file's tensors (assign) must not keep a dtype the network does not compute in."""
+    import dataclasses
+
+    from model.encoder import build_network
+
+    data, result, out, digest = saved
+    artefact = load_model(out)
+    wide = dataclasses.replace(artefact, state_dict={k: v.double() for k, v in artefact.state_dict.items()})
+    net = build_network(wide)
+    assert {p.dtype for p in net.parameters()} == {torch.float32}
+    with torch.no_grad():
+        expected = build_network(artefact).encode_image(torch.tensor(data.test.image))
+        np.testing.assert_allclose(net.encode_image(torch.tensor(data.test.image)).numpy(), expected.numpy(), atol=1e-6)

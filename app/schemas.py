@@ -188,7 +188,8 @@ class SearchResponse(BaseModel):
         None,
         description="text searches: why the query cannot be ranked by, in which case `results` is empty instead of "
         "a list of arbitrary items: 'no_known_words' (the model knows none of its words, see "
-        "unknown_words) or 'degenerate_vector' (no feature map of the model's sentence CNN responds to it: a "
+        "unknown_words; for MiniLM: every word piece of the query is unknown to it, as Chinese is) or "
+        "'degenerate_vector' (no feature map of the model's sentence CNN responds to it: a "
         "feature that many texts share, so every item would score the same); null when the query was searched",
     )
     k: int

@@ -71,6 +71,7 @@ def encode_text_queries_with_captions(
     shared = getattr(encoder, "sentence_encoder", None)
     if shared is not None and getattr(captions, "_encoder", None) is shared:
         features = shared.encode(texts)
-        return encoder.encode_text_features(features), [None] * len(texts), features
+        problems = [None if k else "no_known_words" for k in shared.knows_any_piece(texts)]
+        return encoder.encode_text_features(features), problems, features
     vectors, problems = encoder.encode_text_queries(texts)
     return vectors, problems, captions.encode(texts)

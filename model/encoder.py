@@ -245,13 +245,16 @@ class CrossModalEncoder:
         """Common-space vectors of raw texts, each with what makes it unfit to rank by (None when nothing does).
 
         "no_known_words": the vocabulary knows no token of the text, so the model sees only the unknown-word token (or
-        nothing) and its vector says nothing about the text. "degenerate_vector": every sentence-CNN map sits at the
+        nothing) and its vector says nothing about the text (with MiniLM: every word piece is [UNK]). "degenerate_vector": every sentence-CNN map sits at the
         activation's floor on the text (with ReLU: no map fires, an all-zero feature; with ELU: every map far below
         zero), a vector every such text shares, which would rank items by nothing the text says, all with one score. The vectors are returned either way.
         """
         texts = list(texts)
         if self._tfidf is not None:
             known = self._tfidf.known_features(texts)
+            return self.encode_texts(texts), [None if k else "no_known_words" for k in known]
+        if self._sentence_encoder is not None:
+            known = self._sentence_encoder.knows_any_piece(texts)
             return self.encode_texts(texts), [None if k else "no_known_words" for k in known]
         if self._tokenize is None:
             return self.encode_texts(texts), [None] * len(texts)

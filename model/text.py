@@ -230,6 +230,17 @@ class MiniLMSentenceEncoder:
             unknowns += sum(1 for i in ids if i == unknown)
         return unknowns / pieces if pieces else 0.0
 
+    def knows_any_piece(self, texts: Sequence[str]) -> list[bool]:
+        """Per text: whether at least one of its word pieces is in the vocabulary (not [UNK]). A text in a script the
+        vocabulary lacks (Chinese on all-MiniLM-L6-v2) reaches the model as unknown tokens only, and its vector says
+        nothing about it."""
+        tokenizer = self.model.tokenizer
+        unknown = tokenizer.unk_token_id
+        return [
+            any(i != unknown for i in ids)
+            for ids in tokenizer(list(texts), add_special_tokens=False, truncation=False)["input_ids"]
+        ]
+
     def encode(self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
         """Unit-length sentence vectors, float32 N x output_dim, in the order of `texts`."""
         if isinstance(texts, str):

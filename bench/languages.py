@@ -9,8 +9,8 @@ texts from that locale's CLDR names and keywords (`training.datasets.emoji_demo`
 no name), so the rows differ only by language and text option. Image features come from one shared feature cache.
 Text options: tf-idf word 1-2-grams (the project tokenizer: jieba words for Chinese, character units and bigrams for
 Japanese), tf-idf character 1-3-grams (the demo's option for non-English locales), both n-gram kinds in one tf-idf,
-the word2vec sentence CNN (word2vec trained on the training texts) and MiniLM (English word pieces; English only, its share of unknown word pieces is
-measured in every locale). DSCMR trains with the demo's schedule and loss (wiki-tuned, up to 60 epochs, early stopping
+the word2vec sentence CNN (word2vec trained on the training texts) and MiniLM (English word pieces; English only, its
+share of unknown word pieces is measured in every locale). DSCMR trains with the demo's schedule and loss (wiki-tuned, up to 60 epochs, early stopping
 after 15, lambda 1 / eta 0.01, instance term 0.5, epoch kept by the mean of validation mAP and R@10), and a second time
 for category search (instance term 0.1, epoch kept by validation mAP; DSCMR_SETTINGS). Semantic
 matching and CCA (ridge and size chosen on validation) use the same text feature (for the sentence CNN: the mean of its

@@ -176,6 +176,29 @@ def test_committed_page_sections_are_what_the_scripts_render_from_the_committed_
     assert copy.read_text() == (REPO / page).read_text(), f"{page} differs from what bench/{script} renders from {name}"
 
 
+def test_readme_language_table_is_what_the_script_renders(tmp_path):
+    """The README's language table and its figures come from the same JSON as docs/results-languages.md."""
+    page, readme = tmp_path / "results-languages.md", tmp_path / "README.md"
+    shutil.copy(REPO / "docs" / "results-languages.md", page)
+    shutil.copy(REPO / "README.md", readme)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
+    argv = [
+        "--doc",
+        str(page),
+        "--readme",
+        str(readme),
+        "--from-json",
+        "--out",
+        str(REPO / "docs" / "results" / "languages.json"),
+    ]
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "languages.py"), *argv], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "<!-- languages-summary:start" in readme.read_text()
+    assert readme.read_text() == (REPO / "README.md").read_text(), "README.md's language section differs from what it renders"
+
+
 def test_image_feature_page_is_what_the_script_renders(tmp_path):
     (tmp_path / "results").mkdir()
     shutil.copy(REPO / "docs" / "results" / "imagenet-image-features.json", tmp_path / "results")

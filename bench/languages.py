@@ -346,6 +346,11 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _short_commit(commit: str) -> str:
+    """A commit as the README names it: 7 hex digits, with '+dirty' kept when the run had uncommitted changes."""
+    return commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
+
+
 def render_readme(report: dict[str, Any]) -> str:
     """The README's summary: per language and text option, the chosen DSCMR setting's test mAP (semantic matching on the
     same feature), the best per language in bold, and the target's outcome."""
@@ -366,7 +371,7 @@ def render_readme(report: dict[str, Any]) -> str:
     lines = [
         f"Test mAP over the 9 emoji groups of DSCMR (per option, the setting with the better validation mAP; bold: the "
         f"best option on validation) and, in brackets, semantic matching (SM) on the same feature. From "
-        f"docs/results/languages.json ({report['date']}, commit {report['git_commit'][:7]}).",
+        f"docs/results/languages.json ({report['date']}, commit {_short_commit(report['git_commit'])}).",
         "",
         "| language | " + " | ".join(f"{TEXT_OPTIONS[o][1]} (SM)" for o in options) + " |",
         "|---|" + "---|" * len(options),

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -215,6 +216,17 @@ def stop_server(server: ServerHandle) -> None:
             server.process.wait(timeout=5)
 
 
+@contextmanager
+def serving(index_root: Path, log_path: Path, **settings: str) -> Iterator[ServerHandle]:
+    """A started server, ready before the block runs and stopped after it (whatever the block raised)."""
+    server = start_server(index_root, log_path, **settings)
+    try:
+        wait_ready(server)
+        yield server
+    finally:
+        stop_server(server)
+
+
 def copy_index_root(source: Path, target: Path) -> Path:
     """A private copy of an index root (versions + CURRENT) that a test may change freely."""
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(".lock", ".staging", "shards"))
@@ -234,12 +246,8 @@ def app_artefacts(tmp_path_factory) -> ArtefactRoot:
 @pytest.fixture(scope="session")
 def app_server(app_artefacts, tmp_path_factory) -> Iterator[ServerHandle]:
     """A uvicorn server over the session's artefact root; tests must not change its index (see reload tests)."""
-    server = start_server(app_artefacts.index_root, tmp_path_factory.mktemp("app-server") / "server.log", reload_poll_s="0")
-    try:
-        wait_ready(server)
+    with serving(app_artefacts.index_root, tmp_path_factory.mktemp("app-server") / "server.log", reload_poll_s="0") as server:
         yield server
-    finally:
-        stop_server(server)
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ from PIL import Image
 
 from app.main import batching_enabled
 from app.settings import ServiceSettings
-from tests.app_fixtures import start_server, stop_server, wait_ready
+from tests.app_fixtures import serving, start_server, stop_server, wait_ready
 
 # A batched forward sums in another order than one row at a time: the vectors differ in the last float32 bits
 # (~1e-7), the scores (rounded to 6 decimals in the response) by at most a unit in their last place.
@@ -195,17 +195,9 @@ def test_concurrent_text_searches_leave_the_event_loop_even_when_cheap_enough_to
     done, each finding no other search started yet. Without a look first, each of them then ran on the loop too: under
     load every text search was served one at a time on one core, never batched (MiniLM on a 2-core machine: 124 req/s
     at 32 clients, batching on or off, against ~450 batched). Sequential searches still run on the loop."""
-    server = start_server(
-        app_artefacts.index_root,
-        tmp_path / "server.log",
-        reload_poll_s="0",
-        batching="on",
-        batch_wait_ms="20",
-        inline_text_max_ms="1000000",
-    )
     texts = [item.text for item in app_artefacts.items[:24]]
-    try:
-        wait_ready(server)
+    settings = {"reload_poll_s": "0", "batching": "on", "batch_wait_ms": "20", "inline_text_max_ms": "1000000"}
+    with serving(app_artefacts.index_root, tmp_path / "server.log", **settings) as server:
         with server.client() as client:
             sequential = [client.post("/search/text", json={"text": t, "k": 5}).json() for t in texts[:4]]
             before = _batch_counts(client.get("/metrics").text, "/search/text")  # the first search: nothing measured yet
@@ -220,8 +212,6 @@ def test_concurrent_text_searches_leave_the_event_loop_even_when_cheap_enough_to
             assert all(len(answer["results"]) == 5 for answer in concurrent)
         with server.client() as client:
             after = _batch_counts(client.get("/metrics").text, "/search/text")
-    finally:
-        stop_server(server)
     assert [a["stages_ms"]["queue"] for a in sequential[1:]] == [0.0, 0.0, 0.0]  # alone: on the loop
     forwards, queries = after[0] - before[0], after[1] - before[1]
     assert forwards >= 1 and queries > forwards, f"{queries:g} queries in {forwards:g} forwards: none shared a batch"

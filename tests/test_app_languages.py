@@ -12,7 +12,7 @@ import pytest
 import regex
 from playwright import sync_api
 
-from tests.app_fixtures import DEMO_EPOCHS, DEMO_LIMIT, ServerHandle, start_server, stop_server, wait_ready
+from tests.app_fixtures import DEMO_EPOCHS, DEMO_LIMIT, ServerHandle, serving
 from tests.test_app_browser import browser  # noqa: F401 -- the same headless Chromium fixture
 from training.datasets.emoji_demo import EmojiSources
 
@@ -38,12 +38,8 @@ def arabic_demo(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def arabic_server(arabic_demo, tmp_path_factory) -> Iterator[ServerHandle]:
     """A uvicorn server over the Arabic demo."""
-    server = start_server(arabic_demo["index"], tmp_path_factory.mktemp("server-ar") / "server.log", reload_poll_s="0")
-    try:
-        wait_ready(server)
+    with serving(arabic_demo["index"], tmp_path_factory.mktemp("server-ar") / "server.log", reload_poll_s="0") as server:
         yield server
-    finally:
-        stop_server(server)
 
 
 def test_the_arabic_demo_trains_on_tfidf_and_says_so(arabic_demo):

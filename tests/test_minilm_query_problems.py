@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 
 from model.caption import encode_text_queries_with_captions
-from tests.app_fixtures import ServerHandle, start_server, stop_server, wait_ready
+from tests.app_fixtures import ServerHandle, serving
 from training.datasets.emoji_demo import EmojiSources
 
 # "篮球比赛" reaches MiniLM as [UNK] [UNK] 比 [UNK]: one piece it knows, so it is searched (the flag is for queries the
@@ -32,12 +32,8 @@ def minilm_demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def minilm_server(minilm_demo, tmp_path_factory) -> Iterator[ServerHandle]:
-    server = start_server(minilm_demo["index"], tmp_path_factory.mktemp("server-minilm") / "server.log", reload_poll_s="0")
-    try:
-        wait_ready(server)
+    with serving(minilm_demo["index"], tmp_path_factory.mktemp("server-minilm") / "server.log", reload_poll_s="0") as server:
         yield server
-    finally:
-        stop_server(server)
 
 
 def test_the_encoder_flags_queries_of_unknown_word_pieces_only(minilm_demo):

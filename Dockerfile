@@ -42,7 +42,7 @@ ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
 # CUDA 12 builds: both bring their own CUDA libraries (different sonames), so any driver for CUDA 13 serves both.
 ARG TORCH_GPU_INDEX_URL=
 # Runtime extras besides FAISS's, which VARIANT names.
-ARG EXTRAS=sentence,cjk
+ARG EXTRAS=sentence,multilingual,cjk
 # pip's own settings, unset by default. scripts/verify_docker.sh --offline points them at a local wheelhouse for
 # machines that cannot reach the package index from inside a build.
 ARG PIP_INDEX_URL

@@ -33,7 +33,7 @@ FAISS ?= $(if $(HAS_NVIDIA_DRIVER),gpu,cpu)
 # torch is pinned in the same pip command as everything that depends on it, so pip never pulls a second (CUDA) build.
 install: $(PY)
 	$(PY) -m pip install $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "torch==$(TORCH_VERSION)" \
-		-e ".[test,sentence,cjk,$(FAISS)]"
+		-e ".[test,sentence,multilingual,cjk,$(FAISS)]"
 
 # The README's first command, `docker compose up`, run by Compose v2 or else v1's `docker-compose` (scripts/compose.sh
 # says how to install one when neither is there). `make up UP_FLAGS=-d` runs it in the background.

@@ -175,20 +175,23 @@ class SearchResponse(BaseModel):
     unknown_words: list[str] | None = Field(
         None,
         description="text searches: the query's words that reach the model as unknown, in order, once each; "
-        "punctuation is never listed; null for a sentence-embedding model (MiniLM), which has no word list. "
+        "punctuation is never listed; null for a sentence-embedding model (MiniLM, multilingual USE), which has no "
+        "word list. "
         "With a word-vector model: the tokens its vocabulary lacks (words; for Chinese, jieba's words, and for "
         "other scripts written without spaces, characters and character pairs); a Chinese compound the "
         "vocabulary lacks (篮球比赛) is first split into the known words it is made of (篮球, 比赛), so only "
         "characters no known word covers are listed, adjacent ones together. Each listed token reaches the "
         "model as the one unknown-word token, so a query made only of them finds nothing in particular (see "
         "query_problem). With a tf-idf model: the words none of whose longest character n-grams (or the word "
-        "itself, compounds split as above) the model knows",
+        "itself, compounds split as above) the model knows; with tf-idf + multilingual USE: those of them the USE "
+        "has no known piece of either",
     )
     query_problem: Literal["no_known_words", "degenerate_vector"] | None = Field(
         None,
         description="text searches: why the query cannot be ranked by, in which case `results` is empty instead of "
         "a list of arbitrary items: 'no_known_words' (the model knows none of its words, see "
-        "unknown_words; for MiniLM: every word piece of the query is unknown to it, as Chinese is) or "
+        "unknown_words; for MiniLM: every word piece of the query is unknown to it, as Chinese is; for the "
+        "multilingual USE: every piece, as for emoji only) or "
         "'degenerate_vector' (no feature map of the model's sentence CNN responds to it: a "
         "feature that many texts share, so every item would score the same); null when the query was searched",
     )

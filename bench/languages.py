@@ -8,9 +8,10 @@ Every locale is the same emoji (the demo's corpus, same images, same stratified 
 texts from that locale's CLDR names and keywords (`training.datasets.emoji_demo`, English per item where the locale has
 no name), so the rows differ only by language and text option. Image features come from one shared feature cache.
 Text options: tf-idf word 1-2-grams (the project tokenizer: jieba words for Chinese, character units and bigrams for
-Japanese), tf-idf character 1-3-grams (the demo's option for non-English locales), both n-gram kinds in one tf-idf,
-the word2vec sentence CNN (word2vec trained on the training texts) and MiniLM (English word pieces; English only, its
-share of unknown word pieces is measured in every locale). DSCMR trains with the demo's schedule and loss (wiki-tuned, up to 60 epochs, early stopping
+Japanese), tf-idf character 1-3-grams, both n-gram kinds in one tf-idf, the word2vec sentence CNN (word2vec trained
+on the training texts), MiniLM (English word pieces; English only, its share of unknown word pieces is measured in every
+locale), the multilingual Universal Sentence Encoder (16 languages, pretrained) and the char+word tf-idf beside it
+(tfidf+muse). DSCMR trains with the demo's schedule and loss (wiki-tuned, up to 60 epochs, early stopping
 after 15, lambda 1 / eta 0.01, instance term 0.5, epoch kept by the mean of validation mAP and R@10), and a second time
 for category search (instance term 0.1, epoch kept by validation mAP; DSCMR_SETTINGS). Semantic
 matching and CCA (ridge and size chosen on validation) use the same text feature (for the sentence CNN: the mean of its
@@ -42,7 +43,15 @@ from model.sentence_cnn import TextEncoderConfig  # noqa: E402
 from model.tfidf import TfidfConfig  # noqa: E402
 from training.baselines import BaselineResult, run_cca, run_semantic_matching  # noqa: E402
 from training.datasets.emoji_demo import build_emoji_corpus  # noqa: E402
-from training.demo import DEMO_TEXT_MINILM, DEMO_TEXT_TFIDF, DemoConfig, demo_text_option, demo_train_config  # noqa: E402
+from training.demo import (  # noqa: E402
+    DEMO_TEXT_MINILM,
+    DEMO_TEXT_MUSE,
+    DEMO_TEXT_TFIDF,
+    DEMO_TEXT_TFIDF_MUSE,
+    DemoConfig,
+    demo_text_option,
+    demo_train_config,
+)
 from training.features import FeatureSplits, SplitArrays  # noqa: E402
 from training.prepare import PrepareConfig, load_prepared, prepare_corpus  # noqa: E402
 from training.train import evaluate_split, train_dscmr  # noqa: E402
@@ -77,10 +86,12 @@ TEXT_OPTIONS: dict[str, tuple[TextEncoderConfig, str]] = {
         "word2vec sentence CNN",
     ),
     "minilm": (DEMO_TEXT_MINILM, "MiniLM"),
+    "muse": (DEMO_TEXT_MUSE, "multilingual USE"),
+    "tfidf-char+word+muse": (DEMO_TEXT_TFIDF_MUSE, "tf-idf char 1-3 + word 1-2-grams + multilingual USE"),
 }
 ENGLISH_ONLY = ("minilm",)
 # The demo's text options (training/demo.py) as the rows name them.
-DEMO_OPTIONS = {"tfidf": "tfidf-char", "minilm": "minilm"}
+DEMO_OPTIONS = {"tfidf": "tfidf-char", "minilm": "minilm", "muse": "muse", "tfidf+muse": "tfidf-char+word+muse"}
 # Semantic matching's C grid, and CCA's ridges and sizes: both chosen on validation mAP.
 SM_CS = (0.01, 0.1, 1.0, 10.0)
 CCA_RIDGES = (0.0, 0.1, 1.0)
@@ -202,6 +213,18 @@ def minilm_unknown_rates(corpora: dict[str, Path]) -> dict[str, float]:
     }
 
 
+def muse_unknown_rates(corpora: dict[str, Path]) -> dict[str, float]:
+    """The multilingual USE's share of unknown pieces (<unk>) over each locale's texts."""
+    from model.corpus import load_corpus
+    from model.text import MultilingualUSEEncoder
+
+    encoder = MultilingualUSEEncoder()
+    return {
+        locale: round(encoder.unknown_token_fraction([it.text for it in load_corpus(d).items]), 4)
+        for locale, d in corpora.items()
+    }
+
+
 def run(work: Path, locales: tuple[str, ...], options: tuple[str, ...], limit: int | None) -> dict[str, Any]:
     """Every (locale, text option): prepare, DSCMR, semantic matching and CCA; the rows in that order."""
     corpora = build_corpora(work, locales, limit)
@@ -246,7 +269,12 @@ def run(work: Path, locales: tuple[str, ...], options: tuple[str, ...], limit: i
         corpus = load_corpus(corpus_dir)
         own = sum(1 for it in corpus.items if it.extra.get("text_language", "en") == locale)
         counts[locale] = {"items": len(corpus), "texts_in_locale": own, **{s: len(corpus.splits[s]) for s in SPLITS}}
-    return {"rows": rows, "corpora": counts, "minilm_unknown_token_fraction": minilm_unknown_rates(corpora)}
+    return {
+        "rows": rows,
+        "corpora": counts,
+        "minilm_unknown_token_fraction": minilm_unknown_rates(corpora),
+        "muse_unknown_token_fraction": muse_unknown_rates(corpora),
+    }
 
 
 # ------------------------------------------------------------------------------------------------------ summary
@@ -296,13 +324,15 @@ def render(report: dict[str, Any]) -> str:
         "test is reported. Semantic matching and CCA use the same text feature as the DSCMR row above them (for the "
         "sentence CNN, the mean of its word2vec vectors).",
         "",
-        "| language | texts in the language | MiniLM [UNK] share |",
-        "|---|---|---|",
+        "| language | texts in the language | MiniLM [UNK] share | multilingual USE <unk> share |",
+        "|---|---|---|---|",
     ]
+    muse_unknown = report.get("muse_unknown_token_fraction", {})
     for locale, counts in report["corpora"].items():
         lines.append(
             f"| {LANGUAGE_NAMES.get(locale, locale)} ({locale}) | {counts['texts_in_locale']:,} of {counts['items']:,} | "
-            f"{100 * report['minilm_unknown_token_fraction'][locale]:.1f}% |"
+            f"{100 * report['minilm_unknown_token_fraction'][locale]:.1f}% | "
+            + (f"{100 * muse_unknown[locale]:.1f}% |" if locale in muse_unknown else "- |")
         )
     lines += [
         "",

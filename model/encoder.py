@@ -33,7 +33,7 @@ def build_text_encoder(text_spec: dict[str, Any], vocab: dict[str, Any] | None) 
         if vocab is None:
             raise ModelArtefactError("the model uses a sentence CNN but its directory has no vocab.json")
         return SentenceCNN.from_config(cfg, vocab_size=len(vocab["tokens"]))
-    if kind in ("features", "minilm", "tfidf"):
+    if kind in ("features", "minilm", "muse", "tfidf", "tfidf+muse"):
         return None
     raise ModelArtefactError(f"unknown text encoder kind {kind!r} in the model's feature spec")
 
@@ -125,6 +125,7 @@ class CrossModalEncoder:
         self._vocab = None
         self._sentence_encoder = None
         self._tfidf = None
+        self._tfidf_muse = None
         if self._text_kind == "sentence_cnn":
             from model.text import TextEncoderConfig, Vocabulary
 
@@ -135,7 +136,11 @@ class CrossModalEncoder:
             from model.text import MiniLMSentenceEncoder
 
             self._sentence_encoder = MiniLMSentenceEncoder(device=str(self.device))
-        elif self._text_kind == "tfidf":
+        elif self._text_kind == "muse":
+            from model.text import MultilingualUSEEncoder
+
+            self._sentence_encoder = MultilingualUSEEncoder()
+        elif self._text_kind in ("tfidf", "tfidf+muse"):
             from model.tfidf import TfidfTextModel
 
             if artefact.vocab is None:
@@ -143,6 +148,10 @@ class CrossModalEncoder:
                     "the model uses tf-idf text features but its directory has no vocab.json (the fitted model)"
                 )
             self._tfidf = TfidfTextModel.from_dict(artefact.vocab)
+            if self._text_kind == "tfidf+muse":
+                from model.text import TfidfMuseFeatures
+
+                self._tfidf_muse = TfidfMuseFeatures(self._tfidf)
 
     @property
     def can_encode_images(self) -> bool:
@@ -169,13 +178,14 @@ class CrossModalEncoder:
 
     @property
     def sentence_encoder(self) -> Any:
-        """The MiniLM sentence encoder that makes this model's text input (None for other text encoders)."""
-        return self._sentence_encoder
+        """The MiniLM sentence encoder that makes this model's text input (None for other text encoders): the caption
+        match reuses it, as its caption vectors are MiniLM's."""
+        return self._sentence_encoder if self._text_kind == "minilm" else None
 
     @property
     def can_encode_texts(self) -> bool:
         """True when the model carries a text encoder (raw sentences can be encoded)."""
-        return self._text_kind in ("sentence_cnn", "minilm", "tfidf")
+        return self._text_kind in ("sentence_cnn", "minilm", "muse", "tfidf", "tfidf+muse")
 
     @torch.inference_mode()
     def _encode_rows(self, encode, features: np.ndarray) -> np.ndarray:
@@ -229,6 +239,8 @@ class CrossModalEncoder:
 
     def unknown_words(self, text: str) -> list[str] | None:
         """Words of `text` that the model's vocabulary lacks, in order, once each (None for text encoders without one)."""
+        if self._tfidf_muse is not None:
+            return self._tfidf_muse.unknown_words(text)
         if self._tfidf is not None:
             return self._tfidf.unknown_words(text)
         if self._vocab is None:
@@ -245,11 +257,15 @@ class CrossModalEncoder:
         """Common-space vectors of raw texts, each with what makes it unfit to rank by (None when nothing does).
 
         "no_known_words": the vocabulary knows no token of the text, so the model sees only the unknown-word token (or
-        nothing) and its vector says nothing about the text (with MiniLM: every word piece is [UNK]). "degenerate_vector": every sentence-CNN map sits at the
+        nothing) and its vector says nothing about the text (with MiniLM or the multilingual USE: every piece is unknown;
+        with tfidf+muse: both halves know nothing of it). "degenerate_vector": every sentence-CNN map sits at the
         activation's floor on the text (with ReLU: no map fires, an all-zero feature; with ELU: every map far below
         zero), a vector every such text shares, which would rank items by nothing the text says, all with one score. The vectors are returned either way.
         """
         texts = list(texts)
+        if self._tfidf_muse is not None:
+            readable = self._tfidf_muse.readable(texts)
+            return self.encode_texts(texts), [None if r else "no_known_words" for r in readable]
         if self._tfidf is not None:
             known = self._tfidf.known_features(texts)
             return self.encode_texts(texts), [None if k else "no_known_words" for k in known]
@@ -284,6 +300,8 @@ class CrossModalEncoder:
             return np.concatenate([_unit(self.network.encode_text(ids[i : i + 1024])) for i in range(0, len(ids), 1024)])
         if self._sentence_encoder is not None:
             return self.encode_text_features(self._sentence_encoder.encode(texts))
+        if self._tfidf_muse is not None:
+            return self.encode_text_features(self._tfidf_muse.transform(texts))
         if self._tfidf is not None:
             return self.encode_text_features(self._tfidf.transform(texts))
         raise ModelArtefactError(

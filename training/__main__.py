@@ -452,10 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--text",
         default="sentence_cnn",
-        choices=["sentence_cnn", "minilm", "tfidf"],
-        help="sentence_cnn (word vectors + Kim CNN, the paper), minilm (English sentence vectors) or tfidf "
+        choices=["sentence_cnn", "minilm", "muse", "tfidf", "tfidf+muse"],
+        help="sentence_cnn (word vectors + Kim CNN, the paper), minilm (English sentence vectors), muse (multilingual "
+        "Universal Sentence Encoder vectors: 16 languages, the `multilingual` extra), tfidf "
         "(TF-IDF over character and/or word n-grams reduced by SVD, fitted on the training texts: any "
-        "language, scripts without spaces included; options --tfidf-*)",
+        "language, scripts without spaces included; options --tfidf-*) or tfidf+muse (both vectors side by side)",
     )
     p.add_argument(
         "--tfidf-analyzer",
@@ -579,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--text",
-        choices=["auto", "minilm", "glove", "tfidf"],
+        choices=["auto", "minilm", "muse", "tfidf+muse", "glove", "tfidf"],
         help="text setting (default auto: MiniLM sentence vectors for English, tf-idf character n-grams for any other "
         "locale; glove: the GloVe sentence CNN, English)",
     )

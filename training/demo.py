@@ -37,8 +37,9 @@ class DemoConfig:
     progress: bool = True
     # The texts' CLDR locale (training.datasets.emoji_demo): "en", "zh", "ja", "ar", "de", ...
     locale: str = "en"
-    # "auto": MiniLM for English, tf-idf character n-grams for every other language (MiniLM reads English word pieces).
-    text: Literal["auto", "minilm", "glove", "tfidf"] = "auto"
+    # "auto": MiniLM for English; for every other language (MiniLM reads English word pieces) char+word tf-idf beside
+    # the multilingual USE, or tf-idf character n-grams without the `multilingual` extra.
+    text: Literal["auto", "minilm", "muse", "tfidf+muse", "glove", "tfidf"] = "auto"
     # "none" builds the demo as a corpus without labels: k-means clusters of the texts (`clusters`) train J1/J2/J3.
     labels: EmojiLabels = "group"
     clusters: int = 32
@@ -75,8 +76,13 @@ DEMO_TEXT = TextEncoderConfig(
     mean_vector=True,
 )
 DEMO_TEXT_MINILM = TextEncoderConfig(kind="minilm")
+DEMO_TEXT_MUSE = TextEncoderConfig(kind="muse")
 # Character 1-3-grams need no segmenter and no pretrained vocabulary, so they read every CLDR language alike.
 DEMO_TEXT_TFIDF = TextEncoderConfig(kind="tfidf", tfidf=TfidfConfig(analyzer="char", char_ngrams=(1, 3), min_df=2, dim=256))
+# The corpus's character and word n-grams beside the multilingual USE's sentence vector.
+DEMO_TEXT_TFIDF_MUSE = TextEncoderConfig(
+    kind="tfidf+muse", tfidf=TfidfConfig(analyzer="char+word", char_ngrams=(1, 3), word_ngrams=(1, 2), min_df=2, dim=256)
+)
 DEMO_LOSS_WEIGHTS = {"lambda_j2": 1.0, "eta_j3": 0.01}
 DEMO_INSTANCE_WEIGHT = 0.5
 # Without labels: k-means clusters of the MiniLM texts with k 32 and instance weight 0.3, the emoji demo's setting chosen
@@ -101,17 +107,36 @@ def demo_caption_weight(cfg: DemoConfig) -> float:
 
 
 def demo_text_option(cfg: DemoConfig) -> str:
-    """The text option the demo builds with: `cfg.text`, or for "auto" MiniLM in English and tf-idf otherwise."""
+    """The text option the demo builds with: `cfg.text`, or for "auto" MiniLM in English and otherwise tf-idf beside the
+    multilingual USE (tf-idf alone, with a warning, when the `multilingual` extra is not installed)."""
+    from model.text import multilingual_use_available
     from training.datasets.emoji_demo import is_english
 
     if cfg.text != "auto":
         return cfg.text
-    return "minilm" if is_english(cfg.locale) else "tfidf"
+    if is_english(cfg.locale):
+        return "minilm"
+    if multilingual_use_available():
+        return "tfidf+muse"
+    log.warning(
+        "the multilingual USE is not installed (pip install 'dscmr-search[multilingual]'): the %s demo trains on "
+        "tf-idf character n-grams alone, which finds fewer of the right items (docs/results-languages.md)",
+        cfg.locale,
+    )
+    return "tfidf"
 
 
 def demo_text_config(cfg: DemoConfig) -> TextEncoderConfig:
-    """The text setting of the demo: MiniLM sentence vectors, the GloVe sentence CNN or tf-idf character n-grams."""
-    return {"minilm": DEMO_TEXT_MINILM, "glove": DEMO_TEXT, "tfidf": DEMO_TEXT_TFIDF}[demo_text_option(cfg)]
+    """The text setting of the demo: MiniLM or multilingual USE sentence vectors, the GloVe sentence CNN or tf-idf
+    character n-grams."""
+    options = {
+        "minilm": DEMO_TEXT_MINILM,
+        "muse": DEMO_TEXT_MUSE,
+        "tfidf+muse": DEMO_TEXT_TFIDF_MUSE,
+        "glove": DEMO_TEXT,
+        "tfidf": DEMO_TEXT_TFIDF,
+    }
+    return options[demo_text_option(cfg)]
 
 
 def artefact_paths(root: str | Path) -> dict[str, Path]:

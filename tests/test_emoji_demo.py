@@ -230,7 +230,9 @@ def test_an_unknown_locale_lists_the_available_ones(debian_sources, tmp_path):
 
 def test_the_demo_picks_a_text_option_for_its_language(tmp_path):
     assert demo_text_option(DemoConfig()) == "minilm" and demo_text_option(DemoConfig(locale="en_GB")) == "minilm"
-    assert {demo_text_option(DemoConfig(locale=loc)) for loc in ("zh", "ja", "ar", "de")} == {"tfidf+muse"}
+    assert {demo_text_option(DemoConfig(locale=loc)) for loc in ("zh", "zh_Hant", "ja", "ar", "de")} == {"tfidf+muse"}
+    # Hebrew and Georgian are not among the USE's 16 languages: character n-grams alone
+    assert {demo_text_option(DemoConfig(locale=loc)) for loc in ("he", "ka")} == {"tfidf"}
     assert demo_text_option(DemoConfig(locale="zh", text="glove")) == "glove"
     assert demo_text_config(DemoConfig(locale="ar")).kind == "tfidf+muse"
     # without the `multilingual` extra (the package made unimportable), tf-idf alone, and a warning that says so

@@ -62,12 +62,43 @@ def test_unknown_pieces_and_bad_input(encoder):
         MultilingualUSEEncoder(threads=0)
 
 
-def test_prepare_records_the_vectors_and_their_unknown_share(tmp_path):
+ARABIC_TEXTS = [
+    "تفاحة حمراء. فاكهة, تفاح",
+    "قطة سوداء. حيوان, قط",
+    "سيارة حمراء. سيارة, طريق",
+    "وجه مبتسم. ابتسامة, وجه",
+    "كلب صغير. حيوان, كلب",
+    "قطار سريع. قطار, سفر",
+]
+
+
+def test_tfidf_beside_muse_is_both_vectors_and_reads_what_either_half_reads(encoder):
+    from model.text import TfidfMuseFeatures
+    from model.tfidf import TfidfConfig, TfidfTextModel
+
+    tfidf = TfidfTextModel.fit(ARABIC_TEXTS, TfidfConfig(analyzer="char+word", min_df=1, dim=4))
+    features = TfidfMuseFeatures(tfidf, encoder)
+    queries = ["قطة", "a black cat", "ქართული", "😀😀", "قطة ქართული", ""]
+    vectors = features.transform(queries)
+    assert vectors.shape == (6, tfidf.dim + 512) and features.dim == tfidf.dim + 512
+    np.testing.assert_allclose(vectors[:, : tfidf.dim], tfidf.transform(queries), atol=1e-6)
+    np.testing.assert_allclose(vectors[:, tfidf.dim :], encoder.encode(queries), atol=1e-6)
+    # English shares no n-gram with the Arabic corpus, but the USE reads it: searched, nothing listed as unknown.
+    # Georgian: no n-gram, and the USE knows only a letter or two of it: unknown, and a query of it alone is unread.
+    assert tfidf.unknown_words("a black cat") == ["a", "black", "cat"] and features.unknown_words("a black cat") == []
+    assert features.unknown_words("قطة ქართული") == ["ქართული"]
+    assert features.readable(queries) == [True, True, False, False, True, False]
+    with pytest.raises(TypeError, match="list"):
+        features.transform("one text")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["muse", "tfidf+muse"])
+def test_prepare_records_the_vectors_and_their_unknown_share(text, tmp_path):
     manifest = write_caption_manifest(tmp_path / "data", per_class=2, labels="all")
     out = tmp_path / "prepared"
     done = subprocess.run(
         [sys.executable, "-m", "training", "prepare", "--dataset", "manifest", str(manifest), "--out", str(out)]
-        + ["--text", "muse", "--no-progress", "--device", "cpu"],
+        + ["--text", text, "--tfidf-min-df", "1", "--no-progress", "--device", "cpu"],
         cwd=REPO,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
@@ -76,12 +107,20 @@ def test_prepare_records_the_vectors_and_their_unknown_share(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     prepared = json.loads((out / "prepared.json").read_text(encoding="utf-8"))
-    assert prepared["text"]["kind"] == "muse" and prepared["text"]["dim"] == 512
-    assert prepared["text"]["unknown_token_fraction"] < 0.01 and "suggested_text" not in prepared["text"]
+    summary = prepared["text"]
+    assert summary["kind"] == text and summary["unknown_token_fraction"] < 0.01 and "suggested_text" not in summary
     vectors = np.load(out / "text_input.npy")
     texts = [json.loads(line)["text"] for line in manifest.read_text(encoding="utf-8").splitlines()]
-    assert vectors.shape == (len(texts), 512)
-    np.testing.assert_allclose(vectors[:3], MultilingualUSEEncoder(threads=1).encode(texts[:3]), atol=1e-5)
+    use = MultilingualUSEEncoder(threads=1).encode(texts[:3])
+    if text == "muse":
+        assert summary["dim"] == 512 and vectors.shape == (len(texts), 512)
+        np.testing.assert_allclose(vectors[:3], use, atol=1e-5)
+    else:  # char+word n-grams unless told otherwise; the tf-idf vector first, then the USE vector
+        from model.tfidf import TfidfTextModel
+
+        assert summary["analyzer"] == "char+word" and summary["dim"] == summary["tfidf_dim"] + 512
+        tfidf = TfidfTextModel.from_dict(json.loads((out / "vocab.json").read_text(encoding="utf-8")))
+        np.testing.assert_allclose(vectors[:3], np.concatenate([tfidf.transform(texts[:3]), use], 1), atol=1e-5)
 
 
 @pytest.fixture(scope="module", params=["muse", "tfidf+muse"])
@@ -144,6 +183,8 @@ def test_the_service_answers_arabic_and_english_queries_on_the_arabic_corpus(mus
         # name among the first five of the 90
         body = api.post("/search/text", json={"text": "grinning face", "k": 5, "target": "text"}).json()
         assert body["query_problem"] is None and "u1f600" in [hit["id"] for hit in body["results"]]
+        # with tf-idf beside it, English words the Arabic n-grams lack are not "unknown": the USE reads them
+        assert body["unknown_words"] == (None if muse_demo["text"] == "muse" else [])
         assert "u1f600" in arabic
         images = api.post("/search/text", json={"text": GRINNING, "k": 10, "target": "image"}).json()
         assert len(images["results"]) == 10

@@ -197,7 +197,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         activation=args.map_activation,
         pool_norm=args.pool_norm,
         tfidf=TfidfConfig(
-            analyzer=args.tfidf_analyzer,
+            # tf-idf beside the USE reads words too by default: the measured setting (docs/results-languages.md)
+            analyzer=args.tfidf_analyzer or ("char+word" if args.text == "tfidf+muse" else "char"),
             char_ngrams=tuple(args.tfidf_char_ngrams),
             word_ngrams=tuple(args.tfidf_word_ngrams),
             sublinear_tf=not args.tfidf_raw_tf,
@@ -460,9 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--tfidf-analyzer",
-        default="char",
         choices=["char", "word", "char+word"],
-        help="tfidf n-grams: of characters (no segmenter needed), of words (jieba for Chinese when installed), or both",
+        help="tfidf n-grams: of characters (no segmenter needed), of words (jieba for Chinese when installed), or both "
+        "(default: char for --text tfidf, char+word for --text tfidf+muse)",
     )
     p.add_argument("--tfidf-char-ngrams", type=int, nargs=2, default=[1, 3], metavar=("MIN", "MAX"))
     p.add_argument("--tfidf-word-ngrams", type=int, nargs=2, default=[1, 2], metavar=("MIN", "MAX"))
@@ -581,8 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--text",
         choices=["auto", "minilm", "muse", "tfidf+muse", "glove", "tfidf"],
-        help="text setting (default auto: MiniLM sentence vectors for English, tf-idf character n-grams for any other "
-        "locale; glove: the GloVe sentence CNN, English)",
+        help="text setting (default auto: MiniLM sentence vectors for English; for any other locale char+word tf-idf "
+        "beside multilingual USE vectors (tfidf+muse), or tf-idf character n-grams without the `multilingual` extra; "
+        "glove: the GloVe sentence CNN, English)",
     )
     p.add_argument(
         "--labels",

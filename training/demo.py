@@ -37,8 +37,8 @@ class DemoConfig:
     progress: bool = True
     # The texts' CLDR locale (training.datasets.emoji_demo): "en", "zh", "ja", "ar", "de", ...
     locale: str = "en"
-    # "auto": MiniLM for English; for every other language (MiniLM reads English word pieces) char+word tf-idf beside
-    # the multilingual USE, or tf-idf character n-grams without the `multilingual` extra.
+    # "auto": MiniLM for English; for the multilingual USE's other languages (MiniLM reads English word pieces) char+word
+    # tf-idf beside the USE; tf-idf character n-grams for any other language, or without the `multilingual` extra.
     text: Literal["auto", "minilm", "muse", "tfidf+muse", "glove", "tfidf"] = "auto"
     # "none" builds the demo as a corpus without labels: k-means clusters of the texts (`clusters`) train J1/J2/J3.
     labels: EmojiLabels = "group"
@@ -107,15 +107,18 @@ def demo_caption_weight(cfg: DemoConfig) -> float:
 
 
 def demo_text_option(cfg: DemoConfig) -> str:
-    """The text option the demo builds with: `cfg.text`, or for "auto" MiniLM in English and otherwise tf-idf beside the
-    multilingual USE (tf-idf alone, with a warning, when the `multilingual` extra is not installed)."""
-    from model.text import multilingual_use_available
+    """The text option the demo builds with: `cfg.text`, or for "auto" MiniLM in English, tf-idf beside the multilingual
+    USE in the USE's other languages, and tf-idf alone in any other language (and, with a warning, when the
+    `multilingual` extra is not installed)."""
+    from model.text import MUSE_LANGUAGES, multilingual_use_available
     from training.datasets.emoji_demo import is_english
 
     if cfg.text != "auto":
         return cfg.text
     if is_english(cfg.locale):
         return "minilm"
+    if cfg.locale.replace("-", "_").split("_")[0].lower() not in MUSE_LANGUAGES:
+        return "tfidf"  # the USE would read little of it; character n-grams read any script
     if multilingual_use_available():
         return "tfidf+muse"
     log.warning(

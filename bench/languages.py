@@ -96,7 +96,7 @@ DEMO_OPTIONS = {"tfidf": "tfidf-char", "minilm": "minilm", "muse": "muse", "tfid
 SM_CS = (0.01, 0.1, 1.0, 10.0)
 CCA_RIDGES = (0.0, 0.1, 1.0)
 CCA_COMPONENTS = (8, 16, 32, 64, 128)
-# The issue's target: the best DSCMR row of every language within this much test mAP of the English demo's best row.
+# The issue's target: the best DSCMR row of every language within this much test mAP of English's best row.
 MAP_GAP = 0.03
 # DSCMR is trained in two settings per text option: the demo's (instance term 0.5, epoch kept by the mean of validation
 # mAP and R@10: tuned for finding the own pair) and one for category search (instance term 0.1, epoch kept by validation
@@ -415,29 +415,43 @@ def render_readme(report: dict[str, Any]) -> str:
         + ", ".join(f"{LANGUAGE_NAMES.get(k, k)} {100 * v:.1f}%" for k, v in unknown.items())
         + ".",
     ]
+    muse_unknown = report.get("muse_unknown_token_fraction")
+    if muse_unknown:
+        lines[-1] += (
+            " The multilingual USE's (<unk>): "
+            + ", ".join(f"{LANGUAGE_NAMES.get(k, k)} {100 * v:.1f}%" for k, v in muse_unknown.items())
+            + "."
+        )
     ahead = [d for s in summary.values() for d in s["dscmr_minus_sm_test_map"].values()]
     english = summary["en"]["best_test_map"] if "en" in summary else None
     within = [LANGUAGE_NAMES.get(k, k) for k, s in summary.items() if k != "en" and s["within_target"]]
     missed = [f"{LANGUAGE_NAMES.get(k, k)} ({-s['gap_to_english']:+.4f})" for k, s in summary.items() if not s["within_target"]]
+    behind = [
+        f"{LANGUAGE_NAMES.get(k, k)} {TEXT_OPTIONS[o][1]} ({d:+.4f})"
+        for k, s in summary.items()
+        for o, d in s["dscmr_minus_sm_test_map"].items()
+        if d <= 0
+    ]
     lines += [
         "",
         f"- **DSCMR against semantic matching:** ahead on the same feature in {sum(d > 0 for d in ahead)} of {len(ahead)} "
-        f"option rows ({min(ahead):+.4f} to {max(ahead):+.4f} test mAP).",
-        f"- **Within {MAP_GAP} test mAP of the English demo's best ({english:.4f}):** "
+        f"option rows ({min(ahead):+.4f} to {max(ahead):+.4f} test mAP)"
+        + (f"; behind in {', '.join(behind)}." if behind else "."),
+        f"- **Within {MAP_GAP} test mAP of English's best row ({english:.4f}):** "
         f"{', '.join(within) if within else 'no other language'}" + (f"; not reached: {', '.join(missed)}." if missed else "."),
     ]
-    best_en = summary.get("en")
-    if best_en:
-        pair = [r for r in rows if (r["locale"], r["option"]) == ("en", best_en["best_option"])]
-        demo = next((r for r in pair if r["method"] == "DSCMR"), None)
-        other = next((r for r in pair if r["method"] == best_en["best_method"]), None)
-        if demo is not None and other is not None and demo is not other:
-            lines.append(
-                f"- **The demo's own setting** (instance term 0.5) gives up category mAP for finding the own pair: English "
-                f"{TEXT_OPTIONS[best_en['best_option']][1]} {demo['test']['map']:.4f} test mAP, R@10 "
-                f"{demo['test']['recall']['avg']['r10']:.3f}, against {other['test']['map']:.4f} and R@10 "
-                f"{other['test']['recall']['avg']['r10']:.3f} in the category setting."
-            )
+    # The English demo's own option in its two DSCMR settings, as measured (no claim about which finds the own pair
+    # better: the figures say it).
+    demo_option = DEMO_OPTIONS[demo_text_option(DemoConfig(locale="en"))]
+    pair = {r["method"]: r for r in rows if (r["locale"], r["option"]) == ("en", demo_option)}
+    if len(pair) > 1 and all(m in pair for m in DSCMR_SETTINGS):
+        demo, category = (pair[m] for m in DSCMR_SETTINGS)
+        lines.append(
+            f"- **The English demo's option ({TEXT_OPTIONS[demo_option][1]}) in both DSCMR settings:** the demo's own "
+            f"(instance term 0.5) {demo['test']['map']:.4f} test mAP, R@1 {demo['test']['recall']['avg']['r1']:.3f}, "
+            f"R@10 {demo['test']['recall']['avg']['r10']:.3f}; the category setting {category['test']['map']:.4f}, R@1 "
+            f"{category['test']['recall']['avg']['r1']:.3f}, R@10 {category['test']['recall']['avg']['r10']:.3f}."
+        )
     return "\n".join(lines)
 
 

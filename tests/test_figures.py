@@ -117,6 +117,11 @@ RENDERED = {
     "index.json": ("bench_index.py", "docs/index-benchmark.md", ["--doc", "{page}", "--from-json", "--out", "{json}"]),
     "gpu_check.json": ("gpu_check.py", "docs/gpu-check.md", ["--doc", "{page}", "--from-json", "--out", "{json}"]),
     "languages.json": ("languages.py", "docs/results-languages.md", ["--doc", "{page}", "--from-json", "--out", "{json}"]),
+    "cross-language.json": (
+        "cross_language.py",
+        "docs/results-languages.md",
+        ["--doc", "{page}", "--from-json", "--out", "{json}"],
+    ),
     "unlabelled.json": ("unlabelled.py", "docs/results-unlabelled.md", ["--doc", "{page}", "--from-json", "--out", "{json}"]),
 }
 

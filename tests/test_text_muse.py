@@ -123,6 +123,35 @@ def test_prepare_records_the_vectors_and_their_unknown_share(text, tmp_path):
         np.testing.assert_allclose(vectors[:3], np.concatenate([tfidf.transform(texts[:3]), use], 1), atol=1e-5)
 
 
+# Georgian, which the USE was not trained on: it knows a few of its letters as pieces, not most.
+GEORGIAN_WORDS = ("ქართული", "ენა", "წიგნი", "სახლი", "ქალაქი", "მზე", "წყალი", "ხე")
+
+
+@pytest.mark.parametrize("text", ["muse", "tfidf+muse"])
+def test_prepare_warns_on_a_language_the_use_does_not_read(text, tmp_path):
+    english = write_caption_manifest(tmp_path / "data", per_class=2, labels="all")
+    rng = np.random.default_rng(0)
+    rows = [json.loads(line) for line in english.read_text(encoding="utf-8").splitlines()]
+    for row in rows:
+        row["text"] = " ".join(rng.choice(GEORGIAN_WORDS, size=4))
+    manifest = english.with_name("manifest-ka.jsonl")
+    manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "prepared"
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "prepare", "--dataset", "manifest", str(manifest), "--out", str(out)]
+        + ["--text", text, "--tfidf-min-df", "1", "--no-progress", "--device", "cpu"],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "prepared.json").read_text(encoding="utf-8"))["text"]
+    assert summary["unknown_token_fraction"] > 0.3 and summary["suggested_text"] == "tfidf"
+    assert "--text tfidf" in done.stderr and f"{100 * summary['unknown_token_fraction']:.0f}%" in done.stderr
+
+
 @pytest.fixture(scope="module", params=["muse", "tfidf+muse"])
 def muse_demo(request, tmp_path_factory) -> dict:
     """The emoji demo built in Arabic on the multilingual USE, alone or beside tf-idf (small and briefly trained)."""

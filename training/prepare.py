@@ -427,6 +427,16 @@ def _content_hash(out_dir: Path, manifest: dict[str, Any]) -> str:
 _UNHASHED_CONFIG = frozenset({"batch_size"})
 
 
+def _warn_muse_unknown(unknown: float, bound: float) -> None:
+    log.warning(
+        "the multilingual USE vocabulary lacks %.0f%% of the pieces of these texts (<unk>, above %.0f%%): they may be in a "
+        "language it does not read. Prepare with --text tfidf (character n-grams, any language and script) or --text "
+        "sentence_cnn (word vectors trained on this corpus)",
+        100 * unknown,
+        100 * bound,
+    )
+
+
 def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: PrepareConfig, out_dir: Path) -> dict[str, Any]:
     """Token ids + vocabulary + word-vector matrix (sentence CNN), frozen sentence vectors (MiniLM, multilingual USE), or TF-IDF -> SVD
     vectors with the fitted model (tfidf, fitted on the training texts only; tfidf+muse: beside USE vectors)."""
@@ -496,13 +506,7 @@ def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: 
                 )
             else:
                 summary["suggested_text"] = "tfidf"
-                log.warning(
-                    "the multilingual USE vocabulary lacks %.0f%% of the pieces of these texts (<unk>, above %.0f%%): "
-                    "they may be in a language it does not read. Prepare with --text tfidf (character n-grams, any "
-                    "language and script) or --text sentence_cnn (word vectors trained on this corpus)",
-                    100 * unknown,
-                    100 * cfg.minilm_unknown_warning,
-                )
+                _warn_muse_unknown(unknown, cfg.minilm_unknown_warning)
         return summary
     if text_cfg.kind in ("tfidf", "tfidf+muse"):
         from model.tfidf import TfidfTextModel
@@ -531,8 +535,12 @@ def _prepare_text(items: list[Item], train_ids: list[str], corpus: Corpus, cfg: 
             "texts_without_known_ngrams": len(empty),
         }
         if text_cfg.kind == "tfidf+muse":
+            unknown = featurizer.muse.unknown_token_fraction(texts)
             summary["tfidf_dim"] = tfidf.dim
-            summary["unknown_token_fraction"] = round(featurizer.muse.unknown_token_fraction(texts), 4)
+            summary["unknown_token_fraction"] = round(unknown, 4)
+            if unknown > cfg.minilm_unknown_warning:
+                summary["suggested_text"] = "tfidf"
+                _warn_muse_unknown(unknown, cfg.minilm_unknown_warning)
         return summary
     raise ValueError(
         f"prepare needs a text encoder that reads raw text ('sentence_cnn', 'minilm', 'muse', 'tfidf' or 'tfidf+muse'), "

